@@ -1,0 +1,31 @@
+# Two commands do all set-up on a fresh machine with Python >= 3.11:
+#   make demo   -> creates .venv if needed, installs, runs the main job, writes out/demo/
+#   make test   -> creates .venv if needed, installs, runs the whole test suite (slow tests included)
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.mechpatch-installed
+
+.PHONY: demo test install bench clean
+
+install: $(STAMP)
+
+# torch is installed first and pinned: 2.13.0 is the CPU wheel this project is tested with, and an
+# unpinned torch would pull several GB of CUDA packages. constraints.txt pins everything else.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) experiments/demo.py configs/demo.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) experiments/benchmarks/bench_patching.py
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,42 @@
+"""mechpatch: exact, fast activation patching on TransformerLens 4.
+
+Re-exports only; importing mechpatch does no work and sets no global state.
+"""
+
+from mechpatch.cache import PromptPair, SiteCache, cache_activations, estimate_cache_bytes, make_pair
+from mechpatch.errors import (
+    DeviceError,
+    EmptyInputError,
+    GatedHookError,
+    MechpatchError,
+    MemoryBudgetError,
+    ModelLoadError,
+    ShapeMismatchError,
+    SiteOutOfRangeError,
+    TokenizerError,
+    UnknownSiteKindError,
+    UnsupportedSiteError,
+)
+from mechpatch.model import HookedModel, load_model
+from mechpatch.sites import (
+    Attn,
+    Embed,
+    Head,
+    HeadResult,
+    Key,
+    Mlp,
+    ModelSpec,
+    Neuron,
+    Pattern,
+    PosEmbed,
+    Query,
+    Resid,
+    Site,
+    Value,
+    heads,
+    layers,
+    parse_site,
+    select,
+)
+
+__version__ = "0.1.0"

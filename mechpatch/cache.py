@@ -1,0 +1,350 @@
+"""Activation storage and indexing: cache only the requested sites, in chunks, within a memory budget.
+
+:func:`cache_activations` runs prompts through the model in chunks and keeps the hook tensors that
+the requested sites live in, on a chosen device and dtype; :class:`SiteCache` indexes them by site.
+:func:`make_pair` prepares clean/corrupted prompt pairs with their answer tokens.
+"""
+
+import math
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mechpatch.errors import (
+    EmptyInputError,
+    GatedHookError,
+    MemoryBudgetError,
+    ShapeMismatchError,
+    TokenizerError,
+)
+from mechpatch.model import HookedModel, HookPoint, hook_shape, resolve_device, resolve_dtype
+from mechpatch.sites import ModelSpec, Site
+
+Prompts = Union[Int[Tensor, "batch pos"], Sequence[str], str]
+_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(budget: Union[int, float, str, None]) -> Optional[int]:
+    """A memory budget as bytes: an int, or a string such as ``"512MB"``, ``"2 GiB"``.
+
+    >>> parse_bytes("2GiB")
+    2147483648
+    >>> parse_bytes(None) is None
+    True
+    """
+    if budget is None:
+        return None
+    if isinstance(budget, (int, float)) and not isinstance(budget, bool):
+        if budget <= 0:
+            raise ValueError(f"memory budget must be positive, got {budget}")
+        return int(budget)
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", str(budget))
+    if m is None or m.group(2).lower() not in _UNITS | {"": 1}:
+        raise ValueError(f"cannot read memory budget {budget!r}; write e.g. 2000000, '512MB' or '2GiB'")
+    return parse_bytes(float(m.group(1)) * _UNITS.get(m.group(2).lower(), 1))
+
+
+def format_bytes(n: Union[int, float]) -> str:
+    """A byte count for people.
+
+    >>> format_bytes(3 * 2**20)
+    '3.0 MiB'
+    """
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def as_tokens(model: HookedModel, prompts: Prompts) -> Int[Tensor, "batch pos"]:
+    """Token ids for ``prompts`` (strings are tokenized; tensors are checked and moved to the model)."""
+    if isinstance(prompts, Tensor):
+        if prompts.ndim == 1:
+            prompts = prompts[None]
+        if prompts.ndim != 2 or prompts.dtype not in (torch.int64, torch.int32):
+            raise ShapeMismatchError(
+                f"token ids must be an integer tensor [batch, pos]; got {prompts.dtype} of shape {tuple(prompts.shape)}"
+            )
+        if prompts.shape[0] == 0 or prompts.shape[1] == 0:
+            raise EmptyInputError(f"empty token tensor of shape {tuple(prompts.shape)}")
+        if int(prompts.min()) < 0 or int(prompts.max()) >= model.spec.d_vocab:
+            raise ShapeMismatchError(
+                f"token ids must be in 0..{model.spec.d_vocab - 1} (the vocabulary); got "
+                f"{int(prompts.min())}..{int(prompts.max())}"
+            )
+        if prompts.shape[1] > model.spec.n_ctx:
+            raise ShapeMismatchError(f"prompts have {prompts.shape[1]} tokens; the model's context is {model.spec.n_ctx}")
+        return prompts.long().to(model.device)
+    return model.to_tokens(prompts)
+
+
+def _hook_points(model: HookedModel, sites: Iterable[Site], seq_len: int) -> list[HookPoint]:
+    if isinstance(sites, Site):
+        sites = [sites]
+    points = [model.hook_point(s, seq_len) for s in sites]
+    if not points:
+        raise EmptyInputError("no sites requested: name at least one site (e.g. Head(0, 1) or 'L0.resid_pre')")
+    return points
+
+
+def estimate_cache_bytes(
+    model: HookedModel,
+    sites: Iterable[Site],
+    n_prompts: int,
+    seq_len: int,
+    dtype: Union[str, torch.dtype, None] = None,
+) -> int:
+    """Bytes a :func:`cache_activations` call would keep, computed from shapes without running the model.
+
+    Sites sharing a hook (e.g. every head of a layer) share its storage.
+    """
+    points = _hook_points(model, sites, seq_len)
+    dt = resolve_dtype(dtype, torch.device("cpu")) if dtype is not None else model.dtype
+    size = torch.tensor([], dtype=dt).element_size()
+    hooks = {p.name: p.spec for p in points}
+    return sum(math.prod(hook_shape(spec, model.spec, n_prompts, seq_len)) * size for spec in hooks.values())
+
+
+@dataclass
+class SiteCache:
+    """Cached hook tensors, indexed by site: ``cache[Head(1, 2)]`` -> [batch pos d_head].
+
+    Holds the full tensor of every hook a requested site lives in (so sites of one layer share it);
+    ``cache[site]`` selects the site's head/group/neuron and positions.
+    """
+
+    tensors: dict[str, Tensor]
+    points: dict[Site, HookPoint]
+    seq_len: int
+    spec: ModelSpec
+    tokens: Int[Tensor, "batch pos"] = field(repr=False)
+
+    def __getitem__(self, site: Site) -> Tensor:
+        point = self.points.get(site.validate(self.spec, self.seq_len))
+        if point is None:
+            cached = ", ".join(s.label for s in list(self.points)[:10])
+            raise KeyError(f"site {site} was not cached; cached sites: {cached}{', ...' if len(self.points) > 10 else ''}")
+        return self.tensors[point.name][point.index(self.seq_len)]
+
+    def __contains__(self, site: object) -> bool:
+        return isinstance(site, Site) and site.validate(self.spec, self.seq_len) in self.points
+
+    def hook(self, name: str) -> Tensor:
+        """The full cached tensor of a hook (canonical name, e.g. ``blocks.0.attn.hook_z``)."""
+        if name not in self.tensors:
+            raise KeyError(f"hook {name!r} was not cached; cached hooks: {', '.join(self.tensors)}")
+        return self.tensors[name]
+
+    @property
+    def sites(self) -> list[Site]:
+        return list(self.points)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+    def __repr__(self) -> str:
+        return (
+            f"SiteCache({len(self.points)} sites in {len(self.tensors)} hooks, {self.tokens.shape[0]} prompts x "
+            f"{self.seq_len} tokens, {format_bytes(self.nbytes)})"
+        )
+
+
+def cache_activations(
+    model: HookedModel,
+    prompts: Prompts,
+    sites: Iterable[Site],
+    *,
+    device: Union[str, torch.device, None] = None,
+    dtype: Union[str, torch.dtype, None] = None,
+    batch_size: int = 32,
+    memory_budget: Union[int, str, None] = None,
+    progress: Optional[bool] = None,
+) -> SiteCache:
+    """Run ``prompts`` and keep only the activations of ``sites``.
+
+    Args:
+        model: the model to run.
+        prompts: token ids [batch pos] or strings (tokenized; all must have the same length).
+        sites: the sites to keep (see :mod:`mechpatch.sites`).
+        device: where to store the cache (default: the model's device).
+        dtype: storage dtype (default: the model's dtype).
+        batch_size: prompts per forward pass; large prompt sets run in chunks.
+        memory_budget: refuse, before running, if the cache would exceed this (bytes or "2GiB").
+        progress: show a progress bar (default: only when there is more than one chunk).
+
+    Returns:
+        A :class:`SiteCache`.
+
+    Raises:
+        MemoryBudgetError: the estimated cache size exceeds ``memory_budget``.
+        GatedHookError: a gated hook could not be enabled or did not fire.
+    """
+    tokens = as_tokens(model, prompts)
+    n, seq_len = tokens.shape
+    points = _hook_points(model, sites, seq_len)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    store_device = resolve_device(device) if device is not None else model.device
+    store_dtype = resolve_dtype(dtype, store_device) if dtype is not None else model.dtype
+    budget = parse_bytes(memory_budget)
+    need = estimate_cache_bytes(model, [p.site for p in points], n, seq_len, store_dtype)
+    if budget is not None and need > budget:
+        per_prompt = need / n
+        raise MemoryBudgetError(
+            f"caching {len(points)} sites for {n} prompts x {seq_len} tokens needs {format_bytes(need)} in "
+            f"{store_dtype}, over the budget of {format_bytes(budget)}; cache fewer sites or at most "
+            f"{int(budget // per_prompt)} prompts, use a smaller dtype, or raise memory_budget"
+        )
+
+    specs = {p.name: p.spec for p in points}
+    out = {
+        name: torch.empty(hook_shape(spec, model.spec, n, seq_len), dtype=store_dtype, device=store_device)
+        for name, spec in specs.items()
+    }
+    filled: dict[str, int] = {}
+    last_layer = max((p.site.layer_index for p in points if p.site.layer_index is not None), default=0)
+
+    def make_hook(name: str):
+        def hook(act: Tensor, hook: object) -> None:
+            lo, hi = bounds
+            out[name][lo:hi] = act.detach().to(device=store_device, dtype=store_dtype)
+            filled[name] = filled.get(name, 0) + act.shape[0]
+
+        return hook
+
+    fwd_hooks = [(name, make_hook(name)) for name in specs]
+    starts = range(0, n, batch_size)
+    show = progress if progress is not None else len(starts) > 1
+    with model.gates([p.site for p in points]), torch.inference_mode():
+        for lo in tqdm(starts, desc="caching", disable=not show, unit="chunk"):
+            bounds = (lo, min(n, lo + batch_size))
+            model.bridge.run_with_hooks(
+                tokens[lo : bounds[1]], fwd_hooks=fwd_hooks, stop_at_layer=min(last_layer + 1, model.spec.n_layers)
+            )
+    missing = [name for name in specs if filled.get(name, 0) != n]
+    if missing:
+        raise GatedHookError(
+            f"hooks {missing} did not fire on this {model.spec.architecture} model, so these sites could not "
+            "be cached; TransformerLens may not implement them for this architecture"
+        )
+    return SiteCache(out, {p.site: p for p in points}, seq_len, model.spec, tokens)
+
+
+# --------------------------------------------------------------------- prompt pairs
+
+
+@dataclass(frozen=True)
+class PromptPair:
+    """Aligned clean and corrupted prompts, with optional answer tokens for metrics.
+
+    ``answers[:, 0]`` is the correct answer of each prompt and ``answers[:, 1:]`` the wrong ones
+    (as a logit-difference metric reads them).
+    """
+
+    clean: Int[Tensor, "batch pos"]
+    corrupted: Int[Tensor, "batch pos"]
+    answers: Optional[Int[Tensor, "batch answer"]] = None
+
+    @property
+    def n_prompts(self) -> int:
+        return self.clean.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.clean.shape[1]
+
+    @property
+    def differing_positions(self) -> list[int]:
+        """Positions where clean and corrupted differ in at least one prompt."""
+        return torch.nonzero((self.clean != self.corrupted).any(0)).flatten().tolist()
+
+
+def _answers(model: HookedModel, answers: object, n: int) -> Int[Tensor, "batch answer"]:
+    if isinstance(answers, Tensor):
+        t = answers.long()
+    else:
+        rows = []
+        for row in answers:  # type: ignore[union-attr]
+            row = [row] if isinstance(row, (str, int)) else list(row)
+            rows.append([model.token_id(a) if isinstance(a, str) else int(a) for a in row])
+        widths = {len(r) for r in rows}
+        if len(widths) != 1:
+            raise ShapeMismatchError(f"every prompt needs the same number of answers; got counts {sorted(widths)}")
+        t = torch.tensor(rows, dtype=torch.long)
+    if t.ndim == 1:
+        t = t[:, None]
+    if t.ndim != 2 or t.shape[0] != n:
+        raise ShapeMismatchError(f"answers must be [n_prompts={n}, n_answers]; got shape {tuple(t.shape)}")
+    if int(t.min()) < 0 or int(t.max()) >= model.spec.d_vocab:
+        raise ShapeMismatchError(f"answer ids must be in 0..{model.spec.d_vocab - 1}")
+    return t.to(model.device)
+
+
+def make_pair(
+    model: HookedModel,
+    clean: Prompts,
+    corrupted: Prompts,
+    answers: object = None,
+    wrong_answers: object = None,
+) -> PromptPair:
+    """Tokenize and check a clean/corrupted pair, and attach answer tokens.
+
+    Args:
+        clean, corrupted: strings or token ids; the same number of prompts, each pair of equal length.
+        answers: per prompt, the correct answer (string or id), or a list [correct, wrong, ...].
+        wrong_answers: per prompt, the wrong answer(s), appended after ``answers``.
+
+    Raises:
+        ShapeMismatchError: different prompt counts or lengths, or malformed answers.
+        TokenizerError: strings without a tokenizer, or an answer that is not one token.
+    """
+    if isinstance(clean, str):
+        clean = [clean]
+    if isinstance(corrupted, str):
+        corrupted = [corrupted]
+    if not isinstance(clean, Tensor) and not isinstance(corrupted, Tensor) and len(clean) != len(corrupted):
+        raise ShapeMismatchError(f"{len(clean)} clean prompts but {len(corrupted)} corrupted; they must pair up")
+    c, k = as_tokens(model, clean), as_tokens(model, corrupted)
+    if c.shape != k.shape:
+        detail = ""
+        if c.shape[0] == k.shape[0] and not isinstance(clean, Tensor):
+            detail = (
+                f" (e.g. clean {model.to_str_tokens(c[0])} vs corrupted {model.to_str_tokens(k[0])})"
+            )
+        raise ShapeMismatchError(
+            f"clean tokens {tuple(c.shape)} and corrupted tokens {tuple(k.shape)} differ in shape{detail}; "
+            "patching needs the same prompt count and aligned positions"
+        )
+    ans = None
+    if answers is not None:
+        ans = _answers(model, answers, c.shape[0])
+        if wrong_answers is not None:
+            ans = torch.cat([ans, _answers(model, wrong_answers, c.shape[0])], dim=1)
+    elif wrong_answers is not None:
+        raise ShapeMismatchError("wrong_answers given without answers")
+    pair = PromptPair(c, k, ans)
+    if not pair.differing_positions:
+        warnings.warn("clean and corrupted prompts are identical: every patch will be a no-op", stacklevel=2)
+    return pair
+
+
+__all__ = [
+    "PromptPair",
+    "SiteCache",
+    "TokenizerError",
+    "as_tokens",
+    "cache_activations",
+    "estimate_cache_bytes",
+    "format_bytes",
+    "make_pair",
+    "parse_bytes",
+]

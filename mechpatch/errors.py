@@ -1,0 +1,68 @@
+"""Typed errors raised at mechpatch's public boundary.
+
+Every error says what was wrong and, where there is a finite set of valid choices, lists them.
+All derive from :class:`MechpatchError`, and each also derives from the built-in exception a
+caller would naturally catch (``ValueError``, ``KeyError``, ``RuntimeError``), so
+``except ValueError`` keeps working.
+"""
+
+from collections.abc import Iterable
+
+
+class MechpatchError(Exception):
+    """Base class of every error mechpatch raises on purpose."""
+
+
+class UnknownSiteKindError(MechpatchError, ValueError):
+    """A site was named by a kind mechpatch does not know (e.g. ``"L3.mpl"``)."""
+
+
+class SiteOutOfRangeError(MechpatchError, IndexError):
+    """A layer, head, key/value group, neuron or position index is outside the model or prompt."""
+
+
+class UnsupportedSiteError(MechpatchError, ValueError):
+    """The site exists in mechpatch's vocabulary but not in this architecture (e.g. MLP in attn-only)."""
+
+
+class GatedHookError(MechpatchError, RuntimeError):
+    """A hook that TransformerLens only fires behind a flag could not be enabled, or did not fire."""
+
+
+class ShapeMismatchError(MechpatchError, ValueError):
+    """Two inputs that must align (clean vs corrupted, tokens vs answers) do not."""
+
+
+class TokenizerError(MechpatchError, ValueError):
+    """Text was given where no tokenizer is available, or text did not tokenize as required."""
+
+
+class DeviceError(MechpatchError, RuntimeError):
+    """A device or dtype that this machine cannot use was requested."""
+
+
+class EmptyInputError(MechpatchError, ValueError):
+    """An empty prompt list, site list or sweep was given."""
+
+
+class MemoryBudgetError(MechpatchError, MemoryError):
+    """A request would need more memory than the budget the caller set."""
+
+
+class ModelLoadError(MechpatchError, RuntimeError):
+    """A model could not be loaded from the given source."""
+
+
+def choices(values: Iterable[object], limit: int = 12) -> str:
+    """Format valid choices for an error message, eliding the middle of long lists.
+
+    >>> choices(["pre", "mid", "post"])
+    "'pre', 'mid', 'post'"
+    >>> choices(range(100), limit=4)
+    '0, 1, ..., 98, 99'
+    """
+    vals = [repr(v) if isinstance(v, str) else str(v) for v in values]
+    if len(vals) > limit:
+        half = limit // 2
+        vals = vals[:half] + ["..."] + vals[-half:]
+    return ", ".join(vals)

@@ -1,0 +1,105 @@
+"""Tiny models built in code (no network): GPT-2 (HF), native attention-only, native GQA, Llama (GQA, RoPE)."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+WORDS = (
+    "When Mary and John went to the store gave a drink Then Alice Bob Carol had lot of fun at garden "
+    "school office Paul Anna Tom Lucy said after lunch , . the"
+).split()
+
+
+def _tiny_tokenizer(directory):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    words = ["<|endoftext|>", "<unk>"] + list(dict.fromkeys(WORDS))
+    words += [f"w{i}" for i in range(100 - len(words))]
+    tk = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.decoder = decoders.WordPiece(prefix="##")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
+        unk_token="<unk>",
+    )
+    # An in-memory tokenizer lacks name_or_path, which TransformerLens needs: round-trip through disk.
+    fast.save_pretrained(directory)
+    return AutoTokenizer.from_pretrained(directory)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory):
+    return _tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+def _gpt2_hf(seed=0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=32, vocab_size=100, bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def _llama_hf(seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, intermediate_size=128,
+        vocab_size=100, max_position_embeddings=32, bos_token_id=0, eos_token_id=0,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def native_config(**overrides):
+    from transformer_lens.config import TransformerBridgeConfig
+
+    kw = dict(d_model=64, d_head=16, n_heads=4, n_layers=2, n_ctx=32, d_vocab=100, normalization_type="LN", seed=0)
+    kw.update(overrides)
+    return TransformerBridgeConfig(**kw)
+
+
+@pytest.fixture(scope="session")
+def gpt2(tokenizer):
+    from mechpatch.model import load_model
+
+    return load_model(_gpt2_hf(), tokenizer=tokenizer, device="cpu", name="tiny-gpt2")
+
+
+@pytest.fixture(scope="session")
+def attn_only():
+    from mechpatch.model import load_model
+
+    return load_model(native_config(attn_only=True), device="cpu", name="tiny-attn-only")
+
+
+@pytest.fixture(scope="session")
+def gqa():
+    from mechpatch.model import load_model
+
+    return load_model(
+        native_config(attn_only=False, d_mlp=128, n_key_value_heads=2, act_fn="gelu"), device="cpu", name="tiny-gqa"
+    )
+
+
+@pytest.fixture(scope="session")
+def llama(tokenizer):
+    from mechpatch.model import load_model
+
+    return load_model(_llama_hf(), tokenizer=tokenizer, device="cpu", name="tiny-llama")
+
+
+@pytest.fixture(params=["gpt2", "attn_only", "gqa", "llama"])
+def any_model(request):
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def tokens():
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(1, 100, (3, 7), generator=g)
