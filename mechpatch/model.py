@@ -58,6 +58,11 @@ class HookSpec:
     unit_axis: Optional[int] = None
     pos_axis: int = 1
     gate: Optional[str] = None
+    #: When writing to ``template`` does not reach the rest of the forward pass, the hook whose
+    #: write does, and the hook holding what must be subtracted: set ``template`` to Y by setting
+    #: ``write_via`` to Y - value(``write_offset``) (residual = offset + write_via's value).
+    write_via: Optional[str] = None
+    write_offset: Optional[str] = None
 
     def name(self, layer: Optional[int]) -> str:
         return self.template.format(layer=layer)
@@ -89,7 +94,13 @@ HOOK_TABLE: Mapping[str, HookSpec] = {
     "embed": HookSpec("hook_embed", _R),
     "pos_embed": HookSpec("hook_pos_embed", _R),
     "resid_pre": HookSpec("blocks.{layer}.hook_resid_pre", _R),
-    "resid_mid": HookSpec("blocks.{layer}.hook_resid_mid", _R),
+    # TransformerLens 4.3 fires hook_resid_mid as LN2's input: a write changes the MLP's input but not
+    # the residual stream that flows on (measured; HookedTransformer patched both). mechpatch patches
+    # the residual stream, so writes go through attn_out: resid_mid = resid_pre + attn_out.
+    "resid_mid": HookSpec(
+        "blocks.{layer}.hook_resid_mid", _R, write_via="blocks.{layer}.hook_attn_out",
+        write_offset="blocks.{layer}.hook_resid_pre",
+    ),
     "resid_post": HookSpec("blocks.{layer}.hook_resid_post", _R),
     "attn_out": HookSpec("blocks.{layer}.hook_attn_out", _R),
     "mlp_out": HookSpec("blocks.{layer}.hook_mlp_out", _R),

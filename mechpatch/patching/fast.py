@@ -1,0 +1,184 @@
+"""The fast execution path: per-row patches inside mechpatch's own forward, recomputing only what can change.
+
+For a chunk of variants whose earliest patched layer is L0 and earliest patched position p0, rows
+start from the base run's cached residual stream entering L0, at positions >= p0 only, and attend
+to the base run's cached keys/values for positions < p0. Everything a patch cannot reach is reused.
+Variants are ordered by (L0, p0) so that chunks group patches with similar starting points.
+"""
+
+import weakref
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from mechpatch.errors import MechpatchError
+from mechpatch.model import HookedModel
+from mechpatch.patching import functional as F_
+from mechpatch.patching.metrics import Metric
+from mechpatch.patching.plan import PatchPlan
+
+#: Architectures whose functional forward has been verified against the bridge in the tests.
+VERIFIED_ARCHITECTURES = ("GPT2LMHeadModel", "LlamaForCausalLM", "TransformerLensNative")
+_CHECK_TOL = {torch.float32: 1e-4, torch.float64: 1e-9}
+
+
+class FastPathUnavailable(MechpatchError, NotImplementedError):
+    """The fast path cannot run this model exactly; use method="hooks" (what "auto" falls back to)."""
+
+
+_weights: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, F_.FunctionalModel]]" = weakref.WeakKeyDictionary()
+_verdicts: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, Optional[str]]]" = weakref.WeakKeyDictionary()
+
+
+def _version(model: HookedModel) -> int:
+    """Changes whenever a parameter is modified in place or replaced (so cached weights go stale)."""
+    return hash(tuple((id(p), p._version) for p in model.bridge.parameters()))
+
+
+def weights(model: HookedModel) -> F_.FunctionalModel:
+    """The model's weights in functional form, extracted once per version of the parameters."""
+    version = _version(model)
+    hit = _weights.get(model.bridge)
+    if hit is not None and hit[0] == version:
+        return hit[1]
+    fm = F_.extract(model.bridge)
+    _weights[model.bridge] = (version, fm)
+    return fm
+
+
+def unsupported_reason(model: HookedModel) -> Optional[str]:
+    """Why the fast path cannot run this model (None when it can), checked once per weights version.
+
+    Beyond the architecture list, the functional forward's logits are compared with the bridge's on
+    a random batch: the fast path is only used where it reproduces the bridge.
+    """
+    version = _version(model)
+    hit = _verdicts.get(model.bridge)
+    if hit is not None and hit[0] == version:
+        return hit[1]
+    reason = None
+    arch = model.spec.architecture
+    if arch not in VERIFIED_ARCHITECTURES:
+        reason = f"architecture {arch} is not verified for the fast path (verified: {', '.join(VERIFIED_ARCHITECTURES)})"
+    elif model.dtype not in _CHECK_TOL:
+        reason = f"the fast path is held to the bridge in float32/float64 only; this model runs in {model.dtype}"
+    else:
+        try:
+            fm = weights(model)
+            g = torch.Generator().manual_seed(0)
+            toks = torch.randint(0, model.spec.d_vocab, (2, min(8, model.spec.n_ctx)), generator=g).to(model.device)
+            with torch.inference_mode():
+                ref = model.bridge(toks)
+                got = F_.forward(fm, toks)
+            err = float((ref - got).abs().max())
+            scale = float(ref.abs().max()) or 1.0
+            if err > _CHECK_TOL[model.dtype] * max(1.0, scale):
+                reason = f"the functional forward differs from the bridge by {err:.3g} on this model"
+        except NotImplementedError as exc:
+            reason = f"the functional forward does not implement this model: {exc}"
+    _verdicts[model.bridge] = (version, reason)
+    return reason
+
+
+def supports(model: HookedModel) -> bool:
+    return unsupported_reason(model) is None
+
+
+def check_supported(model: HookedModel) -> None:
+    reason = unsupported_reason(model)
+    if reason is not None:
+        raise FastPathUnavailable(f"method='fast' is not available: {reason}; use method='hooks' or 'auto'")
+
+
+@dataclass
+class FastState:
+    fm: F_.FunctionalModel
+    tokens: Tensor  # base tokens [prompt, pos]
+    resid_pre: list[Tensor]  # per layer, base run [prompt, pos, d_model]
+    kv: list[tuple[Tensor, Tensor]]  # per layer, base run post-RoPE (K, V) [prompt, kv_head, pos, d_head]
+    hook_cache: dict[str, Tensor]  # base-run values of the hooks the plan patches
+    order: Tensor  # variant ids sorted by (first layer, first position)
+    starts: list[tuple[int, int]]  # per variant: (first layer, first position)
+
+
+def prepare(model: HookedModel, plan: PatchPlan, base: Tensor) -> FastState:
+    """Run the base prompts once through the functional forward, caching what chunks start from."""
+    fm = weights(model)
+    names = set(plan.hooks)
+    cache: dict[str, Tensor] = {}
+    want = {f"blocks.{l}.hook_resid_pre" for l in range(fm.n_layers)} | names
+
+    def keep(name: str):
+        def fn(t: Tensor) -> None:
+            cache[name] = t.detach().clone() if name != "hook_pos_embed" else t.detach().expand(base.shape[0], -1, -1).clone()
+            return None
+
+        return fn
+
+    with torch.inference_mode():
+        _, kv = F_.forward(fm, base, hooks={n: keep(n) for n in want}, return_kv=True)
+    starts = [(plan.first_layer([v]), plan.first_position([v])) for v in range(plan.n_variants)]
+    order = torch.tensor(sorted(range(plan.n_variants), key=lambda v: starts[v]), dtype=torch.long)
+    return FastState(
+        fm=fm,
+        tokens=base,
+        resid_pre=[cache[f"blocks.{l}.hook_resid_pre"] for l in range(fm.n_layers)],
+        kv=kv,
+        hook_cache={n: cache[n] for n in names},
+        order=order,
+        starts=starts,
+    )
+
+
+def run_chunk(
+    state: FastState, plan: PatchPlan, sources: "object", alpha: float, metric: Metric, ids: Tensor
+) -> Tensor:
+    """Metric values [len(ids), prompt] for one chunk of variants."""
+    from mechpatch.patching.engine import _patch
+
+    fm = state.fm
+    n, seq_len = state.tokens.shape
+    device = state.tokens.device
+    id_list = ids.tolist()
+    layer0 = min(state.starts[v][0] for v in id_list)
+    pos0 = min(state.starts[v][1] for v in id_list)
+    metric_pos = list(range(seq_len)) if metric.positions is None else [p % seq_len for p in metric.positions]
+    pos0 = min(pos0, min(metric_pos))
+    ids_dev = ids.to(device)
+    rows_variant = ids_dev.repeat_interleave(n)
+    rows_prompt = torch.arange(n, device=device).repeat(len(id_list))
+
+    hooks = {}
+    for name, hm in plan.hooks.items():
+        pos_axis = hm.spec.pos_axis
+        mask = hm.mask.index_select(0, ids_dev)
+        if mask.shape[pos_axis] > 1:
+            mask = mask.narrow(pos_axis, pos0, seq_len - pos0)
+        mask = mask.repeat_interleave(n, dim=0)
+        src = sources.source[name].narrow(pos_axis, pos0, seq_len - pos0)[rows_prompt]
+
+        def fn(t: Tensor, mask: Tensor = mask, src: Tensor = src) -> Tensor:
+            return _patch(t, mask, src.expand_as(t) if src.shape != t.shape else src, alpha)
+
+        hooks[name] = fn
+    del rows_variant
+
+    embed_hooks = {k: v for k, v in hooks.items() if k in ("hook_embed", "hook_pos_embed")}
+    with torch.inference_mode():
+        if embed_hooks:
+            layer0 = 0
+            resid = F_.embed(fm, state.tokens[rows_prompt, pos0:], pos0, F_._Hooks(embed_hooks, None))
+        else:
+            resid = state.resid_pre[layer0][rows_prompt, pos0:]
+        past = None
+        if pos0 > 0:
+            past = [None] * fm.n_layers
+            for l in range(layer0, fm.n_layers):
+                k, v = state.kv[l]
+                past[l] = (k[rows_prompt, :, :pos0], v[rows_prompt, :, :pos0])
+        block_hooks = {k: v for k, v in hooks.items() if k not in embed_hooks}
+        out = F_.run_blocks(fm, resid, start_layer=layer0, pos_offset=pos0, past_kv=past, hooks=block_hooks)
+        logits = F_.unembed(fm, out[:, [p - pos0 for p in metric_pos]])
+    return metric(logits, rows_prompt).reshape(len(id_list), n)

@@ -1,0 +1,485 @@
+"""mechpatch's own forward pass over a TransformerBridge's weights, for the fast patching path.
+
+Reproduces ``bridge(tokens)`` and the bridge's hook values (to float32 rounding; held to 1e-5 by
+the tests) with two savings the engine needs:
+
+- start from a cached residual stream at layer L and run only blocks L..N-1 (TransformerLens 4's
+  ``start_at_layer`` returns the right numbers but still runs every block);
+- recompute only positions >= p, attending to cached (post-RoPE) keys/values of positions < p.
+
+Weights come from the bridge's per-block accessors (``attn.W_Q`` ... ``mlp.W_out``), which on a
+default bridge are the raw Hugging Face / native weights (nothing folded). Verified architectures:
+GPT-2 (learned positions, ``gelu_new``), TransformerLens-native (LN/RMS/pre-norms, standard or rotary
+with adjacent-pair RoPE, MHA or GQA, attention-only or MLP, gated MLP) and Llama (RMSNorm, rotate-half
+RoPE, GQA, SwiGLU). Anything else raises NotImplementedError at :func:`extract`, and the engine
+additionally checks the logits against the bridge once per model before trusting this path.
+
+Traps worth knowing (measured): native rotary models use adjacent-pair RoPE although
+``cfg.rotary_adjacent_pairs`` is False; GPT-2's ``gelu_new`` is the tanh approximation while native
+``"gelu"`` is exact; the GPT-2 and Llama bridges fill masked scores with ``finfo.min``; ``hook_q/k``
+are pre-RoPE; per-head ``hook_result`` excludes ``b_O``; the Llama ``hook_post`` is silu(gate) * up.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+HookFn = Callable[[Tensor], Optional[Tensor]]
+
+# ----------------------------------------------------------------------------- weights
+
+
+@dataclass
+class Norm:
+    kind: Optional[str]  # "LN" | "RMS" | "LNPre" | "RMSPre" | None (identity)
+    w: Optional[Tensor]
+    b: Optional[Tensor]
+    eps: float
+
+
+@dataclass
+class LayerWeights:
+    ln1: Norm
+    ln2: Optional[Norm]  # None for attn_only
+    # uniform (TL) form
+    W_Q: Tensor  # [H, D, dh]
+    b_Q: Optional[Tensor]  # [H, dh]
+    W_K: Tensor  # [Hkv, D, dh]
+    b_K: Optional[Tensor]
+    W_V: Tensor  # [Hkv, D, dh]
+    b_V: Optional[Tensor]
+    W_O: Tensor  # [H, dh, D]
+    b_O: Optional[Tensor]  # [D]
+    W_in: Optional[Tensor]  # [D, M]   (gated: the "up"/linear branch)
+    b_in: Optional[Tensor]
+    W_gate: Optional[Tensor]  # [D, M]  (gated MLP only; act is applied to this branch)
+    W_out: Optional[Tensor]  # [M, D]
+    b_out: Optional[Tensor]
+    # fused/flat forms for F.linear (built by _finalize)
+    Wqkv: Optional[Tensor] = None  # [(H+2Hkv)*dh, D]
+    bqkv: Optional[Tensor] = None
+    Wo: Optional[Tensor] = None  # [D, H*dh]
+    Wup: Optional[Tensor] = None  # [M or 2M, D]  (gated: cat(gate, in))
+    bup: Optional[Tensor] = None
+    Wdown: Optional[Tensor] = None  # [D, M]
+
+
+@dataclass
+class FunctionalModel:
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    attn_only: bool
+    gated_mlp: bool
+    act_fn: str
+    attn_scale: float  # scores = q.k * attn_scale   (= 1/sqrt(d_head) normally)
+    W_E: Tensor  # [V, D]
+    W_pos: Optional[Tensor]  # [n_ctx, D] (standard pos only)
+    rot_cos: Optional[Tensor]  # [n_ctx, rotary_dim]
+    rot_sin: Optional[Tensor]
+    rot_style: Optional[str]  # "halves" (HF llama rotate_half) | "adjacent" (TL-native)
+    ln_final: Norm
+    W_U: Tensor  # [D, V]
+    b_U: Optional[Tensor]  # [V]
+    layers: List[LayerWeights]
+
+    @property
+    def rotary_dim(self) -> int:
+        return 0 if self.rot_cos is None else self.rot_cos.shape[-1]
+
+
+def _act(name: str) -> Callable[[Tensor], Tensor]:
+    name = (name or "gelu").lower()
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        return lambda x: F.gelu(x, approximate="tanh")
+    if name == "gelu":
+        return F.gelu
+    if name == "relu":
+        return F.relu
+    if name in ("silu", "swish"):
+        return F.silu
+    if name in ("solu",):
+        return lambda x: x * F.softmax(x, dim=-1)
+    raise ValueError(f"unsupported act_fn {name!r}")
+
+
+def _norm_from_module(mod: Optional[torch.nn.Module], cfg_eps: float) -> Norm:
+    """Describe the wrapped (HF / native) norm module behind a NormalizationBridge."""
+    if mod is None or isinstance(mod, torch.nn.Identity):
+        return Norm(None, None, None, 0.0)
+    name = type(mod).__name__
+    eps = getattr(mod, "eps", None)
+    if eps is None:
+        eps = getattr(mod, "variance_epsilon", None)  # HF LlamaRMSNorm
+    if eps is None:
+        eps = cfg_eps
+    w = getattr(mod, "weight", None)
+    b = getattr(mod, "bias", None)
+    w = None if w is None else w.detach()
+    b = None if b is None else b.detach()
+    if isinstance(mod, torch.nn.LayerNorm):
+        return Norm("LN", w, b, float(eps))
+    if name == "NativeLayerNormPre":
+        return Norm("LNPre", None, None, float(eps))
+    if name == "NativeRMSNormPre":
+        return Norm("RMSPre", None, None, float(eps))
+    if "RMS" in name.upper():
+        if getattr(mod, "offset", None) or "Gemma" in name:
+            raise NotImplementedError(f"RMSNorm with weight offset ({name}) not handled")
+        return Norm("RMS", w, None, float(eps))
+    raise NotImplementedError(f"unknown norm module {name}")
+
+
+def _orig(bridge_component) -> Optional[torch.nn.Module]:
+    if bridge_component is None:
+        return None
+    return getattr(bridge_component, "original_component", None)
+
+
+@torch.no_grad()
+def extract(bridge) -> FunctionalModel:
+    """Pull weights from a TransformerBridge into a uniform FunctionalModel.
+
+    Uses the bridge's own per-block accessors (attn.W_Q/W_K/W_V/W_O, b_*, mlp.W_in/
+    W_gate/W_out) -- these are raw (unfolded) HF/native weights on a default bridge.
+    Norm eps is read off the wrapped module (HF GPT-2 LN 1e-5, Llama rms_norm_eps 1e-6,
+    native cfg.eps).
+    """
+    cfg = bridge.cfg
+    H = cfg.n_heads
+    Hkv = cfg.n_key_value_heads or H
+    dh = cfg.d_head
+    D = cfg.d_model
+    cfg_eps = float(getattr(cfg, "eps", 1e-5))
+    layers = []
+    for blk in bridge.blocks:
+        a = blk.attn
+        ln1 = _norm_from_module(_orig(getattr(blk, "ln1", None)), cfg_eps)
+        has_mlp = "mlp" in blk._modules
+        ln2 = _norm_from_module(_orig(getattr(blk, "ln2", None)), cfg_eps) if has_mlp else None
+
+        def d(t):
+            return None if t is None else t.detach().clone()
+
+        lw = LayerWeights(
+            ln1=ln1, ln2=ln2,
+            W_Q=d(a.W_Q), b_Q=d(a.b_Q), W_K=d(a.W_K), b_K=d(a.b_K),
+            W_V=d(a.W_V), b_V=d(a.b_V), W_O=d(a.W_O), b_O=d(a.b_O),
+            W_in=None, b_in=None, W_gate=None, W_out=None, b_out=None,
+        )
+        if has_mlp:
+            m = blk.mlp
+            lw.W_in, lw.b_in, lw.W_out, lw.b_out = d(m.W_in), d(m.b_in), d(m.W_out), d(m.b_out)
+            lw.W_gate = d(m.W_gate) if getattr(cfg, "gated_mlp", False) else None
+        if lw.W_Q.shape != (H, D, dh) or lw.W_K.shape != (Hkv, D, dh) or lw.W_O.shape != (H, dh, D):
+            raise NotImplementedError(
+                f"unexpected attention weight shapes W_Q {tuple(lw.W_Q.shape)}, W_K {tuple(lw.W_K.shape)}, "
+                f"W_O {tuple(lw.W_O.shape)}"
+            )
+        layers.append(lw)
+
+    # embeddings
+    W_E = bridge.W_E.detach().clone()
+    W_pos = None
+    if cfg.positional_embedding_type == "standard":
+        W_pos = bridge.W_pos.detach().clone()
+
+    # rotary tables
+    rot_cos = rot_sin = rot_style = None
+    if cfg.positional_embedding_type == "rotary":
+        rot_mod = getattr(bridge, "rotary_emb", None)
+        if rot_mod is not None:  # HF style: LlamaRotaryEmbedding(x, position_ids) -> (cos, sin)
+            if getattr(cfg, "rotary_adjacent_pairs", False) or getattr(cfg, "rotary_interleaved_cos_sin", False):
+                raise NotImplementedError("adjacent-pair HF rotary not handled")
+            hf_rot = _orig(rot_mod)
+            n = int(cfg.n_ctx)
+            pos = torch.arange(n).unsqueeze(0)
+            x = torch.zeros(1, n, D, dtype=cfg.dtype)
+            cos, sin = hf_rot(x, pos)  # [1, n, rd]  (already * attention_scaling)
+            rot_cos, rot_sin, rot_style = cos[0].clone(), sin[0].clone(), "halves"
+        else:  # TL-native: NativeRotary shared by all NativeAttention modules
+            nat_rot = bridge.original_model.rotary
+            rot_cos = nat_rot.cos_cached.clone()
+            rot_sin = nat_rot.sin_cached.clone()
+            rot_style = "adjacent"
+
+    # attention scale
+    first_attn = _orig(bridge.blocks[0].attn)
+    if hasattr(first_attn, "scaling"):  # HF llama-likes
+        attn_scale = float(first_attn.scaling)
+    elif getattr(cfg, "use_attn_scale", True) and getattr(cfg, "attn_scale", -1.0) > 0:
+        attn_scale = 1.0 / float(cfg.attn_scale)
+    else:
+        attn_scale = dh ** -0.5
+    if getattr(cfg, "scale_attn_by_inverse_layer_idx", False):
+        raise NotImplementedError("scale_attn_by_inverse_layer_idx")
+    for k in ("attn_scores_soft_cap", "output_logits_soft_cap"):
+        if float(getattr(cfg, k, -1.0)) > 0:
+            raise NotImplementedError(k)
+
+    ln_final = _norm_from_module(_orig(bridge.ln_final), cfg_eps)
+    W_U = bridge.W_U.detach().clone()
+    b_U = bridge.b_U
+    b_U = None if b_U is None else b_U.detach().clone()
+
+    fm = FunctionalModel(
+        n_layers=len(layers), d_model=D, n_heads=H, n_kv_heads=Hkv, d_head=dh,
+        attn_only=bool(cfg.attn_only), gated_mlp=bool(getattr(cfg, "gated_mlp", False)),
+        act_fn=cfg.act_fn, attn_scale=attn_scale, W_E=W_E, W_pos=W_pos,
+        rot_cos=rot_cos, rot_sin=rot_sin, rot_style=rot_style, ln_final=ln_final,
+        W_U=W_U, b_U=b_U, layers=layers,
+    )
+    _finalize(fm)
+    return fm
+
+
+def _finalize(fm: FunctionalModel) -> None:
+    """Build fused flat weights (for F.linear) from the uniform per-head form."""
+    H, Hkv, dh, D = fm.n_heads, fm.n_kv_heads, fm.d_head, fm.d_model
+    for lw in fm.layers:
+        wq = lw.W_Q.permute(0, 2, 1).reshape(H * dh, D)
+        wk = lw.W_K.permute(0, 2, 1).reshape(Hkv * dh, D)
+        wv = lw.W_V.permute(0, 2, 1).reshape(Hkv * dh, D)
+        lw.Wqkv = torch.cat([wq, wk, wv], 0).contiguous()
+        if lw.b_Q is None and lw.b_K is None and lw.b_V is None:
+            lw.bqkv = None
+        else:
+            z = lambda b, n: torch.zeros(n * dh, dtype=wq.dtype) if b is None else b.reshape(-1)
+            lw.bqkv = torch.cat([z(lw.b_Q, H), z(lw.b_K, Hkv), z(lw.b_V, Hkv)])
+        lw.Wo = lw.W_O.reshape(H * dh, D).T.contiguous()
+        if lw.W_in is not None:
+            if lw.W_gate is not None:
+                lw.Wup = torch.cat([lw.W_gate.T, lw.W_in.T], 0).contiguous()
+                if lw.b_in is not None:
+                    raise NotImplementedError("gated MLP with biases")
+                lw.bup = None
+            else:
+                lw.Wup = lw.W_in.T.contiguous()
+                lw.bup = lw.b_in
+            lw.Wdown = lw.W_out.T.contiguous()
+
+
+# ----------------------------------------------------------------------------- forward
+
+
+def apply_norm(n: Norm, x: Tensor) -> Tensor:
+    if n.kind is None:
+        return x
+    if n.kind == "LN":
+        return F.layer_norm(x, (x.shape[-1],), n.w, n.b, n.eps)
+    if n.kind == "LNPre":
+        x = x - x.mean(-1, keepdim=True)
+        return x / (x.pow(2).mean(-1, keepdim=True) + n.eps).sqrt()
+    # RMS (HF LlamaRMSNorm / NativeRMSNorm): fp32 variance, x * rsqrt(var + eps), then * w
+    xf = x.float()
+    y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + n.eps)).to(x.dtype)
+    return y if n.kind == "RMSPre" or n.w is None else n.w * y
+
+
+def _rope(x: Tensor, cos: Tensor, sin: Tensor, style: str) -> Tensor:
+    """x [B, S, h, dh]; cos/sin [S, rd] (broadcast over B and heads)."""
+    rd = cos.shape[-1]
+    cos = cos[:, None, :]
+    sin = sin[:, None, :]
+    xr, xp = (x, None) if rd == x.shape[-1] else (x[..., :rd], x[..., rd:])
+    if style == "halves":  # HF llama: rotate_half(x) = cat(-x2, x1) over halves
+        x1, x2 = xr[..., : rd // 2], xr[..., rd // 2:]
+        rot = torch.cat((-x2, x1), dim=-1)
+    else:  # TL-native adjacent pairs: (x0, x1) -> (-x1, x0)
+        rot = torch.stack((-xr[..., 1::2], xr[..., 0::2]), dim=-1).flatten(-2)
+    out = xr * cos + rot * sin
+    return out if xp is None else torch.cat([out, xp], -1)
+
+
+class _Hooks:
+    """Tiny hook runner: optional fn per name (return None = unchanged) + optional cache."""
+
+    __slots__ = ("fns", "cache", "active")
+
+    def __init__(self, fns: Optional[Dict[str, HookFn]], cache: Optional[Dict[str, Tensor]]):
+        self.fns = fns or {}
+        self.cache = cache
+        self.active = bool(self.fns) or cache is not None
+
+    def __call__(self, name: str, t: Tensor) -> Tensor:
+        fn = self.fns.get(name)
+        if fn is not None:
+            r = fn(t)
+            if r is not None:
+                t = r
+        if self.cache is not None:
+            self.cache[name] = t
+        return t
+
+
+KV = Tuple[Tensor, Tensor]  # (K, V) each [B, Hkv, T, dh]; K is post-RoPE
+
+
+def attention(
+    fm: FunctionalModel, L: int, x_ln: Tensor, positions: Tensor,
+    past: Optional[KV], hk: _Hooks, want_kv: bool,
+) -> Tuple[Tensor, Optional[KV]]:
+    """One attention layer for S new query positions (absolute `positions`, contiguous),
+    attending causally to `past` (positions 0..P-1) + themselves. Returns (attn_out, kv)."""
+    lw = fm.layers[L]
+    B, S, _ = x_ln.shape
+    H, Hkv, dh = fm.n_heads, fm.n_kv_heads, fm.d_head
+    pre = f"blocks.{L}.attn."
+    qkv = F.linear(x_ln, lw.Wqkv, lw.bqkv)
+    q = qkv[..., : H * dh].view(B, S, H, dh)
+    k = qkv[..., H * dh: (H + Hkv) * dh].view(B, S, Hkv, dh)
+    v = qkv[..., (H + Hkv) * dh:].view(B, S, Hkv, dh)
+    if hk.active:
+        q = hk(pre + "hook_q", q)
+        k = hk(pre + "hook_k", k)
+        v = hk(pre + "hook_v", v)
+    if fm.rot_cos is not None:
+        cos, sin = fm.rot_cos[positions], fm.rot_sin[positions]
+        q = _rope(q, cos, sin, fm.rot_style)
+        k = _rope(k, cos, sin, fm.rot_style)
+        if hk.active:
+            q = hk(pre + "hook_rot_q", q)
+            k = hk(pre + "hook_rot_k", k)
+    qh = q.transpose(1, 2)  # [B, H, S, dh]
+    kh = k.transpose(1, 2)  # [B, Hkv, S, dh]
+    vh = v.transpose(1, 2)
+    if past is not None:
+        pk, pv = past
+        if pk.shape[0] != B:  # broadcast a batch-1 clean cache over a patch batch
+            pk, pv = pk.expand(B, -1, -1, -1), pv.expand(B, -1, -1, -1)
+        kh = torch.cat([pk, kh], 2)
+        vh = torch.cat([pv, vh], 2)
+    T = kh.shape[2]
+    P = T - S
+    rep = H // Hkv
+    # GQA without materialising repeat_interleave: query head h uses kv head h // rep
+    qg = qh.reshape(B, Hkv, rep * S, dh)
+    scores = torch.matmul(qg, kh.transpose(-1, -2)).view(B, H, S, T) * fm.attn_scale
+    if S > 1 or P == 0:
+        mask = torch.ones(S, T, dtype=torch.bool, device=x_ln.device).triu_(P + 1)
+        # bridge (non-compat mode) fills with finfo.min; identical softmax to -inf
+        scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
+    if hk.active:
+        scores = hk(pre + "hook_attn_scores", scores)
+    pattern = torch.softmax(scores, dim=-1)
+    if hk.active:
+        pattern = hk(pre + "hook_pattern", pattern)
+    z = torch.matmul(pattern.view(B, Hkv, rep * S, T), vh).view(B, H, S, dh).transpose(1, 2)
+    if hk.active:
+        z = hk(pre + "hook_z", z)
+        # TL convention: hook_result = per-head z_h @ W_O_h, WITHOUT b_O
+        if (pre + "hook_result") in hk.fns or hk.cache is not None:
+            res = torch.einsum("bshd,hdm->bshm", z, lw.W_O)
+            res = hk(pre + "hook_result", res)
+            out = res.sum(-2)
+            if lw.b_O is not None:
+                out = out + lw.b_O
+            return out, ((kh, vh) if want_kv else None)
+    out = F.linear(z.reshape(B, S, H * dh), lw.Wo, lw.b_O)
+    return out, ((kh, vh) if want_kv else None)
+
+
+def mlp(fm: FunctionalModel, L: int, x_ln: Tensor, hk: _Hooks) -> Tensor:
+    lw = fm.layers[L]
+    pre = f"blocks.{L}.mlp."
+    act = _act(fm.act_fn)
+    h = F.linear(x_ln, lw.Wup, lw.bup)
+    if lw.W_gate is not None:
+        M = lw.W_gate.shape[1]
+        g, u = h[..., :M], h[..., M:]
+        if hk.active:
+            g = hk(pre + "hook_pre", g)  # bridge: hook_pre = gate.hook_out (pre-act)
+            u = hk(pre + "hook_pre_linear", u)  # bridge: in.hook_out (up proj)
+        post = act(g) * u
+    else:
+        if hk.active:
+            h = hk(pre + "hook_pre", h)
+        post = act(h)
+    if hk.active:
+        post = hk(pre + "hook_post", post)  # gated: act(gate) * up
+    return F.linear(post, lw.Wdown, lw.b_out)
+
+
+def run_blocks(
+    fm: FunctionalModel,
+    resid: Tensor,
+    start_layer: int = 0,
+    end_layer: Optional[int] = None,
+    pos_offset: int = 0,
+    past_kv: Optional[List[Optional[KV]]] = None,
+    return_kv: bool = False,
+    hooks: Optional[Dict[str, HookFn]] = None,
+    cache: Optional[Dict[str, Tensor]] = None,
+):
+    """Run blocks [start_layer, end_layer) on resid [B, S, D] = residual entering
+    start_layer for absolute positions pos_offset..pos_offset+S-1.
+
+    past_kv[L] = (K, V) [B or 1, Hkv, pos_offset, dh] for positions < pos_offset (indexed by
+    absolute layer L; entries for layers < start_layer are ignored). Required iff pos_offset>0.
+    Returns resid (after end_layer-1) and, if return_kv, list kv[L] of the full (past + new)
+    K/V per layer (None for layers not run).
+    """
+    end_layer = fm.n_layers if end_layer is None else end_layer
+    hk = _Hooks(hooks, cache)
+    B, S, _ = resid.shape
+    positions = torch.arange(pos_offset, pos_offset + S, device=resid.device)
+    if pos_offset > 0 and past_kv is None:
+        raise ValueError("pos_offset > 0 requires past_kv")
+    kv_out: List[Optional[KV]] = [None] * fm.n_layers
+    for L in range(start_layer, end_layer):
+        lw = fm.layers[L]
+        if hk.active:
+            resid = hk(f"blocks.{L}.hook_resid_pre", resid)
+        past = past_kv[L] if past_kv is not None else None
+        a, kv = attention(fm, L, apply_norm(lw.ln1, resid), positions, past, hk, return_kv)
+        kv_out[L] = kv
+        if hk.active:
+            a = hk(f"blocks.{L}.hook_attn_out", a)
+        resid = resid + a
+        if not fm.attn_only:
+            if hk.active:
+                resid = hk(f"blocks.{L}.hook_resid_mid", resid)
+            m = mlp(fm, L, apply_norm(lw.ln2, resid), hk)
+            if hk.active:
+                m = hk(f"blocks.{L}.hook_mlp_out", m)
+            resid = resid + m
+        if hk.active:
+            resid = hk(f"blocks.{L}.hook_resid_post", resid)
+    return (resid, kv_out) if return_kv else resid
+
+
+def embed(fm: FunctionalModel, tokens: Tensor, pos_offset: int = 0, hk: Optional[_Hooks] = None) -> Tensor:
+    x = F.embedding(tokens, fm.W_E)
+    if hk is not None and hk.active:
+        x = hk("hook_embed", x)
+    if fm.W_pos is not None:
+        p = fm.W_pos[pos_offset: pos_offset + tokens.shape[1]]
+        if hk is not None and hk.active:
+            p = hk("hook_pos_embed", p.expand(tokens.shape[0], -1, -1))
+        x = x + p
+    return x
+
+
+def unembed(fm: FunctionalModel, resid: Tensor) -> Tensor:
+    x = apply_norm(fm.ln_final, resid)
+    return F.linear(x, fm.W_U.T, fm.b_U) if fm.b_U is not None else x @ fm.W_U
+
+
+def forward(
+    fm: FunctionalModel, tokens: Tensor, hooks: Optional[Dict[str, HookFn]] = None,
+    cache: Optional[Dict[str, Tensor]] = None, return_kv: bool = False,
+):
+    """Full forward: tokens [B, S] -> logits [B, S, V] (optionally + per-layer K/V)."""
+    hk = _Hooks(hooks, cache)
+    x = embed(fm, tokens, 0, hk)
+    out = run_blocks(fm, x, 0, None, 0, None, return_kv, hooks, cache)
+    if return_kv:
+        resid, kv = out
+        return unembed(fm, resid), kv
+    return unembed(fm, out)

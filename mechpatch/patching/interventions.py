@@ -1,0 +1,110 @@
+"""Interventions: small frozen objects named for what they do to a patched site.
+
+Every intervention sets a patched activation to ``base + alpha * (source - base)`` at the patched
+entries, where ``base`` is the activation of the run being patched and ``source`` is what the
+intervention brings in:
+
+=====================  ==========================================  ======
+intervention           source                                      alpha
+=====================  ==========================================  ======
+``Replace()``          the other run of the pair (clean/corrupted)  1
+``Zero()``             zeros                                        1
+``Mean()``             mean over a reference set, per position      1
+``Resample(seed)``     the same site in another prompt               1
+``Interpolate(a)``     the other run of the pair                    a
+=====================  ==========================================  ======
+"""
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from mechpatch.errors import ShapeMismatchError
+
+
+@dataclass(frozen=True)
+class Replace:
+    """Swap in the other run's activation (denoising: clean into corrupted; noising: the reverse)."""
+
+    alpha = 1.0
+    uses_pair = True
+
+    def source(self, other: Tensor, base: Tensor, reference: Optional[Tensor] = None) -> Tensor:
+        return other
+
+
+@dataclass(frozen=True)
+class Zero:
+    """Set the activation to zero (zero ablation)."""
+
+    alpha = 1.0
+    uses_pair = False
+
+    def source(self, other: Tensor, base: Tensor, reference: Optional[Tensor] = None) -> Tensor:
+        return torch.zeros_like(base)
+
+
+@dataclass(frozen=True, eq=False)
+class Mean:
+    """Set the activation to its mean over a reference set, per position (mean ablation).
+
+    ``reference`` holds token ids [n_ref, pos] of the same length as the patched prompts; by default
+    the mean is taken over the patched prompts' own base run.
+    """
+
+    reference: Optional[Int[Tensor, "n_ref pos"]] = None
+    alpha = 1.0
+    uses_pair = False
+
+    def source(self, other: Tensor, base: Tensor, reference: Optional[Tensor] = None) -> Tensor:
+        ref = base if reference is None else reference
+        return ref.mean(0, keepdim=True).expand_as(base).contiguous()
+
+
+@dataclass(frozen=True, eq=False)
+class Resample:
+    """Replace each prompt's activation with the same site's activation in another prompt.
+
+    With ``reference`` tokens the donor comes from that set; otherwise from the other run of the pair
+    (a random other prompt of it). ``seed`` fixes the donor assignment.
+    """
+
+    seed: int = 0
+    reference: Optional[Int[Tensor, "n_ref pos"]] = None
+    alpha = 1.0
+    uses_pair = True
+
+    def donors(self, n: int, n_pool: int, same_pool: bool) -> Tensor:
+        g = torch.Generator().manual_seed(self.seed)
+        if same_pool and n_pool < 2:
+            raise ShapeMismatchError("Resample needs at least two prompts to draw a different donor from")
+        idx = torch.randint(0, n_pool - 1 if same_pool else n_pool, (n,), generator=g)
+        if same_pool:  # skip the prompt itself: shift indices at or above i by one
+            idx = idx + (idx >= torch.arange(n)).long()
+        return idx
+
+    def source(self, other: Tensor, base: Tensor, reference: Optional[Tensor] = None) -> Tensor:
+        pool = other if reference is None else reference
+        return pool[self.donors(base.shape[0], pool.shape[0], same_pool=reference is None)]
+
+
+@dataclass(frozen=True)
+class Interpolate:
+    """Move the activation a fraction ``alpha`` of the way from the base run to the other run."""
+
+    alpha: float = 0.5
+    uses_pair = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool):
+            raise TypeError(f"Interpolate alpha must be a number, got {self.alpha!r}")
+
+    def source(self, other: Tensor, base: Tensor, reference: Optional[Tensor] = None) -> Tensor:
+        return other
+
+
+Intervention = Union[Replace, Zero, Mean, Resample, Interpolate]
+INTERVENTIONS = (Replace, Zero, Mean, Resample, Interpolate)

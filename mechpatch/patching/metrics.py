@@ -1,0 +1,171 @@
+"""Metrics: a patched run's logits -> one number per row.
+
+A metric sees logits only at the positions it declares (``positions``; None = every position), so the
+engine can skip unembedding the rest. ``prompt`` maps each row to its prompt, so per-prompt data
+(answers, clean logits, tokens) can be looked up.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from mechpatch.errors import MechpatchError, ShapeMismatchError
+
+
+class MetricError(MechpatchError, ValueError):
+    """A metric returned the wrong shape, a non-finite value, or lacks data it needs."""
+
+
+@dataclass(frozen=True, eq=False)
+class Metric:
+    """Base class. Subclasses implement :meth:`compute`; :meth:`__call__` validates the result."""
+
+    positions: Optional[tuple[int, ...]] = (-1,)
+    name: str = "metric"
+
+    def bind(self, **data: Tensor) -> "Metric":
+        """A copy with per-prompt data attached (answers, clean logits, tokens)."""
+        return self
+
+    def compute(self, logits: Float[Tensor, "row pos d_vocab"], prompt: Int[Tensor, " row"]) -> Tensor:
+        raise NotImplementedError  # pragma: no cover
+
+    def __call__(self, logits: Float[Tensor, "row pos d_vocab"], prompt: Int[Tensor, " row"]) -> Float[Tensor, " row"]:
+        out = self.compute(logits, prompt)
+        if not isinstance(out, Tensor) or out.shape != (logits.shape[0],):
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise MetricError(
+                f"metric {self.name!r} must return one value per row, shape ({logits.shape[0]},); got {shape}"
+            )
+        if not torch.isfinite(out).all():
+            bad = torch.nonzero(~torch.isfinite(out)).flatten()[:5].tolist()
+            raise MetricError(f"metric {self.name!r} returned NaN or inf for rows {bad}")
+        return out.float()
+
+
+def _need(what: Optional[Tensor], metric: str, key: str) -> Tensor:
+    if what is None:
+        raise MetricError(f"metric {metric!r} needs {key}; pass it (e.g. make_pair(..., answers=...))")
+    return what
+
+
+@dataclass(frozen=True, eq=False)
+class LogitDiff(Metric):
+    """logit(correct) - mean logit(wrong answers), at ``positions`` (default: the last token)."""
+
+    answers: Optional[Int[Tensor, "batch answer"]] = None
+    name: str = "logit_diff"
+
+    def bind(self, **data: Tensor) -> "LogitDiff":
+        if self.answers is not None or data.get("answers") is None:
+            return self
+        return LogitDiff(positions=self.positions, answers=data["answers"], name=self.name)
+
+    def compute(self, logits: Tensor, prompt: Tensor) -> Tensor:
+        ans = _need(self.answers, self.name, "answer tokens")
+        if ans.shape[1] < 2:
+            raise MetricError("logit_diff needs a correct and at least one wrong answer per prompt")
+        ans = ans.to(logits.device)[prompt]
+        lg = logits[:, -1]
+        picked = lg.gather(1, ans)
+        return picked[:, 0] - picked[:, 1:].mean(1)
+
+
+@dataclass(frozen=True, eq=False)
+class ProbDiff(Metric):
+    """p(correct) - p(wrong answers summed), at the last token, as in greater-than's probability difference.
+
+    ``answers[:, 0]`` is the correct answer; the remaining columns are summed as wrong.
+    """
+
+    answers: Optional[Int[Tensor, "batch answer"]] = None
+    name: str = "prob_diff"
+
+    def bind(self, **data: Tensor) -> "ProbDiff":
+        if self.answers is not None or data.get("answers") is None:
+            return self
+        return ProbDiff(positions=self.positions, answers=data["answers"], name=self.name)
+
+    def compute(self, logits: Tensor, prompt: Tensor) -> Tensor:
+        ans = _need(self.answers, self.name, "answer tokens").to(logits.device)[prompt]
+        probs = logits[:, -1].float().softmax(-1).gather(1, ans)
+        return probs[:, 0] - probs[:, 1:].sum(1)
+
+
+@dataclass(frozen=True, eq=False)
+class KLDivergence(Metric):
+    """KL(clean || patched) of the next-token distribution at ``positions``, summed over them."""
+
+    clean_logits: Optional[Float[Tensor, "batch pos d_vocab"]] = None
+    name: str = "kl_div"
+
+    def bind(self, **data: Tensor) -> "KLDivergence":
+        if self.clean_logits is not None or data.get("clean_logits") is None:
+            return self
+        return KLDivergence(positions=self.positions, clean_logits=data["clean_logits"], name=self.name)
+
+    def compute(self, logits: Tensor, prompt: Tensor) -> Tensor:
+        ref = _need(self.clean_logits, self.name, "clean logits").to(logits.device)[prompt]
+        if ref.shape[1] != logits.shape[1]:
+            raise ShapeMismatchError(f"clean logits have {ref.shape[1]} positions, patched {logits.shape[1]}")
+        logp = F.log_softmax(logits.float(), -1)
+        logq = F.log_softmax(ref.float(), -1)
+        return (logq.exp() * (logq - logp)).sum(-1).sum(-1)
+
+
+@dataclass(frozen=True, eq=False)
+class Loss(Metric):
+    """Mean next-token cross-entropy over every position (the patched prompt's own tokens as targets)."""
+
+    positions: Optional[tuple[int, ...]] = None
+    tokens: Optional[Int[Tensor, "batch pos"]] = None
+    name: str = "loss"
+
+    def bind(self, **data: Tensor) -> "Loss":
+        if self.tokens is not None or data.get("tokens") is None:
+            return self
+        return Loss(positions=None, tokens=data["tokens"], name=self.name)
+
+    def compute(self, logits: Tensor, prompt: Tensor) -> Tensor:
+        toks = _need(self.tokens, self.name, "tokens").to(logits.device)[prompt]
+        logp = F.log_softmax(logits[:, :-1].float(), -1)
+        return -logp.gather(2, toks[:, 1:, None])[..., 0].mean(1)
+
+
+@dataclass(frozen=True, eq=False)
+class Custom(Metric):
+    """Any callable ``fn(logits[row, pos, vocab], prompt[row]) -> [row]``."""
+
+    fn: Optional[Callable[[Tensor, Tensor], Tensor]] = None
+    name: str = "custom"
+
+    def compute(self, logits: Tensor, prompt: Tensor) -> Tensor:
+        if self.fn is None:
+            raise MetricError("Custom metric needs fn")
+        return self.fn(logits, prompt)
+
+
+METRICS: dict[str, type[Metric]] = {"logit_diff": LogitDiff, "prob_diff": ProbDiff, "kl_div": KLDivergence, "loss": Loss}
+
+
+def as_metric(metric: object) -> Metric:
+    """A Metric from a Metric, a metric name, or a callable ``fn(logits, prompt) -> [row]`` (all positions)."""
+    from mechpatch.errors import choices
+
+    if isinstance(metric, Metric):
+        return metric
+    if isinstance(metric, str):
+        if metric not in METRICS:
+            raise MetricError(f"unknown metric {metric!r}; valid: {choices(METRICS)} or a callable")
+        return METRICS[metric]()
+    if callable(metric):
+        return Custom(positions=None, fn=metric, name=getattr(metric, "__name__", "custom"))
+    raise MetricError(f"a metric must be a Metric, a name ({choices(METRICS)}) or a callable; got {metric!r}")
+
+
+__all__ = ["Custom", "KLDivergence", "LogitDiff", "Loss", "Metric", "MetricError", "ProbDiff", "as_metric"]

@@ -1,0 +1,211 @@
+"""Sweeps: (sites x positions) x intervention x metric -> a labelled :class:`PatchResult`.
+
+A sweep is a :class:`Grid` of site sets (one cell = one set patched together) run through
+:func:`~mechpatch.patching.engine.run_patches` in both directions:
+
+- ``direction="denoise"``: run the corrupted prompts, restore clean activations;
+- ``direction="noise"``: run the clean prompts, insert corrupted activations (or zero/mean/...).
+
+>>> # doctest: +SKIP
+>>> res = sweep(model, pair, "head", metric="logit_diff")          # layer x head
+>>> res = sweep(model, pair, "resid_pre")                          # layer x position
+>>> res = sweep(model, pair, "head", by_position=True)             # layer x head x position
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+
+from mechpatch.cache import PromptPair
+from mechpatch.errors import EmptyInputError, choices
+from mechpatch.model import HookedModel
+from mechpatch.patching.engine import run_patches
+from mechpatch.patching.interventions import Intervention, Replace
+from mechpatch.patching.metrics import Metric, as_metric
+from mechpatch.patching.results import PatchResult
+from mechpatch.sites import Attn, Head, HeadResult, Key, Mlp, Neuron, Pattern, Query, Resid, Site, Value
+
+DIRECTIONS = ("denoise", "noise")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Cells of site sets laid out on labelled axes; ``cells`` is row-major over ``shape``."""
+
+    cells: tuple[tuple[Site, ...], ...]
+    shape: tuple[int, ...]
+    axes: tuple[str, ...]
+    labels: tuple[tuple[str, ...], ...]
+
+    def __post_init__(self) -> None:
+        size = 1
+        for n in self.shape:
+            size *= n
+        if size != len(self.cells):
+            raise ValueError(f"grid of shape {self.shape} needs {size} cells, got {len(self.cells)}")
+        if len(self.axes) != len(self.shape) or len(self.labels) != len(self.shape):
+            raise ValueError("a grid needs one axis name and one label list per dimension")
+        if size == 0:
+            raise EmptyInputError("empty sweep: the grid has no cells")
+
+    @classmethod
+    def of(cls, site_sets: Sequence[Union[Site, Sequence[Site]]], labels: Optional[Sequence[str]] = None) -> "Grid":
+        """A one-axis grid from any list of sites or site sets (labels default to the sites' labels)."""
+        cells = tuple((s,) if isinstance(s, Site) else tuple(s) for s in site_sets)
+        if not cells:
+            raise EmptyInputError("empty sweep: no site sets given")
+        lab = tuple(labels) if labels is not None else tuple(" + ".join(s.label for s in c) for c in cells)
+        return cls(cells, (len(cells),), ("patch",), (lab,))
+
+
+_HEAD_KINDS: dict[str, type[Site]] = {
+    "head": Head, "z": Head, "head_result": HeadResult, "q": Query, "query": Query, "k": Key, "key": Key,
+    "v": Value, "value": Value, "pattern": Pattern,
+}
+_LAYER_KINDS: dict[str, Callable[..., Site]] = {
+    "resid_pre": lambda l, pos=None: Resid(l, "pre", pos=pos),
+    "resid_mid": lambda l, pos=None: Resid(l, "mid", pos=pos),
+    "resid_post": lambda l, pos=None: Resid(l, "post", pos=pos),
+    "attn_out": lambda l, pos=None: Attn(l, pos=pos),
+    "mlp_out": lambda l, pos=None: Mlp(l, pos=pos),
+}
+SWEEP_KINDS = tuple(_LAYER_KINDS) + tuple(_HEAD_KINDS) + ("neuron",)
+
+
+def make_grid(
+    model: HookedModel,
+    kind: str,
+    seq_len: int,
+    by_position: Optional[bool] = None,
+    layers: Optional[Sequence[int]] = None,
+    positions: Optional[Sequence[int]] = None,
+    pos_labels: Optional[Sequence[str]] = None,
+) -> Grid:
+    """The standard grid of a sweep kind.
+
+    Layer kinds (resid_pre/mid/post, attn_out, mlp_out) are layer x position by default; head kinds
+    (head, head_result, q, k, v, pattern) are layer x head, or layer x head x position with
+    ``by_position=True`` (k and v sweep key/value groups). ``neuron`` is layer x neuron.
+    """
+    spec = model.spec
+    layer_list = list(range(spec.n_layers)) if layers is None else list(layers)
+    pos_list = list(range(seq_len)) if positions is None else [p % seq_len for p in positions]
+    plabels = tuple(
+        f"{p}:{pos_labels[p]}" if pos_labels is not None else str(p) for p in pos_list
+    )
+    llabels = tuple(f"L{l}" for l in layer_list)
+    if kind in _LAYER_KINDS:
+        make = _LAYER_KINDS[kind]
+        if by_position is False:
+            cells = tuple((make(l),) for l in layer_list)
+            return Grid(cells, (len(layer_list),), ("layer",), (llabels,))
+        cells = tuple((make(l, pos=p),) for l in layer_list for p in pos_list)
+        return Grid(cells, (len(layer_list), len(pos_list)), ("layer", "pos"), (llabels, plabels))
+    if kind in _HEAD_KINDS:
+        cls = _HEAD_KINDS[kind]
+        grouped = cls in (Key, Value)
+        n_units = spec.n_kv_heads if grouped else spec.n_heads
+        unit_name = "kv_head" if grouped else "head"
+        ulabels = tuple(f"{'G' if grouped else 'H'}{u}" for u in range(n_units))
+
+        def site(l: int, u: int, pos=None) -> Site:
+            return cls(l, u, pos=pos)
+
+        if by_position:
+            cells = tuple((site(l, u, pos=p),) for l in layer_list for u in range(n_units) for p in pos_list)
+            return Grid(
+                cells, (len(layer_list), n_units, len(pos_list)), ("layer", unit_name, "pos"),
+                (llabels, ulabels, plabels),
+            )
+        cells = tuple((site(l, u),) for l in layer_list for u in range(n_units))
+        return Grid(cells, (len(layer_list), n_units), ("layer", unit_name), (llabels, ulabels))
+    if kind == "neuron":
+        if spec.d_mlp is None:
+            raise EmptyInputError("this model has no MLP neurons")
+        cells = tuple((Neuron(l, n),) for l in layer_list for n in range(spec.d_mlp))
+        return Grid(
+            cells, (len(layer_list), spec.d_mlp), ("layer", "neuron"),
+            (llabels, tuple(f"N{n}" for n in range(spec.d_mlp))),
+        )
+    from mechpatch.errors import UnknownSiteKindError
+
+    raise UnknownSiteKindError(f"unknown sweep kind {kind!r}; valid: {choices(SWEEP_KINDS)}")
+
+
+def sweep(
+    model: HookedModel,
+    pair: PromptPair,
+    grid: Union[str, Grid, Sequence[Union[Site, Sequence[Site]]]],
+    *,
+    metric: Union[Metric, str, Callable] = "logit_diff",
+    direction: str = "denoise",
+    intervention: Intervention = Replace(),
+    by_position: Optional[bool] = None,
+    layers: Optional[Sequence[int]] = None,
+    positions: Optional[Sequence[int]] = None,
+    method: str = "auto",
+    batch_size: Optional[int] = None,
+    memory_budget: Union[int, str, None] = None,
+    progress: Optional[bool] = None,
+) -> PatchResult:
+    """Run every cell of a grid as one patch and return labelled per-prompt metric values.
+
+    Args:
+        model: the model.
+        pair: clean/corrupted prompts with answers (:func:`mechpatch.make_pair`).
+        grid: a sweep kind (``"resid_pre"``, ``"head"``, ``"q"``, ``"pattern"``, ... see
+            :data:`SWEEP_KINDS`), a :class:`Grid`, or any list of sites / site sets.
+        metric: ``"logit_diff"``, ``"prob_diff"``, ``"kl_div"``, ``"loss"``, a Metric or a callable.
+        direction: ``"denoise"`` (patch clean into corrupted) or ``"noise"`` (corrupted into clean).
+        intervention: Replace() (default), Zero(), Mean(), Resample(), Interpolate(alpha).
+        by_position, layers, positions: shape a named grid (see :func:`make_grid`).
+        method, batch_size, memory_budget, progress: see :func:`~mechpatch.patching.engine.run_patches`.
+
+    Returns:
+        :class:`PatchResult`.
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"unknown direction {direction!r}; valid: {choices(DIRECTIONS)}")
+    if not isinstance(pair, PromptPair):
+        raise TypeError(f"pair must be a PromptPair (see mechpatch.make_pair), got {type(pair).__name__}")
+    seq_len = pair.seq_len
+    if isinstance(grid, str):
+        str_tokens = model.to_str_tokens(pair.clean[0]) if model.tokenizer is not None else None
+        grid = make_grid(model, grid, seq_len, by_position, layers, positions, str_tokens)
+    elif not isinstance(grid, Grid):
+        grid = Grid.of(grid)
+    metric = as_metric(metric)
+    base, source = (pair.corrupted, pair.clean) if direction == "denoise" else (pair.clean, pair.corrupted)
+
+    with torch.inference_mode():
+        clean_logits = model.bridge(pair.clean)
+        corrupted_logits = model.bridge(pair.corrupted)
+    pos = list(metric.positions) if metric.positions is not None else slice(None)
+
+    def bound_for(tokens: torch.Tensor) -> Metric:
+        return metric.bind(answers=pair.answers, clean_logits=clean_logits[:, pos], tokens=tokens)
+
+    prompt = torch.arange(pair.n_prompts, device=pair.clean.device)
+    clean_value = bound_for(pair.clean)(clean_logits[:, pos], prompt).cpu()
+    corrupted_value = bound_for(pair.corrupted)(corrupted_logits[:, pos], prompt).cpu()
+    bound = bound_for(base)
+
+    run = run_patches(
+        model, base, grid.cells, bound, source=source, intervention=intervention, method=method,
+        batch_size=batch_size, memory_budget=memory_budget, progress=progress,
+    )
+    return PatchResult(
+        values=run.values.reshape(*grid.shape, pair.n_prompts),
+        axes=grid.axes,
+        labels=grid.labels,
+        sites=grid.cells,
+        clean=clean_value,
+        corrupted=corrupted_value,
+        noop=run.noop.reshape(grid.shape),
+        metric=bound.name,
+        direction=direction,
+        intervention=type(intervention).__name__,
+        meta={"method": run.method, "forwards": run.forwards},
+    )
