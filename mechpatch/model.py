@@ -94,9 +94,10 @@ HOOK_TABLE: Mapping[str, HookSpec] = {
     "embed": HookSpec("hook_embed", _R),
     "pos_embed": HookSpec("hook_pos_embed", _R),
     "resid_pre": HookSpec("blocks.{layer}.hook_resid_pre", _R),
-    # TransformerLens 4.3 fires hook_resid_mid as LN2's input: a write changes the MLP's input but not
-    # the residual stream that flows on (measured; HookedTransformer patched both). mechpatch patches
-    # the residual stream, so writes go through attn_out: resid_mid = resid_pre + attn_out.
+    # TransformerLens 4.3 fires hook_resid_mid as LN2's input: a hook that *returns* a new tensor
+    # changes the MLP's input but not the residual stream that flows on (an in-place edit changes
+    # both; measured). mechpatch patches the residual stream whatever the hook style, so writes go
+    # through attn_out: resid_mid = resid_pre + attn_out.
     "resid_mid": HookSpec(
         "blocks.{layer}.hook_resid_mid", _R, write_via="blocks.{layer}.hook_attn_out",
         write_offset="blocks.{layer}.hook_resid_pre",

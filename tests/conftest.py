@@ -37,12 +37,22 @@ def tokenizer(tmp_path_factory):
     return _tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
+def perturb(module, seed):
+    """Add noise to every parameter (LayerNorm weights and biases too, which initialise to 1 and 0),
+    so that a comparison that ignored them could not pass."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return module
+
+
 def _gpt2_hf(seed=0):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
     cfg = GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=32, vocab_size=100, bos_token_id=0, eos_token_id=0)
-    return GPT2LMHeadModel(cfg).eval()
+    return perturb(GPT2LMHeadModel(cfg).eval(), seed + 100)
 
 
 def _llama_hf(seed=0):
@@ -53,7 +63,7 @@ def _llama_hf(seed=0):
         hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2, intermediate_size=128,
         vocab_size=100, max_position_embeddings=32, bos_token_id=0, eos_token_id=0,
     )
-    return LlamaForCausalLM(cfg).eval()
+    return perturb(LlamaForCausalLM(cfg).eval(), seed + 200)
 
 
 def native_config(**overrides):
@@ -71,19 +81,25 @@ def gpt2(tokenizer):
     return load_model(_gpt2_hf(), tokenizer=tokenizer, device="cpu", name="tiny-gpt2")
 
 
-@pytest.fixture(scope="session")
-def attn_only():
+def native_model(seed=0, name="native", **overrides):
     from mechpatch.model import load_model
 
-    return load_model(native_config(attn_only=True), device="cpu", name="tiny-attn-only")
+    model = load_model(native_config(**overrides), device="cpu", name=name)
+    perturb(model.bridge, seed + 300)
+    return model
+
+
+@pytest.fixture(scope="session")
+def attn_only():
+    return native_model(1, "tiny-attn-only", attn_only=True)
 
 
 @pytest.fixture(scope="session")
 def gqa():
-    from mechpatch.model import load_model
-
-    return load_model(
-        native_config(attn_only=False, d_mlp=128, n_key_value_heads=2, act_fn="gelu"), device="cpu", name="tiny-gqa"
+    """Native GQA model with MLP, rotary positions and RMSNorm (the SmolLM2 family's ingredients)."""
+    return native_model(
+        2, "tiny-gqa", attn_only=False, d_mlp=128, n_key_value_heads=2, act_fn="gelu",
+        positional_embedding_type="rotary", normalization_type="RMS",
     )
 
 

@@ -81,10 +81,13 @@ def _make_sources(
     source: Optional[Tensor],
     intervention: Intervention,
     base_cache: Optional[dict[str, Tensor]] = None,
+    run_cache: Callable[[HookedModel, Tensor, Sequence[str]], dict[str, Tensor]] = _run_cache,
 ) -> _Sources:
+    """Source tensors per hook. ``run_cache`` must be the same forward for base and source runs, so
+    that activations the two runs share are bitwise equal (that is how no-ops are recognised)."""
     names = list(plan.hooks)
-    base_acts = base_cache if base_cache is not None else _run_cache(model, base, names)
-    other = _run_cache(model, source, names) if source is not None else None
+    base_acts = base_cache if base_cache is not None else run_cache(model, base, names)
+    other = run_cache(model, source, names) if source is not None else None
     reference_tokens = getattr(intervention, "reference", None)
     ref = None
     if reference_tokens is not None:
@@ -94,7 +97,7 @@ def _make_sources(
                 f"{type(intervention).__name__} reference prompts have {ref_tokens.shape[1]} tokens; the patched "
                 f"prompts have {base.shape[1]}: positions must align"
             )
-        ref = _run_cache(model, ref_tokens, names)
+        ref = run_cache(model, ref_tokens, names)
     srcs = {}
     for n in names:
         o = other[n] if other is not None else base_acts[n]
@@ -159,16 +162,22 @@ def _run_reference(model, plan, base, sources, alpha, metric, progress) -> Tenso
     values = []
     for v in tqdm(range(plan.n_variants), desc="patching (reference)", disable=not progress, unit="patch"):
         hooks, redirected = [], []
+        # one boolean mask per hook, so that sites overlapping in a variant patch each entry once
+        masks: dict[str, Tensor] = {}
         for p in plan.points[v]:
-            idx = (slice(None), *p.index(plan.seq_len)[1:])
             src = sources.source[p.name]
+            if p.name not in masks:
+                masks[p.name] = torch.zeros(src.shape, dtype=torch.bool, device=src.device)
+            masks[p.name][(slice(None), *p.index(plan.seq_len)[1:])] = True
+        for p in {p.name: p for p in plan.points[v]}.values():
+            src, m = sources.source[p.name], masks[p.name]
 
-            def target(act, offset, idx=idx, src=src):
+            def target(act, offset, m=m, src=src):
                 act = act.clone()
                 if alpha == 1.0:
-                    act[idx] = src[idx]
+                    act[m] = src[m]
                 else:
-                    act[idx] = act[idx] + alpha * (src[idx] - act[idx])
+                    act[m] = act[m] + alpha * (src[m] - act[m])
                 return act
 
             pair = _bridge_hooks(p.spec, p.site.layer_index, target, p.name)
@@ -264,10 +273,14 @@ def run_patches(
     with model.gates([s for v in plan.variants for s in v]):
         fast_state = fast.prepare(model, plan, base_t) if method == "fast" else None
         sources = _make_sources(
-            model, plan, base_t, src_t, intervention, base_cache=None if fast_state is None else fast_state.hook_cache
+            model, plan, base_t, src_t, intervention,
+            base_cache=None if fast_state is None else fast_state.hook_cache,
+            run_cache=_run_cache if fast_state is None else fast.hook_values,
         )
         noop, noop_sites = _noops(plan, sources, intervention.alpha)
         n_prompts, seq_len = base_t.shape
+        with torch.inference_mode():  # check the metric on the unpatched run before a long sweep
+            metric(_select_logits(model.bridge(base_t), metric), torch.arange(n_prompts, device=base_t.device))
         if batch_size is None:
             budget = parse_bytes(memory_budget) or DEFAULT_BUDGET
             per_variant = _row_bytes(model, seq_len, len(metric.positions or range(seq_len))) * n_prompts

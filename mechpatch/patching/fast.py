@@ -103,22 +103,31 @@ class FastState:
     starts: list[tuple[int, int]]  # per variant: (first layer, first position)
 
 
-def prepare(model: HookedModel, plan: PatchPlan, base: Tensor) -> FastState:
-    """Run the base prompts once through the functional forward, caching what chunks start from."""
-    fm = weights(model)
-    names = set(plan.hooks)
+def _forward_caching(fm: F_.FunctionalModel, tokens: Tensor, names: "set[str]", return_kv: bool = False):
     cache: dict[str, Tensor] = {}
-    want = {f"blocks.{l}.hook_resid_pre" for l in range(fm.n_layers)} | names
 
     def keep(name: str):
         def fn(t: Tensor) -> None:
-            cache[name] = t.detach().clone() if name != "hook_pos_embed" else t.detach().expand(base.shape[0], -1, -1).clone()
-            return None
+            cache[name] = t.detach().expand(tokens.shape[0], *t.shape[1:]).clone()
 
         return fn
 
     with torch.inference_mode():
-        _, kv = F_.forward(fm, base, hooks={n: keep(n) for n in want}, return_kv=True)
+        out = F_.forward(fm, tokens, hooks={n: keep(n) for n in names}, return_kv=return_kv)
+    return cache, (out[1] if return_kv else None)
+
+
+def hook_values(model: HookedModel, tokens: Tensor, names: "list[str]") -> dict[str, Tensor]:
+    """Full hook tensors for ``names`` from one functional forward of ``tokens``."""
+    return _forward_caching(weights(model), tokens, set(names))[0]
+
+
+def prepare(model: HookedModel, plan: PatchPlan, base: Tensor) -> FastState:
+    """Run the base prompts once through the functional forward, caching what chunks start from."""
+    fm = weights(model)
+    names = set(plan.hooks)
+    want = {f"blocks.{l}.hook_resid_pre" for l in range(fm.n_layers)} | names
+    cache, kv = _forward_caching(fm, base, want, return_kv=True)
     starts = [(plan.first_layer([v]), plan.first_position([v])) for v in range(plan.n_variants)]
     order = torch.tensor(sorted(range(plan.n_variants), key=lambda v: starts[v]), dtype=torch.long)
     return FastState(

@@ -22,7 +22,8 @@ are pre-RoPE; per-head ``hook_result`` excludes ``b_O``; the Llama ``hook_post``
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -87,7 +88,7 @@ class FunctionalModel:
     ln_final: Norm
     W_U: Tensor  # [D, V]
     b_U: Optional[Tensor]  # [V]
-    layers: List[LayerWeights]
+    layers: list[LayerWeights]
 
     @property
     def rotary_dim(self) -> int:
@@ -302,7 +303,7 @@ class _Hooks:
 
     __slots__ = ("fns", "cache", "active")
 
-    def __init__(self, fns: Optional[Dict[str, HookFn]], cache: Optional[Dict[str, Tensor]]):
+    def __init__(self, fns: Optional[dict[str, HookFn]], cache: Optional[dict[str, Tensor]]):
         self.fns = fns or {}
         self.cache = cache
         self.active = bool(self.fns) or cache is not None
@@ -318,13 +319,13 @@ class _Hooks:
         return t
 
 
-KV = Tuple[Tensor, Tensor]  # (K, V) each [B, Hkv, T, dh]; K is post-RoPE
+KV = tuple[Tensor, Tensor]  # (K, V) each [B, Hkv, T, dh]; K is post-RoPE
 
 
 def attention(
     fm: FunctionalModel, L: int, x_ln: Tensor, positions: Tensor,
     past: Optional[KV], hk: _Hooks, want_kv: bool,
-) -> Tuple[Tensor, Optional[KV]]:
+) -> tuple[Tensor, Optional[KV]]:
     """One attention layer for S new query positions (absolute `positions`, contiguous),
     attending causally to `past` (positions 0..P-1) + themselves. Returns (attn_out, kv)."""
     lw = fm.layers[L]
@@ -412,10 +413,10 @@ def run_blocks(
     start_layer: int = 0,
     end_layer: Optional[int] = None,
     pos_offset: int = 0,
-    past_kv: Optional[List[Optional[KV]]] = None,
+    past_kv: Optional[list[Optional[KV]]] = None,
     return_kv: bool = False,
-    hooks: Optional[Dict[str, HookFn]] = None,
-    cache: Optional[Dict[str, Tensor]] = None,
+    hooks: Optional[dict[str, HookFn]] = None,
+    cache: Optional[dict[str, Tensor]] = None,
 ):
     """Run blocks [start_layer, end_layer) on resid [B, S, D] = residual entering
     start_layer for absolute positions pos_offset..pos_offset+S-1.
@@ -431,7 +432,7 @@ def run_blocks(
     positions = torch.arange(pos_offset, pos_offset + S, device=resid.device)
     if pos_offset > 0 and past_kv is None:
         raise ValueError("pos_offset > 0 requires past_kv")
-    kv_out: List[Optional[KV]] = [None] * fm.n_layers
+    kv_out: list[Optional[KV]] = [None] * fm.n_layers
     for L in range(start_layer, end_layer):
         lw = fm.layers[L]
         if hk.active:
@@ -472,8 +473,8 @@ def unembed(fm: FunctionalModel, resid: Tensor) -> Tensor:
 
 
 def forward(
-    fm: FunctionalModel, tokens: Tensor, hooks: Optional[Dict[str, HookFn]] = None,
-    cache: Optional[Dict[str, Tensor]] = None, return_kv: bool = False,
+    fm: FunctionalModel, tokens: Tensor, hooks: Optional[dict[str, HookFn]] = None,
+    cache: Optional[dict[str, Tensor]] = None, return_kv: bool = False,
 ):
     """Full forward: tokens [B, S] -> logits [B, S, V] (optionally + per-layer K/V)."""
     hk = _Hooks(hooks, cache)
@@ -483,3 +484,8 @@ def forward(
         resid, kv = out
         return unembed(fm, resid), kv
     return unembed(fm, out)
+
+
+def slice_kv(kv: list[Optional[KV]], p: int) -> list[Optional[KV]]:
+    """Keep cached K/V for positions < p only."""
+    return [None if e is None else (e[0][:, :, :p], e[1][:, :, :p]) for e in kv]

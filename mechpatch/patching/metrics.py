@@ -28,7 +28,7 @@ class Metric:
     positions: Optional[tuple[int, ...]] = (-1,)
     name: str = "metric"
 
-    def bind(self, **data: Tensor) -> "Metric":
+    def bind(self, **data: Optional[Tensor]) -> "Metric":
         """A copy with per-prompt data attached (answers, clean logits, tokens)."""
         return self
 
@@ -61,7 +61,7 @@ class LogitDiff(Metric):
     answers: Optional[Int[Tensor, "batch answer"]] = None
     name: str = "logit_diff"
 
-    def bind(self, **data: Tensor) -> "LogitDiff":
+    def bind(self, **data: Optional[Tensor]) -> "LogitDiff":
         if self.answers is not None or data.get("answers") is None:
             return self
         return LogitDiff(positions=self.positions, answers=data["answers"], name=self.name)
@@ -86,7 +86,7 @@ class ProbDiff(Metric):
     answers: Optional[Int[Tensor, "batch answer"]] = None
     name: str = "prob_diff"
 
-    def bind(self, **data: Tensor) -> "ProbDiff":
+    def bind(self, **data: Optional[Tensor]) -> "ProbDiff":
         if self.answers is not None or data.get("answers") is None:
             return self
         return ProbDiff(positions=self.positions, answers=data["answers"], name=self.name)
@@ -104,7 +104,7 @@ class KLDivergence(Metric):
     clean_logits: Optional[Float[Tensor, "batch pos d_vocab"]] = None
     name: str = "kl_div"
 
-    def bind(self, **data: Tensor) -> "KLDivergence":
+    def bind(self, **data: Optional[Tensor]) -> "KLDivergence":
         if self.clean_logits is not None or data.get("clean_logits") is None:
             return self
         return KLDivergence(positions=self.positions, clean_logits=data["clean_logits"], name=self.name)
@@ -126,7 +126,7 @@ class Loss(Metric):
     tokens: Optional[Int[Tensor, "batch pos"]] = None
     name: str = "loss"
 
-    def bind(self, **data: Tensor) -> "Loss":
+    def bind(self, **data: Optional[Tensor]) -> "Loss":
         if self.tokens is not None or data.get("tokens") is None:
             return self
         return Loss(positions=None, tokens=data["tokens"], name=self.name)

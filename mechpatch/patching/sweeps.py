@@ -6,10 +6,11 @@ A sweep is a :class:`Grid` of site sets (one cell = one set patched together) ru
 - ``direction="denoise"``: run the corrupted prompts, restore clean activations;
 - ``direction="noise"``: run the clean prompts, insert corrupted activations (or zero/mean/...).
 
->>> # doctest: +SKIP
->>> res = sweep(model, pair, "head", metric="logit_diff")          # layer x head
->>> res = sweep(model, pair, "resid_pre")                          # layer x position
->>> res = sweep(model, pair, "head", by_position=True)             # layer x head x position
+Typical calls (see the tests for runnable versions)::
+
+    res = sweep(model, pair, "head", metric="logit_diff")          # layer x head
+    res = sweep(model, pair, "resid_pre")                          # layer x position
+    res = sweep(model, pair, "head", by_position=True)             # layer x head x position
 """
 
 from collections.abc import Callable, Sequence
