@@ -1,9 +1,11 @@
-"""The main job (`make demo`): load the default model, cache activations, write figures and a report.
+"""The main job (`make demo`): load the default model, cache activations, run patching sweeps, write a report.
 
-Reads a YAML config (configs/demo.yaml) into frozen dataclasses; writes everything under ``out_dir``.
+Reads a YAML config (configs/demo.yaml) into frozen dataclasses and writes, under ``out_dir``:
+``report.html`` (self-contained: plotly.js embedded), one HTML file per figure, ``summary.json``.
 """
 
 import argparse
+import html
 import json
 import os
 import sys
@@ -12,8 +14,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from mechpatch import Pattern, Resid, cache_activations, load_model
+from mechpatch import Pattern, cache_activations, load_model, make_pair
 from mechpatch.config import load_config
+from mechpatch.patching import sweep
+from mechpatch.plotting import heatmap, patch_heatmap
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,23 @@ def build_model(cfg: BuiltModel):
     return load_model(native, device="auto", name=f"built-gpt2-{cfg.n_layers}L")
 
 
+def write_report(path: str, title: str, headline: dict, figures: dict) -> None:
+    """One self-contained page: plotly.js embedded once, then every figure."""
+    parts = []
+    for i, (name, fig) in enumerate(figures.items()):
+        parts.append(f"<h2>{html.escape(name)}</h2>" + fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in headline.items())
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
+        f"<body style='font-family:sans-serif;max-width:1100px;margin:auto'><h1>{html.escape(title)}</h1>"
+        f"<table>{rows}</table>{''.join(parts)}</body></html>"
+    )
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(page)
+    os.replace(tmp, path)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
@@ -57,44 +78,58 @@ def main(argv=None) -> int:
     torch.manual_seed(cfg.seed)
 
     model = build_model(cfg.model)
+    spec = model.spec
     print(model)
-    # repeated random tokens: [r, r] so attention to the earlier copy is visible in the patterns
+    # repeated random tokens [r, r]; the corrupted prompts change one token of the first copy
     half = cfg.seq_len // 2
-    r = torch.randint(0, model.spec.d_vocab, (cfg.n_prompts, half))
-    tokens = torch.cat([r, r], dim=1)
-    sites = [Pattern(l, h) for l in range(model.spec.n_layers) for h in range(model.spec.n_heads)]
-    sites += [Resid(l, "post") for l in range(model.spec.n_layers)]
-    cache = cache_activations(model, tokens, sites)
-    print(cache)
+    g = torch.Generator().manual_seed(cfg.seed)
+    r = torch.randint(0, spec.d_vocab, (cfg.n_prompts, half), generator=g)
+    clean = torch.cat([r, r], dim=1)
+    corrupted = clean.clone()
+    corrupted[:, half - 1] = (corrupted[:, half - 1] + 1 + torch.randint(0, spec.d_vocab - 1, (cfg.n_prompts,),
+                                                                          generator=g)) % spec.d_vocab
+    # answer: the token that the repeat predicts next (clean) vs a random other token
+    answers = torch.stack([clean[:, 0], (clean[:, 0] + 1) % spec.d_vocab], dim=1)
+    pair = make_pair(model, clean, corrupted, answers=answers)
 
-    from mechpatch.plotting import heatmap
+    sites = [Pattern(l, h) for l in range(spec.n_layers) for h in range(spec.n_heads)]
+    cache = cache_activations(model, pair.clean, sites)
+    patterns = torch.stack([cache[s].mean(0) for s in sites])
+    induction = torch.stack([p.diagonal(offset=-(half - 1)).mean() for p in patterns]).reshape(spec.n_layers, spec.n_heads)
 
-    patterns = torch.stack([cache[Pattern(l, h)].mean(0) for l in range(model.spec.n_layers)
-                            for h in range(model.spec.n_heads)])
-    induction = torch.stack([p.diagonal(offset=-(half - 1)).mean() for p in patterns]).reshape(
-        model.spec.n_layers, model.spec.n_heads)
-    norms = torch.stack([cache[Resid(l, "post")].norm(dim=-1).mean(0) for l in range(model.spec.n_layers)])
+    t = time.time()
+    resid = sweep(model, pair, "resid_pre", metric="logit_diff")
+    heads = sweep(model, pair, "head", metric="logit_diff")
+    sweep_seconds = time.time() - t
+    print(resid)
+    print(heads)
     figs = {
-        "induction_scores": heatmap(induction, x_labels=[f"H{h}" for h in range(model.spec.n_heads)],
-                                    y_labels=[f"L{l}" for l in range(model.spec.n_layers)],
-                                    title="Induction score per head (repeated random tokens)", x_title="head",
-                                    y_title="layer"),
-        "resid_norms": heatmap(norms, x_labels=[str(p) for p in range(cfg.seq_len)],
-                               y_labels=[f"L{l}" for l in range(model.spec.n_layers)],
-                               title="Residual-stream norm after each layer", x_title="position", y_title="layer"),
+        "resid_pre_by_position": patch_heatmap(resid),
+        "heads": patch_heatmap(heads),
+        "induction_scores": heatmap(
+            induction, x_labels=[f"H{h}" for h in range(spec.n_heads)], y_labels=[f"L{l}" for l in range(spec.n_layers)],
+            title="Induction score per head (repeated random tokens)", x_title="head", y_title="layer",
+        ),
     }
     for name, fig in figs.items():
         fig.write_html(os.path.join(cfg.out_dir, f"{name}.html"), include_plotlyjs=True)
-    summary = {
+    headline = {
         "model": repr(model),
-        "config": asdict(cfg),
-        "cache": repr(cache),
-        "max_induction_score": float(induction.max()),
-        "figures": [f"{n}.html" for n in figs],
-        "seconds": round(time.time() - start, 2),
+        "note": "random weights built in code (the bundled pretrained default model arrives with the reference-models work)",
+        "prompts": f"{cfg.n_prompts} x {cfg.seq_len} tokens",
+        "clean logit diff": f"{float(resid.clean.mean()):.4f}",
+        "corrupted logit diff": f"{float(resid.corrupted.mean()):.4f}",
+        "patches run": int(resid.noop.numel() + heads.noop.numel()),
+        "no-op patches": int(resid.noop.sum() + heads.noop.sum()),
+        "sweep seconds": round(sweep_seconds, 2),
+        "engine method": resid.meta["method"],
     }
-    with open(os.path.join(cfg.out_dir, "summary.json"), "w") as fh:
+    write_report(os.path.join(cfg.out_dir, "report.html"), "mechpatch demo", headline, figs)
+    summary = {**headline, "config": asdict(cfg), "figures": [f"{n}.html" for n in figs] + ["report.html"],
+               "seconds": round(time.time() - start, 2)}
+    with open(os.path.join(cfg.out_dir, "summary.json.tmp"), "w") as fh:
         json.dump(summary, fh, indent=2)
+    os.replace(os.path.join(cfg.out_dir, "summary.json.tmp"), os.path.join(cfg.out_dir, "summary.json"))
     print(json.dumps(summary))
     return 0
 

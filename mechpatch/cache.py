@@ -15,7 +15,7 @@ from typing import Optional, Union
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from tqdm.auto import tqdm
+from mechpatch._progress import progress_bar
 
 from mechpatch.errors import (
     EmptyInputError,
@@ -225,7 +225,7 @@ def cache_activations(
     starts = range(0, n, batch_size)
     show = progress if progress is not None else len(starts) > 1
     with model.gates([p.site for p in points]), torch.inference_mode():
-        for lo in tqdm(starts, desc="caching", disable=not show, unit="chunk"):
+        for lo in progress_bar(starts, desc="caching", enabled=show, unit="chunk"):
             bounds = (lo, min(n, lo + batch_size))
             model.bridge.run_with_hooks(
                 tokens[lo : bounds[1]], fwd_hooks=fwd_hooks, stop_at_layer=min(last_layer + 1, model.spec.n_layers)

@@ -24,7 +24,7 @@ from typing import Optional, Union
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
+from mechpatch._progress import progress_bar
 
 from mechpatch.cache import as_tokens, parse_bytes
 from mechpatch.errors import ShapeMismatchError, choices
@@ -46,21 +46,18 @@ class PatchRun:
     values: Float[Tensor, "variant prompt"]
     noop: Bool[Tensor, " variant"]
     noop_sites: tuple[tuple[Site, ...], ...]  # per variant, the sites whose source equals their target
+    base_values: Float[Tensor, " prompt"]  # the metric on the unpatched base run
+    source_values: Optional[Float[Tensor, " prompt"]]  # ... and on the unpatched source run
     method: str
     forwards: int  # forward passes (chunks) run
 
 
-@dataclass
-class _Sources:
-    """Per-hook tensors the patched values come from, plus the base run's own activations."""
-
-    source: dict[str, Tensor]  # hook -> [prompt, ...hook shape]
-    base: dict[str, Tensor]
-
-
-def _run_cache(model: HookedModel, tokens: Tensor, names: Sequence[str], batch_size: int = 64) -> dict[str, Tensor]:
-    """Full hook tensors for ``names`` from one (chunked) run of ``tokens``."""
+def _run_cache(
+    model: HookedModel, tokens: Tensor, names: Sequence[str], positions: Optional[Sequence[int]], batch_size: int = 64
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Full hook tensors for ``names`` and the logits at ``positions`` (None: all) from one bridge run."""
     out: dict[str, list[Tensor]] = {n: [] for n in names}
+    logits = []
 
     def grab(name: str) -> Callable:
         def hook(act: Tensor, hook: object) -> None:
@@ -70,24 +67,36 @@ def _run_cache(model: HookedModel, tokens: Tensor, names: Sequence[str], batch_s
 
     with torch.inference_mode():
         for lo in range(0, tokens.shape[0], batch_size):
-            model.bridge.run_with_hooks(tokens[lo : lo + batch_size], fwd_hooks=[(n, grab(n)) for n in names])
-    return {n: torch.cat(v) for n, v in out.items()}
+            lg = model.bridge.run_with_hooks(tokens[lo : lo + batch_size], fwd_hooks=[(n, grab(n)) for n in names])
+            logits.append(lg if positions is None else lg[:, list(positions)])
+    return {n: torch.cat(v) for n, v in out.items()}, torch.cat(logits)
 
 
-def _make_sources(
+@dataclass
+class _Runs:
+    """What the unpatched runs give the engine: per-hook source and base tensors, and their logits."""
+
+    source: dict[str, Tensor]  # hook -> [prompt, ...hook shape]: what patched entries are set towards
+    base: dict[str, Tensor]  # hook -> the base run's own activations
+    base_logits: Tensor  # [prompt, metric positions, d_vocab]
+    source_logits: Optional[Tensor]
+
+
+def _unpatched_runs(
     model: HookedModel,
     plan: PatchPlan,
     base: Tensor,
     source: Optional[Tensor],
     intervention: Intervention,
-    base_cache: Optional[dict[str, Tensor]] = None,
-    run_cache: Callable[[HookedModel, Tensor, Sequence[str]], dict[str, Tensor]] = _run_cache,
-) -> _Sources:
-    """Source tensors per hook. ``run_cache`` must be the same forward for base and source runs, so
-    that activations the two runs share are bitwise equal (that is how no-ops are recognised)."""
+    positions: Optional[Sequence[int]],
+    run_cache: Callable,
+    base_run: Optional[tuple[dict[str, Tensor], Tensor]] = None,
+) -> _Runs:
+    """One forward per run (base, source, reference). ``run_cache`` must be the same forward for all
+    of them, so that activations two runs share are bitwise equal (that is how no-ops are recognised)."""
     names = list(plan.hooks)
-    base_acts = base_cache if base_cache is not None else run_cache(model, base, names)
-    other = run_cache(model, source, names) if source is not None else None
+    base_acts, base_logits = base_run if base_run is not None else run_cache(model, base, names, positions)
+    other, source_logits = run_cache(model, source, names, positions) if source is not None else (None, None)
     reference_tokens = getattr(intervention, "reference", None)
     ref = None
     if reference_tokens is not None:
@@ -97,15 +106,15 @@ def _make_sources(
                 f"{type(intervention).__name__} reference prompts have {ref_tokens.shape[1]} tokens; the patched "
                 f"prompts have {base.shape[1]}: positions must align"
             )
-        ref = run_cache(model, ref_tokens, names)
+        ref = run_cache(model, ref_tokens, names, [0])[0]
     srcs = {}
     for n in names:
         o = other[n] if other is not None else base_acts[n]
         srcs[n] = intervention.source(o, base_acts[n], None if ref is None else ref[n]).to(base_acts[n].dtype)
-    return _Sources(srcs, base_acts)
+    return _Runs(srcs, base_acts, base_logits, source_logits)
 
 
-def _noops(plan: PatchPlan, sources: _Sources, alpha: float) -> tuple[Tensor, tuple[tuple[Site, ...], ...]]:
+def _noops(plan: PatchPlan, sources: _Runs, alpha: float) -> tuple[Tensor, tuple[tuple[Site, ...], ...]]:
     same: dict[tuple[str, Site], bool] = {}
     per_variant = []
     flags = []
@@ -160,7 +169,7 @@ def _run_reference(model, plan, base, sources, alpha, metric, progress) -> Tenso
     n = base.shape[0]
     prompt = torch.arange(n, device=base.device)
     values = []
-    for v in tqdm(range(plan.n_variants), desc="patching (reference)", disable=not progress, unit="patch"):
+    for v in progress_bar(range(plan.n_variants), desc="patching (reference)", enabled=progress, unit="patch"):
         hooks, redirected = [], []
         # one boolean mask per hook, so that sites overlapping in a variant patch each entry once
         masks: dict[str, Tensor] = {}
@@ -222,6 +231,8 @@ def run_patches(
     *,
     source: Union[Int[Tensor, "batch pos"], Sequence[str], None] = None,
     intervention: Intervention = Replace(),
+    answers: Optional[Int[Tensor, "batch answer"]] = None,
+    clean: Optional[str] = None,
     method: str = "auto",
     batch_size: Optional[int] = None,
     memory_budget: Union[int, str, None] = None,
@@ -237,6 +248,9 @@ def run_patches(
         source: the run the patched values come from (needed by Replace, Interpolate, and Resample
             without reference).
         intervention: Replace(), Zero(), Mean(), Resample(), Interpolate(alpha).
+        answers: answer tokens [batch, answer] for metrics that need them (if not bound already).
+        clean: which run is the clean one, ``"source"`` or ``"base"``, for metrics that compare with it
+            (KL divergence).
         method: "auto", "fast", "hooks" or "reference" (see the module docstring).
         batch_size: variants per forward pass (default: as many as ``memory_budget`` allows).
         memory_budget: transient memory for one forward's activations (bytes or "2GiB").
@@ -267,20 +281,35 @@ def run_patches(
 
     if method == "auto":
         method = "fast" if fast.supports(model) else "hooks"
-    if method == "fast":
-        fast.check_supported(model)
+    fm = fast.weights(model) if method == "fast" else None  # FastPathUnavailable, saying why, if it cannot
 
+    if clean not in (None, "source", "base"):
+        raise ValueError(f"clean must be 'source', 'base' or None; got {clean!r}")
+    if clean == "source" and src_t is None:
+        raise ShapeMismatchError("clean='source' but no source tokens were given")
+
+    n_prompts, seq_len = base_t.shape
+    positions = None if metric.positions is None else [p % seq_len for p in metric.positions]
     with model.gates([s for v in plan.variants for s in v]):
-        fast_state = fast.prepare(model, plan, base_t) if method == "fast" else None
-        sources = _make_sources(
-            model, plan, base_t, src_t, intervention,
-            base_cache=None if fast_state is None else fast_state.hook_cache,
-            run_cache=_run_cache if fast_state is None else fast.hook_values,
-        )
-        noop, noop_sites = _noops(plan, sources, intervention.alpha)
-        n_prompts, seq_len = base_t.shape
-        with torch.inference_mode():  # check the metric on the unpatched run before a long sweep
-            metric(_select_logits(model.bridge(base_t), metric), torch.arange(n_prompts, device=base_t.device))
+        if fm is not None:
+            fast_state = fast.prepare(fm, plan, base_t, positions)
+            base_run = (fast_state.hook_cache, fast_state.logits)
+
+            def run_cache(model, tokens, names, positions):
+                return fast.hook_values(fm, tokens, names, positions)
+
+        else:
+            fast_state, base_run, run_cache = None, None, _run_cache
+        runs = _unpatched_runs(model, plan, base_t, src_t, intervention, positions, run_cache, base_run)
+        clean_logits = {"source": runs.source_logits, "base": runs.base_logits, None: None}[clean]
+        prompt = torch.arange(n_prompts, device=base_t.device)
+        # bind the metric's data, and check it on the unpatched runs before a long sweep
+        metric = metric.bind(answers=answers, clean_logits=clean_logits, tokens=base_t)
+        base_values = metric(runs.base_logits, prompt).cpu()
+        source_values = None
+        if src_t is not None:
+            source_values = metric.bind(tokens=src_t)(runs.source_logits, prompt).cpu()
+        noop, noop_sites = _noops(plan, runs, intervention.alpha)
         if batch_size is None:
             budget = parse_bytes(memory_budget) or DEFAULT_BUDGET
             per_variant = _row_bytes(model, seq_len, len(metric.positions or range(seq_len))) * n_prompts
@@ -289,22 +318,22 @@ def run_patches(
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if method == "reference":
             show = progress if progress is not None else plan.n_variants > 16
-            values = _run_reference(model, plan, base_t, sources, intervention.alpha, metric, show)
-            return PatchRun(values, noop, noop_sites, method, plan.n_variants)
+            values = _run_reference(model, plan, base_t, runs, intervention.alpha, metric, show)
+            return PatchRun(values, noop, noop_sites, base_values, source_values, method, plan.n_variants)
         order = fast_state.order if fast_state is not None else torch.arange(plan.n_variants)
         chunks = list(torch.split(order, batch_size))
         show = progress if progress is not None else len(chunks) > 2
         values = torch.empty(plan.n_variants, n_prompts)
         done = 0
-        bar = tqdm(total=plan.n_variants, desc=f"patching ({method})", disable=not show, unit="patch")
+        bar = progress_bar(total=plan.n_variants, desc=f"patching ({method})", enabled=show, unit="patch")
         queue = list(chunks)
         while queue:
             ids = queue.pop(0)
             try:
                 if method == "hooks":
-                    out = _run_hooks_chunk(model, plan, base_t, sources, intervention.alpha, metric, ids.to(base_t.device))
+                    out = _run_hooks_chunk(model, plan, base_t, runs, intervention.alpha, metric, ids.to(base_t.device))
                 else:
-                    out = fast.run_chunk(fast_state, plan, sources, intervention.alpha, metric, ids)
+                    out = fast.run_chunk(fast_state, plan, runs, intervention.alpha, metric, ids)
             except torch.cuda.OutOfMemoryError:
                 if len(ids) == 1:
                     raise
@@ -316,4 +345,4 @@ def run_patches(
             done += 1
             bar.update(len(ids))
         bar.close()
-    return PatchRun(values, noop, noop_sites, method, done)
+    return PatchRun(values, noop, noop_sites, base_values, source_values, method, done)

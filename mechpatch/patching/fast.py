@@ -28,8 +28,9 @@ class FastPathUnavailable(MechpatchError, NotImplementedError):
     """The fast path cannot run this model exactly; use method="hooks" (what "auto" falls back to)."""
 
 
-_weights: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, F_.FunctionalModel]]" = weakref.WeakKeyDictionary()
-_verdicts: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, Optional[str]]]" = weakref.WeakKeyDictionary()
+_cache: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, Optional[str], Optional[F_.FunctionalModel]]]" = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _version(model: HookedModel) -> int:
@@ -37,28 +38,18 @@ def _version(model: HookedModel) -> int:
     return hash(tuple((id(p), p._version) for p in model.bridge.parameters()))
 
 
-def weights(model: HookedModel) -> F_.FunctionalModel:
-    """The model's weights in functional form, extracted once per version of the parameters."""
-    version = _version(model)
-    hit = _weights.get(model.bridge)
-    if hit is not None and hit[0] == version:
-        return hit[1]
-    fm = F_.extract(model.bridge)
-    _weights[model.bridge] = (version, fm)
-    return fm
+def resolve(model: HookedModel) -> tuple[Optional[str], Optional[F_.FunctionalModel]]:
+    """(why the fast path cannot run this model or None, its weights in functional form).
 
-
-def unsupported_reason(model: HookedModel) -> Optional[str]:
-    """Why the fast path cannot run this model (None when it can), checked once per weights version.
-
-    Beyond the architecture list, the functional forward's logits are compared with the bridge's on
-    a random batch: the fast path is only used where it reproduces the bridge.
+    Checked once per version of the parameters. Beyond the architecture list, the functional
+    forward's logits are compared with the bridge's on a random batch: the fast path is only used
+    where it reproduces the bridge.
     """
     version = _version(model)
-    hit = _verdicts.get(model.bridge)
+    hit = _cache.get(model.bridge)
     if hit is not None and hit[0] == version:
-        return hit[1]
-    reason = None
+        return hit[1], hit[2]
+    reason, fm = None, None
     arch = model.spec.architecture
     if arch not in VERIFIED_ARCHITECTURES:
         reason = f"architecture {arch} is not verified for the fast path (verified: {', '.join(VERIFIED_ARCHITECTURES)})"
@@ -66,7 +57,7 @@ def unsupported_reason(model: HookedModel) -> Optional[str]:
         reason = f"the fast path is held to the bridge in float32/float64 only; this model runs in {model.dtype}"
     else:
         try:
-            fm = weights(model)
+            fm = F_.extract(model.bridge)
             g = torch.Generator().manual_seed(0)
             toks = torch.randint(0, model.spec.d_vocab, (2, min(8, model.spec.n_ctx)), generator=g).to(model.device)
             with torch.inference_mode():
@@ -78,18 +69,22 @@ def unsupported_reason(model: HookedModel) -> Optional[str]:
                 reason = f"the functional forward differs from the bridge by {err:.3g} on this model"
         except NotImplementedError as exc:
             reason = f"the functional forward does not implement this model: {exc}"
-    _verdicts[model.bridge] = (version, reason)
-    return reason
+    if reason is not None:
+        fm = None
+    _cache[model.bridge] = (version, reason, fm)
+    return reason, fm
+
+
+def weights(model: HookedModel) -> F_.FunctionalModel:
+    """The model's weights in functional form (FastPathUnavailable if the fast path cannot run it)."""
+    reason, fm = resolve(model)
+    if reason is not None:
+        raise FastPathUnavailable(f"method='fast' is not available: {reason}; use method='hooks' or 'auto'")
+    return fm
 
 
 def supports(model: HookedModel) -> bool:
-    return unsupported_reason(model) is None
-
-
-def check_supported(model: HookedModel) -> None:
-    reason = unsupported_reason(model)
-    if reason is not None:
-        raise FastPathUnavailable(f"method='fast' is not available: {reason}; use method='hooks' or 'auto'")
+    return resolve(model)[0] is None
 
 
 @dataclass
@@ -99,11 +94,15 @@ class FastState:
     resid_pre: list[Tensor]  # per layer, base run [prompt, pos, d_model]
     kv: list[tuple[Tensor, Tensor]]  # per layer, base run post-RoPE (K, V) [prompt, kv_head, pos, d_head]
     hook_cache: dict[str, Tensor]  # base-run values of the hooks the plan patches
+    logits: Tensor  # base-run logits at the metric's positions
     order: Tensor  # variant ids sorted by (first layer, first position)
     starts: list[tuple[int, int]]  # per variant: (first layer, first position)
 
 
-def _forward_caching(fm: F_.FunctionalModel, tokens: Tensor, names: "set[str]", return_kv: bool = False):
+def _forward_caching(
+    fm: F_.FunctionalModel, tokens: Tensor, names: "set[str]", positions: Optional[list[int]], return_kv: bool = False
+):
+    """One functional forward keeping the hooks in ``names`` and the logits at ``positions`` only."""
     cache: dict[str, Tensor] = {}
 
     def keep(name: str):
@@ -112,22 +111,28 @@ def _forward_caching(fm: F_.FunctionalModel, tokens: Tensor, names: "set[str]", 
 
         return fn
 
+    hooks = {n: keep(n) for n in names}
     with torch.inference_mode():
-        out = F_.forward(fm, tokens, hooks={n: keep(n) for n in names}, return_kv=return_kv)
-    return cache, (out[1] if return_kv else None)
+        x = F_.embed(fm, tokens, 0, F_._Hooks(hooks, None))
+        out = F_.run_blocks(fm, x, 0, None, 0, None, return_kv, hooks)
+        resid, kv = out if return_kv else (out, None)
+        logits = F_.unembed(fm, resid if positions is None else resid[:, positions])
+    return cache, logits, kv
 
 
-def hook_values(model: HookedModel, tokens: Tensor, names: "list[str]") -> dict[str, Tensor]:
-    """Full hook tensors for ``names`` from one functional forward of ``tokens``."""
-    return _forward_caching(weights(model), tokens, set(names))[0]
+def hook_values(
+    fm: F_.FunctionalModel, tokens: Tensor, names: "list[str]", positions: Optional[list[int]]
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Full hook tensors for ``names`` and logits at ``positions`` from one functional forward."""
+    cache, logits, _ = _forward_caching(fm, tokens, set(names), positions)
+    return cache, logits
 
 
-def prepare(model: HookedModel, plan: PatchPlan, base: Tensor) -> FastState:
+def prepare(fm: F_.FunctionalModel, plan: PatchPlan, base: Tensor, positions: Optional[list[int]]) -> FastState:
     """Run the base prompts once through the functional forward, caching what chunks start from."""
-    fm = weights(model)
     names = set(plan.hooks)
     want = {f"blocks.{l}.hook_resid_pre" for l in range(fm.n_layers)} | names
-    cache, kv = _forward_caching(fm, base, want, return_kv=True)
+    cache, logits, kv = _forward_caching(fm, base, want, positions, return_kv=True)
     starts = [(plan.first_layer([v]), plan.first_position([v])) for v in range(plan.n_variants)]
     order = torch.tensor(sorted(range(plan.n_variants), key=lambda v: starts[v]), dtype=torch.long)
     return FastState(
@@ -136,6 +141,7 @@ def prepare(model: HookedModel, plan: PatchPlan, base: Tensor) -> FastState:
         resid_pre=[cache[f"blocks.{l}.hook_resid_pre"] for l in range(fm.n_layers)],
         kv=kv,
         hook_cache={n: cache[n] for n in names},
+        logits=logits,
         order=order,
         starts=starts,
     )

@@ -89,6 +89,7 @@ class FunctionalModel:
     W_U: Tensor  # [D, V]
     b_U: Optional[Tensor]  # [V]
     layers: list[LayerWeights]
+    W_U_rows: Optional[Tensor] = None  # [V, D] contiguous, for F.linear (built by _finalize)
 
     @property
     def rotary_dim(self) -> int:
@@ -243,6 +244,7 @@ def extract(bridge) -> FunctionalModel:
 def _finalize(fm: FunctionalModel) -> None:
     """Build fused flat weights (for F.linear) from the uniform per-head form."""
     H, Hkv, dh, D = fm.n_heads, fm.n_kv_heads, fm.d_head, fm.d_model
+    fm.W_U_rows = fm.W_U.T.contiguous()
     for lw in fm.layers:
         wq = lw.W_Q.permute(0, 2, 1).reshape(H * dh, D)
         wk = lw.W_K.permute(0, 2, 1).reshape(Hkv * dh, D)
@@ -469,7 +471,7 @@ def embed(fm: FunctionalModel, tokens: Tensor, pos_offset: int = 0, hk: Optional
 
 def unembed(fm: FunctionalModel, resid: Tensor) -> Tensor:
     x = apply_norm(fm.ln_final, resid)
-    return F.linear(x, fm.W_U.T, fm.b_U) if fm.b_U is not None else x @ fm.W_U
+    return F.linear(x, fm.W_U_rows, fm.b_U)
 
 
 def forward(

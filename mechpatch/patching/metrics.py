@@ -127,7 +127,8 @@ class Loss(Metric):
     name: str = "loss"
 
     def bind(self, **data: Optional[Tensor]) -> "Loss":
-        if self.tokens is not None or data.get("tokens") is None:
+        # tokens belong to the run being scored, so a new binding always replaces them
+        if data.get("tokens") is None:
             return self
         return Loss(positions=None, tokens=data["tokens"], name=self.name)
 

@@ -180,22 +180,13 @@ def sweep(
     metric = as_metric(metric)
     base, source = (pair.corrupted, pair.clean) if direction == "denoise" else (pair.clean, pair.corrupted)
 
-    with torch.inference_mode():
-        clean_logits = model.bridge(pair.clean)
-        corrupted_logits = model.bridge(pair.corrupted)
-    pos = list(metric.positions) if metric.positions is not None else slice(None)
-
-    def bound_for(tokens: torch.Tensor) -> Metric:
-        return metric.bind(answers=pair.answers, clean_logits=clean_logits[:, pos], tokens=tokens)
-
-    prompt = torch.arange(pair.n_prompts, device=pair.clean.device)
-    clean_value = bound_for(pair.clean)(clean_logits[:, pos], prompt).cpu()
-    corrupted_value = bound_for(pair.corrupted)(corrupted_logits[:, pos], prompt).cpu()
-    bound = bound_for(base)
-
     run = run_patches(
-        model, base, grid.cells, bound, source=source, intervention=intervention, method=method,
-        batch_size=batch_size, memory_budget=memory_budget, progress=progress,
+        model, base, grid.cells, metric, source=source, intervention=intervention, answers=pair.answers,
+        clean="source" if direction == "denoise" else "base", method=method, batch_size=batch_size,
+        memory_budget=memory_budget, progress=progress,
+    )
+    clean_value, corrupted_value = (
+        (run.source_values, run.base_values) if direction == "denoise" else (run.base_values, run.source_values)
     )
     return PatchResult(
         values=run.values.reshape(*grid.shape, pair.n_prompts),
@@ -205,7 +196,7 @@ def sweep(
         clean=clean_value,
         corrupted=corrupted_value,
         noop=run.noop.reshape(grid.shape),
-        metric=bound.name,
+        metric=metric.name,
         direction=direction,
         intervention=type(intervention).__name__,
         meta={"method": run.method, "forwards": run.forwards},
