@@ -6,8 +6,10 @@ on a 4-layer small GPT-2-shaped model and a GPT-2-small-shaped model (12 layers,
 
 For each: wall time of TransformerLens (one forward per patch), wall time of mechpatch (auto method),
 their ratio, the largest difference between the two results, and the engine's efficiency: the time
-plain batched forwards of just the layers/positions that must be recomputed take (same chunks, no
-patching, no metric) divided by the engine's time.
+plain batched forwards of just the layers/positions that must be recomputed take (each row from its
+first patched layer and position, answer logits only, same chunks; no patching, no metric, no set-up)
+divided by the engine's time; and the same with the two unpatched forwards (clean, corrupted) that
+any patching needs added to the ideal.
 
 Usage: python experiments/benchmarks/bench_patching.py [--quick] [--device cpu|cuda]
 Last line of output: one JSON object with every figure.
@@ -26,9 +28,9 @@ import torch  # noqa: E402
 from mechpatch import load_model, make_pair  # noqa: E402
 from mechpatch.patching import sweep  # noqa: E402
 from mechpatch.patching import fast  # noqa: E402
-from mechpatch.patching import functional as F_  # noqa: E402
 from mechpatch.patching.sweeps import make_grid  # noqa: E402
 from mechpatch.patching.plan import compile_plan  # noqa: E402
+from mechpatch.patching.metrics import Readout  # noqa: E402
 
 SWEEPS = {
     "heads_all_pos": ("head", False, "get_act_patch_attn_head_out_all_pos"),
@@ -59,32 +61,33 @@ def timed(fn, repeats: int = 1):
 
 
 def ideal_time(model, pair, kind, by_position, batch_size) -> float:
-    """Plain batched forwards of exactly the layers/positions the engine recomputes, same chunks."""
+    """Plain batched forwards of exactly what the patches can change: each row from its first patched
+    layer and position on (cached residuals and keys/values before that), final logits of the answer
+    tokens at the last position only; no patching, no metric, no set-up. Same chunks as the engine."""
     grid = make_grid(model, kind, pair.seq_len, by_position)
     plan = compile_plan(model, grid.cells, pair.seq_len)
-    state = fast.prepare(fast.weights(model), plan, pair.corrupted, [pair.seq_len - 1])
-    fm, n = state.fm, pair.n_prompts
+    readout = Readout([pair.seq_len - 1], torch.unique(pair.answers))
+    state = fast.prepare(fast.weights(model), plan, pair.corrupted, readout)
+    n = pair.n_prompts
+
+    def baselines():
+        with torch.inference_mode():
+            for tokens in (pair.clean, pair.corrupted):
+                fast.hook_values(state.fm, tokens, [], readout)
 
     def run():
         with torch.inference_mode():
             for ids in torch.split(state.order, batch_size):
-                ids = ids.tolist()
-                l0 = min(state.starts[v][0] for v in ids)
+                ids = sorted(ids.tolist(), key=lambda v: state.starts[v][0])
                 p0 = min(min(state.starts[v][1] for v in ids), pair.seq_len - 1)
                 rows = torch.arange(n, device=pair.corrupted.device).repeat(len(ids))
-                resid = state.resid_pre[l0][rows, p0:]
-                past = None
-                if p0 > 0:
-                    past = [None] * fm.n_layers
-                    for l in range(l0, fm.n_layers):
-                        past[l] = (state.kv[l][0][rows, :, :p0], state.kv[l][1][rows, :, :p0])
-                out = F_.run_blocks(fm, resid, start_layer=l0, pos_offset=p0, past_kv=past)
-                F_.unembed(fm, out[:, -1:])
+                starts = [state.starts[v][0] for v in ids for _ in range(n)]
+                fast.forward_rows(state, rows, starts, p0, {}, readout)
 
-    return timed(run, repeats=2)[0]
+    return timed(run, repeats=2)[0], timed(baselines, repeats=2)[0]
 
 
-def bench_model(model, n_prompts: int, seq_len: int, tl_repeats: int) -> dict:
+def bench_model(model, n_prompts: int, seq_len: int, tl_repeats: int, sweeps=tuple(SWEEPS)) -> dict:
     import transformer_lens.patching as tlp
 
     g = torch.Generator().manual_seed(1)
@@ -102,6 +105,8 @@ def bench_model(model, n_prompts: int, seq_len: int, tl_repeats: int) -> dict:
            "n_heads": model.spec.n_heads, "d_vocab": model.spec.d_vocab}
     _, clean_cache = model.bridge.run_with_cache(pair.clean)
     for name, (kind, by_pos, tl_fn) in SWEEPS.items():
+        if name not in sweeps:
+            continue
         sweep(model, pair, kind, by_position=by_pos)  # warm-up (weights extraction, fast-path check)
         t_ours, res = timed(lambda: sweep(model, pair, kind, by_position=by_pos), repeats=2)
         with torch.inference_mode():
@@ -115,7 +120,7 @@ def bench_model(model, n_prompts: int, seq_len: int, tl_repeats: int) -> dict:
 
         per_variant = _row_bytes(model, seq_len, 1) * n_prompts
         budget_rows = max(1, DEFAULT_BUDGET // per_variant)
-        t_ideal = ideal_time(model, pair, kind, by_pos, budget_rows)
+        t_ideal, t_baselines = ideal_time(model, pair, kind, by_pos, budget_rows)
         out[name] = {
             "patches": int(res.noop.numel()),
             "tl_s": round(t_tl, 4),
@@ -123,6 +128,8 @@ def bench_model(model, n_prompts: int, seq_len: int, tl_repeats: int) -> dict:
             "speedup_vs_tl": round(t_tl / t_ours, 2),
             "ideal_recompute_s": round(t_ideal, 4),
             "efficiency": round(t_ideal / t_ours, 3),
+            "unpatched_forwards_s": round(t_baselines, 4),
+            "efficiency_incl_unpatched": round((t_ideal + t_baselines) / t_ours, 3),
             "max_abs_diff_vs_tl": float((ours.cpu() - tl_res.float().cpu()).abs().max()),
             "method": res.meta["method"],
             "forwards": res.meta["forwards"],
@@ -134,6 +141,8 @@ def bench_model(model, n_prompts: int, seq_len: int, tl_repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small model only (smoke test)")
+    parser.add_argument("--sweeps", default=",".join(SWEEPS), help=f"comma-separated subset of {','.join(SWEEPS)}")
+    parser.add_argument("--models", default="small,gpt2-small", help="comma-separated subset of small,gpt2-small")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     results = {
@@ -145,11 +154,16 @@ def main() -> None:
         "seq_len": 16,
         "models": [],
     }
-    specs = [(4, 4, 128, 50257)] if args.quick else [(4, 4, 128, 50257), (12, 12, 768, 50257)]
-    for n_layer, n_head, d_model, vocab in specs:
-        model = gpt2_model(n_layer, n_head, d_model, vocab, args.device)
+    all_specs = {"small": (4, 4, 128, 50257), "gpt2-small": (12, 12, 768, 50257)}
+    names = ["small"] if args.quick else args.models.split(",")
+    sweeps = args.sweeps.split(",")
+    unknown = [n for n in names if n not in all_specs] + [s for s in sweeps if s not in SWEEPS]
+    if unknown:
+        parser.error(f"unknown model or sweep {unknown}; valid models {list(all_specs)}, sweeps {list(SWEEPS)}")
+    for name in names:
+        model = gpt2_model(*all_specs[name], args.device)
         print(f"== {model}", flush=True)
-        results["models"].append(bench_model(model, 8, 16, tl_repeats=1))
+        results["models"].append(bench_model(model, 8, 16, tl_repeats=1, sweeps=sweeps))
     print(json.dumps(results))
 
 

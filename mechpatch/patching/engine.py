@@ -30,7 +30,7 @@ from mechpatch.cache import as_tokens, parse_bytes
 from mechpatch.errors import ShapeMismatchError, choices
 from mechpatch.model import HookedModel
 from mechpatch.patching.interventions import INTERVENTIONS, Intervention, Replace
-from mechpatch.patching.metrics import Metric, as_metric
+from mechpatch.patching.metrics import Metric, Readout, as_metric
 from mechpatch.patching.plan import PatchPlan, compile_plan
 from mechpatch.patching import fast
 from mechpatch.sites import Site
@@ -53,9 +53,9 @@ class PatchRun:
 
 
 def _run_cache(
-    model: HookedModel, tokens: Tensor, names: Sequence[str], positions: Optional[Sequence[int]], batch_size: int = 64
+    model: HookedModel, tokens: Tensor, names: Sequence[str], readout: Readout, batch_size: int = 64
 ) -> tuple[dict[str, Tensor], Tensor]:
-    """Full hook tensors for ``names`` and the logits at ``positions`` (None: all) from one bridge run."""
+    """Full hook tensors for ``names`` and the ``readout`` logits from one bridge run."""
     out: dict[str, list[Tensor]] = {n: [] for n in names}
     logits = []
 
@@ -68,7 +68,7 @@ def _run_cache(
     with torch.inference_mode():
         for lo in range(0, tokens.shape[0], batch_size):
             lg = model.bridge.run_with_hooks(tokens[lo : lo + batch_size], fwd_hooks=[(n, grab(n)) for n in names])
-            logits.append(lg if positions is None else lg[:, list(positions)])
+            logits.append(readout.select(lg))
     return {n: torch.cat(v) for n, v in out.items()}, torch.cat(logits)
 
 
@@ -78,7 +78,7 @@ class _Runs:
 
     source: dict[str, Tensor]  # hook -> [prompt, ...hook shape]: what patched entries are set towards
     base: dict[str, Tensor]  # hook -> the base run's own activations
-    base_logits: Tensor  # [prompt, metric positions, d_vocab]
+    base_logits: Tensor  # [prompt, readout positions, readout columns]
     source_logits: Optional[Tensor]
 
 
@@ -88,15 +88,15 @@ def _unpatched_runs(
     base: Tensor,
     source: Optional[Tensor],
     intervention: Intervention,
-    positions: Optional[Sequence[int]],
+    readout: Readout,
     run_cache: Callable,
     base_run: Optional[tuple[dict[str, Tensor], Tensor]] = None,
 ) -> _Runs:
     """One forward per run (base, source, reference). ``run_cache`` must be the same forward for all
     of them, so that activations two runs share are bitwise equal (that is how no-ops are recognised)."""
     names = list(plan.hooks)
-    base_acts, base_logits = base_run if base_run is not None else run_cache(model, base, names, positions)
-    other, source_logits = run_cache(model, source, names, positions) if source is not None else (None, None)
+    base_acts, base_logits = base_run if base_run is not None else run_cache(model, base, names, readout)
+    other, source_logits = run_cache(model, source, names, readout) if source is not None else (None, None)
     reference_tokens = getattr(intervention, "reference", None)
     ref = None
     if reference_tokens is not None:
@@ -106,7 +106,7 @@ def _unpatched_runs(
                 f"{type(intervention).__name__} reference prompts have {ref_tokens.shape[1]} tokens; the patched "
                 f"prompts have {base.shape[1]}: positions must align"
             )
-        ref = run_cache(model, ref_tokens, names, [0])[0]
+        ref = run_cache(model, ref_tokens, names, Readout([0], torch.tensor([0])))[0]
     srcs = {}
     for n in names:
         o = other[n] if other is not None else base_acts[n]
@@ -138,12 +138,6 @@ def _patch(act: Tensor, mask: Tensor, src: Tensor, alpha: float) -> Tensor:
     return torch.where(mask, act + alpha * (src - act), act)
 
 
-def _select_logits(logits: Tensor, metric: Metric) -> Tensor:
-    if metric.positions is None:
-        return logits
-    return logits[:, list(metric.positions)]
-
-
 # ----------------------------------------------------------------------------- methods
 
 
@@ -165,7 +159,7 @@ def _bridge_hooks(spec, layer, target: Callable[[Tensor, Optional[Tensor]], Tens
     return [(offset_name, grab), (via_name, write)]
 
 
-def _run_reference(model, plan, base, sources, alpha, metric, progress) -> Tensor:
+def _run_reference(model, plan, base, sources, alpha, metric, readout, progress) -> Tensor:
     n = base.shape[0]
     prompt = torch.arange(n, device=base.device)
     values = []
@@ -193,11 +187,11 @@ def _run_reference(model, plan, base, sources, alpha, metric, progress) -> Tenso
             (redirected if p.spec.write_via else hooks).extend(pair)
         with torch.inference_mode():
             logits = model.bridge.run_with_hooks(base, fwd_hooks=hooks + redirected)
-        values.append(metric(_select_logits(logits, metric), prompt))
+        values.append(metric(readout.select(logits), prompt))
     return torch.stack(values)
 
 
-def _run_hooks_chunk(model, plan, base, sources, alpha, metric, variant_ids: Tensor) -> Tensor:
+def _run_hooks_chunk(model, plan, base, sources, alpha, metric, readout, variant_ids: Tensor) -> Tensor:
     n = base.shape[0]
     rows_variant = variant_ids.repeat_interleave(n)
     rows_prompt = torch.arange(n, device=base.device).repeat(len(variant_ids))
@@ -212,7 +206,7 @@ def _run_hooks_chunk(model, plan, base, sources, alpha, metric, variant_ids: Ten
         (redirected if hm.spec.write_via else hooks).extend(_bridge_hooks(hm.spec, hm.layer, target, name))
     with torch.inference_mode():
         logits = model.bridge.run_with_hooks(base[rows_prompt], fwd_hooks=hooks + redirected)
-    return metric(_select_logits(logits, metric), rows_prompt).reshape(len(variant_ids), n)
+    return metric(readout.select(logits), rows_prompt).reshape(len(variant_ids), n)
 
 
 def _row_bytes(model: HookedModel, seq_len: int, n_logit_pos: int) -> int:
@@ -279,9 +273,13 @@ def run_patches(
     metric = as_metric(metric)
     plan = compile_plan(model, [v if not isinstance(v, Site) else (v,) for v in variants], base_t.shape[1])
 
-    if method == "auto":
-        method = "fast" if fast.supports(model) else "hooks"
-    fm = fast.weights(model) if method == "fast" else None  # FastPathUnavailable, saying why, if it cannot
+    fm = None
+    if method in ("auto", "fast"):
+        reason, fm = fast.resolve(model)
+        if method == "auto":
+            method = "fast" if reason is None else "hooks"
+        elif reason is not None:
+            raise fast.FastPathUnavailable(f"method='fast' is not available: {reason}; use method='hooks' or 'auto'")
 
     if clean not in (None, "source", "base"):
         raise ValueError(f"clean must be 'source', 'base' or None; got {clean!r}")
@@ -290,21 +288,24 @@ def run_patches(
 
     n_prompts, seq_len = base_t.shape
     positions = None if metric.positions is None else [p % seq_len for p in metric.positions]
+    metric = metric.bind(answers=answers, tokens=base_t)
+    readout = Readout(positions, metric.columns())
     with model.gates([s for v in plan.variants for s in v]):
         if fm is not None:
-            fast_state = fast.prepare(fm, plan, base_t, positions)
+            fast_state = fast.prepare(fm, plan, base_t, readout)
             base_run = (fast_state.hook_cache, fast_state.logits)
 
-            def run_cache(model, tokens, names, positions):
-                return fast.hook_values(fm, tokens, names, positions)
-
+            def run_cache(model, tokens, names, readout):
+                return fast.hook_values(fm, tokens, names, readout)
         else:
             fast_state, base_run, run_cache = None, None, _run_cache
-        runs = _unpatched_runs(model, plan, base_t, src_t, intervention, positions, run_cache, base_run)
+        runs = _unpatched_runs(model, plan, base_t, src_t, intervention, readout, run_cache, base_run)
         clean_logits = {"source": runs.source_logits, "base": runs.base_logits, None: None}[clean]
         prompt = torch.arange(n_prompts, device=base_t.device)
         # bind the metric's data, and check it on the unpatched runs before a long sweep
-        metric = metric.bind(answers=answers, clean_logits=clean_logits, tokens=base_t)
+        metric = metric.bind(clean_logits=clean_logits)
+        if readout.columns is not None:
+            metric = metric.restrict(readout.columns)
         base_values = metric(runs.base_logits, prompt).cpu()
         source_values = None
         if src_t is not None:
@@ -318,7 +319,7 @@ def run_patches(
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if method == "reference":
             show = progress if progress is not None else plan.n_variants > 16
-            values = _run_reference(model, plan, base_t, runs, intervention.alpha, metric, show)
+            values = _run_reference(model, plan, base_t, runs, intervention.alpha, metric, readout, show)
             return PatchRun(values, noop, noop_sites, base_values, source_values, method, plan.n_variants)
         order = fast_state.order if fast_state is not None else torch.arange(plan.n_variants)
         chunks = list(torch.split(order, batch_size))
@@ -331,9 +332,9 @@ def run_patches(
             ids = queue.pop(0)
             try:
                 if method == "hooks":
-                    out = _run_hooks_chunk(model, plan, base_t, runs, intervention.alpha, metric, ids.to(base_t.device))
+                    out = _run_hooks_chunk(model, plan, base_t, runs, intervention.alpha, metric, readout, ids.to(base_t.device))
                 else:
-                    out = fast.run_chunk(fast_state, plan, runs, intervention.alpha, metric, ids)
+                    out = fast.run_chunk(fast_state, plan, runs, intervention.alpha, metric, readout, ids)
             except torch.cuda.OutOfMemoryError:
                 if len(ids) == 1:
                     raise

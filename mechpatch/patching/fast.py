@@ -16,7 +16,7 @@ from torch import Tensor
 from mechpatch.errors import MechpatchError
 from mechpatch.model import HookedModel
 from mechpatch.patching import functional as F_
-from mechpatch.patching.metrics import Metric
+from mechpatch.patching.metrics import Metric, Readout
 from mechpatch.patching.plan import PatchPlan
 
 #: Architectures whose functional forward has been verified against the bridge in the tests.
@@ -100,9 +100,9 @@ class FastState:
 
 
 def _forward_caching(
-    fm: F_.FunctionalModel, tokens: Tensor, names: "set[str]", positions: Optional[list[int]], return_kv: bool = False
+    fm: F_.FunctionalModel, tokens: Tensor, names: "set[str]", readout: Readout, return_kv: bool = False
 ):
-    """One functional forward keeping the hooks in ``names`` and the logits at ``positions`` only."""
+    """One functional forward keeping the hooks in ``names`` and the ``readout`` logits only."""
     cache: dict[str, Tensor] = {}
 
     def keep(name: str):
@@ -116,25 +116,26 @@ def _forward_caching(
         x = F_.embed(fm, tokens, 0, F_._Hooks(hooks, None))
         out = F_.run_blocks(fm, x, 0, None, 0, None, return_kv, hooks)
         resid, kv = out if return_kv else (out, None)
-        logits = F_.unembed(fm, resid if positions is None else resid[:, positions])
+        logits = F_.unembed(fm, resid if readout.positions is None else resid[:, readout.positions], readout.columns)
     return cache, logits, kv
 
 
 def hook_values(
-    fm: F_.FunctionalModel, tokens: Tensor, names: "list[str]", positions: Optional[list[int]]
+    fm: F_.FunctionalModel, tokens: Tensor, names: "list[str]", readout: Readout
 ) -> tuple[dict[str, Tensor], Tensor]:
-    """Full hook tensors for ``names`` and logits at ``positions`` from one functional forward."""
-    cache, logits, _ = _forward_caching(fm, tokens, set(names), positions)
+    """Full hook tensors for ``names`` and the ``readout`` logits from one functional forward."""
+    cache, logits, _ = _forward_caching(fm, tokens, set(names), readout)
     return cache, logits
 
 
-def prepare(fm: F_.FunctionalModel, plan: PatchPlan, base: Tensor, positions: Optional[list[int]]) -> FastState:
+def prepare(fm: F_.FunctionalModel, plan: PatchPlan, base: Tensor, readout: Readout) -> FastState:
     """Run the base prompts once through the functional forward, caching what chunks start from."""
     names = set(plan.hooks)
     want = {f"blocks.{l}.hook_resid_pre" for l in range(fm.n_layers)} | names
-    cache, logits, kv = _forward_caching(fm, base, want, positions, return_kv=True)
+    cache, logits, kv = _forward_caching(fm, base, want, readout, return_kv=True)
     starts = [(plan.first_layer([v]), plan.first_position([v])) for v in range(plan.n_variants)]
-    order = torch.tensor(sorted(range(plan.n_variants), key=lambda v: starts[v]), dtype=torch.long)
+    # chunks of equal first position waste no positions; within a chunk rows join at their first layer
+    order = torch.tensor(sorted(range(plan.n_variants), key=lambda v: (starts[v][1], starts[v][0])), dtype=torch.long)
     return FastState(
         fm=fm,
         tokens=base,
@@ -147,23 +148,63 @@ def prepare(fm: F_.FunctionalModel, plan: PatchPlan, base: Tensor, positions: Op
     )
 
 
+def forward_rows(
+    state: FastState,
+    rows_prompt: Tensor,
+    rows_start: list[int],
+    pos0: int,
+    hooks: dict,
+    readout: Readout,
+    from_embedding: bool = False,
+) -> Tensor:
+    """Final logits (readout) of rows that each start at their own layer, positions >= ``pos0`` only.
+
+    Rows must be sorted by start layer: at layer l, the rows starting there join the batch with the
+    base run's cached residual stream, so no row computes a layer before its first patched layer.
+    Positions < ``pos0`` attend from the base run's cached keys/values. With ``from_embedding``, every
+    row starts at the embeddings (embedding patches).
+    """
+    fm = state.fm
+    seq_len = state.tokens.shape[1]
+    device = state.tokens.device
+    positions = torch.arange(pos0, seq_len, device=device)
+    hk = F_._Hooks(hooks, None)
+    if from_embedding:
+        rows_start = [0] * len(rows_start)
+        resid = F_.embed(fm, state.tokens[rows_prompt, pos0:], pos0, hk)
+    else:
+        resid = state.resid_pre[rows_start[0]][rows_prompt[:0], pos0:]
+    bounds = torch.tensor(rows_start)
+    for layer in range(rows_start[0], fm.n_layers):
+        active = int((bounds <= layer).sum())
+        if active > resid.shape[0]:
+            joining = rows_prompt[resid.shape[0] : active]
+            resid = torch.cat([resid, state.resid_pre[layer][joining, pos0:]])
+        past = None
+        if pos0 > 0:
+            k, v = state.kv[layer]
+            prompts = rows_prompt[:active]
+            past = (k[prompts, :, :pos0], v[prompts, :, :pos0])
+        resid, _ = F_.block(fm, layer, resid, positions, past, hk, False)
+    metric_pos = list(range(seq_len)) if readout.positions is None else readout.positions
+    return F_.unembed(fm, resid[:, [p - pos0 for p in metric_pos]], readout.columns)
+
+
 def run_chunk(
-    state: FastState, plan: PatchPlan, sources: "object", alpha: float, metric: Metric, ids: Tensor
+    state: FastState, plan: PatchPlan, sources: "object", alpha: float, metric: Metric, readout: Readout, ids: Tensor
 ) -> Tensor:
     """Metric values [len(ids), prompt] for one chunk of variants."""
     from mechpatch.patching.engine import _patch
 
-    fm = state.fm
     n, seq_len = state.tokens.shape
     device = state.tokens.device
-    id_list = ids.tolist()
-    layer0 = min(state.starts[v][0] for v in id_list)
+    id_list = sorted(ids.tolist(), key=lambda v: state.starts[v][0])  # by start layer: rows join in order
     pos0 = min(state.starts[v][1] for v in id_list)
-    metric_pos = list(range(seq_len)) if metric.positions is None else [p % seq_len for p in metric.positions]
+    metric_pos = list(range(seq_len)) if readout.positions is None else readout.positions
     pos0 = min(pos0, min(metric_pos))
-    ids_dev = ids.to(device)
-    rows_variant = ids_dev.repeat_interleave(n)
+    ids_dev = torch.tensor(id_list, device=device)
     rows_prompt = torch.arange(n, device=device).repeat(len(id_list))
+    rows_start = [state.starts[v][0] for v in id_list for _ in range(n)]
 
     hooks = {}
     for name, hm in plan.hooks.items():
@@ -175,25 +216,15 @@ def run_chunk(
         src = sources.source[name].narrow(pos_axis, pos0, seq_len - pos0)[rows_prompt]
 
         def fn(t: Tensor, mask: Tensor = mask, src: Tensor = src) -> Tensor:
-            return _patch(t, mask, src.expand_as(t) if src.shape != t.shape else src, alpha)
+            rows = t.shape[0]  # the rows active at this layer: a prefix of the chunk
+            s = src[:rows]
+            return _patch(t, mask[:rows], s.expand_as(t) if s.shape != t.shape else s, alpha)
 
         hooks[name] = fn
-    del rows_variant
 
-    embed_hooks = {k: v for k, v in hooks.items() if k in ("hook_embed", "hook_pos_embed")}
+    from_embedding = any(k in hooks for k in ("hook_embed", "hook_pos_embed"))
     with torch.inference_mode():
-        if embed_hooks:
-            layer0 = 0
-            resid = F_.embed(fm, state.tokens[rows_prompt, pos0:], pos0, F_._Hooks(embed_hooks, None))
-        else:
-            resid = state.resid_pre[layer0][rows_prompt, pos0:]
-        past = None
-        if pos0 > 0:
-            past = [None] * fm.n_layers
-            for l in range(layer0, fm.n_layers):
-                k, v = state.kv[l]
-                past[l] = (k[rows_prompt, :, :pos0], v[rows_prompt, :, :pos0])
-        block_hooks = {k: v for k, v in hooks.items() if k not in embed_hooks}
-        out = F_.run_blocks(fm, resid, start_layer=layer0, pos_offset=pos0, past_kv=past, hooks=block_hooks)
-        logits = F_.unembed(fm, out[:, [p - pos0 for p in metric_pos]])
-    return metric(logits, rows_prompt).reshape(len(id_list), n)
+        logits = forward_rows(state, rows_prompt, rows_start, pos0, hooks, readout, from_embedding)
+    out = metric(logits, rows_prompt).reshape(len(id_list), n)
+    # back to the order of ``ids``
+    return out[torch.tensor([id_list.index(v) for v in ids.tolist()])]

@@ -436,25 +436,32 @@ def run_blocks(
         raise ValueError("pos_offset > 0 requires past_kv")
     kv_out: list[Optional[KV]] = [None] * fm.n_layers
     for L in range(start_layer, end_layer):
-        lw = fm.layers[L]
-        if hk.active:
-            resid = hk(f"blocks.{L}.hook_resid_pre", resid)
         past = past_kv[L] if past_kv is not None else None
-        a, kv = attention(fm, L, apply_norm(lw.ln1, resid), positions, past, hk, return_kv)
-        kv_out[L] = kv
-        if hk.active:
-            a = hk(f"blocks.{L}.hook_attn_out", a)
-        resid = resid + a
-        if not fm.attn_only:
-            if hk.active:
-                resid = hk(f"blocks.{L}.hook_resid_mid", resid)
-            m = mlp(fm, L, apply_norm(lw.ln2, resid), hk)
-            if hk.active:
-                m = hk(f"blocks.{L}.hook_mlp_out", m)
-            resid = resid + m
-        if hk.active:
-            resid = hk(f"blocks.{L}.hook_resid_post", resid)
+        resid, kv_out[L] = block(fm, L, resid, positions, past, hk, return_kv)
     return (resid, kv_out) if return_kv else resid
+
+
+def block(
+    fm: FunctionalModel, L: int, resid: Tensor, positions: Tensor, past: Optional[KV], hk: _Hooks, want_kv: bool
+) -> tuple[Tensor, Optional[KV]]:
+    """One transformer block on resid [B, S, D] at absolute ``positions``, attending to ``past`` too."""
+    lw = fm.layers[L]
+    if hk.active:
+        resid = hk(f"blocks.{L}.hook_resid_pre", resid)
+    a, kv = attention(fm, L, apply_norm(lw.ln1, resid), positions, past, hk, want_kv)
+    if hk.active:
+        a = hk(f"blocks.{L}.hook_attn_out", a)
+    resid = resid + a
+    if not fm.attn_only:
+        if hk.active:
+            resid = hk(f"blocks.{L}.hook_resid_mid", resid)
+        m = mlp(fm, L, apply_norm(lw.ln2, resid), hk)
+        if hk.active:
+            m = hk(f"blocks.{L}.hook_mlp_out", m)
+        resid = resid + m
+    if hk.active:
+        resid = hk(f"blocks.{L}.hook_resid_post", resid)
+    return resid, kv
 
 
 def embed(fm: FunctionalModel, tokens: Tensor, pos_offset: int = 0, hk: Optional[_Hooks] = None) -> Tensor:
@@ -469,9 +476,12 @@ def embed(fm: FunctionalModel, tokens: Tensor, pos_offset: int = 0, hk: Optional
     return x
 
 
-def unembed(fm: FunctionalModel, resid: Tensor) -> Tensor:
+def unembed(fm: FunctionalModel, resid: Tensor, columns: Optional[Tensor] = None) -> Tensor:
+    """Final norm and unembedding; with ``columns``, only those vocabulary entries (in that order)."""
     x = apply_norm(fm.ln_final, resid)
-    return F.linear(x, fm.W_U_rows, fm.b_U)
+    if columns is None:
+        return F.linear(x, fm.W_U_rows, fm.b_U)
+    return F.linear(x, fm.W_U_rows[columns], None if fm.b_U is None else fm.b_U[columns])
 
 
 def forward(

@@ -32,6 +32,17 @@ class Metric:
         """A copy with per-prompt data attached (answers, clean logits, tokens)."""
         return self
 
+    def columns(self) -> Optional[Tensor]:
+        """The vocabulary entries this metric reads (sorted ids), or None for the whole vocabulary.
+
+        The engine then unembeds only these columns and calls :meth:`restrict`'s metric on them.
+        """
+        return None
+
+    def restrict(self, columns: Tensor) -> "Metric":
+        """The same metric reading logits that hold only ``columns`` of the vocabulary."""
+        return self
+
     def compute(self, logits: Float[Tensor, "row pos d_vocab"], prompt: Int[Tensor, " row"]) -> Tensor:
         raise NotImplementedError  # pragma: no cover
 
@@ -46,6 +57,22 @@ class Metric:
             bad = torch.nonzero(~torch.isfinite(out)).flatten()[:5].tolist()
             raise MetricError(f"metric {self.name!r} returned NaN or inf for rows {bad}")
         return out.float()
+
+
+@dataclass(frozen=True)
+class Readout:
+    """Which logits a metric reads: positions (None: all) and vocabulary columns (None: all)."""
+
+    positions: Optional[list[int]]
+    columns: Optional[Tensor]
+
+    def select(self, logits: Tensor) -> Tensor:
+        """Cut full logits [row, pos, d_vocab] down to this readout."""
+        if self.positions is not None:
+            logits = logits[:, self.positions]
+        if self.columns is not None:
+            logits = logits[..., self.columns.to(logits.device)]
+        return logits
 
 
 def _need(what: Optional[Tensor], metric: str, key: str) -> Tensor:
@@ -65,6 +92,14 @@ class LogitDiff(Metric):
         if self.answers is not None or data.get("answers") is None:
             return self
         return LogitDiff(positions=self.positions, answers=data["answers"], name=self.name)
+
+    def columns(self) -> Optional[Tensor]:
+        return None if self.answers is None else torch.unique(self.answers)
+
+    def restrict(self, columns: Tensor) -> "LogitDiff":
+        ans = _need(self.answers, self.name, "answer tokens")
+        cols = columns.to(ans.device)
+        return LogitDiff(positions=self.positions, answers=torch.searchsorted(cols, ans), name=self.name)
 
     def compute(self, logits: Tensor, prompt: Tensor) -> Tensor:
         ans = _need(self.answers, self.name, "answer tokens")
@@ -169,4 +204,4 @@ def as_metric(metric: object) -> Metric:
     raise MetricError(f"a metric must be a Metric, a name ({choices(METRICS)}) or a callable; got {metric!r}")
 
 
-__all__ = ["Custom", "KLDivergence", "LogitDiff", "Loss", "Metric", "MetricError", "ProbDiff", "as_metric"]
+__all__ = ["Custom", "KLDivergence", "LogitDiff", "Loss", "Metric", "MetricError", "ProbDiff", "Readout", "as_metric"]
