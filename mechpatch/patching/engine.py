@@ -255,6 +255,10 @@ def run_patches(
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {choices(METHODS)}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int or None (sized from memory_budget), got {batch_size!r}")
+    if clean not in (None, "source", "base"):
+        raise ValueError(f"clean must be 'source', 'base' or None; got {clean!r}")
     if not isinstance(intervention, INTERVENTIONS):
         raise TypeError(
             f"intervention must be one of {choices(c.__name__ for c in INTERVENTIONS)} (an instance), got {intervention!r}"
@@ -281,8 +285,6 @@ def run_patches(
         elif reason is not None:
             raise fast.FastPathUnavailable(f"method='fast' is not available: {reason}; use method='hooks' or 'auto'")
 
-    if clean not in (None, "source", "base"):
-        raise ValueError(f"clean must be 'source', 'base' or None; got {clean!r}")
     if clean == "source" and src_t is None:
         raise ShapeMismatchError("clean='source' but no source tokens were given")
 
@@ -315,8 +317,6 @@ def run_patches(
             budget = parse_bytes(memory_budget) or DEFAULT_BUDGET
             per_variant = _row_bytes(model, seq_len, len(metric.positions or range(seq_len))) * n_prompts
             batch_size = max(1, budget // per_variant)
-        elif isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if method == "reference":
             show = progress if progress is not None else plan.n_variants > 16
             values = _run_reference(model, plan, base_t, runs, intervention.alpha, metric, readout, show)

