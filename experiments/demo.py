@@ -1,4 +1,4 @@
-"""The main job (`make demo`): load the default model, cache activations, run patching sweeps, write a report.
+"""The main job (`make demo`): the bundled default model, an IOI-style task, patching sweeps, a report.
 
 Reads a YAML config (configs/demo.yaml) into frozen dataclasses and writes, under ``out_dir``:
 ``report.html`` (self-contained: plotly.js embedded), one HTML file per figure, ``summary.json``.
@@ -8,58 +8,62 @@ import argparse
 import html
 import json
 import os
+import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from mechpatch import Pattern, cache_activations, load_model, make_pair
+from mechpatch import make_pair, zoo
 from mechpatch.config import load_config
 from mechpatch.patching import sweep
-from mechpatch.plotting import heatmap, patch_heatmap
-
-
-@dataclass(frozen=True)
-class BuiltModel:
-    n_layers: int = 4
-    n_heads: int = 4
-    d_model: int = 128
-    d_mlp: int = 512
-    n_ctx: int = 64
-    d_vocab: int = 256
-    seed: int = 0
+from mechpatch.plotting import patch_heatmap
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    model: BuiltModel = field(default_factory=BuiltModel)
+    model: str = "smollm2-135m"
+    template: str = "When {A} and {B} went to the store, {S} gave a drink to"
+    names: tuple[str, ...] = field(default=("Mary", "John", "Paul", "Anna", "Tom", "Lucy"))
     n_prompts: int = 8
-    seq_len: int = 16
     seed: int = 0
     out_dir: str = "out/demo"
 
+    def __post_init__(self) -> None:
+        if self.model not in zoo.MODELS:
+            raise ValueError(f"model {self.model!r} is not bundled; valid: {', '.join(sorted(zoo.MODELS))}")
+        if not all(k in self.template for k in ("{A}", "{B}", "{S}")):
+            raise ValueError("template needs the placeholders {A}, {B} (the two names) and {S} (the subject)")
+        if len(self.names) < 3 or self.n_prompts < 1:
+            raise ValueError("need at least 3 names and 1 prompt")
 
-def build_model(cfg: BuiltModel):
-    from transformer_lens.config import TransformerBridgeConfig
 
-    native = TransformerBridgeConfig(
-        d_model=cfg.d_model, d_head=cfg.d_model // cfg.n_heads, n_heads=cfg.n_heads, n_layers=cfg.n_layers,
-        n_ctx=cfg.n_ctx, d_vocab=cfg.d_vocab, d_mlp=cfg.d_mlp, act_fn="gelu", normalization_type="LN",
-        seed=cfg.seed,
-    )
-    return load_model(native, device="auto", name=f"built-gpt2-{cfg.n_layers}L")
+def ioi_prompts(model, cfg: DemoConfig):
+    """Clean prompts (S = B, the answer is A) and ABC-corrupted ones (S replaced by a third name)."""
+    names = [n for n in cfg.names if len(model.tokenizer.encode(" " + n, add_special_tokens=False)) == 1]
+    if len(names) < 3:
+        raise ValueError(f"fewer than 3 of the names are single tokens for this tokenizer: {names}")
+    rng = random.Random(cfg.seed)
+    clean, corrupted, answers = [], [], []
+    for _ in range(cfg.n_prompts):
+        a, b, c = rng.sample(names, 3)
+        clean.append(cfg.template.format(A=a, B=b, S=b))
+        corrupted.append(cfg.template.format(A=a, B=b, S=c))
+        answers.append([" " + a, " " + b])
+    return clean, corrupted, answers
 
 
 def write_report(path: str, title: str, headline: dict, figures: dict) -> None:
-    """One self-contained page: plotly.js embedded once, then every figure."""
+    """One self-contained page (plotly.js embedded once), written atomically."""
     parts = []
     for i, (name, fig) in enumerate(figures.items()):
         parts.append(f"<h2>{html.escape(name)}</h2>" + fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
-    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in headline.items())
+    rows = "".join(f"<tr><th align='left'>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in headline.items())
     page = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
-        f"<body style='font-family:sans-serif;max-width:1100px;margin:auto'><h1>{html.escape(title)}</h1>"
+        f"<body style='font-family:sans-serif;max-width:1200px;margin:auto'><h1>{html.escape(title)}</h1>"
         f"<table>{rows}</table>{''.join(parts)}</body></html>"
     )
     tmp = path + ".tmp"
@@ -77,59 +81,48 @@ def main(argv=None) -> int:
     start = time.time()
     torch.manual_seed(cfg.seed)
 
-    model = build_model(cfg.model)
-    spec = model.spec
-    print(model)
-    # repeated random tokens [r, r]; the corrupted prompts change one token of the first copy
-    half = cfg.seq_len // 2
-    g = torch.Generator().manual_seed(cfg.seed)
-    r = torch.randint(0, spec.d_vocab, (cfg.n_prompts, half), generator=g)
-    clean = torch.cat([r, r], dim=1)
-    corrupted = clean.clone()
-    corrupted[:, half - 1] = (corrupted[:, half - 1] + 1 + torch.randint(0, spec.d_vocab - 1, (cfg.n_prompts,),
-                                                                          generator=g)) % spec.d_vocab
-    # answer: the token that the repeat predicts next (clean) vs a random other token
-    answers = torch.stack([clean[:, 0], (clean[:, 0] + 1) % spec.d_vocab], dim=1)
+    model = zoo.load(cfg.model, device="auto")
+    print(model, flush=True)
+    clean, corrupted, answers = ioi_prompts(model, cfg)
     pair = make_pair(model, clean, corrupted, answers=answers)
-
-    sites = [Pattern(l, h) for l in range(spec.n_layers) for h in range(spec.n_heads)]
-    cache = cache_activations(model, pair.clean, sites)
-    patterns = torch.stack([cache[s].mean(0) for s in sites])
-    induction = torch.stack([p.diagonal(offset=-(half - 1)).mean() for p in patterns]).reshape(spec.n_layers, spec.n_heads)
+    print(f"{pair.n_prompts} prompts x {pair.seq_len} tokens, e.g. {clean[0]!r} / {corrupted[0]!r}", flush=True)
 
     t = time.time()
-    resid = sweep(model, pair, "resid_pre", metric="logit_diff")
-    heads = sweep(model, pair, "head", metric="logit_diff")
+    resid = sweep(model, pair, "resid_pre", progress=True)
+    heads = sweep(model, pair, "head", progress=True)
     sweep_seconds = time.time() - t
     print(resid)
     print(heads)
-    figs = {
-        "resid_pre_by_position": patch_heatmap(resid),
-        "heads": patch_heatmap(heads),
-        "induction_scores": heatmap(
-            induction, x_labels=[f"H{h}" for h in range(spec.n_heads)], y_labels=[f"L{l}" for l in range(spec.n_layers)],
-            title="Induction score per head (repeated random tokens)", x_title="head", y_title="layer",
-        ),
-    }
-    for name, fig in figs.items():
-        fig.write_html(os.path.join(cfg.out_dir, f"{name}.html"), include_plotlyjs=True)
+    top = torch.argsort(heads.normalized().flatten().abs(), descending=True)[:8]
+    n_heads = model.spec.n_heads
+    top_heads = [f"L{int(i) // n_heads}H{int(i) % n_heads}: {float(heads.normalized().flatten()[i]):+.3f}" for i in top]
+    figs = {"residual stream (resid_pre) by layer and position": patch_heatmap(resid),
+            "attention heads (all positions)": patch_heatmap(heads)}
+    for i, fig in enumerate(figs.values()):
+        fig.write_html(os.path.join(cfg.out_dir, f"figure{i + 1}.html"), include_plotlyjs=True)
+    weights_note = getattr(__import__(f"mechpatch.zoo.{'smollm2' if cfg.model.startswith('smollm2') else 'induction'}",
+                                      fromlist=["x"]), "WEIGHTS_NOTE", "")
     headline = {
         "model": repr(model),
-        "note": "random weights built in code (the bundled pretrained default model arrives with the reference-models work)",
-        "prompts": f"{cfg.n_prompts} x {cfg.seq_len} tokens",
-        "clean logit diff": f"{float(resid.clean.mean()):.4f}",
-        "corrupted logit diff": f"{float(resid.corrupted.mean()):.4f}",
+        "weights": weights_note or zoo.MODELS[cfg.model].summary,
+        "task": f"IOI-style, ABC corruption; e.g. clean {clean[0]!r}, corrupted {corrupted[0]!r}",
+        "prompts": f"{pair.n_prompts} x {pair.seq_len} tokens",
+        "clean logit diff (IO - S)": f"{float(resid.clean.mean()):.3f} ± {float(resid.clean.std() / pair.n_prompts ** 0.5):.3f}",
+        "corrupted logit diff": f"{float(resid.corrupted.mean()):.3f}",
+        "IOI accuracy (clean, IO above S)": f"{float((resid.clean > 0).float().mean()):.2f}",
+        "largest head effects (normalised, denoising)": "; ".join(top_heads),
         "patches run": int(resid.noop.numel() + heads.noop.numel()),
         "no-op patches": int(resid.noop.sum() + heads.noop.sum()),
-        "sweep seconds": round(sweep_seconds, 2),
+        "sweep seconds": round(sweep_seconds, 1),
         "engine method": resid.meta["method"],
     }
     write_report(os.path.join(cfg.out_dir, "report.html"), "mechpatch demo", headline, figs)
-    summary = {**headline, "config": asdict(cfg), "figures": [f"{n}.html" for n in figs] + ["report.html"],
-               "seconds": round(time.time() - start, 2)}
-    with open(os.path.join(cfg.out_dir, "summary.json.tmp"), "w") as fh:
+    summary = {**headline, "config": asdict(cfg), "figures": [f"figure{i + 1}.html" for i in range(len(figs))],
+               "report": "report.html", "seconds": round(time.time() - start, 1)}
+    tmp = os.path.join(cfg.out_dir, "summary.json.tmp")
+    with open(tmp, "w") as fh:
         json.dump(summary, fh, indent=2)
-    os.replace(os.path.join(cfg.out_dir, "summary.json.tmp"), os.path.join(cfg.out_dir, "summary.json"))
+    os.replace(tmp, os.path.join(cfg.out_dir, "summary.json"))
     print(json.dumps(summary))
     return 0
 

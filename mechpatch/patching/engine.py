@@ -322,11 +322,15 @@ def run_patches(
             values = _run_reference(model, plan, base_t, runs, intervention.alpha, metric, readout, show)
             return PatchRun(values, noop, noop_sites, base_values, source_values, method, plan.n_variants)
         order = fast_state.order if fast_state is not None else torch.arange(plan.n_variants)
+        # a no-op variant cannot change the run (every patched entry already equals its source), so its
+        # values are the unpatched base run's: it needs no forward pass
+        order = order[~noop[order]]
         chunks = list(torch.split(order, batch_size))
         show = progress if progress is not None else len(chunks) > 2
         values = torch.empty(plan.n_variants, n_prompts)
+        values[noop] = base_values.float()
         done = 0
-        bar = progress_bar(total=plan.n_variants, desc=f"patching ({method})", enabled=show, unit="patch")
+        bar = progress_bar(total=len(order), desc=f"patching ({method})", enabled=show, unit="patch")
         queue = list(chunks)
         while queue:
             ids = queue.pop(0)

@@ -109,7 +109,9 @@ def test_batched_equals_one_at_a_time(gqa):
     one = sweep(gqa, pair, "head", by_position=True, batch_size=1)
     many = sweep(gqa, pair, "head", by_position=True, batch_size=1000)
     torch.testing.assert_close(one.values, many.values, **TOL)
-    assert one.meta["forwards"] == 2 * 4 * 7 and many.meta["forwards"] == 1
+    executed = int((~one.noop).sum())  # no-op cells need no forward pass (their value is the base run's)
+    assert 0 < executed < 2 * 4 * 7
+    assert one.meta["forwards"] == executed and many.meta["forwards"] == 1
 
 
 def test_noops_are_reported(gpt2):
