@@ -325,7 +325,7 @@ def run_patches(
         # a no-op variant cannot change the run (every patched entry already equals its source), so its
         # values are the unpatched base run's: it needs no forward pass
         order = order[~noop[order]]
-        chunks = list(torch.split(order, batch_size))
+        chunks = [c for c in torch.split(order, batch_size) if len(c)]  # (split of an empty tensor gives one)
         show = progress if progress is not None else len(chunks) > 2
         values = torch.empty(plan.n_variants, n_prompts)
         values[noop] = base_values.float()
