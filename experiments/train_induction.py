@@ -180,7 +180,7 @@ def main(argv=None) -> int:
         torch.nn.utils.clip_grad_norm_(bridge.parameters(), cfg.grad_clip)
         opt.step()
         sched.step()
-        recent = (recent + [float(loss)])[-50:]
+        recent = (recent + [loss.item()])[-50:]
         if step % cfg.eval_every == 0 or step == cfg.steps:
             ev = evaluate(bridge, *eval_batch)
             print(
@@ -197,7 +197,7 @@ def main(argv=None) -> int:
     record = {
         "name": "induction-2l",
         "script": "experiments/train_induction.py",
-        "config_file": args.config,
+        "command": f".venv/bin/python experiments/train_induction.py {args.config}",
         "config": asdict(cfg),
         "architecture": ARCHITECTURE,
         "bos_token": BOS,
