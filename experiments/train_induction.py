@@ -131,13 +131,15 @@ def best(scores: list[list[float]], layer: int) -> str:
     return f"L{layer}H{head} {scores[layer][head]:.2f}"
 
 
-def save(bridge: torch.nn.Module, path: str, metadata: dict[str, str]) -> None:
+def save(bridge: torch.nn.Module, path: str) -> None:
+    """Tensors only: safetensors writes metadata keys in hash order, which would change the file's sha256
+    from run to run; the JSON record carries the metadata instead."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in bridge.state_dict().items()}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
-    save_file(state, tmp, metadata=metadata)
+    save_file(state, tmp)
     os.replace(tmp, path)
 
 
@@ -193,7 +195,7 @@ def main(argv=None) -> int:
     seconds = time.time() - start
     final = evaluate(bridge, *eval_batch)
 
-    save(bridge, cfg.out, {"name": "induction-2l", "seed": str(cfg.seed), "steps": str(cfg.steps)})
+    save(bridge, cfg.out)
     record = {
         "name": "induction-2l",
         "script": "experiments/train_induction.py",
