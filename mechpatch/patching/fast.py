@@ -83,10 +83,6 @@ def weights(model: HookedModel) -> F_.FunctionalModel:
     return fm
 
 
-def supports(model: HookedModel) -> bool:
-    return resolve(model)[0] is None
-
-
 @dataclass
 class FastState:
     fm: F_.FunctionalModel

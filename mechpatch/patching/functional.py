@@ -20,7 +20,6 @@ Traps worth knowing (measured): native rotary models use adjacent-pair RoPE alth
 are pre-RoPE; per-head ``hook_result`` excludes ``b_O``; the Llama ``hook_post`` is silu(gate) * up.
 """
 
-import math
 from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Optional

@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Optional, Union
 
-import torch
 
 from mechpatch.cache import PromptPair
 from mechpatch.errors import EmptyInputError, choices
