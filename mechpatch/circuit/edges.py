@@ -37,6 +37,8 @@ from mechpatch.patching import functional as F_
 from mechpatch.patching.metrics import Metric, Readout, as_metric
 
 ABLATIONS = ("corrupted", "zero", "mean")
+#: an edge: (sender, receiver) labels, or "sender->receiver"; position-resolved with "@p" at both ends
+EdgeLike = Union[tuple[str, str], str]
 
 
 class EdgeError(CircuitError):
@@ -68,21 +70,56 @@ class EdgeLayout:
     def n_edges(self) -> int:
         return int(self.valid.sum())
 
-    def mask(self, edges: Sequence[tuple[str, str]]) -> Bool[Tensor, "sender receiver"]:
+    def mask(self, edges: Sequence[EdgeLike]) -> Bool[Tensor, "sender receiver"]:
         """The [sender, receiver] boolean mask of ``edges`` (pairs of labels, or "s->r" strings)."""
         m = torch.zeros(self.valid.shape, dtype=torch.bool)
+        for s, r, pos in self.parse(edges):
+            if pos is not None:
+                raise EdgeError(f"{self.senders[s]}@{pos}->{self.receivers[r]}@{pos} is position-resolved; use "
+                                "position_mask (or edge_patch, which takes both)")
+            m[s, r] = True
+        return m
+
+    def position_mask(self, edges: Sequence[EdgeLike], n_pos: int) -> Bool[Tensor, "pos sender receiver"]:
+        """The [pos, sender, receiver] mask of ``edges``: an edge labelled ``@p`` at both ends
+        (``L0H2@3->L1H0.k@3``) is marked at position p only, an edge without positions at every position."""
+        m = torch.zeros(n_pos, *self.valid.shape, dtype=torch.bool)
+        for s, r, pos in self.parse(edges):
+            if pos is not None and pos >= n_pos:
+                raise EdgeError(f"{self.senders[s]}@{pos}->{self.receivers[r]}@{pos}: position {pos} is out of "
+                                f"range for prompts of {n_pos} tokens (valid: 0..{n_pos - 1})")
+            m[slice(None) if pos is None else pos, s, r] = True
+        return m
+
+    def parse(self, edges: Sequence[EdgeLike]) -> list[tuple[int, int, Optional[int]]]:
+        """(sender index, receiver index, position or None) of each edge, validated."""
         s_idx = {s: i for i, s in enumerate(self.senders)}
         r_idx = {r: i for i, r in enumerate(self.receivers)}
+        out = []
         for e in edges:
             s, r = e.split("->") if isinstance(e, str) else e
+            (s, ps), (r, pr) = _split_pos(s), _split_pos(r)
+            if ps != pr:
+                raise EdgeError(f"{e!r}: both ends of an edge are at one position (the residual stream is per "
+                                "position); got sender @%s, receiver @%s" % (ps, pr))
             if s not in s_idx:
                 raise EdgeError(f"unknown sender {s!r}; valid: {choices(self.senders[:8])}, ...")
             if r not in r_idx:
                 raise EdgeError(f"unknown receiver {r!r}; valid: {choices(self.receivers[:8])}, ...")
             if not self.valid[s_idx[s], r_idx[r]]:
                 raise EdgeError(f"{s} does not precede {r}: not an edge")
-            m[s_idx[s], r_idx[r]] = True
-        return m
+            out.append((s_idx[s], r_idx[r], ps))
+        return out
+
+
+def _split_pos(label: str) -> tuple[str, Optional[int]]:
+    """``"L1H0.k@3"`` -> ``("L1H0.k", 3)``; no ``@``: position None."""
+    base, at, pos = label.strip().partition("@")
+    if not at:
+        return base, None
+    if not pos.isdigit():
+        raise EdgeError(f"{label!r}: a position is '@' and a non-negative integer (e.g. 'L1H0.k@3')")
+    return base, int(pos)
 
 
 def layout(model: HookedModel) -> EdgeLayout:
@@ -196,16 +233,21 @@ class _Runner:
             minus (current - ablated) output of every ablated sender."""
             if mask is None:
                 return x
-            m = mask[:, :, r_slice]
-            active = torch.nonzero(m.any(0).any(-1)).flatten().tolist()
+            m = mask[..., r_slice]  # R sender unit, or R pos sender unit (position-resolved)
+            per_pos = m.ndim == 4
+            active = torch.nonzero(m.reshape(-1, *m.shape[-2:]).any(0).any(-1)).flatten().tolist()
             if not active:
                 return x
             diff = torch.stack([cur[s] - self.src_out[s][rows_prompt] for s in active], 1)  # R A pos D
-            x = x - torch.einsum("rapd,rac->rcpd", diff, m[:, active].to(diff.dtype))
-            full = m.sum(1) == self.n_in[r_slice].to(m.device)  # R unit: every incoming edge ablated
+            if per_pos:
+                x = x - torch.einsum("rapd,rpac->rcpd", diff, m[:, :, active].to(diff.dtype))
+                full = (m.sum(2) == self.n_in[r_slice].to(m.device)).transpose(1, 2)[..., None]  # R unit pos 1
+            else:
+                x = x - torch.einsum("rapd,rac->rcpd", diff, m[:, active].to(diff.dtype))
+                full = (m.sum(1) == self.n_in[r_slice].to(m.device))[:, :, None, None]  # R unit: all ablated
             if full.any():
                 exact = self.src_sum[stage][rows_prompt][:, None].expand_as(x)
-                x = torch.where(full[:, :, None, None], exact, x)
+                x = torch.where(full, exact, x)
             return x
 
         r_of = {r: i for i, r in enumerate(lay.receivers)}
@@ -257,19 +299,26 @@ class _Runner:
         return logits, None, None
 
 
-def _as_masks(lay: EdgeLayout, edge_sets) -> Bool[Tensor, "variant sender receiver"]:
+def _as_masks(lay: EdgeLayout, edge_sets, n_pos: int) -> Union[Bool[Tensor, "variant sender receiver"],
+                                                                Bool[Tensor, "variant pos sender receiver"]]:
+    """Edge sets as masks: [variant, sender, receiver], or [variant, pos, sender, receiver] when any edge is
+    position-resolved (labels with ``@p``, or 4-d tensors)."""
+    S, R = lay.valid.shape
     if isinstance(edge_sets, Tensor):
         m = edge_sets.bool()
-        if m.ndim == 2:
-            m = m[None]
-        if m.shape[1:] != lay.valid.shape:
-            raise ShapeMismatchError(f"edge masks must be [variant, {len(lay.senders)}, {len(lay.receivers)}]; "
-                                     f"got {tuple(m.shape)}")
+        if m.ndim not in (3, 4) or m.shape[-2:] != (S, R) or (m.ndim == 4 and m.shape[1] != n_pos):
+            raise ShapeMismatchError(
+                f"edge masks must be [variant, {S}, {R}] or, position-resolved, [variant, {n_pos} (prompt "
+                f"length), {S}, {R}]; got {tuple(m.shape)}")
         if (m & ~lay.valid).any():
             raise EdgeError("the masks mark sender/receiver pairs that are not edges (sender after receiver)")
         return m
-    return torch.stack([lay.mask(list(s)) for s in edge_sets]) if len(edge_sets) else torch.zeros(0, *lay.valid.shape,
-                                                                                                dtype=torch.bool)
+    sets = [list(s) for s in edge_sets]
+    if not sets:
+        return torch.zeros(0, S, R, dtype=torch.bool)
+    if any(pos is not None for es in sets for _, _, pos in lay.parse(es)):
+        return torch.stack([lay.position_mask(es, n_pos) for es in sets])
+    return torch.stack([lay.mask(es) for es in sets])
 
 
 def _setup(model, base, source, ablation, metric, answers):
@@ -293,7 +342,8 @@ def _setup(model, base, source, ablation, metric, answers):
 def edge_patch(
     model: HookedModel,
     base: Union[Int[Tensor, "batch pos"], Sequence[str]],
-    edge_sets: Union[Sequence[Sequence[tuple[str, str]]], Bool[Tensor, "variant sender receiver"]],
+    edge_sets: Union[Sequence[Sequence[EdgeLike]], Bool[Tensor, "variant sender receiver"],
+                     Bool[Tensor, "variant pos sender receiver"]],
     metric: Union[Metric, str],
     *,
     source: Union[Int[Tensor, "batch pos"], Sequence[str], None] = None,
@@ -310,7 +360,10 @@ def edge_patch(
         model: a model the fast path supports (GPT-2, Llama, native TransformerLens; float32/64).
         base: the prompts run (the clean ones, for circuit discovery).
         edge_sets: per variant, the ablated edges as (sender, receiver) labels or "s->r" strings, or
-            boolean masks [variant, sender, receiver] in :func:`layout` order.
+            boolean masks [variant, sender, receiver] in :func:`layout` order. Position-resolved edges
+            (``"L0H2@3->L1H0.k@3"``, or masks [variant, pos, sender, receiver] over the prompt's positions)
+            are ablated at that position only: the receiver reads the sender's ablated output there and its
+            current output elsewhere. An edge without positions is ablated at every position.
         metric: a Metric or name; KL divergence compares with the unablated base run.
         source: the corrupted prompts (for ``ablation="corrupted"``).
         ablation: "corrupted" (the sender's output on ``source``), "zero", or "mean" (over the base prompts).
@@ -327,12 +380,13 @@ def edge_patch(
     lay = layout(model)
     if runner is None:
         runner = make_runner(model, base, metric, source=source, ablation=ablation, answers=answers, alpha=alpha)
-    masks = _as_masks(lay, edge_sets).to(runner.base.device)
+    masks = _as_masks(lay, edge_sets, runner.base.shape[1]).to(runner.base.device)
     n = runner.n
     values = torch.empty(masks.shape[0], n)
     # rows start at the earliest layer any of their edges enters; order chunks by it
     rl = torch.tensor(lay.receiver_layer)
-    starts = [int(rl[m.any(0)].min()) if m.any() else model.spec.n_layers for m in masks]
+    starts = [int(rl[m.reshape(-1, m.shape[-1]).any(0).cpu()].min()) if m.any() else model.spec.n_layers
+              for m in masks]
     order = sorted(range(len(masks)), key=lambda v: starts[v])
     chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     prompt = torch.arange(n, device=runner.base.device)
@@ -368,7 +422,7 @@ def make_runner(model, base, metric, *, source=None, ablation="corrupted", answe
 def edge_patch_reference(
     model: HookedModel,
     base: Int[Tensor, "batch pos"],
-    edge_sets: Sequence[Sequence[tuple[str, str]]],
+    edge_sets: Sequence[Sequence[EdgeLike]],
     metric: Union[Metric, str],
     *,
     source: Optional[Int[Tensor, "batch pos"]] = None,
@@ -376,8 +430,8 @@ def edge_patch_reference(
     answers: Optional[Int[Tensor, "batch answer"]] = None,
 ) -> Float[Tensor, "variant prompt"]:
     """Slow edge patching: per edge set, each receiver's input is the sum, built by hand, of every
-    preceding sender's output (its ablated output where the edge is ablated) plus the biases; one head
-    at a time. For testing :func:`edge_patch`."""
+    preceding sender's output (its ablated output where the edge is ablated, at the edge's position or
+    everywhere) plus the biases; one head at a time. For testing :func:`edge_patch`."""
     base_t, src_t, metric, positions = _setup(model, base, source, ablation, metric, answers)
     fm = fast.weights(model)
     lay = layout(model)
@@ -385,14 +439,15 @@ def edge_patch_reference(
     H, G = fm.n_heads, fm.n_kv_heads
     pos_t = torch.arange(seq)
 
-    def run(tokens: Tensor, ablated: set, abl_out: Optional[dict]):
+    def run(tokens: Tensor, ablated: dict, abl_out: Optional[dict]):
         outs: dict[str, Tensor] = {"input": F_.embed(fm, tokens, 0)}
         biases: list[tuple[int, bool, Tensor]] = []  # (layer, is_mlp_bias, bias)
 
         def rebuild(receiver: str, layer: int, for_mlp: bool) -> Tensor:
             x = torch.zeros_like(outs["input"])
             for s, out in outs.items():
-                x = x + (abl_out[s] if (s, receiver) in ablated else out)
+                at = ablated.get((s, receiver))  # the positions where this edge is ablated
+                x = x + (out if at is None else torch.where(at[None, :, None], abl_out[s], out))
             for bl, _, b in biases:
                 if bl < layer or (bl == layer and for_mlp):
                     x = x + b
@@ -430,9 +485,9 @@ def edge_patch_reference(
         return logits, outs
 
     with torch.inference_mode():
-        clean_logits, base_out = run(base_t, set(), None)
+        clean_logits, base_out = run(base_t, {}, None)
         if ablation == "corrupted":
-            _, abl_out = run(src_t, set(), None)
+            _, abl_out = run(src_t, {}, None)
         elif ablation == "zero":
             abl_out = {s: torch.zeros_like(o) for s, o in base_out.items()}
         else:
@@ -440,8 +495,15 @@ def edge_patch_reference(
         metric = metric.bind(clean_logits=clean_logits)
         rows = []
         for es in edge_sets:
-            ablated = {tuple(e.split("->")) if isinstance(e, str) else tuple(e) for e in es}
-            lay.mask(list(ablated))  # validates
+            ablated: dict[tuple[str, str], Tensor] = {}
+            for s_i, r_i, pos in lay.parse(list(es)):  # validates
+                at = ablated.setdefault((lay.senders[s_i], lay.receivers[r_i]), torch.zeros(seq, dtype=torch.bool))
+                if pos is None:
+                    at[:] = True
+                else:
+                    if pos >= seq:
+                        raise EdgeError(f"position {pos} is out of range for prompts of {seq} tokens")
+                    at[pos] = True
             logits, _ = run(base_t, ablated, abl_out)
             rows.append(metric(logits, torch.arange(n)).cpu())
     return torch.stack(rows)
