@@ -8,7 +8,14 @@ The reference evaluates one candidate edge per forward pass, from the embeddings
 each receiver's candidates cumulatively in one forward that starts at the receiver's layer.
 
 Reported: forwards, edge-set evaluations, wall time, the ratio, and whether both kept the same edges.
+
+``--reference-sample N`` (for the 12-layer shape, whose reference would take hours on a CPU) times N forwards
+of the reference instead of running it: every reference forward is the same full pass from the embeddings
+(one edge set, every prompt), so its run time is the number of edges it evaluates (the edges mechpatch's
+run scored: both make the same decisions) times the mean forward time. Reported as extrapolated.
+
 Usage: python experiments/benchmarks/bench_circuit.py [--quick] [--models gpt2-small,induction]
+       [--layers 12 --reference-sample 40]
 Last line of output: one JSON object with every figure (also saved in experiments/benchmarks/results/).
 """
 
@@ -37,11 +44,56 @@ def gpt2_small_shaped(n_layer: int = 12):
     return load_model(GPT2LMHeadModel(cfg).eval(), device="cpu", name=f"gpt2-small-shaped-{n_layer}L")
 
 
-def bench(name, model, base, source, tau, batch_size):
+def reference_forward_seconds(model, base, source, metric, removed, n):
+    """Mean seconds of one reference forward (an edge set, every prompt, from the embeddings), over n timed ones;
+    the edge sets are ``removed`` plus one random further edge, as the reference's are."""
+    from mechpatch.circuit.edges import make_runner
+
+    runner = make_runner(model, base, metric, source=source, ablation="corrupted")
+    valid = runner.lay.valid
+    g = torch.Generator().manual_seed(0)
+    candidates = torch.nonzero(valid & ~removed)
+    rows_prompt = torch.arange(runner.n)
+    times = []
+    for i in range(n):
+        m = removed.clone()
+        s, r = candidates[int(torch.randint(len(candidates), (1,), generator=g))]
+        m[s, r] = True
+        t = time.perf_counter()
+        with torch.inference_mode():
+            logits, _, _ = runner.forward(runner.base, rows_prompt, m[None].repeat(runner.n, 1, 1), 0)
+            runner.metric(logits, rows_prompt).mean()
+        times.append(time.perf_counter() - t)
+    return sum(times) / len(times)
+
+
+def bench(name, model, base, source, tau, batch_size, reference_sample=None):
     metric = KLDivergence()  # at the last position, as ACDC's IOI and greater-than runs
     t = time.perf_counter()
-    fast_res = acdc(model, base, metric, source=source, tau=tau, batch_size=batch_size, progress=False)
+    fast_res = acdc(model, base, metric, source=source, tau=tau, batch_size=batch_size,
+                    progress=reference_sample is not None)
     t_fast = time.perf_counter() - t
+    if reference_sample:
+        import math
+
+        lay = fast_res.layout
+        kept = lay.mask(list(fast_res.edges))
+        removed = lay.valid & ~kept  # the final circuit's complement: a late reference state
+        per_forward = reference_forward_seconds(model, base, source, metric, removed, reference_sample)
+        evaluated = sum(1 for v in fast_res.scores.values() if not math.isnan(v))
+        row = {
+            "model": name, "edges_total": lay.n_edges, "prompts": int(base.shape[0]), "tokens": int(base.shape[1]),
+            "tau": tau, "kept_edges": len(fast_res.edges), "same_edges": None,
+            "reference_forwards": evaluated, "reference_seconds_per_forward": round(per_forward, 4),
+            "reference_seconds": round(per_forward * evaluated, 1), "reference_extrapolated": True,
+            "reference_sampled_forwards": reference_sample,
+            "mechpatch_forwards": fast_res.forwards, "mechpatch_evaluations": fast_res.evaluations,
+            "mechpatch_seconds": round(t_fast, 2), "speedup": round(per_forward * evaluated / t_fast, 2),
+            "forward_ratio": round(evaluated / fast_res.forwards, 2),
+            "kl_full_to_circuit": round(fast_res.final_metric, 5),
+        }
+        print(json.dumps(row), flush=True)
+        return row
     t = time.perf_counter()
     ref = acdc(model, base, metric, source=source, tau=tau, method="sequential", progress=False)
     t_ref = time.perf_counter() - t
@@ -68,7 +120,12 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default="gpt2-small,induction")
     parser.add_argument("--tau", type=float, default=None, help="ACDC threshold (default per model)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--reference-sample", type=int, default=None,
+                        help="time this many reference forwards and extrapolate instead of running the reference")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     results = {"benchmark": "bench_circuit", "date": time.strftime("%Y-%m-%d"), "machine": platform.machine(),
                "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "models": []}
@@ -78,7 +135,8 @@ def main(argv=None) -> int:
             g = torch.Generator().manual_seed(1)
             base = torch.randint(0, 50257, (4, 12), generator=g)
             source = torch.randint(0, 50257, (4, 12), generator=g)
-            results["models"].append(bench(model.name, model, base, source, args.tau or 1e-4, args.batch_size))
+            results["models"].append(bench(model.name, model, base, source, args.tau or 1e-4, args.batch_size,
+                                           args.reference_sample))
         elif name == "induction":
             model = zoo.load("induction-2l")
             (b,) = make_induction(model, n=16, block=10, seed=0).batches
@@ -86,7 +144,8 @@ def main(argv=None) -> int:
                                            args.batch_size))
         else:
             raise SystemExit(f"unknown model {name!r}; valid: gpt2-small, induction")
-    out = os.path.join(os.path.dirname(__file__), "results", f"bench_circuit{'_quick' if args.quick else ''}.json")
+    suffix = "_quick" if args.quick else (f"_{args.layers}L" if args.layers != 4 else "")
+    out = os.path.join(os.path.dirname(__file__), "results", f"bench_circuit{suffix}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     write_json(out, results)
     print(json.dumps(results))

@@ -55,7 +55,7 @@ class EdgeAttribution:
     ablating the edge lowers the metric.
     """
 
-    scores: Float[Tensor, "sender receiver"]
+    scores: Float[Tensor, "*pos sender receiver"]  # [pos, sender, receiver] with per_position
     layout: EdgeLayout
     base_values: Float[Tensor, " prompt"]
     method: str  # "eap", "eap-ig-inputs", "eap-ig-activations"
@@ -66,10 +66,20 @@ class EdgeAttribution:
     seconds: float
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def n_pos(self) -> Optional[int]:
+        """Positions of position-resolved scores (``per_position=True``), else None."""
+        return int(self.scores.shape[0]) if self.scores.ndim == 3 else None
+
     def edge_scores(self) -> dict[tuple[str, str], float]:
-        """Every edge (sender, receiver) -> its score, in the layout's edge order."""
-        idx = torch.nonzero(self.layout.valid.T)
-        return {(self.layout.senders[int(s)], self.layout.receivers[int(r)]): float(self.scores[s, r]) for r, s in idx}
+        """Every edge (sender, receiver) -> its score, in the layout's edge order (position-resolved: labels
+        ``@p``, position-major as :class:`~mechpatch.circuit.components.GraphLayout` orders them)."""
+        lay = self.layout
+        idx = torch.nonzero(lay.valid.T).tolist()
+        if self.n_pos is None:
+            return {(lay.senders[s], lay.receivers[r]): float(self.scores[s, r]) for r, s in idx}
+        return {(f"{lay.senders[s]}@{p}", f"{lay.receivers[r]}@{p}"): float(self.scores[p, s, r])
+                for p in range(self.n_pos) for r, s in idx}
 
     def ranked(self, absolute: bool = True) -> list[tuple[str, str]]:
         """Edges best first (by |score|, or by signed score with ``absolute=False``)."""
@@ -81,11 +91,11 @@ class EdgeAttribution:
         from mechpatch.circuit.graph import ComponentGraph
 
         dense = self.scores.to(torch.float64).clone()
-        dense[~self.layout.valid] = math.nan
+        dense[..., ~self.layout.valid] = math.nan
         circuit = None if top_n is None else self.ranked()[:top_n]
         meta = {"method": self.method, "metric": self.metric, "ablation": self.ablation, "steps": self.steps,
                 **self.meta}
-        return ComponentGraph(spec, dense, in_circuit=circuit, meta=meta, model=model)
+        return ComponentGraph(spec, dense, in_circuit=circuit, meta=meta, model=model, n_pos=self.n_pos)
 
     def __repr__(self) -> str:
         return (f"EdgeAttribution({self.method}: {self.layout.n_edges} edges, {self.metric}, ablation={self.ablation}, "
@@ -215,6 +225,7 @@ def edge_attribution(
     steps: int = 5,
     batch_size: Optional[int] = None,
     memory_budget: Union[int, str, None] = None,
+    per_position: bool = False,
 ) -> EdgeAttribution:
     """EAP (``ig=None``) or EAP-IG (``ig="inputs"`` / ``"activations"``) scores of every edge.
 
@@ -227,6 +238,9 @@ def edge_attribution(
         steps: points of the integrated-gradient path (EAP-IG only).
         batch_size: rows per forward+backward (a row is one prompt at one path point); default from ``memory_budget``.
         memory_budget: transient memory for one pass (bytes or e.g. ``"1GiB"``).
+        per_position: score each edge at each token position (scores ``[pos, sender, receiver]``, edges
+            ``L0H2@3->L1H0.k@3``: the estimate of ablating the edge at that position only); the sum over
+            positions is the unresolved score.
 
     Returns:
         :class:`EdgeAttribution`.
@@ -305,7 +319,7 @@ def edge_attribution(
     stage_of = torch.tensor(_stage_of_sender(lay, fm))
     layer_heads = {1 + (l if fm.attn_only else 2 * l): l for l in range(fm.n_layers)}
     alphas = [k / steps for k in range(1, steps + 1)]
-    scores = torch.zeros(n_s, n_r, dtype=torch.float64, device=base_t.device)
+    scores = torch.zeros(seq, n_s, n_r, dtype=torch.float64, device=base_t.device)  # summed over pos at the end
     passes = 0
 
     def grads_for(idx: Tensor, emb: Tensor, base_out: Tensor, delta: Tensor, alpha: Optional[list[float]],
@@ -352,14 +366,15 @@ def edge_attribution(
         delta = src_out - base_out
         d = delta.to(torch.float64)
         if ig is None:
-            scores += torch.einsum("nspd,nrpd->sr", d, grads_for(idx, emb, base_out, delta, None, None))
+            scores += torch.einsum("nspd,nrpd->psr", d, grads_for(idx, emb, base_out, delta, None, None))
         elif ig == "inputs":
-            scores += torch.einsum("nspd,nrpd->sr", d, grads_for(idx, emb, base_out, delta, alphas, 0))
+            scores += torch.einsum("nspd,nrpd->psr", d, grads_for(idx, emb, base_out, delta, alphas, 0))
         else:
             for st in range(len(stages)):
                 ids = torch.nonzero(stage_of == st).flatten()
-                scores[ids] += torch.einsum("nspd,nrpd->sr", d[:, ids],
-                                            grads_for(idx, emb, base_out, delta, alphas, st))
+                scores[:, ids] += torch.einsum("nspd,nrpd->psr", d[:, ids],
+                                               grads_for(idx, emb, base_out, delta, alphas, st))
+    scores = scores if per_position else scores.sum(0)
     scores = (scores / n).float().cpu() * lay.valid
     method = "eap" if ig is None else f"eap-ig-{ig}"
     return EdgeAttribution(scores, lay, base_values, method, metric.name, ablation, 1 if ig is None else steps,
@@ -371,7 +386,8 @@ def edge_attribution(
 
 def _discover(model: HookedModel, base: Any, metric: Any, *, source: Any, ablation: str, answers: Any,
               ig: Optional[str], steps: int, top_n: Optional[int], tau: Optional[float], verify: bool,
-              n_verify: Optional[int], batch_size: Optional[int], memory_budget: Any, exact_batch_size: int) -> Any:
+              n_verify: Optional[int], batch_size: Optional[int], memory_budget: Any, exact_batch_size: int,
+              per_position: bool = False) -> Any:
     from mechpatch.circuit.discovery import DiscoveryResult
     from mechpatch.circuit.faithfulness import circuit_metric
 
@@ -382,7 +398,7 @@ def _discover(model: HookedModel, base: Any, metric: Any, *, source: Any, ablati
     limit = top_n if top_n is not None else (None if tau is not None else DEFAULT_TOP_N)
     start = time.time()
     att = edge_attribution(model, base, metric, source=source, ablation=ablation, answers=answers, ig=ig, steps=steps,
-                           batch_size=batch_size, memory_budget=memory_budget)
+                           batch_size=batch_size, memory_budget=memory_budget, per_position=per_position)
     ranked = att.ranked()
 
     def select(edges: list, value: dict) -> list:
@@ -408,14 +424,15 @@ def _discover(model: HookedModel, base: Any, metric: Any, *, source: Any, ablati
     else:
         kept = chosen
     kept_set = set(kept)
-    kept = [e for e in att.layout.edges if e in kept_set]  # canonical order
+    kept = [e for e in att.edge_scores() if e in kept_set]  # canonical order
     final = float(circuit_metric(model, base, [kept], metric, source=source, ablation=ablation, answers=answers,
                                  runner=runner)[0])
     evaluations += 1
     forwards += 1
     return DiscoveryResult(
         method=att.method, edges=tuple(kept), scores=att.edge_scores(), layout=att.layout, metric=att.metric,
-        ablation=ablation, params={"top_n": limit, "tau": tau, "steps": att.steps, "verify": verify}, forwards=forwards,
+        ablation=ablation, params={"top_n": limit, "tau": tau, "steps": att.steps, "verify": verify,
+                                   **({"n_pos": att.n_pos} if per_position else {})}, forwards=forwards,
         evaluations=evaluations, seconds=time.time() - start, final_metric=final,
         full_metric=float(att.base_values.mean()), spec=model.spec, model=model.name, meta=meta,
     )
@@ -436,6 +453,7 @@ def eap(
     batch_size: Optional[int] = None,
     memory_budget: Union[int, str, None] = None,
     exact_batch_size: int = 32,
+    per_position: bool = False,
 ) -> Any:
     """Circuit discovery by EAP: rank every edge by |score|, keep the best, optionally verified exactly.
 
@@ -448,12 +466,14 @@ def eap(
         tau: keep the edges whose |score| reaches this (metric units, like ACDC's threshold).
         verify: ablate the ``n_verify`` best-ranked edges (default twice the selection) one at a time with the
             exact engine and select by their exact effects instead (``meta["exact"]`` holds them).
+        per_position: rank and keep edges per token position (``L0H2@3->L1H0.k@3``); the circuit is
+            position-resolved, and so is its exact check.
         batch_size, memory_budget: of the attribution pass (see :func:`edge_attribution`);
             ``exact_batch_size``: edge sets per exact forward.
     """
     return _discover(model, base, metric, source=source, ablation=ablation, answers=answers, ig=None, steps=1,
                      top_n=top_n, tau=tau, verify=verify, n_verify=n_verify, batch_size=batch_size,
-                     memory_budget=memory_budget, exact_batch_size=exact_batch_size)
+                     memory_budget=memory_budget, exact_batch_size=exact_batch_size, per_position=per_position)
 
 
 def eap_ig(
@@ -473,13 +493,14 @@ def eap_ig(
     batch_size: Optional[int] = None,
     memory_budget: Union[int, str, None] = None,
     exact_batch_size: int = 32,
+    per_position: bool = False,
 ) -> Any:
     """Circuit discovery by EAP-IG (``ig="inputs"`` or ``"activations"``, ``steps`` path points); see :func:`eap`."""
     if ig not in IG_MODES:
         raise AttributionError(f"unknown ig mode {ig!r}; valid: {choices(IG_MODES)}")
     return _discover(model, base, metric, source=source, ablation=ablation, answers=answers, ig=ig, steps=steps,
                      top_n=top_n, tau=tau, verify=verify, n_verify=n_verify, batch_size=batch_size,
-                     memory_budget=memory_budget, exact_batch_size=exact_batch_size)
+                     memory_budget=memory_budget, exact_batch_size=exact_batch_size, per_position=per_position)
 
 
 __all__ = ["IG_MODES", "EdgeAttribution", "eap", "eap_ig", "edge_attribution"]

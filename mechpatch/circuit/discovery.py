@@ -14,6 +14,17 @@ that the next decisions repeat the last one. The first decision against the gues
 stale: a new batch starts there with the guess flipped and a small size, which doubles while guesses
 hold. Every row resumes at the receiver's layer (nothing earlier can change). The result equals one-edge-per-forward ACDC (``method="sequential"``) up to float rounding in
 damages that lie within ~1e-6 of ``tau``.
+
+Checkpoints: the whole state of an ACDC search between two receivers is the removed-edge mask, the scores so
+far, the current metric, the cost counters and the next receiver (the speculation restarts at each receiver).
+Given a ``checkpoint`` store (:class:`~mechpatch.chunks.ChunkStore`, e.g. the run directory's
+:class:`~mechpatch.runs.RunStore`), :func:`acdc` saves that state (group :data:`CHECKPOINT_GROUP`, chunk 0,
+replaced each time) after receivers, at most every ``checkpoint_seconds``, and at the end; started again with
+the same store it loads the state and goes on from the next receiver. Scores are stored as float64 (every
+Python float exactly), so a resumed search returns the same edges, the same scores in the same order and
+the same final metric, bit for bit, as one that was never interrupted. A checkpoint of another edge layout,
+metric, ablation, ``tau``, ``method``, ``batch_size`` or orientation, or of other prompts, is refused
+(:class:`~mechpatch.chunks.CheckpointError`).
 """
 
 import math
@@ -27,6 +38,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from mechpatch._progress import progress_bar
+from mechpatch.chunks import CheckpointError, ChunkStore
 from mechpatch.circuit.edges import EdgeError, EdgeLayout, _Runner, layout, make_runner
 from mechpatch.errors import choices
 from mechpatch.model import HookedModel
@@ -35,6 +47,8 @@ from mechpatch.patching.metrics import KLDivergence, Loss, Metric, as_metric
 METHODS = ("batched", "sequential")
 #: metrics for which lower is better (distances to the clean run); any other metric is a task score
 LOWER_IS_BETTER = ("kl_div", "output_mse", "loss")
+#: the chunk group under which :func:`acdc` keeps its checkpoint (chunk 0, replaced as the search goes on)
+CHECKPOINT_GROUP = "acdc"
 
 
 @dataclass(frozen=True)
@@ -59,7 +73,7 @@ class DiscoveryResult:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
-        return (f"DiscoveryResult({self.method}: {len(self.edges)} of {self.layout.n_edges} edges kept, "
+        return (f"DiscoveryResult({self.method}: {len(self.edges)} of {len(self.scores)} edges kept, "
                 f"{self.metric} {self.full_metric:.4g} -> {self.final_metric:.4g}, {self.forwards} forwards, "
                 f"{self.evaluations} evaluations, {self.seconds:.1f} s)")
 
@@ -70,11 +84,92 @@ class DiscoveryResult:
         meta = {"method": self.method, "metric": self.metric, "ablation": self.ablation, **self.params,
                 "forwards": self.forwards, "full_metric": self.full_metric, "circuit_metric": self.final_metric,
                 **self.meta}
-        return ComponentGraph(self.spec, dict(self.scores), in_circuit=self.edges, meta=meta, model=self.model)
+        return ComponentGraph(self.spec, dict(self.scores), in_circuit=self.edges, meta=meta, model=self.model,
+                              n_pos=self.params.get("n_pos"))
+
+    def _html_table(self, rows: int = 15) -> str:
+        """What the search found and cost, then the ``rows`` kept edges with the largest ``|score|``, as HTML."""
+        import html
+
+        from mechpatch.display import html_table
+
+        params = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        about = [("method", self.method + (f" ({params})" if params else "")),
+                 ("edges kept", f"{len(self.edges)} of {self.layout.n_edges}"),
+                 (f"{self.metric} (ablation: {self.ablation})",
+                  f"full {self.full_metric:.4g} -> circuit {self.final_metric:.4g}"),
+                 ("forwards", self.forwards), ("evaluations", self.evaluations), ("seconds", f"{self.seconds:.1f}")]
+        head = "".join(f"<tr><th align='left'>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                       for k, v in about)
+        score = {e: self.scores.get(e, math.nan) for e in self.edges}
+        order = sorted(self.edges, key=lambda e: -abs(score[e]) if math.isfinite(score[e]) else math.inf)
+        shown = order[:rows]
+        edges = html_table(["circuit edge (by |score|)", "score"],
+                           [(f"{s}->{r}", f"{score[(s, r)]:.6g}") for s, r in shown])
+        more = len(self.edges) - len(shown)
+        return (f"<p>{html.escape(repr(self))}</p><table>{head}</table>{edges}"
+                + (f"<p>... and {more} more circuit edges</p>" if more > 0 else ""))
+
+    def _figures(self) -> list[Any]:
+        """The circuit as a layered figure (via :meth:`to_graph`); none without a model spec or kept edges."""
+        if self.spec is None or not self.edges:
+            return []
+        from mechpatch.circuit.plot import graph_figure
+
+        return [graph_figure(self.to_graph())]
+
+    def _repr_html_(self) -> str:
+        """Table and circuit figure, plotly.js inline: draws with no network (see :mod:`mechpatch.display`)."""
+        from mechpatch.display import html_fragment
+
+        return html_fragment(self._html_table(), self._figures())
+
+    def _ipython_display_(self) -> None:
+        """In Jupyter: the table, then the circuit figure through plotly's renderer."""
+        from mechpatch.display import ipython_display
+
+        ipython_display(repr(self), self._html_table(), self._figures)
 
 
 def _lower_is_better(metric: Metric) -> bool:
     return metric.name in LOWER_IS_BETTER or isinstance(metric, (KLDivergence, Loss))
+
+
+def _search_key(lay: EdgeLayout, metric: str, ablation: str) -> Tensor:
+    """SHA-256 (as uint8 [32]) of what an ACDC state is about: the edge layout, the metric and the ablation."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps([list(lay.senders), list(lay.receivers), metric, ablation]).encode())
+    digest.update(lay.valid.to("cpu", torch.bool).contiguous().numpy().tobytes())
+    return torch.frombuffer(bytearray(digest.digest()), dtype=torch.uint8)
+
+
+def _check_checkpoint(state: dict[str, Tensor], expect: dict[str, Tensor], full_metric: float, about: str) -> None:
+    """Refuse (CheckpointError) an ACDC checkpoint that belongs to another search."""
+    again = "; give another checkpoint store (or delete this one) to start the search afresh"
+    needed = set(expect) | {"removed", "scores", "scored", "current", "next", "counters", "seconds"}
+    missing = sorted(needed - set(state))
+    if missing:
+        raise CheckpointError(f"the checkpoint is not an ACDC state: it lacks {', '.join(missing)}{again}")
+    shape, old = tuple(expect["removed"].shape), tuple(state["removed"].shape)
+    if old != shape:
+        raise CheckpointError(f"the checkpoint is of an edge layout of {old[0]} senders x {old[1]} receivers; this "
+                              f"search has {shape[0]} x {shape[1]}: it belongs to another model{again}")
+    if not torch.equal(state["key"], expect["key"]):
+        raise CheckpointError("the checkpoint belongs to another edge layout, metric or ablation than this search "
+                              f"({about} here){again}")
+    for name in ("tau", "method", "batch_size", "lower_is_better"):
+        a, b = state[name].item(), expect[name].item()
+        if a != b:
+            if name == "method":
+                a, b = METHODS[int(a)], METHODS[int(b)]
+            raise CheckpointError(f"the checkpoint was saved by a search with {name}={a!r}; this one has "
+                                  f"{name}={b!r}{again}")
+    saved = float(state["full_metric"][0])
+    if not math.isclose(saved, full_metric, rel_tol=1e-5, abs_tol=1e-7):
+        raise CheckpointError(f"the checkpoint's full-model metric {saved!r} differs from this one's {full_metric!r}: "
+                              f"it was saved on other prompts or weights{again}")
 
 
 def acdc(
@@ -90,6 +185,8 @@ def acdc(
     batch_size: int = 64,
     progress: Optional[bool] = None,
     lower_is_better: Optional[bool] = None,
+    checkpoint: Optional[ChunkStore] = None,
+    checkpoint_seconds: float = 1.0,
 ) -> DiscoveryResult:
     """ACDC edge pruning with threshold ``tau`` (see the module docstring).
 
@@ -103,6 +200,35 @@ def acdc(
             from the embeddings: the plain algorithm, for reference and benchmarks).
         batch_size: candidate rows per forward (batched).
         lower_is_better: the metric's orientation (default: True for kl_div, output_mse, loss).
+        checkpoint: a chunk store (``load_chunk``/``save_chunk``, e.g. a :class:`~mechpatch.runs.RunStore`):
+            the search starts from the state saved there, if any, and saves its state as it goes (see the
+            module docstring); the result equals an uninterrupted search's, bit for bit.
+        checkpoint_seconds: least time between two saves (a save takes a few ms; it is also spaced to cost
+            at most ~5% of the search). The final state is always saved.
+
+    Returns:
+        :class:`DiscoveryResult` (``seconds`` counts the time of every attempt of a resumed search).
+
+    Raises:
+        CheckpointError: the checkpoint holds the state of another search (other layout, metric, ablation,
+            tau, method, batch_size, orientation or prompts).
+
+    >>> from mechpatch import zoo
+    >>> from mechpatch.chunks import MemoryChunks
+    >>> from mechpatch.tasks import make_task
+    >>> model = zoo.load("tracr-reverse")
+    >>> task = make_task("tracr-reverse", model)
+    >>> (b,) = task.batches
+    >>> store = MemoryChunks()
+    >>> res = acdc(model, b.clean, task.metric, ablation="zero", tau=1e-4, progress=False, checkpoint=store)
+    >>> again = acdc(model, b.clean, task.metric, ablation="zero", tau=1e-4, progress=False, checkpoint=store)
+    >>> again.edges == res.edges, again.forwards == res.forwards  # the second one only read the final state
+    (True, True)
+    >>> acdc(model, b.clean, task.metric, ablation="zero", tau=1e-3, progress=False,  # doctest: +ELLIPSIS
+    ...      checkpoint=store)
+    Traceback (most recent call last):
+    ...
+    mechpatch.chunks.CheckpointError: the checkpoint was saved by a search with tau=0.0001; this one has tau=0.001...
     """
     if method not in METHODS:
         raise EdgeError(f"unknown ACDC method {method!r}; valid: {choices(METHODS)}")
@@ -110,6 +236,12 @@ def acdc(
         raise EdgeError(f"tau must be a finite number; got {tau!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise EdgeError(f"batch_size must be a positive int; got {batch_size!r}")
+    if checkpoint is not None and not isinstance(checkpoint, ChunkStore):
+        raise EdgeError(f"checkpoint must have load_chunk(group, index) and save_chunk(group, index, tensors) (a "
+                        f"RunStore or mechpatch.chunks.MemoryChunks); got {type(checkpoint).__name__}")
+    if isinstance(checkpoint_seconds, bool) or not isinstance(checkpoint_seconds, (int, float)) or not (
+            0 <= checkpoint_seconds < math.inf):
+        raise EdgeError(f"checkpoint_seconds must be a finite number >= 0; got {checkpoint_seconds!r}")
     start_time = time.time()
     metric = as_metric(metric)
     lower = _lower_is_better(metric) if lower_is_better is None else bool(lower_is_better)
@@ -152,8 +284,50 @@ def acdc(
         return []  # logits
 
     order = list(range(n_r - 1, -1, -1))
-    for r in progress_bar(order, desc=f"ACDC ({method})", unit="receiver",
-                          enabled=progress if progress is not None else True):
+    first, seconds_before = 0, 0.0  # the next position in order, and the time earlier attempts took
+    fixed = {"key": _search_key(lay, metric.name, ablation), "tau": torch.tensor([float(tau)], dtype=torch.float64),
+             "method": torch.tensor([METHODS.index(method)]), "batch_size": torch.tensor([batch_size]),
+             "lower_is_better": torch.tensor([lower]), "full_metric": torch.tensor([full_metric], dtype=torch.float64)}
+    if checkpoint is not None:
+        state = checkpoint.load_chunk(CHECKPOINT_GROUP, 0)
+        if state is not None:
+            _check_checkpoint(state, {**fixed, "removed": removed}, full_metric,
+                              f"metric {metric.name!r}, ablation {ablation!r}")
+            removed = state["removed"].to(torch.bool).clone()
+            first, seconds_before = int(state["next"][0]), float(state["seconds"][0])
+            current = float(state["current"][0])
+            counters["forwards"], counters["rows"] = (int(x) for x in state["counters"])
+            saved, scored = state["scores"].to(torch.float64), state["scored"].to(torch.bool)
+            for r in order[:first]:  # the order the search scored them in: receivers, then senders, latest first
+                for s in range(n_s - 1, -1, -1):
+                    if scored[s, r]:
+                        scores[(lay.senders[s], lay.receivers[r])] = float(saved[s, r])
+    last_save, save_cost = time.perf_counter(), 0.0
+
+    def save(position: int) -> None:
+        nonlocal last_save, save_cost
+        t = time.perf_counter()
+        values = torch.full((n_s, n_r), math.nan, dtype=torch.float64)
+        scored = torch.zeros(n_s, n_r, dtype=torch.bool)
+        for (s, r), v in scores.items():
+            values[sender_index[s], receiver_index[r]] = v
+            scored[sender_index[s], receiver_index[r]] = True
+        checkpoint.save_chunk(CHECKPOINT_GROUP, 0, {
+            **fixed, "removed": removed.clone(), "scores": values, "scored": scored,
+            "current": torch.tensor([current], dtype=torch.float64), "next": torch.tensor([position]),
+            "counters": torch.tensor([counters["forwards"], counters["rows"]]),
+            "seconds": torch.tensor([seconds_before + time.time() - start_time], dtype=torch.float64)})
+        last_save = time.perf_counter()
+        save_cost = last_save - t
+
+    receiver_index = {r: i for i, r in enumerate(lay.receivers)}
+    for position in progress_bar(range(first, len(order)), total=len(order), initial=first,
+                                 desc=f"ACDC ({method})", unit="receiver",
+                                 enabled=progress if progress is not None else True):
+        if checkpoint is not None and position > first and (
+                time.perf_counter() - last_save >= max(checkpoint_seconds, 20 * save_cost)):
+            save(position)
+        r = order[position]
         cands = [s for s in range(n_s - 1, -1, -1) if lay.valid[s, r]]
         owners = receiver_senders(r)
         if owners and all(not (lay.valid[o] & ~removed[o]).any() for o in owners):
@@ -194,6 +368,8 @@ def acdc(
                     guess, hit = remove, False
                     break
             size = min(batch_size, size * 2) if hit else 4
+    if checkpoint is not None and first < len(order):
+        save(len(order))
     kept_mask = lay.valid & ~removed
     kept = tuple((lay.senders[int(s)], lay.receivers[int(r)]) for r, s in torch.nonzero(kept_mask.T))
     for e in lay.edges:
@@ -201,8 +377,8 @@ def acdc(
     return DiscoveryResult(
         method=f"acdc-{method}", edges=kept, scores=scores, layout=lay, metric=metric.name, ablation=ablation,
         params={"tau": tau}, forwards=counters["forwards"], evaluations=counters["rows"],
-        seconds=time.time() - start_time, final_metric=current, full_metric=full_metric, spec=model.spec,
-        model=model.name,
+        seconds=seconds_before + time.time() - start_time, final_metric=current, full_metric=full_metric,
+        spec=model.spec, model=model.name,
     )
 
 
@@ -233,4 +409,4 @@ def discover(name: str, model: HookedModel, base: Any, metric: Any = "kl_div", *
     return DISCOVERY[name](model, base, metric, **kwargs)
 
 
-__all__ = ["DISCOVERY", "DiscoveryResult", "acdc", "discover"]
+__all__ = ["CHECKPOINT_GROUP", "DISCOVERY", "DiscoveryResult", "acdc", "discover"]

@@ -17,6 +17,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
+from mechpatch.cache import as_tokens
 from mechpatch.circuit.edges import EdgeError, edge_patch, layout, make_runner
 from mechpatch.model import HookedModel
 from mechpatch.patching.metrics import Metric
@@ -66,11 +67,20 @@ def _trapezoid(x: Sequence[float], y: Sequence[float]) -> float:
 def circuit_metric(model: HookedModel, base: Tensor, circuits: Sequence[Sequence[tuple[str, str]]], metric: Union[Metric, str],
                    *, source: Optional[Tensor] = None, ablation: str = "corrupted", answers: Optional[Tensor] = None,
                    runner: Any = None) -> Tensor:
-    """Mean metric of each circuit (every edge outside it ablated), one batched pass."""
+    """Mean metric of each circuit (every edge outside it ablated), one batched pass.
+
+    Circuits of position-resolved edges (``L0H2@3->L1H0.k@3``) keep each edge at its position only: every
+    edge at every other position is ablated."""
     lay = layout(model)
-    masks = torch.ones(len(circuits), *lay.valid.shape, dtype=torch.bool) & lay.valid
-    for i, c in enumerate(circuits):
-        masks[i] &= ~lay.mask(list(c))
+    if any(pos is not None for c in circuits for _, _, pos in lay.parse(list(c))):
+        n_pos = as_tokens(model, base).shape[-1]
+        masks = lay.valid.expand(len(circuits), n_pos, *lay.valid.shape).clone()
+        for i, c in enumerate(circuits):
+            masks[i] &= ~lay.position_mask(list(c), n_pos)
+    else:
+        masks = torch.ones(len(circuits), *lay.valid.shape, dtype=torch.bool) & lay.valid
+        for i, c in enumerate(circuits):
+            masks[i] &= ~lay.mask(list(c))
     run = edge_patch(model, base, masks, metric, source=source, ablation=ablation, answers=answers, runner=runner)
     return run.values.mean(1)
 
@@ -98,6 +108,9 @@ def faithfulness_curve(
         raise EdgeError(f"sizes must be increasing fractions in (0, 1]; got {sizes}")
     lay = layout(model)
     edges = lay.edges
+    if any("@" in (e if isinstance(e, str) else e[0]) for e in scores):  # position-resolved scores
+        n_pos = as_tokens(model, base).shape[-1]
+        edges = [(f"{s}@{p}", f"{r}@{p}") for p in range(n_pos) for s, r in edges]
 
     def key(e):
         s = scores.get(e, float("nan"))

@@ -542,6 +542,27 @@ class ComponentGraph:
         )
 
     def _repr_html_(self, rows: int = 15) -> str:
+        """Table and circuit figure, plotly.js inline: draws with no network (see :mod:`mechpatch.display`)."""
+        from mechpatch.display import html_fragment
+
+        return html_fragment(self._html_table(rows), self._figures())
+
+    def _ipython_display_(self) -> None:
+        """In Jupyter: the table, then the circuit figure through plotly's renderer."""
+        from mechpatch.display import ipython_display
+
+        ipython_display(repr(self), self._html_table(), self._figures)
+
+    def _figures(self) -> list[Any]:
+        """The circuit as a layered figure (:func:`mechpatch.circuit.plot.graph_figure`); none when it is empty."""
+        if self.n_in_circuit == 0:
+            return []
+        from mechpatch.circuit.plot import graph_figure
+
+        return [graph_figure(self)]
+
+    def _html_table(self, rows: int = 15) -> str:
+        """The repr, ``meta``, and the ``rows`` strongest circuit edges, as HTML."""
         vals, inc = self._edge_values(), self._edge_circuit()
         labels = self.layout.edge_labels()
         key = torch.where(inc, torch.nan_to_num(vals.abs(), nan=-1.0), torch.full_like(vals, -2.0))

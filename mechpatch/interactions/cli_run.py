@@ -4,13 +4,19 @@ Outputs in the run directory (layout: :mod:`mechpatch.runs.store`): ``interactio
 the fitted model, and of the exhaustive measurement when ``exhaustive`` is set: what the figures are drawn from),
 ``results/interactions.parquet`` (the ``top_k`` strongest interactions: label, order, kind, effect, score, the
 exhaustive effect beside it), ``results/mains.parquet`` (one row per component), ``figure_matrix.html``,
-``figure_top.html``, ``figure_network.html``, ``summary.json`` and ``report.html``. One fit, not chunked: a
-killed run starts again from the beginning; a finished one is not recomputed (unless ``force``).
+``figure_top.html``, ``figure_network.html``, ``summary.json`` and ``report.html``.
+
+Resumable: the masks (the random design, each of SPEX's queries, the exhaustive design) run in chunks of
+``chunk_size`` distinct masks, each saved in ``chunks/<group>/`` as it completes (``sparse``, ``sparse-<call>``
+for SPEX, ``exhaustive``); a run killed at any moment and started again with the same command loads them,
+computes the rest and writes results bitwise identical to an uninterrupted run's (the manifest counts the
+chunks loaded and computed by the last attempt). Chunk boundaries are part of the config and its hash, as a
+sweep's are. A finished run is not recomputed (unless ``force``).
 
 >>> from mechpatch.config import from_dict
 >>> cfg = from_dict(InteractionsConfig, {"components": ["L1H*", "L0H0+L0H1"], "intervention": "zero"})
->>> cfg.model, cfg.n_masks, cfg.keep, cfg.max_order
-('redundant-induction-2l', 800, 0.8, 2)
+>>> cfg.model, cfg.n_masks, cfg.keep, cfg.max_order, cfg.chunk_size
+('redundant-induction-2l', 800, 0.8, 2, 200)
 >>> from_dict(InteractionsConfig, {"components": "everything"})  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
@@ -52,6 +58,8 @@ class InteractionsConfig:
         design, holdout, backend: see :func:`mechpatch.interactions.find_interactions`.
         exhaustive: also measure every set of at most two components exactly (N(N-1)/2 masks) and compare.
         top_k: interactions kept in ``results/interactions.parquet`` and the report.
+        chunk_size: distinct masks per chunk, the unit of resumption (part of the config hash: it sets how the
+            engine batches its forwards).
         device, dtype, seed: where and how it runs; ``seed`` seeds the design and the task unless its args set one.
         out_dir: the run directory.
     """
@@ -69,6 +77,7 @@ class InteractionsConfig:
     backend: str = "mechpatch"
     exhaustive: bool = True
     top_k: int = 30
+    chunk_size: int = 200
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 0
@@ -97,7 +106,7 @@ class InteractionsConfig:
                     if "*" not in part and "-" not in part:
                         parse_site(part.strip())  # raises, naming the valid forms
             object.__setattr__(self, "components", list(self.components))
-        for key in ("n_masks", "top_k"):
+        for key in ("n_masks", "top_k", "chunk_size"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ValueError(f"{key} must be a positive integer; got {getattr(self, key)!r}")
         if not 0.0 < self.keep < 1.0:
@@ -146,13 +155,18 @@ def run_interactions(cfg: InteractionsConfig, *, force: bool = False, quiet: boo
     if loaded is None:
         return _read_json(os.path.join(cfg.out_dir, "summary.json"))
     model, task, b = loaded
+    from mechpatch.chunks import CountingChunks
+
     components = resolve_components(model.spec, cfg.components)
-    common = dict(intervention=cfg.make_intervention(), answers=b.answers, progress=False if quiet else None)
+    chunks = CountingChunks(store)
+    common = dict(intervention=cfg.make_intervention(), answers=b.answers, progress=False if quiet else None,
+                  chunk_size=cfg.chunk_size, chunks=chunks)
     sparse = find_interactions(model, b.clean, components, task.metric, n_masks=cfg.n_masks, design=cfg.design,
                                keep=cfg.keep, max_order=cfg.max_order, holdout=cfg.holdout, seed=cfg.seed,
                                backend=cfg.backend, **common)
     say(sparse.summary(10))
     exact = exhaustive_interactions(model, b.clean, components, task.metric, **common) if cfg.exhaustive else None
+    store.update(chunks_loaded_last_attempt=chunks.loaded, chunks_computed_last_attempt=chunks.saved)
     out = cfg.out_dir
     write_json(os.path.join(out, "interactions.json"), {"sparse": model_to_dict(sparse),
                                                         "exhaustive": model_to_dict(exact) if exact else None})

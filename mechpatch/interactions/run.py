@@ -12,6 +12,13 @@ unpatched base run and costs nothing; repeated masks run once.
 
 Both take ``backend="spex"`` (the ``spex`` extra, :mod:`mechpatch.interactions.spex`): SPEX chooses its own
 structured masks and decodes the sparse terms; the same value function or engine runs them.
+
+Resumable: given ``chunks=`` (a :class:`~mechpatch.chunks.ChunkStore`, e.g. a run directory's
+:class:`~mechpatch.runs.RunStore`), :func:`evaluate_masks` runs the distinct masks in chunks of ``chunk_size``
+and saves each chunk's values as it completes; run again with the same store it loads the saved chunks
+(checking they hold the same masks) and computes only the rest, so an interrupted computation ends with
+the values, costs and fits of an uninterrupted one. The chunking itself (``chunk_size``) sets how the engine
+batches its forwards and so can change the last bits: keep it fixed for bitwise-identical results.
 """
 
 import time
@@ -23,6 +30,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from mechpatch._progress import progress_bar
+from mechpatch.chunks import CheckpointError, ChunkStore
 from mechpatch.interactions.basis import DIRECTIONS, InteractionError, Term, check_choice, to_moebius
 from mechpatch.interactions.designs import DESIGNS, Design, make_design
 from mechpatch.interactions.fit import FitSettings, fit_fourier
@@ -93,6 +102,9 @@ def evaluate_masks(
     batch_size: Optional[int] = None,
     memory_budget: Union[int, str, None] = None,
     progress: Optional[bool] = None,
+    chunk_size: Optional[int] = None,
+    chunks: Optional[ChunkStore] = None,
+    group: str = "masks",
 ) -> MaskValues:
     """Run every mask (True = patch that component) through the engine and return the metric per mask.
 
@@ -101,9 +113,31 @@ def evaluate_masks(
             :func:`mechpatch.patching.run_patches` (``intervention`` defaults to zero ablation).
         components: N components, each a site or a set of sites patched together.
         masks: [mask, N] booleans.
+        chunk_size: distinct non-empty masks per engine call (None: all in one).
+        chunks: a chunk store (see the module docstring): each chunk's values are saved there as it completes
+            (chunk ``k`` of ``group``: its masks, values [mask, prompt], the base run's values, forwards), and
+            loaded instead of recomputed when present.
+        group: the chunk group name, one per set of masks kept in the same store.
 
     Returns:
-        :class:`MaskValues`; values are means over the prompts.
+        :class:`MaskValues`; values are means over the prompts. ``evaluations`` and ``forwards`` count the
+        chunks loaded as well as those computed (what an uninterrupted call reports).
+
+    Raises:
+        CheckpointError: a saved chunk holds other masks or prompts (another design, seed or chunk size).
+
+    >>> from mechpatch import zoo
+    >>> from mechpatch.chunks import MemoryChunks
+    >>> from mechpatch.sites import heads
+    >>> model = zoo.load("induction-2l")
+    >>> tokens, store = torch.randint(0, 20, (2, 8), generator=torch.Generator().manual_seed(0)), MemoryChunks()
+    >>> masks = torch.tensor([[True, False], [False, True], [True, True], [False, False]])
+    >>> a = evaluate_masks(model, tokens, heads(model.spec)[:2], masks, "loss", chunk_size=2, chunks=store)
+    >>> sorted(store.chunks)
+    [('masks', 0), ('masks', 1)]
+    >>> b = evaluate_masks(model, tokens, heads(model.spec)[:2], masks, "loss", chunk_size=2, chunks=store)
+    >>> torch.equal(a.per_prompt, b.per_prompt), (b.evaluations, b.forwards) == (a.evaluations, a.forwards)
+    (True, True)
     """
     sets = _site_sets(components)
     if masks.ndim != 2 or masks.shape[1] != len(sets) or masks.dtype != torch.bool:
@@ -111,21 +145,87 @@ def evaluate_masks(
             f"masks must be a bool tensor [mask, {len(sets)}] (one column per component); got "
             f"{masks.dtype} {tuple(masks.shape)}"
         )
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise InteractionError(f"chunk_size must be a positive int or None (one chunk); got {chunk_size!r}")
+    if chunks is not None and not isinstance(chunks, ChunkStore):
+        raise InteractionError(f"chunks must have load_chunk(group, index) and save_chunk(group, index, tensors) (a "
+                               f"RunStore or mechpatch.chunks.MemoryChunks); got {type(chunks).__name__}")
     start = time.perf_counter()
     uniq, inverse = torch.unique(masks, dim=0, return_inverse=True)
     run_rows = [r for r in range(len(uniq)) if bool(uniq[r].any())]
-    variants = [tuple(s for i in uniq[r].nonzero().flatten().tolist() for s in sets[i]) for r in run_rows]
-    if not variants:  # only the base run: one variant that patches nothing is impossible, so patch and read base
-        variants, run_rows = [sets[0]], []
-    run = run_patches(model, base, variants, metric, source=source, intervention=intervention, answers=answers,
-                      clean=clean, method=method, batch_size=batch_size, memory_budget=memory_budget,
-                      progress=progress)
-    per = run.base_values.float()[None].repeat(len(uniq), 1)
-    if run_rows:
-        per[torch.tensor(run_rows)] = run.values.float()
+    engine = dict(source=source, intervention=intervention, answers=answers, clean=clean, method=method,
+                  batch_size=batch_size, memory_budget=memory_budget)
+    if not run_rows:  # only the base run: one variant that patches nothing is impossible, so patch and read base
+        run = run_patches(model, base, [sets[0]], metric, progress=progress, **engine)
+        per = run.base_values.float()[None].repeat(len(uniq), 1)[inverse]
+        return MaskValues(per.mean(1).double(), per, 0, 0, time.perf_counter() - start)
+    size = chunk_size or len(run_rows)
+    bounds = list(range(0, len(run_rows), size))
+    several = len(bounds) > 1
+    bar = progress_bar(total=len(run_rows), desc="masks", unit="mask",
+                       enabled=several and (progress if progress is not None else len(bounds) > 2))
+    parts = []
+    inputs = _inputs_key(base, source, sets, intervention) if chunks is not None else None
+    for k, lo in enumerate(bounds):
+        rows = run_rows[lo:lo + size]
+        part = chunks.load_chunk(group, k) if chunks is not None else None
+        if part is not None:
+            _check_chunk(part, uniq[rows], inputs, group, k)
+        else:
+            variants = [tuple(s for i in uniq[r].nonzero().flatten().tolist() for s in sets[i]) for r in rows]
+            run = run_patches(model, base, variants, metric, progress=False if several else progress, **engine)
+            part = {"masks": uniq[rows].clone(), "values": run.values.float(), "base": run.base_values.float(),
+                    "forwards": torch.tensor([run.forwards])}
+            if chunks is not None:
+                chunks.save_chunk(group, k, {**part, "inputs": inputs})
+        parts.append(part)
+        bar.update(len(rows))
+    bar.close()
+    base_values = parts[0]["base"]
+    for k, part in enumerate(parts):
+        if part["base"].shape != base_values.shape or not torch.equal(part["base"], base_values):
+            raise CheckpointError(f"chunk {k} of {group!r} has other unpatched base values than chunk 0: the chunks "
+                                  "were computed on other prompts, weights or device; start afresh (another store, "
+                                  "or --force)")
+    per = base_values.float()[None].repeat(len(uniq), 1)
+    per[torch.tensor(run_rows)] = torch.cat([p["values"].float() for p in parts])
     per = per[inverse]
-    return MaskValues(per.mean(1).double(), per, len(run_rows), run.forwards if run_rows else 0,
-                      time.perf_counter() - start)
+    forwards = sum(int(p["forwards"][0]) for p in parts)
+    return MaskValues(per.mean(1).double(), per, len(run_rows), forwards, time.perf_counter() - start)
+
+
+def _inputs_key(base: object, source: object, sets: list[tuple[Site, ...]], intervention: Intervention) -> Tensor:
+    """SHA-256 (uint8 [32]) of what a chunk of mask values was computed on: prompts, components, intervention."""
+    import hashlib
+
+    digest = hashlib.sha256(repr([[s.label for s in c] for c in sets]).encode())
+    digest.update(type(intervention).__name__.encode())
+    for run in (base, source):
+        if isinstance(run, Tensor):
+            digest.update(f"tensor{tuple(run.shape)}".encode())
+            digest.update(run.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
+        else:
+            digest.update(repr(None if run is None else list(run)).encode())
+    return torch.frombuffer(bytearray(digest.digest()), dtype=torch.uint8)
+
+
+def _check_chunk(part: dict[str, Tensor], masks: Tensor, inputs: Tensor, group: str, k: int) -> None:
+    """Refuse a saved chunk that is not the one these masks would compute."""
+    again = "; start afresh (another chunk store, or --force for a run directory)"
+    missing = sorted({"masks", "values", "base", "forwards", "inputs"} - set(part))
+    if missing:
+        raise CheckpointError(f"chunk {k} of {group!r} is not a chunk of mask values: it lacks {', '.join(missing)}"
+                              f"{again}")
+    if not torch.equal(part["inputs"], inputs):
+        raise CheckpointError(f"chunk {k} of {group!r} was computed on other prompts, components or intervention"
+                              f"{again}")
+    if part["masks"].shape != masks.shape or not torch.equal(part["masks"].to(torch.bool), masks):
+        raise CheckpointError(f"chunk {k} of {group!r} holds other masks ({tuple(part['masks'].shape)}) than this "
+                              f"computation's chunk ({tuple(masks.shape)}): it was saved by another design, seed or "
+                              f"chunk size{again}")
+    if part["values"].shape[0] != masks.shape[0]:
+        raise CheckpointError(f"chunk {k} of {group!r} has {part['values'].shape[0]} rows of values for "
+                              f"{masks.shape[0]} masks{again}")
 
 
 def _fit_model(
@@ -261,6 +361,9 @@ def find_interactions(
     memory_budget: Union[int, str, None] = None,
     progress: Optional[bool] = None,
     backend: str = "mechpatch",
+    chunk_size: Optional[int] = None,
+    chunks: Optional[ChunkStore] = None,
+    chunk_group: str = "sparse",
 ) -> InteractionModel:
     """Find the interactions among ``components`` from ``n_masks`` random ablations, in batched forwards.
 
@@ -283,6 +386,9 @@ def find_interactions(
         backend: ``"mechpatch"`` (the fit above) or ``"spex"`` (shapiq's SPEX picks the masks and decodes
             the sparse terms, of any order, kept up to ``max_order``; ``pip install 'mechpatch[spex]'``).
             The held-out masks still follow ``design`` and ``keep``.
+        chunk_size, chunks: run the masks in chunks and keep them in a chunk store, to resume an interrupted
+            call without loss (see :func:`evaluate_masks`). The chunks go in group ``chunk_group``; with SPEX,
+            which asks for values several times, in ``chunk_group-0``, ``chunk_group-1``, ... by call.
 
     Returns:
         :class:`InteractionModel` with held-out ``r2``, ``evaluations`` and ``forwards``.
@@ -297,21 +403,24 @@ def find_interactions(
     labels = component_labels(components)
     start = time.perf_counter()
     better = _higher_is_better(metric, higher_is_better)
+    stored = dict(chunk_size=chunk_size, chunks=chunks)
     if backend == "spex":
         def values_of(masks: Tensor) -> Tensor:
             r = evaluate_masks(model, base, components, masks, metric, source=source, intervention=intervention,
                                answers=answers, clean=_clean(metric, clean, direction), method=method,
-                               batch_size=batch_size, memory_budget=memory_budget, progress=progress)
-            spent[0], spent[1] = spent[0] + r.evaluations, spent[1] + r.forwards
+                               batch_size=batch_size, memory_budget=memory_budget, progress=progress,
+                               group=f"{chunk_group}-{spent[2]}", **stored)
+            spent[0], spent[1], spent[2] = spent[0] + r.evaluations, spent[1] + r.forwards, spent[2] + 1
             return r.values
 
-        spent = [0, 0]
+        spent = [0, 0, 0]  # evaluations, forwards, calls
         out = _spex_model(values_of, n_masks, holdout, design, keep, max_order, seed, labels, direction, better)
         return _with_cost(out, spent[0], spent[1], time.perf_counter() - start)
     d = make_design(design, len(labels), n_masks, keep=keep, seed=seed)
     run = evaluate_masks(model, base, components, d.masks, metric, source=source, intervention=intervention,
                          answers=answers, clean=_clean(metric, clean, direction), method=method,
-                         batch_size=batch_size, memory_budget=memory_budget, progress=progress)
+                         batch_size=batch_size, memory_budget=memory_budget, progress=progress, group=chunk_group,
+                         **stored)
     out = _fit_split(d, run.values, holdout, seed, labels, settings, direction, better)
     return _with_cost(out, run.evaluations, run.forwards, time.perf_counter() - start)
 
@@ -333,11 +442,14 @@ def exhaustive_interactions(
     batch_size: Optional[int] = None,
     memory_budget: Union[int, str, None] = None,
     progress: Optional[bool] = None,
+    chunk_size: Optional[int] = None,
+    chunks: Optional[ChunkStore] = None,
+    chunk_group: str = "exhaustive",
 ) -> InteractionModel:
     """Patch every set of at most ``order`` components and return their exact Moebius effects.
 
     The ground truth for :func:`find_interactions`: ``1 + N + N (N - 1) / 2`` masks at ``order=2``. Arguments
-    as :func:`find_interactions`.
+    as :func:`find_interactions` (``chunk_size``, ``chunks``: resumable, see :func:`evaluate_masks`).
     """
     check_choice("direction", direction, DIRECTIONS)
     labels = component_labels(components)
@@ -345,7 +457,8 @@ def exhaustive_interactions(
     d = make_design("exhaustive", len(labels), order=order)
     run = evaluate_masks(model, base, components, d.masks, metric, source=source, intervention=intervention,
                          answers=answers, clean=_clean(metric, clean, direction), method=method,
-                         batch_size=batch_size, memory_budget=memory_budget, progress=progress)
+                         batch_size=batch_size, memory_budget=memory_budget, progress=progress,
+                         chunk_size=chunk_size, chunks=chunks, group=chunk_group)
     better = _higher_is_better(metric, higher_is_better)
     moebius = exhaustive_moebius(d.masks, run.values)
     out = InteractionModel(labels, moebius, direction, better, "exhaustive", order,

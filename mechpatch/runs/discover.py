@@ -5,8 +5,14 @@ scores, circuit, provenance), ``circuit_mib.json`` (MIB's submission format, whe
 ``circuit.dot`` (Graphviz), ``results/edges.parquet`` (one row per edge: score, in circuit),
 ``results/faithfulness.parquet`` (f(C) per circuit size), ``figure_graph.html``,
 ``figure_faithfulness.html``, ``summary.json`` and ``report.html``. For the tracr models the ground-truth
-edges are compared (edge ROC AUC, precision, recall). Discovery is one search, not chunked: a killed run
-starts again from the beginning; a finished one is not recomputed.
+edges are compared (edge ROC AUC, precision, recall).
+
+ACDC runs resume: the search saves its state in the run directory (``chunks/acdc/00000.safetensors``,
+atomically, tagged with the config hash) after receivers, at most every second, and at its end; a run
+killed at any moment and started again with the same command goes on from the last saved receiver and
+writes results bitwise identical to an uninterrupted run's (see :func:`mechpatch.circuit.acdc`). The
+manifest's ``resumed_at_receiver`` says where the last attempt began (0: from the start). EAP and EAP-IG
+are one gradient pass and start again. A finished run is not recomputed (unless ``force``).
 
 >>> from mechpatch.config import from_dict
 >>> cfg = from_dict(DiscoverConfig, {"model": "tracr-reverse", "task": "tracr-reverse", "ablation": "zero"})
@@ -86,8 +92,15 @@ def run_discover(cfg: DiscoverConfig, *, force: bool = False, quiet: bool = Fals
     model, task, b = loaded
     metric = task.metric if cfg.metric == "task" else "kl_div"
     source = b.corrupted if cfg.ablation == "corrupted" else None
+    kwargs: dict[str, Any] = {}
+    if cfg.method == "acdc":  # the only search long enough to checkpoint; EAP is one gradient pass
+        from mechpatch.circuit.discovery import CHECKPOINT_GROUP
+
+        state = store.load_chunk(CHECKPOINT_GROUP, 0)
+        store.update(resumed_at_receiver=0 if state is None else int(state["next"][0]))
+        kwargs["checkpoint"] = store
     res = discover(cfg.method, model, b.clean, metric, source=source, ablation=cfg.ablation, tau=cfg.tau,
-                   answers=b.answers)
+                   answers=b.answers, **kwargs)
     say(res)
     out = cfg.out_dir
     graph = res.to_graph().with_meta(task=task.description, prompts=b.n_prompts, config=asdict(cfg))

@@ -7,7 +7,8 @@ Layout of a run directory::
                                         identity and weights hash, device, start/end times, attempts, status,
                                         the files written (results, tensors, figures, report)
       config.yaml                       the validated config (defaults filled in)
-      chunks/<group>/<index>.safetensors  raw per-chunk results: the unit of resumption (sweeps)
+      chunks/<group>/<index>.safetensors  raw per-chunk results: the unit of resumption (sweep cells,
+                                        interaction masks; ACDC's search state in chunks/acdc/00000)
       results/<name>.parquet            tidy tables (pandas + pyarrow)
       tensors/<name>.safetensors        raw tensors with their labels in the file's metadata
       figure_<name>.html                one figure per file (plotly.js embedded)

@@ -180,7 +180,7 @@ class SweepRun:
 
         return pd.concat([_tidy(k, r) for k, r in self.results.items()], ignore_index=True)
 
-    def _repr_html_(self) -> str:
+    def _html_table(self) -> str:
         def grid(r: PatchResult) -> str:
             return " x ".join(f"{a}={n}" for a, n in zip(r.axes, r.grid_shape))
 
@@ -190,10 +190,20 @@ class SweepRun:
             f"<td>{html.escape(_top_cells(r, 3))}</td></tr>"
             for k, r in self.results.items()
         )
-        table = (f"<p>{html.escape(repr(self))}</p><table><tr><th>kind</th><th>grid</th><th>clean</th>"
-                 f"<th>corrupted</th><th>largest effects (metric change)</th></tr>{rows}</table>")
-        figures = "".join(fig.to_html(full_html=False, include_plotlyjs="cdn") for fig in _figures(self).values())
-        return table + figures
+        return (f"<p>{html.escape(repr(self))}</p><table><tr><th>kind</th><th>grid</th><th>clean</th>"
+                f"<th>corrupted</th><th>largest effects (metric change)</th></tr>{rows}</table>")
+
+    def _repr_html_(self) -> str:
+        """Table and each kind's heatmap, plotly.js inline: draws with no network (see :mod:`mechpatch.display`)."""
+        from mechpatch.display import html_fragment
+
+        return html_fragment(self._html_table(), _figures(self).values())
+
+    def _ipython_display_(self) -> None:
+        """In Jupyter: the table, then each kind's heatmap through plotly's renderer."""
+        from mechpatch.display import ipython_display
+
+        ipython_display(repr(self), self._html_table(), lambda: _figures(self).values())
 
 
 def run_sweep(cfg: SweepConfig, *, force: bool = False, quiet: bool = False) -> SweepRun:

@@ -38,14 +38,32 @@ def test_cpr_and_cmd_by_trapezoid():
 def test_circuit_metric_matches_single_runs(attn_only):
     base = torch.randint(1, 100, (2, 5), generator=torch.Generator().manual_seed(0))
     lay = layout(attn_only)
-    circuits = [lay.edges[:10], lay.edges[5:40], []]
+    circuits = [lay.edges[:10], lay.edges[5:40] + [e for e in lay.edges if e[1] == "logits"], []]
     both = circuit_metric(attn_only, base, circuits, "kl_div", ablation="mean")
     one = torch.cat([circuit_metric(attn_only, base, [c], "kl_div", ablation="mean") for c in circuits])
     torch.testing.assert_close(both, one, atol=1e-6, rtol=1e-6)
-    assert float(both[-1]) > float(both[1]) >= 0
+    assert abs(float(both[-1]) - float(both[1])) > 1e-3 and float(both.min()) >= 0  # KL; the circuits differ
 
 
 def test_bad_sizes(attn_only):
     base = torch.randint(1, 100, (2, 5))
     with pytest.raises(EdgeError, match="fractions"):
         faithfulness_curve(attn_only, base, {}, "kl_div", ablation="zero", sizes=(0.5, 0.1))
+
+
+def test_position_resolved_circuits(attn_only):
+    """A circuit holding an edge at every position is the unresolved circuit; at fewer positions, more is ablated."""
+    from mechpatch.circuit.faithfulness import faithfulness_curve
+
+    base = torch.randint(1, 100, (2, 5), generator=torch.Generator().manual_seed(1))
+    seq = base.shape[1]
+    lay = layout(attn_only)
+    edges = lay.edges[5:40] + [e for e in lay.edges if e[1] == "logits"]  # reaching the logits
+    at_all = [(f"{s}@{p}", f"{r}@{p}") for s, r in edges for p in range(seq)]
+    at_last = [(f"{s}@{seq - 1}", f"{r}@{seq - 1}") for s, r in edges]
+    values = circuit_metric(attn_only, base, [edges, at_all, at_last], "kl_div", ablation="mean")
+    torch.testing.assert_close(values[1], values[0], atol=1e-6, rtol=1e-6)
+    assert abs(float(values[2] - values[0])) > 1e-4
+    scores = {(f"{s}@{p}", f"{r}@{p}"): float(i + p) for i, (s, r) in enumerate(lay.edges) for p in range(seq)}
+    curve = faithfulness_curve(attn_only, base, scores, "kl_div", ablation="mean", sizes=(0.1, 0.5, 1.0))
+    assert curve.n_edges[-1] == seq * lay.n_edges and curve.faithfulness[-1] == pytest.approx(1.0, abs=1e-5)

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "experiments" / "notebooks"
-#: notebook -> (plotly figures, HTML result reprs, text each must print)
+#: notebook -> (plotly figures, HTML result tables, text each must print); a displayed result shows its table,
+#: then its figures as plotly outputs of their own (patching_tour: 5 figure cells + the heatmap of `resid`)
 EXPECTED = {
-    "patching_tour.ipynb": (5, 2, ["most important head: L1H0", "L0H2 -> L1H0.k"]),
+    "patching_tour.ipynb": (6, 2, ["most important head: L1H0", "L0H2 -> L1H0.k"]),
     "circuit_discovery.ipynb": (3, 0, ["key edges found", "AUC 1.000; precision 1.00, recall 1.00"]),
 }
 
