@@ -131,6 +131,29 @@ def test_discover_on_tracr_with_report_rebuild(tmp_path, capsys):
     assert "already finished" in capsys.readouterr().out
 
 
+def test_discover_position_resolved_eap(tmp_path, capsys):
+    """EAP per position: the circuit keeps edges at positions; tables, graph and report follow; ACDC refuses it."""
+    import pandas as pd
+
+    from mechpatch.circuit import ComponentGraph
+
+    data = {"model": "induction-2l", "task": "induction", "task_args": {"n": 8, "block": 5}, "method": "eap",
+            "tau": 0.1, "per_position": True, "out_dir": str(tmp_path / "d")}
+    assert main(["discover", _config(tmp_path, data), "-q"]) == 0
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    seq = 11  # BOS + two blocks of 5
+    edges = pd.read_parquet(tmp_path / "d" / "results" / "edges.parquet")
+    assert len(edges) == summary["edges_total"] == 81 * seq and summary["per_position"] is True
+    kept = edges[edges["in_circuit"]]
+    assert len(kept) == summary["edges_kept"] > 0 and kept["edge"].str.contains("@").all()
+    assert (kept["score"].abs() >= 0.1).all()
+    graph = ComponentGraph.from_json(str(tmp_path / "d" / "circuit.json"))
+    assert graph.n_pos == seq and len(graph.in_circuit_edges()) == summary["edges_kept"]
+    assert (tmp_path / "d" / "report.html").exists()
+    assert main(["discover", _config(tmp_path, {**data, "method": "acdc", "out_dir": str(tmp_path / "a")}, "a.yaml")]) == 2
+    assert "per_position needs an attribution method" in capsys.readouterr().err
+
+
 def test_python_dash_m_runs_the_command_line():
     import subprocess
 

@@ -47,6 +47,8 @@ class DiscoverConfig:
         metric: ``task`` (the task's own metric) or ``kl_div``.
         ablation: what a removed edge carries: ``corrupted`` (the corrupted prompts), ``zero`` or ``mean``.
         tau: the threshold (ACDC: largest damage an edge may do and still be removed).
+        per_position: resolve edges by token position (``L0H2@3->L1H0.k@3``; attribution methods only): the
+            circuit keeps an edge at the positions where it matters, and its faithfulness is measured so.
         device, dtype, seed: where and how it runs; ``seed`` seeds torch and the task unless its args set one.
         out_dir: the run directory.
     """
@@ -58,6 +60,7 @@ class DiscoverConfig:
     metric: str = "task"
     ablation: str = "corrupted"
     tau: float = 0.05
+    per_position: bool = False
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 0
@@ -72,6 +75,11 @@ class DiscoverConfig:
                            ("ablation", ABLATIONS), ("dtype", DTYPES)):
             check_choice(key, getattr(self, key), valid)
         check_device(self.device)
+        if not isinstance(self.per_position, bool):
+            raise ValueError(f"per_position must be true or false; got {self.per_position!r}")
+        if self.per_position and self.method == "acdc":
+            raise ValueError("per_position needs an attribution method ('eap' or 'eap-ig'): ACDC prunes whole "
+                             "edges")
         object.__setattr__(self, "task_args", check_task_args(self.task, self.task_args))
 
 
@@ -99,6 +107,8 @@ def run_discover(cfg: DiscoverConfig, *, force: bool = False, quiet: bool = Fals
         state = store.load_chunk(CHECKPOINT_GROUP, 0)
         store.update(resumed_at_receiver=0 if state is None else int(state["next"][0]))
         kwargs["checkpoint"] = store
+    if cfg.per_position:
+        kwargs["per_position"] = True
     res = discover(cfg.method, model, b.clean, metric, source=source, ablation=cfg.ablation, tau=cfg.tau,
                    answers=b.answers, **kwargs)
     say(res)
@@ -116,7 +126,7 @@ def run_discover(cfg: DiscoverConfig, *, force: bool = False, quiet: bool = Fals
                                answers=b.answers)
     summary: dict[str, Any] = {
         "model": repr(model), "task": repr(task), "method": res.method, "metric": res.metric, "ablation": cfg.ablation,
-        "tau": cfg.tau, "edges_total": res.layout.n_edges, "edges_kept": len(res.edges),
+        "tau": cfg.tau, "per_position": cfg.per_position, "edges_total": len(res.scores), "edges_kept": len(res.edges),
         "circuit": [f"{s}->{r}" for s, r in res.edges], "full_metric": res.full_metric,
         "circuit_metric": res.final_metric, "forwards": res.forwards, "evaluations": res.evaluations,
         "discovery_seconds": round(res.seconds, 2),
