@@ -18,7 +18,7 @@ from mechpatch.attribution import (
 )
 from mechpatch.cache import PromptPair
 from mechpatch.circuit.discovery import DISCOVERY, discover
-from mechpatch.circuit.edges import edge_patch, layout, make_runner
+from mechpatch.circuit.edges import edge_patch, layout
 from mechpatch.errors import SiteOutOfRangeError
 from mechpatch.model import load_model
 from mechpatch.patching import Interpolate, Mean, Replace, Resample, Zero, run_patches, sweep

@@ -34,13 +34,14 @@ from torch import Tensor
 
 from mechpatch.attribution.base import AttributionError
 from mechpatch.attribution.nodes import grad_ready
-from mechpatch.cache import as_tokens, parse_bytes
-from mechpatch.circuit.edges import ABLATIONS, EdgeLayout, edge_patch, layout, make_runner
-from mechpatch.errors import ShapeMismatchError, choices
+from mechpatch.cache import parse_bytes
+from mechpatch.circuit.edges import EdgeLayout, edge_patch, layout, make_runner
+from mechpatch.circuit.edges import _setup as edge_setup
+from mechpatch.errors import choices
 from mechpatch.model import HookedModel
 from mechpatch.patching import fast
 from mechpatch.patching import functional as F_
-from mechpatch.patching.metrics import KLDivergence, Metric, Readout, as_metric
+from mechpatch.patching.metrics import KLDivergence, Metric, Readout
 
 IG_MODES = ("inputs", "activations")
 DEFAULT_TOP_N = 100  # edges kept when neither top_n nor tau is given
@@ -196,20 +197,7 @@ def _stage_of_sender(lay: EdgeLayout, fm: F_.FunctionalModel) -> list[int]:
 
 def _setup(model: HookedModel, base: Any, source: Any, ablation: str, metric: Any, answers: Any
            ) -> tuple[Tensor, Optional[Tensor], Metric, Readout]:
-    if ablation not in ABLATIONS:
-        raise AttributionError(f"unknown ablation {ablation!r}; valid: {choices(ABLATIONS)}")
-    base_t = as_tokens(model, base)
-    src_t = None
-    if ablation == "corrupted":
-        if source is None:
-            raise AttributionError("ablation='corrupted' needs source tokens (the corrupted prompts)")
-        src_t = as_tokens(model, source)
-        if src_t.shape != base_t.shape:
-            raise ShapeMismatchError(f"source tokens {tuple(src_t.shape)} and base {tuple(base_t.shape)} must align")
-    metric = as_metric(metric)
-    seq = base_t.shape[1]
-    positions = None if metric.positions is None else [p % seq for p in metric.positions]
-    metric = metric.bind(answers=answers, tokens=base_t)
+    base_t, src_t, metric, positions = edge_setup(model, base, source, ablation, metric, answers, AttributionError)
     return base_t, src_t, metric, Readout(positions, metric.columns())
 
 

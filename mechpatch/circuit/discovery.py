@@ -39,7 +39,7 @@ from torch import Tensor
 
 from mechpatch._progress import progress_bar
 from mechpatch.chunks import CheckpointError, ChunkStore
-from mechpatch.circuit.edges import EdgeError, EdgeLayout, _Runner, layout, make_runner
+from mechpatch.circuit.edges import EdgeError, EdgeLayout, make_runner
 from mechpatch.errors import choices
 from mechpatch.model import HookedModel
 from mechpatch.patching.metrics import KLDivergence, Loss, Metric, as_metric

@@ -213,7 +213,7 @@ class _Runner:
         With ``keep``, also every sender's output and each layer's input residual (unablated runs only).
         """
         fm, lay = self.fm, self.lay
-        H, G, dh = fm.n_heads, fm.n_kv_heads, fm.d_head
+        H, G = fm.n_heads, fm.n_kv_heads
         R, seq = rows_prompt.shape[0], tokens.shape[1]
         positions = torch.arange(seq, device=tokens.device)
         n_s = len(lay.senders)
@@ -321,14 +321,16 @@ def _as_masks(lay: EdgeLayout, edge_sets, n_pos: int) -> Union[Bool[Tensor, "var
     return torch.stack([lay.mask(es) for es in sets])
 
 
-def _setup(model, base, source, ablation, metric, answers):
+def _setup(model, base, source, ablation, metric, answers, error: type = EdgeError):
+    """Tokens of the base and source runs, the bound metric and the positions it reads; bad arguments raise
+    ``error`` (the caller's error type)."""
     if ablation not in ABLATIONS:
-        raise EdgeError(f"unknown ablation {ablation!r}; valid: {choices(ABLATIONS)}")
+        raise error(f"unknown ablation {ablation!r}; valid: {choices(ABLATIONS)}")
     base_t = as_tokens(model, base)
     src_t = None
     if ablation == "corrupted":
         if source is None:
-            raise EdgeError("ablation='corrupted' needs source tokens (the corrupted prompts)")
+            raise error("ablation='corrupted' needs source tokens (the corrupted prompts)")
         src_t = as_tokens(model, source)
         if src_t.shape != base_t.shape:
             raise ShapeMismatchError(f"source tokens {tuple(src_t.shape)} and base {tuple(base_t.shape)} must align")
