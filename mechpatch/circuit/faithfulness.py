@@ -88,7 +88,7 @@ def circuit_metric(model: HookedModel, base: Tensor, circuits: Sequence[Sequence
 def faithfulness_curve(
     model: HookedModel,
     base: Tensor,
-    scores: Mapping[tuple[str, str], float],
+    scores: Mapping[Union[tuple[str, str], str], float],
     metric: Union[Metric, str],
     *,
     source: Optional[Tensor] = None,
@@ -100,7 +100,9 @@ def faithfulness_curve(
     """Faithfulness of the top-scoring circuits at each size (fraction of all edges; at least one edge).
 
     Args:
-        scores: edge -> score (edges missing or NaN rank last).
+        scores: edge -> score, edges as (sender, receiver) or "sender->receiver" (e.g. a DiscoveryResult's
+            ``scores`` or a ComponentGraph's ``edge_scores()``); edges missing or NaN rank last. Position-resolved
+            edges (``@p``) rank edges per position. An edge the model does not have is an error.
         absolute: rank edges by |score| (MIB's default) rather than by signed score.
     """
     sizes = tuple(float(s) for s in sizes)
@@ -108,9 +110,17 @@ def faithfulness_curve(
         raise EdgeError(f"sizes must be increasing fractions in (0, 1]; got {sizes}")
     lay = layout(model)
     edges = lay.edges
-    if any("@" in (e if isinstance(e, str) else e[0]) for e in scores):  # position-resolved scores
+    scores = {(tuple(x.strip() for x in e.split("->", 1)) if isinstance(e, str) else tuple(e)): v
+              for e, v in scores.items()}
+    if any("@" in e[0] for e in scores):  # position-resolved scores
         n_pos = as_tokens(model, base).shape[-1]
         edges = [(f"{s}@{p}", f"{r}@{p}") for p in range(n_pos) for s, r in edges]
+    unknown = set(scores) - set(edges)
+    if unknown:
+        first = min(unknown)
+        raise EdgeError(f"the scores name {len(unknown)} edge(s) this model's graph does not have, e.g. "
+                        f"{first[0]}->{first[1]} (edges look like 'L0H2->L1H0.k', position-resolved "
+                        f"'L0H2@3->L1H0.k@3' at positions 0..{as_tokens(model, base).shape[-1] - 1})")
 
     def key(e):
         s = scores.get(e, float("nan"))

@@ -67,3 +67,17 @@ def test_position_resolved_circuits(attn_only):
     scores = {(f"{s}@{p}", f"{r}@{p}"): float(i + p) for i, (s, r) in enumerate(lay.edges) for p in range(seq)}
     curve = faithfulness_curve(attn_only, base, scores, "kl_div", ablation="mean", sizes=(0.1, 0.5, 1.0))
     assert curve.n_edges[-1] == seq * lay.n_edges and curve.faithfulness[-1] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_scores_as_labels_or_pairs_and_unknown_edges(attn_only):
+    """A ComponentGraph's label-keyed scores rank like (sender, receiver) keys; a misspelt edge is an error, not
+    a silently unscored one."""
+    base = torch.randint(1, 100, (2, 5), generator=torch.Generator().manual_seed(2))
+    lay = layout(attn_only)
+    pairs = {e: float((7 * i) % 11) for i, e in enumerate(lay.edges)}
+    labels = {f"{s}->{r}": v for (s, r), v in pairs.items()}
+    a = faithfulness_curve(attn_only, base, pairs, "kl_div", ablation="mean", sizes=(0.2, 0.6))
+    b = faithfulness_curve(attn_only, base, labels, "kl_div", ablation="mean", sizes=(0.2, 0.6))
+    assert a.faithfulness == b.faithfulness
+    with pytest.raises(EdgeError, match="L0H9->logits"):
+        faithfulness_curve(attn_only, base, {**labels, "L0H9->logits": 1.0}, "kl_div", ablation="mean")
