@@ -12,7 +12,9 @@ NOTEBOOKS = Path(__file__).resolve().parents[2] / "experiments" / "notebooks"
 #: then its figures as plotly outputs of their own (patching_tour: 5 figure cells + the heatmap of `resid`)
 EXPECTED = {
     "patching_tour.ipynb": (6, 2, ["most important head: L1H0", "L0H2 -> L1H0.k"]),
-    "circuit_discovery.ipynb": (3, 0, ["key edges found", "AUC 1.000; precision 1.00, recall 1.00"]),
+    # circuit_discovery: 3 figure cells + the displayed position-resolved DiscoveryResult (table, circuit figure)
+    "circuit_discovery.ipynb": (4, 1, ["key edges found", "AUC 1.000; precision 1.00, recall 1.00",
+                                       "positions of kept logits edges: [1"]),
 }
 
 
