@@ -112,6 +112,11 @@ class EdgeLayout:
         return out
 
 
+def has_positions(edges: Sequence[EdgeLike]) -> bool:
+    """Whether any of ``edges`` is position-resolved (``@p`` in its label); a string check, no validation."""
+    return any("@" in (e if isinstance(e, str) else e[0]) for e in edges)
+
+
 def _split_pos(label: str) -> tuple[str, Optional[int]]:
     """``"L1H0.k@3"`` -> ``("L1H0.k", 3)``; no ``@``: position None."""
     base, at, pos = label.strip().partition("@")
@@ -316,7 +321,7 @@ def _as_masks(lay: EdgeLayout, edge_sets, n_pos: int) -> Union[Bool[Tensor, "var
     sets = [list(s) for s in edge_sets]
     if not sets:
         return torch.zeros(0, S, R, dtype=torch.bool)
-    if any(pos is not None for es in sets for _, _, pos in lay.parse(es)):
+    if any(has_positions(es) for es in sets):
         return torch.stack([lay.position_mask(es, n_pos) for es in sets])
     return torch.stack([lay.mask(es) for es in sets])
 
@@ -511,5 +516,5 @@ def edge_patch_reference(
     return torch.stack(rows)
 
 
-__all__ = ["ABLATIONS", "EdgeError", "EdgeLayout", "EdgeRun", "edge_patch", "edge_patch_reference", "layout",
-           "make_runner"]
+__all__ = ["ABLATIONS", "EdgeError", "EdgeLayout", "EdgeRun", "edge_patch", "edge_patch_reference", "has_positions",
+           "layout", "make_runner"]

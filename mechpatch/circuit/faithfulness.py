@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from mechpatch.cache import as_tokens
-from mechpatch.circuit.edges import EdgeError, edge_patch, layout, make_runner
+from mechpatch.circuit.edges import EdgeError, edge_patch, has_positions, layout, make_runner
 from mechpatch.model import HookedModel
 from mechpatch.patching.metrics import Metric
 
@@ -72,7 +72,7 @@ def circuit_metric(model: HookedModel, base: Tensor, circuits: Sequence[Sequence
     Circuits of position-resolved edges (``L0H2@3->L1H0.k@3``) keep each edge at its position only: every
     edge at every other position is ablated."""
     lay = layout(model)
-    if any(pos is not None for c in circuits for _, _, pos in lay.parse(list(c))):
+    if any(has_positions(list(c)) for c in circuits):
         n_pos = as_tokens(model, base).shape[-1]
         masks = lay.valid.expand(len(circuits), n_pos, *lay.valid.shape).clone()
         for i, c in enumerate(circuits):
@@ -112,7 +112,7 @@ def faithfulness_curve(
     edges = lay.edges
     scores = {(tuple(x.strip() for x in e.split("->", 1)) if isinstance(e, str) else tuple(e)): v
               for e, v in scores.items()}
-    if any("@" in e[0] for e in scores):  # position-resolved scores
+    if has_positions(list(scores)):
         n_pos = as_tokens(model, base).shape[-1]
         edges = [(f"{s}@{p}", f"{r}@{p}") for p in range(n_pos) for s, r in edges]
     unknown = set(scores) - set(edges)
