@@ -53,6 +53,19 @@ class ModelLoadError(MechpatchError, RuntimeError):
     """A model could not be loaded from the given source."""
 
 
+class InvalidArgumentError(MechpatchError, ValueError):
+    """An argument is not one of its valid choices, or outside its valid range (the message names both)."""
+
+
+class DamagedFileError(MechpatchError, RuntimeError):
+    """A file mechpatch wrote earlier cannot be trusted: missing, truncated, unreadable, or its content hash
+    differs from the one recorded when it was written. The message names the file and how to recover."""
+
+
+class RunLockedError(MechpatchError, RuntimeError):
+    """Another live process holds the run directory's lock."""
+
+
 def choices(values: Iterable[object], limit: int = 12) -> str:
     """Format valid choices for an error message, eliding the middle of long lists.
 
