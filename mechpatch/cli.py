@@ -8,6 +8,11 @@
     mechpatch report RUN_DIR        rebuild a finished run's report.html from its files (nothing recomputed)
     mechpatch models                the bundled models and what they are
 
+Every run command first checks its config against the model (``--dry-run`` prints that plan and stops), then
+locks its directory: nothing is written for a config that cannot run, and a second process on the same
+directory is refused. Files read back are checked against the content hashes recorded when they were written;
+a damaged one is named, and ``--repair`` recomputes only what is damaged (``--force`` starts again).
+
 A run writes its directory (``out_dir`` in the config, or ``--out-dir``): see :mod:`mechpatch.runs.store`.
 Run the same command again after an interruption (even ``kill -9``) and it resumes from the completed
 chunks; a finished run is not recomputed unless ``--force``. Exit status: 0 on success, 2 for a usage or
@@ -51,7 +56,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("config", help=f"YAML config, e.g. {example}")
         p.add_argument("--out-dir", help="run directory (overrides the config's out_dir)")
         p.add_argument("--force", action="store_true",
-                       help="recompute a finished run, or replace another config's run in the directory")
+                       help="start again: discard whatever run the directory holds (a finished one, another "
+                            "config's, or a damaged one)")
+        p.add_argument("--repair", action="store_true",
+                       help="recompute only the chunks and result files found damaged (their content hash "
+                            "differs from the one recorded when they were written), keep the rest")
+        p.add_argument("--dry-run", action="store_true",
+                       help="check the config against the model and print the plan (cells, chunks, forwards, "
+                            "memory); write nothing")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages (for CI)")
         p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
 
@@ -85,16 +97,16 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _entry(command: str) -> tuple[type, Any]:
-    """The config class and run function of a run command."""
+def _entry(command: str) -> tuple[type, Any, Any]:
+    """The config class, run function and plan function of a run command."""
     if command == "sweep":
-        from mechpatch.runs.sweep import SweepConfig, run_sweep
+        from mechpatch.runs.sweep import SweepConfig, plan_sweep, run_sweep
 
-        return SweepConfig, run_sweep
+        return SweepConfig, run_sweep, plan_sweep
     if command == "discover":
-        from mechpatch.runs.discover import DiscoverConfig, run_discover
+        from mechpatch.runs.discover import DiscoverConfig, plan_discover, run_discover
 
-        return DiscoverConfig, run_discover
+        return DiscoverConfig, run_discover, plan_discover
     from mechpatch import interactions
 
     found = [getattr(interactions, name, None) for name in INTERACTIONS_ENTRY]
@@ -103,7 +115,9 @@ def _entry(command: str) -> tuple[type, Any]:
             "`mechpatch interactions` is not available yet: mechpatch.interactions has no config-driven entry "
             f"({' and '.join(INTERACTIONS_ENTRY)}); use its Python API (find_interactions) meanwhile"
         )
-    return found[0], found[1]
+    from mechpatch.interactions.cli_run import plan_interactions
+
+    return found[0], found[1], plan_interactions
 
 
 class _NotAvailable(MechpatchError, RuntimeError):
@@ -113,7 +127,9 @@ class _NotAvailable(MechpatchError, RuntimeError):
 def _run(args: argparse.Namespace) -> int:
     from mechpatch.config import load_config
 
-    config_cls, run = _entry(args.command)
+    config_cls, run, plan = _entry(args.command)
+    if args.force and args.repair:
+        raise _Usage("--force starts again and --repair keeps what is intact: give one of them")
     cfg = load_config(config_cls, args.config)
     if args.out_dir:
         cfg = dataclasses.replace(cfg, out_dir=args.out_dir)
@@ -123,7 +139,10 @@ def _run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise _Usage(f"--threads must be at least 1; got {args.threads}")
         torch.set_num_threads(args.threads)
-    run(cfg, force=args.force, quiet=args.quiet)
+    if args.dry_run:
+        print(plan(cfg))
+        return 0
+    run(cfg, force=args.force, quiet=args.quiet, repair=args.repair)
     return 0
 
 

@@ -14,12 +14,19 @@ from collections.abc import Mapping
 from typing import Any
 
 
+def replace_atomically(tmp: str, path: str) -> None:
+    """Flush the finished temporary file ``tmp`` to disk and rename it to ``path`` (atomic on POSIX)."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 def write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` atomically."""
+    """Write ``text`` to ``path`` atomically: a temporary file, flushed to disk, renamed into place."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.write(text)
-    os.replace(tmp, path)
+    replace_atomically(tmp, path)
 
 
 def write_json(path: str, data: Any) -> None:

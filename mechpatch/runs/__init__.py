@@ -17,6 +17,7 @@ from mechpatch.runs.store import (
     RunStore,
     config_hash,
     read_manifest,
+    verify_finished,
     weights_hash,
 )
 from mechpatch.runs.sweep import PromptSpec, SweepConfig, SweepRun, TaskSpec, load_sweep, run_sweep
@@ -30,14 +31,15 @@ def rebuild_report(run_dir: str) -> str:
 
     Raises:
         RunError: ``run_dir`` is not a run directory, or its run has not finished.
+        DamagedFileError: a file the report is drawn from changed since the run finished (named in the message).
+        RunLockedError: a run is writing in ``run_dir``.
     """
     from mechpatch.runs.report import build_report
 
-    manifest = read_manifest(run_dir)
-    if manifest.get("status") != "finished":
-        raise RunError(f"the run in {run_dir!r} has not finished (status {manifest.get('status')!r}); run its command "
-                       "again to resume it, then build the report")
-    build_report(run_dir)
+    store = RunStore(run_dir, read_manifest(run_dir)["command"], {})
+    with store.locked():  # not while a run writes here
+        verify_finished(run_dir)
+        build_report(run_dir)
     return os.path.join(run_dir, "report.html")
 
 

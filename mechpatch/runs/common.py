@@ -74,35 +74,42 @@ def check_task_args(task: str, args: dict[str, Any], where: str = "task.args") -
     return out
 
 
-def begin_task_run(cfg: Any, kind: str, needs: str, *, force: bool, quiet: bool) -> tuple[Any, Any, Any]:
-    """The shared start of a run on one task batch: open the run store, skip a finished run, load the model,
-    build the task (seeded from ``cfg.seed`` where the task takes a seed) and require a single batch.
+def prepare_task_run(cfg: Any, kind: str, needs: str, *, force: bool, quiet: bool,
+                     repair: bool = False) -> tuple[Any, Any, Any]:
+    """The shared, read-only start of a run on one task batch: open the run store (nothing written), skip a
+    finished run, load the model, build the task (seeded from ``cfg.seed`` where the task takes a seed, its
+    memory checked first) and require a single batch.
+
+    The caller checks the rest of its plan, then locks the directory and begins the run
+    (``with store.locked(say): store.begin(...)``): a config that fails before that writes nothing.
 
     Returns ``(store, say, loaded)``: ``loaded`` is None when the run had already finished, else
     ``(model, task, batch)`` with the batch on the model's device. ``needs`` names the caller in the error
     for tasks of several prompt lengths (e.g. "discovery needs").
     """
-    import inspect
-
     import torch
 
-    from mechpatch.errors import ShapeMismatchError
     from mechpatch.runs.store import RunStore
-    from mechpatch.tasks import TASKS, make_task
 
-    store = RunStore(cfg.out_dir, kind, cfg)
+    store = RunStore(cfg.out_dir, kind, cfg, repair=repair)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     if store.check(force):
         say(f"{cfg.out_dir}: already finished (config {store.config_hash[:12]}); nothing to do (--force recomputes)")
         return store, say, None
     torch.manual_seed(cfg.seed)
     model = load_source(cfg.model, cfg.device, cfg.dtype)
-    store.begin(model, cfg.model, cfg.seed, force=force)
-    args = dict(cfg.task_args)
-    if "seed" not in args and "seed" in inspect.signature(TASKS[cfg.task]).parameters:
-        args["seed"] = cfg.seed
-    task = make_task(cfg.task, model, **args)
+    task, batch = one_batch_task(cfg, model, needs)
+    return store, say, (model, task, batch)
+
+
+def one_batch_task(cfg: Any, model: Any, needs: str) -> tuple[Any, Any]:
+    """The task ``cfg.task`` / ``cfg.task_args`` names (memory checked first), and its single batch on the model's
+    device (:class:`~mechpatch.errors.ShapeMismatchError` when it has prompts of several lengths)."""
+    from mechpatch.errors import ShapeMismatchError
+    from mechpatch.runs.plan import build_task
+
+    task = build_task(model, cfg.task, cfg.task_args, cfg.seed)
     if len(task.batches) != 1:
         raise ShapeMismatchError(f"{cfg.task} built {len(task.batches)} batches of different lengths; {needs} "
                                  "one (restrict the task, e.g. IOI templates: [0])")
-    return store, say, (model, task, task.batches[0].to(model.device))
+    return task, task.batches[0].to(model.device)

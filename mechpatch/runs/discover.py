@@ -21,6 +21,7 @@ are one gradient pass and start again. A finished run is not recomputed (unless 
 """
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,7 +30,7 @@ from typing import Any
 
 from mechpatch.errors import MechpatchError
 from mechpatch.runs.common import (
-    DTYPES, begin_task_run, check_choice, check_device, check_model, check_task_args,
+    DTYPES, check_choice, check_device, check_model, check_task_args, load_source, one_batch_task, prepare_task_run,
 )
 from mechpatch.runs.store import RunError, read_manifest
 
@@ -77,27 +78,77 @@ class DiscoverConfig:
         check_device(self.device)
         if not isinstance(self.per_position, bool):
             raise ValueError(f"per_position must be true or false; got {self.per_position!r}")
+        if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not math.isfinite(self.tau) \
+                or self.tau < 0:
+            raise ValueError(f"tau must be a finite number >= 0; got {self.tau!r}")
         if self.per_position and self.method == "acdc":
             raise ValueError("per_position needs an attribution method ('eap' or 'eap-ig'): ACDC prunes whole "
                              "edges")
         object.__setattr__(self, "task_args", check_task_args(self.task, self.task_args))
 
 
-def run_discover(cfg: DiscoverConfig, *, force: bool = False, quiet: bool = False) -> dict[str, Any]:
+def run_discover(cfg: DiscoverConfig, *, force: bool = False, quiet: bool = False,
+                 repair: bool = False) -> dict[str, Any]:
     """Run (or skip, when finished) the discovery ``cfg`` describes; returns its summary (``summary.json``).
+
+    Everything is checked against the model (:func:`plan_discover`) before the run directory is locked and its
+    manifest written; ``repair`` recomputes damaged files instead of refusing them.
 
     Raises:
         RunConflictError: ``cfg.out_dir`` holds another config's run (and not ``force``).
         ShapeMismatchError: the task has prompts of several lengths (discovery needs one).
+        DamagedFileError: a file of the run changed since it was written (and not ``repair``/``force``).
     """
-    from mechpatch.circuit import discover, faithfulness_curve
-    from mechpatch.report import write_json, write_text
-
     start = time.time()
-    store, say, loaded = begin_task_run(cfg, "discover", "discovery needs", force=force, quiet=quiet)
+    store, say, loaded = prepare_task_run(cfg, "discover", "discovery needs", force=force, quiet=quiet,
+                                          repair=repair)
     if loaded is None:
         return _read_json(os.path.join(cfg.out_dir, "summary.json"))
     model, task, b = loaded
+    plan = _plan(cfg, model, b, store)
+    with store.locked(say):
+        store.begin(model, cfg.model, cfg.seed, force=force)
+        store.update(plan=plan.to_dict())
+        return _run(cfg, store, say, model, task, b, start)
+
+
+def plan_discover(cfg: DiscoverConfig, model: Any = None) -> Any:
+    """What :func:`run_discover` would compute (prompts, edges, forwards, memory), checked against the model;
+    writes nothing (``mechpatch discover CONFIG --dry-run``). Loads the model unless it is given."""
+    import torch
+
+    from mechpatch.runs.store import RunStore
+
+    store = RunStore(cfg.out_dir, "discover", cfg)
+    store.preflight()
+    if model is None:
+        torch.manual_seed(cfg.seed)
+        model = load_source(cfg.model, cfg.device, cfg.dtype)
+    _, b = one_batch_task(cfg, model, "discovery needs")
+    return _plan(cfg, model, b, store)
+
+
+def _plan(cfg: DiscoverConfig, model: Any, b: Any, store: Any) -> Any:
+    from mechpatch.circuit.edges import layout
+    from mechpatch.runs.plan import RunPlan, check_memory, prompt_bytes, store_status
+
+    n_edges = layout(model).n_edges
+    n_pos = b.seq_len if cfg.per_position else 1
+    memory = 3 * b.n_prompts * prompt_bytes(model, b.seq_len)  # EAP keeps gradients beside the activations
+    check_memory(memory, f"discovery on {b.n_prompts} prompts of {b.seq_len} tokens")
+    # ACDC evaluates each edge at most once (batched several to a forward); EAP is one pass per IG step; both
+    # then measure the circuit and its faithfulness curve (a forward per size)
+    forwards = n_edges + 2 if cfg.method == "acdc" else 16
+    rows = (("prompts", f"{b.n_prompts} of {b.seq_len} tokens ({cfg.task})"),
+            ("method", f"{cfg.method}, tau {cfg.tau}, metric {cfg.metric}, ablation {cfg.ablation}"),
+            ("edges", f"{n_edges * n_pos}" + (f" ({n_edges} edges x {n_pos} positions)" if cfg.per_position else "")))
+    return RunPlan("discover", cfg.out_dir, cfg.model, rows, forwards + 32, memory, store_status(store))
+
+
+def _run(cfg: DiscoverConfig, store: Any, say: Any, model: Any, task: Any, b: Any, start: float) -> dict[str, Any]:
+    from mechpatch.circuit import discover, faithfulness_curve
+    from mechpatch.report import write_json, write_text
+
     metric = task.metric if cfg.metric == "task" else "kl_div"
     source = b.corrupted if cfg.ablation == "corrupted" else None
     kwargs: dict[str, Any] = {}
@@ -208,6 +259,6 @@ def discovery_sections(prefix: str = "") -> list[dict[str, str]]:
 
 
 __all__ = [
-    "ABLATIONS", "DiscoverConfig", "curve_table", "discovery_sections", "edge_table", "run_discover",
+    "ABLATIONS", "DiscoverConfig", "curve_table", "discovery_sections", "edge_table", "plan_discover", "run_discover",
     "write_discover_report",
 ]

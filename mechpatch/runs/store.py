@@ -19,6 +19,17 @@ atomic on POSIX), so a reader, or a restarted run, never sees half a file. A chu
 complete; a restarted run loads it instead of recomputing it. The manifest turns ``"finished"`` last, after
 every result file: a finished run is not recomputed (unless forced), an unfinished one resumes.
 
+Nothing read back is trusted blindly. Every safetensors file carries the SHA-256 of its tensors in its header,
+checked whenever it is read; when a run finishes, the manifest records the SHA-256 of every result file
+(:data:`HASHED`), checked before a finished run is skipped, reported or loaded. A truncated, edited, emptied or
+missing file raises :class:`~mechpatch.errors.DamagedFileError` naming it: ``repair=True`` (``--repair``)
+recomputes only the damaged chunks and rewrites the results, ``force=True`` (``--force``) starts again.
+
+One process at a time: :meth:`RunStore.locked` holds an advisory lock (``fcntl.flock`` on ``RUN_DIR/.lock``,
+holding the owner's pid and host) while a run writes; a second process gets
+:class:`~mechpatch.errors.RunLockedError`. The kernel releases the lock when its owner dies, so a lock left by a
+killed process is taken over (with a message naming it).
+
 The config hash is the SHA-256 of the config's canonical JSON without the keys that only say where results
 go (:data:`LOCATION_KEYS`): two directories holding the same computation have the same hash. The weights
 hash is the SHA-256 of every parameter's name, dtype, shape and bytes in name order (about 1 s for the 135M
@@ -34,6 +45,8 @@ True
 
 import dataclasses
 import datetime
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -42,20 +55,27 @@ import re
 import shutil
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
-from mechpatch.errors import MechpatchError
-from mechpatch.report import write_json, write_text
+from mechpatch.errors import DamagedFileError, MechpatchError, RunLockedError
+from mechpatch.report import replace_atomically, write_json, write_text
 
 #: config keys that say where results go, not what is computed: left out of the config hash
 LOCATION_KEYS = ("out_dir",)
-#: version of the run-directory layout, recorded in every manifest
-STORE_FORMAT = 1
+#: version of the run-directory layout, recorded in every manifest (2: content hashes in chunks and manifest)
+STORE_FORMAT = 2
 _TMP = re.compile(r"\.tmp\d+$")
+#: files whose SHA-256 a finished run's manifest records: everything a result is read back from. The figure
+#: files and report.html are drawings of these (``mechpatch report`` redraws them), so they are not hashed.
+HASHED = re.compile(r"^(results/.*\.parquet|tensors/.*\.safetensors|[^/]*\.json|[^/]*\.dot|config\.yaml)$")
+_NOT_HASHED = ("manifest.json",)
+#: how to recover, said by every damaged-file error
+RECOVER = "run the same command with --repair to recompute only what is damaged, or --force to start again"
 
 
 class RunError(MechpatchError, RuntimeError):
@@ -64,6 +84,11 @@ class RunError(MechpatchError, RuntimeError):
 
 class RunConflictError(MechpatchError, ValueError):
     """The run directory holds a different run (another config or other weights) than the one asked for."""
+
+
+def _io_error(path: str, err: OSError, doing: str) -> RunError:
+    """An OS error while using the run directory, as a :class:`RunError` naming the path and the cause."""
+    return RunError(f"cannot {doing} {path!r}: {err.strerror or err} (errno {errno.errorcode.get(err.errno, err.errno)})")
 
 
 # ----------------------------------------------------------------------------- hashes and provenance
@@ -152,41 +177,125 @@ def now() -> str:
 # ----------------------------------------------------------------------------- atomic writers
 
 
-def _replace(tmp: str, path: str) -> None:
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def tensors_sha256(tensors: Mapping[str, Tensor]) -> str:
+    """SHA-256 of named tensors: each name, dtype, shape and bytes, in name order.
+
+    >>> a = tensors_sha256({"x": torch.tensor([1.0, 2.0])})
+    >>> a == tensors_sha256({"x": torch.tensor([1.0, 2.0])}), a == tensors_sha256({"x": torch.tensor([1.0, 2.5])})
+    (True, False)
+    """
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_tensors(path: str, tensors: Mapping[str, Tensor], metadata: Optional[Mapping[str, str]] = None) -> None:
     """Write tensors as safetensors atomically (temp file, fsync, rename), with str -> str ``metadata``.
 
     The metadata is stored as one JSON entry with sorted keys (safetensors orders several entries at random),
-    so equal tensors and metadata give byte-identical files.
+    beside the tensors' SHA-256 (:func:`tensors_sha256`, checked by :func:`read_tensors`), so equal tensors and
+    metadata give byte-identical files.
     """
     from safetensors.torch import save_file
 
     tmp = f"{path}.tmp{os.getpid()}"
-    meta = {"mechpatch": json.dumps(dict(metadata or {}), sort_keys=True)}
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
-    _replace(tmp, path)
+    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta = {"mechpatch": json.dumps(dict(metadata or {}), sort_keys=True), "sha256": tensors_sha256(cpu)}
+    save_file(cpu, tmp, metadata=meta)
+    replace_atomically(tmp, path)
 
 
 def read_tensors(path: str) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Tensors and metadata of a safetensors file written by :func:`write_tensors`."""
+    """Tensors and metadata of a safetensors file written by :func:`write_tensors`, their content hash checked.
+
+    Raises:
+        DamagedFileError: the file is missing, cannot be parsed (truncated, not safetensors), or its tensors'
+            SHA-256 is not the one recorded in its header (a flipped byte, an edited value).
+    """
     from safetensors import safe_open
 
-    with safe_open(path, framework="pt") as fh:
-        meta = dict(fh.metadata() or {})
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
-    return tensors, (json.loads(meta["mechpatch"]) if "mechpatch" in meta else meta)
+    try:
+        with safe_open(path, framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
+        info = json.loads(meta["mechpatch"]) if "mechpatch" in meta else meta
+    except FileNotFoundError:
+        raise DamagedFileError(f"{path!r} is missing; {RECOVER}") from None
+    except Exception as err:  # safetensors raises its own SafetensorError, or OSError/ValueError on bad bytes
+        raise DamagedFileError(f"{path!r} is damaged and was not used ({type(err).__name__}: {err}); "
+                               f"{RECOVER}") from None
+    recorded = meta.get("sha256")
+    if recorded is None:
+        raise DamagedFileError(f"{path!r} has no content hash (written by an older mechpatch, or not by "
+                               f"mechpatch), so it cannot be checked and was not used; {RECOVER}")
+    actual = tensors_sha256(tensors)
+    if actual != recorded:
+        raise DamagedFileError(f"{path!r} is damaged and was not used: its tensors' sha256 is {actual[:12]}, "
+                               f"recorded {recorded[:12]} when written; {RECOVER}")
+    return tensors, info
 
 
 def write_table(path: str, frame: Any) -> None:
     """Write a pandas DataFrame as Parquet (pyarrow) atomically."""
     tmp = f"{path}.tmp{os.getpid()}"
     frame.to_parquet(tmp, index=False, engine="pyarrow")
-    _replace(tmp, path)
+    replace_atomically(tmp, path)
+
+
+def hashed_files(run_dir: str) -> dict[str, str]:
+    """SHA-256 of every file of a run directory that results are read back from (:data:`HASHED`), by path."""
+    out = {}
+    for folder, _, files in os.walk(run_dir):
+        for name in files:
+            rel = os.path.relpath(os.path.join(folder, name), run_dir).replace(os.sep, "/")
+            if HASHED.match(rel) and rel not in _NOT_HASHED and not _TMP.search(rel):
+                out[rel] = file_sha256(os.path.join(run_dir, rel))
+    return dict(sorted(out.items()))
+
+
+def damaged_files(run_dir: str, manifest: Mapping[str, Any]) -> list[str]:
+    """The files a finished run's manifest records whose content differs from the record (or that are gone),
+    each with the reason: empty when the run's results can be trusted."""
+    damaged = []
+    for rel, recorded in (manifest.get("files") or {}).items():
+        path = os.path.join(run_dir, rel)
+        if not os.path.isfile(path):
+            damaged.append(f"{rel} (missing)")
+        elif file_sha256(path) != recorded:
+            damaged.append(f"{rel} (sha256 {file_sha256(path)[:12]}, recorded {recorded[:12]})")
+    if manifest.get("status") == "finished" and "files" not in manifest:
+        damaged.append("manifest.json (records no file hashes: written by an older mechpatch)")
+    return damaged
+
+
+def verify_finished(run_dir: str, manifest: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """The manifest of a finished run whose recorded files are all intact.
+
+    Raises:
+        RunError: the directory holds no finished run.
+        DamagedFileError: a recorded file is missing or its content changed since the run finished.
+    """
+    manifest = dict(manifest) if manifest is not None else read_manifest(run_dir)
+    if manifest.get("status") != "finished":
+        raise RunError(f"the run in {os.fspath(run_dir)!r} has not finished (status {manifest.get('status')!r}); run "
+                       "its command again to resume it")
+    damaged = damaged_files(os.fspath(run_dir), manifest)
+    if damaged:
+        raise DamagedFileError(f"the finished run in {os.fspath(run_dir)!r} has damaged files, so its results were "
+                               f"not used: {'; '.join(damaged)}; {RECOVER}")
+    return manifest
 
 
 # ----------------------------------------------------------------------------- the store
@@ -200,14 +309,20 @@ class RunStore:
         command: what kind of run it is (``"sweep"``, ``"discover"``, ...): :func:`mechpatch.runs.rebuild_report`
             dispatches on it.
         config: the validated config (a dataclass or mapping); it is normalized and hashed.
+        repair: a damaged chunk is deleted and recomputed (its name recorded in the manifest's ``repaired``)
+            instead of raising :class:`~mechpatch.errors.DamagedFileError`; a finished run with damaged result
+            files runs again from its intact chunks.
     """
 
-    def __init__(self, root: str, command: str, config: Any) -> None:
+    def __init__(self, root: str, command: str, config: Any, *, repair: bool = False) -> None:
         self.root = os.fspath(root)
         self.command = command
         self.config = normalize_config(config)
         self.config_hash = config_hash(self.config)
+        self.repair = repair
+        self.repaired: list[str] = []
         self._manifest: Optional[dict[str, Any]] = None
+        self._lock_fd: Optional[int] = None
         self._created = now()  # the attempt starts when the command does (before the model loads)
 
     def __repr__(self) -> str:
@@ -242,17 +357,37 @@ class RunStore:
         write_json(self.path("manifest.json"), self._manifest)
 
     # ------------------------------------------------------------------ life cycle
-    def check(self, force: bool = False) -> bool:
-        """Before any work: True when this exact run already finished here (nothing to do).
+    def preflight(self) -> None:
+        """Before any work (reads only): the run directory is, or can be created as, a writable directory.
 
-        A directory holding another config's run is refused (:class:`RunConflictError`) unless ``force``,
-        which deletes that run's manifest and chunks so that nothing of it is reused.
+        Raises:
+            RunError: ``root`` is a file, sits under a file, or its nearest existing folder is not writable.
         """
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise RunError(f"out_dir {self.root!r} is a file, not a directory; choose another out_dir")
+        parent = os.path.abspath(self.root)
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise RunError(f"out_dir {self.root!r} cannot be created: {parent!r} is a file, not a directory")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise RunError(f"out_dir {self.root!r} cannot be written: {parent!r} is not writable by this user; "
+                           "choose another out_dir")
+
+    def check(self, force: bool = False) -> bool:
+        """Before any work (reads only): True when this exact run already finished here, intact (nothing to do).
+
+        A directory holding another config's run is refused (:class:`RunConflictError`) unless ``force``; with
+        ``force`` nothing here is read (not even a damaged manifest): :meth:`begin` discards the old run. A
+        finished run whose result files changed since it finished raises
+        :class:`~mechpatch.errors.DamagedFileError` naming them, unless the store repairs (then the run goes
+        on: False).
+        """
+        self.preflight()
+        if force:
+            return False
         m = self.manifest
         if m is None:
-            return False
-        if force:
-            self.clear()
             return False
         if m.get("command") != self.command or m.get("config_hash") != self.config_hash:
             raise RunConflictError(
@@ -260,7 +395,14 @@ class RunStore:
                 f"{str(m.get('config_hash'))[:12]}, "
                 f"this one {self.config_hash[:12]}); choose another out_dir, or pass --force to discard that run"
             )
-        return m.get("status") == "finished"
+        if m.get("status") != "finished":
+            return False
+        damaged = damaged_files(self.root, m)
+        if damaged and not self.repair:
+            raise DamagedFileError(f"the finished run in {self.root!r} has damaged files, so its results were not "
+                                   f"used: {'; '.join(damaged)}; {RECOVER}")
+        self.repaired += [d.split(" ")[0] for d in damaged]
+        return not damaged
 
     def clear(self) -> None:
         """Forget a previous run here: its manifest and chunk files (results are overwritten when the run ends)."""
@@ -269,31 +411,86 @@ class RunStore:
             os.remove(self.manifest_path)
         self._manifest = None
 
+    @contextmanager
+    def locked(self, say: Callable[[str], None] = lambda _: None) -> Iterator["RunStore"]:
+        """Hold the run directory's lock (``RUN_DIR/.lock``) while the block runs; create the directory.
+
+        Raises:
+            RunLockedError: another live process holds it (the message names its pid, host and start).
+            RunError: the directory cannot be created or the lock file written.
+        """
+        self.acquire(say)
+        try:
+            yield self
+        finally:
+            self.release()
+
+    def acquire(self, say: Callable[[str], None] = lambda _: None) -> None:
+        """Take the run directory's lock (see :meth:`locked`); a lock left by a dead process is taken over."""
+        if self._lock_fd is not None:
+            return
+        self.preflight()
+        path = os.path.join(self.root, ".lock")
+        try:
+            os.makedirs(self.root, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise _io_error(path, err, "create the run directory's lock file") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _read_owner(fd)
+            os.close(fd)
+            raise RunLockedError(
+                f"{self.root!r} is in use by another mechpatch process (pid {owner.get('pid', '?')} on host "
+                f"{owner.get('host', '?')}, {owner.get('command', '?')} since {owner.get('since', '?')}): wait for it "
+                "to finish, or stop it and run the command again (it resumes)") from None
+        stale = _read_owner(fd)
+        if stale.get("pid") is not None:
+            say(f"{self.root}: taking over the lock left by pid {stale['pid']} on {stale.get('host', '?')} "
+                f"(since {stale.get('since', '?')}), which no longer runs")
+        owner = {"pid": os.getpid(), "host": platform.node(), "command": self.command, "since": now()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(owner).encode(), 0)
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        """Give the lock back (the lock file stays, empty)."""
+        if self._lock_fd is None:
+            return
+        fd, self._lock_fd = self._lock_fd, None
+        try:
+            os.ftruncate(fd, 0)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
     def begin(self, model: Any = None, source: str = "", seed: Optional[int] = None, force: bool = False) -> None:
         """Record the start of an attempt: write (or update) the manifest, clear half-written temp files.
 
-        A resumed run must use the same weights as the chunks it reuses: a different weights hash is refused
+        Takes the run directory's lock first (if the caller has not: :meth:`locked`), so no other process's
+        temporary files are touched. ``force`` discards whatever run the directory held. A resumed run must
+        use the same weights as the chunks it reuses: a different weights hash is refused
         (:class:`RunConflictError`) unless ``force``.
         """
-        os.makedirs(self.root, exist_ok=True)
+        self.acquire()
+        if force:
+            self.clear()
         self._remove_temp_files()
         identity = model_identity(model, source) if model is not None else None
         old = self.manifest
         if old is not None and identity is not None and old.get("model", {}).get("weights_sha256") not in (
                 None, identity["weights_sha256"]):
-            if not force:
-                raise RunConflictError(
-                    f"{self.root!r} was started with other weights for {source!r} (sha256 "
-                    f"{old['model']['weights_sha256'][:12]}, now {identity['weights_sha256'][:12]}); its chunks cannot "
-                    "be reused: pass --force to start again"
-                )
-            self.clear()
-            old = None
+            raise RunConflictError(
+                f"{self.root!r} was started with other weights for {source!r} (sha256 "
+                f"{old['model']['weights_sha256'][:12]}, now {identity['weights_sha256'][:12]}); its chunks cannot "
+                "be reused: pass --force to start again"
+            )
         started = self._created
         device = device_info(model) if model is not None else None
         # each attempt records what it ran on: a resumed run's chunks may come from several
         attempt = {"started": started, "pid": os.getpid(), "host": platform.node(), "versions": versions(),
-                   "device": device}
+                   "device": device, "repair": self.repair}
         attempts = (old or {}).get("attempts", []) + [attempt]
         self._manifest = {
             "format": STORE_FORMAT,
@@ -309,10 +506,15 @@ class RunStore:
             "finished": None,
             "attempts": attempts,
         }
+        if self.repaired:
+            self._manifest["repaired"] = list(self.repaired)
         import yaml
 
-        write_text(self.path("config.yaml"), yaml.safe_dump(self.config, sort_keys=False))
-        self._write_manifest()
+        try:
+            write_text(self.path("config.yaml"), yaml.safe_dump(self.config, sort_keys=False))
+            self._write_manifest()
+        except OSError as err:
+            raise _io_error(self.root, err, "write the run's manifest in") from None
 
     def update(self, **entries: Any) -> None:
         """Add entries to the manifest (written atomically)."""
@@ -322,14 +524,18 @@ class RunStore:
         self._write_manifest()
 
     def finish(self, **entries: Any) -> None:
-        """Mark the run finished (the last write of a run), with the files it wrote and its timings."""
+        """Mark the run finished (the last write of a run), with the files it wrote, their SHA-256
+        (:func:`hashed_files`: checked whenever the run is read back) and its timings."""
         if self._manifest is None:
             raise RunError("the run has not begun: call begin() first")
         end = now()
         self._manifest["attempts"][-1]["finished"] = end
         t0 = datetime.datetime.fromisoformat(self._manifest["started"])
         seconds = (datetime.datetime.fromisoformat(end) - t0).total_seconds()
-        self._manifest.update(entries, status="finished", finished=end, wall_seconds=seconds)
+        if self.repaired:
+            self._manifest["repaired"] = list(self.repaired)
+        self._manifest.update(entries, status="finished", finished=end, wall_seconds=seconds,
+                              files=hashed_files(self.root))
         self._write_manifest()
 
     def _remove_temp_files(self) -> None:
@@ -345,11 +551,24 @@ class RunStore:
         return os.path.join(self.root, "chunks", group, f"{index:05d}.safetensors")
 
     def load_chunk(self, group: str, index: int) -> Optional[dict[str, Tensor]]:
-        """A completed chunk's tensors, or None when that chunk has not been written."""
+        """A completed chunk's tensors (content hash checked), or None when that chunk has not been written.
+
+        Raises:
+            DamagedFileError: the chunk file is truncated, unreadable or its content changed (unless the store
+                repairs: then the file is deleted and None returned, so the chunk is recomputed).
+            RunConflictError: the chunk belongs to another config.
+        """
         path = self.chunk_path(group, index)
         if not os.path.exists(path):
             return None
-        tensors, meta = read_tensors(path)
+        try:
+            tensors, meta = read_tensors(path)
+        except DamagedFileError:
+            if not self.repair:
+                raise
+            os.remove(path)
+            self.repaired.append(os.path.relpath(path, self.root).replace(os.sep, "/"))
+            return None
         if meta.get("config_hash") != self.config_hash:
             raise RunConflictError(f"{path!r} belongs to another config; pass --force to start again")
         return tensors
@@ -379,6 +598,15 @@ class RunStore:
         return write_figure(self.root, name, figure)
 
 
+def _read_owner(fd: int) -> dict[str, Any]:
+    """The owner recorded in a lock file (empty when none, or unreadable)."""
+    try:
+        data = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (ValueError, OSError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def write_figure(run_dir: str, name: str, figure: Any) -> str:
     """Write ``figure_<name>.html`` in ``run_dir`` atomically; returns its path relative to ``run_dir``.
 
@@ -396,14 +624,26 @@ def write_figure(run_dir: str, name: str, figure: Any) -> str:
 
 
 def read_manifest(run_dir: str) -> dict[str, Any]:
-    """The manifest of a run directory (:class:`RunError` when there is none or it is not a manifest)."""
+    """The manifest of a run directory.
+
+    Raises:
+        RunError: there is none (not a run directory).
+        DamagedFileError: it is not valid JSON, or not a mechpatch manifest.
+    """
     path = os.path.join(os.fspath(run_dir), "manifest.json")
+    if not os.path.isdir(os.fspath(run_dir)):
+        raise RunError(f"{os.fspath(run_dir)!r} is not a run directory (not a directory)")
     if not os.path.exists(path):
         raise RunError(f"{os.fspath(run_dir)!r} is not a run directory: it has no manifest.json")
-    with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DamagedFileError(f"{path!r} is damaged (not valid JSON: {err}); the run cannot be trusted: run the "
+                               "command again with --force to start it again") from None
     if not isinstance(data, dict) or "command" not in data or "config" not in data:
-        raise RunError(f"{path!r} is not a mechpatch run manifest")
+        raise DamagedFileError(f"{path!r} is not a mechpatch run manifest; run the command with --force to start "
+                               "again, or choose another out_dir")
     return data
 
 

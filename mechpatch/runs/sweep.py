@@ -44,7 +44,8 @@ from mechpatch.patching.metrics import METRICS
 from mechpatch.patching.results import PatchResult
 from mechpatch.patching.sweeps import DIRECTIONS, SWEEP_KINDS
 from mechpatch.runs.common import DTYPES, check_choice, check_device, check_model, check_task_args, load_source
-from mechpatch.runs.store import RunError, RunStore, read_manifest, read_tensors, slug
+from mechpatch.runs.plan import RunPlan
+from mechpatch.runs.store import RunError, RunStore, read_manifest, read_tensors, slug, verify_finished
 
 INTERVENTION_KINDS = ("replace", "zero", "mean", "resample", "interpolate")
 METHODS = ("auto", "fast", "hooks", "reference")
@@ -206,21 +207,27 @@ class SweepRun:
         ipython_display(repr(self), self._html_table(), lambda: _figures(self).values())
 
 
-def run_sweep(cfg: SweepConfig, *, force: bool = False, quiet: bool = False) -> SweepRun:
+def run_sweep(cfg: SweepConfig, *, force: bool = False, quiet: bool = False, repair: bool = False) -> SweepRun:
     """Run (or resume, or skip when finished) the sweep ``cfg`` describes, in ``cfg.out_dir``.
+
+    Everything is checked against the model (:func:`plan_sweep`) before the run directory is locked and its
+    manifest written: a config that cannot run leaves no file behind.
 
     Args:
         cfg: the validated config.
         force: recompute even when the directory holds a finished run, or a run of another config.
         quiet: no progress bars or messages (also ``TQDM_DISABLE=1``).
+        repair: recompute only the chunks (and result files) found damaged, instead of refusing them.
 
     Returns:
         The finished run, read back from its files (:func:`load_sweep`).
 
     Raises:
         RunConflictError: the directory holds another config's run (and not ``force``).
+        DamagedFileError: a chunk or result file changed since it was written (and not ``repair``/``force``).
+        RunLockedError: another process is running in the directory.
     """
-    store = RunStore(cfg.out_dir, "sweep", cfg)
+    store = RunStore(cfg.out_dir, "sweep", cfg, repair=repair)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     if store.check(force):
         say(f"{cfg.out_dir}: already finished (config {store.config_hash[:12]}); nothing to do (--force recomputes)")
@@ -228,21 +235,99 @@ def run_sweep(cfg: SweepConfig, *, force: bool = False, quiet: bool = False) -> 
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     model = load_source(cfg.model, cfg.device, cfg.dtype)
-    store.begin(model, cfg.model, cfg.seed, force=force)
-    say(f"{model!r} -> {cfg.out_dir}")
-    batches, metric, about = _prompts(cfg, model)
-    store.update(prompts=about)
-    method = _resolve_method(model, cfg.method)
-    computed = 0
-    for kind in cfg.kinds:
-        result, n_new = _run_kind(store, cfg, model, kind, batches, metric, method, quiet)
-        computed += n_new
-        write_result(store, kind, result)
-    store.update(compute_seconds=round(time.perf_counter() - start, 2), chunks_computed_last_attempt=computed)
-    outputs = write_sweep_report(cfg.out_dir)
-    store.finish(**outputs)
+    plan, prep = _plan(cfg, model, store)
+    with store.locked(say):
+        store.begin(model, cfg.model, cfg.seed, force=force)
+        say(f"{model!r} -> {cfg.out_dir}")
+        store.update(prompts=prep.about, plan=plan.to_dict())
+        computed = 0
+        for kind in cfg.kinds:
+            result, n_new = _run_kind(store, cfg, model, kind, prep, quiet)
+            computed += n_new
+            write_result(store, kind, result)
+        store.update(compute_seconds=round(time.perf_counter() - start, 2), chunks_computed_last_attempt=computed)
+        outputs = write_sweep_report(cfg.out_dir)
+        store.finish(**outputs)
     say(f"wrote {os.path.join(cfg.out_dir, 'report.html')}")
     return load_sweep(cfg.out_dir)
+
+
+def plan_sweep(cfg: SweepConfig, model: Any = None) -> RunPlan:
+    """What :func:`run_sweep` would compute for ``cfg`` (cells, chunks, forwards, memory), checked against the
+    model; writes nothing (``mechpatch sweep CONFIG --dry-run``). Loads the model unless it is given.
+
+    Raises:
+        MechpatchError: whatever would stop the run (a site the model lacks, a task its tokenizer cannot
+            express, a metric the prompts cannot feed, more memory than the machine has, ...).
+    """
+    store = RunStore(cfg.out_dir, "sweep", cfg)
+    store.preflight()
+    if model is None:
+        torch.manual_seed(cfg.seed)
+        model = load_source(cfg.model, cfg.device, cfg.dtype)
+    return _plan(cfg, model, store)[0]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What the plan built, for the run to use: prompt batches, metric, engine method, one grid per kind."""
+
+    batches: list[Any]
+    metric: Any
+    about: dict[str, Any]
+    method: str
+    grids: dict[str, Any]
+
+
+def _plan(cfg: SweepConfig, model: Any, store: RunStore) -> tuple[RunPlan, _Prepared]:
+    from mechpatch.patching.engine import DEFAULT_BUDGET, _row_bytes
+    from mechpatch.runs.plan import check_memory, prompt_bytes, store_status
+
+    batches, metric, about = _prompts(cfg, model)
+    method = _resolve_method(model, cfg.method)
+    grids = {kind: _grid(cfg, model, kind, batches) for kind in cfg.kinds}
+    lens = sorted({b.seq_len for b in batches})
+    for grid in grids.values():  # every site of every grid, at every prompt length
+        for cell in grid.cells:
+            for site in cell:
+                for seq_len in lens:
+                    model.hook_point(site, seq_len)
+    _probe(cfg, model, grids[cfg.kinds[0]].cells[0], batches[0], metric, method)
+    forwards, transient, rows = 0, 0, []
+    for kind, grid in grids.items():
+        n_cells = len(grid.cells)
+        n_chunks = -(-n_cells // cfg.chunk_size)
+        rows.append((f"{kind}", f"{' x '.join(map(str, grid.shape))} = {n_cells} cells ({', '.join(grid.axes)}), "
+                                f"{n_chunks} chunk{'s' * (n_chunks != 1)} of at most {cfg.chunk_size}"))
+        for b in batches:
+            row = _row_bytes(model, b.seq_len, b.seq_len) * b.pair.n_prompts
+            size = cfg.batch_size or max(1, DEFAULT_BUDGET // row)
+            for i in range(n_chunks):
+                cells = min(cfg.chunk_size, n_cells - i * cfg.chunk_size)
+                forwards += 3 + (cells if method == "reference" else -(-cells // size))
+                transient = max(transient, min(cells, size) * row)
+    n_prompts = sum(b.pair.n_prompts for b in batches)
+    total_cells = sum(len(g.cells) for g in grids.values())
+    memory = (sum(b.pair.n_prompts * prompt_bytes(model, b.seq_len) for b in batches) + transient
+              + 4 * 8 * total_cells * n_prompts)
+    check_memory(memory, f"this sweep ({total_cells} cells x {n_prompts} prompts)")
+    rows = [("prompts", f"{n_prompts} in {len(batches)} batch{'es' * (len(batches) != 1)} of {lens} tokens"),
+            ("metric", f"{about['metric']} ({cfg.direction}, {cfg.intervention})"), ("engine", method), *rows,
+            ("cells", f"{total_cells}")]
+    plan = RunPlan("sweep", cfg.out_dir, cfg.model, tuple(rows), forwards, memory, store_status(store))
+    return plan, _Prepared(batches, metric, about, method, grids)
+
+
+def _probe(cfg: SweepConfig, model: Any, cell: tuple, batch: Any, metric: Any, method: str) -> None:
+    """Run one cell on (at most) two prompts through the engine, as the sweep will: the metric, the
+    intervention and the engine method are checked on real outputs before anything is written."""
+    from mechpatch.cache import PromptPair
+    from mechpatch.patching.sweeps import Grid, sweep
+
+    pair, k = batch.pair, min(2, batch.pair.n_prompts)
+    small = PromptPair(pair.clean[:k], pair.corrupted[:k], None if pair.answers is None else pair.answers[:k])
+    sweep(model, small, Grid.of([cell]), metric=metric, direction=cfg.direction, intervention=cfg.make_intervention(),
+          method=method, batch_size=cfg.batch_size, progress=False)
 
 
 def _resolve_method(model: Any, method: str) -> str:
@@ -259,15 +344,13 @@ def _prompts(cfg: SweepConfig, model: Any) -> tuple[list[Any], Any, dict[str, An
     from mechpatch.cache import make_pair
 
     if cfg.task is not None:
-        import inspect
+        from mechpatch.runs.plan import build_task
 
-        from mechpatch.tasks import TASKS, make_task
+        from mechpatch.runs.plan import seeded_args
 
-        args = dict(cfg.task.args)
-        if "seed" not in args and "seed" in inspect.signature(TASKS[cfg.task.name]).parameters:
-            args["seed"] = cfg.seed
-        task = make_task(cfg.task.name, model, **args)
+        task = build_task(model, cfg.task.name, cfg.task.args, cfg.seed)
         metric = task.metric if cfg.metric == "task" else cfg.metric
+        args = seeded_args(cfg.task.name, cfg.task.args, cfg.seed)
         about = {"task": cfg.task.name, "args": args, "description": task.description, "n_prompts": task.n_prompts,
                  "seq_lens": [b.seq_len for b in task.batches], "metric": task.metric.name if cfg.metric == "task"
                  else cfg.metric}
@@ -325,11 +408,11 @@ def _run_chunk(cfg: SweepConfig, model: Any, cells: tuple, batches: list[Any], m
     }
 
 
-def _run_kind(store: RunStore, cfg: SweepConfig, model: Any, kind: str, batches: list[Any], metric: Any,
-              method: str, quiet: bool) -> tuple[PatchResult, int]:
+def _run_kind(store: RunStore, cfg: SweepConfig, model: Any, kind: str, prep: _Prepared,
+              quiet: bool) -> tuple[PatchResult, int]:
     from mechpatch._progress import progress_bar
 
-    grid = _grid(cfg, model, kind, batches)
+    grid, batches, metric, method = prep.grids[kind], prep.batches, prep.metric, prep.method
     n_cells, size = len(grid.cells), cfg.chunk_size
     n_chunks = -(-n_cells // size)
     chunks: list[Optional[dict[str, Tensor]]] = [store.load_chunk(kind, i) for i in range(n_chunks)]
@@ -390,11 +473,17 @@ def read_result(path: str) -> PatchResult:
 
 
 def load_sweep(run_dir: str) -> SweepRun:
-    """Read a finished sweep run back (:class:`RunError` if it is not one or has not finished)."""
-    run = _read(run_dir)
-    if run.manifest.get("status") != "finished":
+    """Read a finished sweep run back, its files checked against the hashes its manifest recorded.
+
+    Raises:
+        RunError: the directory holds no sweep, or the sweep has not finished.
+        DamagedFileError: a result file changed since the run finished (named in the message).
+    """
+    manifest = read_manifest(run_dir)
+    if manifest.get("command") == "sweep" and manifest.get("status") != "finished":
         raise RunError(f"the sweep in {run_dir!r} has not finished; run the same command again to resume it")
-    return run
+    verify_finished(run_dir, manifest)
+    return _read(run_dir)
 
 
 def _read(run_dir: str) -> SweepRun:
@@ -535,5 +624,5 @@ def _headline(run: SweepRun) -> dict[str, Any]:
 
 __all__ = [
     "INTERVENTION_KINDS", "PromptSpec", "SweepConfig", "SweepRun", "TaskSpec", "as_2d", "effect", "has_normalized",
-    "load_sweep", "read_result", "run_sweep", "write_result", "write_sweep_report",
+    "load_sweep", "plan_sweep", "read_result", "run_sweep", "write_result", "write_sweep_report",
 ]
