@@ -30,6 +30,7 @@ mechpatch.config.ConfigError: SweepConfig: kinds 'haed' is not valid; valid: att
 
 import html
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -136,6 +137,9 @@ class SweepConfig:
         check_choice("intervention", self.intervention, INTERVENTION_KINDS)
         if self.alpha is not None and self.intervention != "interpolate":
             raise ValueError(f"alpha is only used by intervention 'interpolate', not {self.intervention!r}")
+        if self.alpha is not None and not (math.isfinite(self.alpha) and 0.0 <= self.alpha <= 1.0):
+            raise ValueError(f"alpha must be a finite number in [0, 1] (how far to move towards the other run); "
+                             f"got {self.alpha!r}")
         check_choice("method", self.method, METHODS)
         check_device(self.device)
         check_choice("dtype", self.dtype, DTYPES)
