@@ -404,11 +404,12 @@ def _run_chunk(cfg: SweepConfig, model: Any, cells: tuple, batches: list[Any], m
               intervention=cfg.make_intervention(), method=method, batch_size=cfg.batch_size, progress=False)
         for b in batches
     ]
+    # the engine's dtype is kept (float64 models give float64 values; low precision is measured in float32)
     return {
-        "values": torch.cat([r.values for r in parts], -1).float(),
+        "values": torch.cat([r.values for r in parts], -1),
         "noop": torch.stack([r.noop for r in parts]).all(0),
-        "clean": torch.cat([r.clean for r in parts]).float(),
-        "corrupted": torch.cat([r.corrupted for r in parts]).float(),
+        "clean": torch.cat([r.clean for r in parts]),
+        "corrupted": torch.cat([r.corrupted for r in parts]),
     }
 
 

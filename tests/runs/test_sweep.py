@@ -207,3 +207,11 @@ def test_bundled_small_sweep_configs_run(tmp_path, name):
     else:  # restoring the induction head's (L1H0) clean output restores the most
         norm = run.results["head"].normalized()
         assert int(norm.argmax()) == 4 and float(norm[1, 0]) > 0.2
+
+
+def test_a_float64_sweep_keeps_float64_results(tmp_path):
+    cfg = from_dict(SweepConfig, induction_config(tmp_path / "f64", dtype="float64", kinds=["head"]))
+    run = run_sweep(cfg, quiet=True)
+    r = run.results["head"]
+    assert r.values.dtype == r.clean.dtype == r.corrupted.dtype == torch.float64
+    assert pd.read_parquet(tmp_path / "f64" / "results" / "head.parquet")["value"].dtype == "float64"
