@@ -6,6 +6,7 @@ the requested sites live in, on a chosen device and dtype; :class:`SiteCache` in
 """
 
 import math
+import operator
 import re
 import warnings
 from collections.abc import Iterable, Sequence
@@ -20,35 +21,51 @@ from mechpatch._progress import progress_bar
 from mechpatch.errors import (
     EmptyInputError,
     GatedHookError,
+    InvalidArgumentError,
     MemoryBudgetError,
     ShapeMismatchError,
     TokenizerError,
+    choices,
 )
 from mechpatch.model import HookedModel, HookPoint, hook_shape, resolve_device, resolve_dtype
 from mechpatch.sites import ModelSpec, Site
 
 Prompts = Union[Int[Tensor, "batch pos"], Sequence[str], str]
+_UNIT_NAMES = ("B", "KB", "MB", "GB", "TB", "KiB", "MiB", "GiB", "TiB")
 _UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
 def parse_bytes(budget: Union[int, float, str, None]) -> Optional[int]:
-    """A memory budget as bytes: an int, or a string such as ``"512MB"``, ``"2 GiB"``.
+    """A memory budget as bytes: a positive number, or a string such as ``"512MB"``, ``"2 GiB"``.
 
     >>> parse_bytes("2GiB")
     2147483648
     >>> parse_bytes(None) is None
     True
+    >>> parse_bytes("lots")
+    Traceback (most recent call last):
+    ...
+    mechpatch.errors.InvalidArgumentError: cannot read memory budget 'lots'; write a positive number of bytes (e.g. 2000000) or a number with a unit (e.g. '512MB', '2GiB'); valid units: 'B', 'KB', 'MB', 'GB', 'TB', 'KiB', 'MiB', 'GiB', 'TiB'
+
+    Raises:
+        InvalidArgumentError: not a number of bytes, an unknown unit, or not at least one byte.
     """
     if budget is None:
         return None
+    how = "write a positive number of bytes (e.g. 2000000) or a number with a unit (e.g. '512MB', '2GiB')"
     if isinstance(budget, (int, float)) and not isinstance(budget, bool):
-        if budget <= 0:
-            raise ValueError(f"memory budget must be positive, got {budget}")
+        if not math.isfinite(budget) or budget < 1:
+            raise InvalidArgumentError(f"memory budget must be at least one byte, got {budget!r}; {how}")
         return int(budget)
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([a-zA-Z]*)\s*", str(budget))
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*", budget) if isinstance(budget, str) else None
     if m is None or m.group(2).lower() not in _UNITS | {"": 1}:
-        raise ValueError(f"cannot read memory budget {budget!r}; write e.g. 2000000, '512MB' or '2GiB'")
-    return parse_bytes(float(m.group(1)) * _UNITS.get(m.group(2).lower(), 1))
+        raise InvalidArgumentError(
+            f"cannot read memory budget {budget!r}; {how}; valid units: {choices(_UNIT_NAMES)}"
+        )
+    value = float(m.group(1)) * _UNITS.get(m.group(2).lower(), 1)
+    if value < 1:
+        raise InvalidArgumentError(f"memory budget {budget!r} is less than one byte; {how}")
+    return int(value)
 
 
 def format_bytes(n: Union[int, float]) -> str:
@@ -188,14 +205,14 @@ def cache_activations(
         MemoryBudgetError: the estimated cache size exceeds ``memory_budget``.
         GatedHookError: a gated hook could not be enabled or did not fire.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
+    budget = parse_bytes(memory_budget)
     tokens = as_tokens(model, prompts)
     n, seq_len = tokens.shape
     points = _hook_points(model, sites, seq_len)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     store_device = resolve_device(device) if device is not None else model.device
     store_dtype = resolve_dtype(dtype, store_device) if dtype is not None else model.dtype
-    budget = parse_bytes(memory_budget)
     need = estimate_cache_bytes(model, [p.site for p in points], n, seq_len, store_dtype)
     if budget is not None and need > budget:
         per_prompt = need / n
@@ -268,24 +285,62 @@ class PromptPair:
         return torch.nonzero((self.clean != self.corrupted).any(0)).flatten().tolist()
 
 
-def _answers(model: HookedModel, answers: object, n: int) -> Int[Tensor, "batch answer"]:
+def _answers(model: HookedModel, answers: object, n: int, what: str = "answers") -> Int[Tensor, "batch answer"]:
+    """Answer token ids [n, n_answers] from a tensor or per-prompt lists (see :func:`make_pair`)."""
+    form = (f"{what} must hold one entry per prompt ({n} here): the answer (a string or token id) or a list "
+            "of answers, e.g. [' Mary'] for one prompt or [[' Mary', ' John'], ...] with wrong answers")
+    if isinstance(answers, str):
+        raise ShapeMismatchError(
+            f"{what} is the string {answers!r}, which would be read character by character; {form}"
+        )
     if isinstance(answers, Tensor):
+        if answers.dtype.is_floating_point or answers.dtype.is_complex or answers.dtype == torch.bool:
+            raise ShapeMismatchError(f"{what} must be integer token ids; got a {answers.dtype} tensor")
         t = answers.long()
     else:
+        if not isinstance(answers, Iterable):
+            raise ShapeMismatchError(f"{what} is a {type(answers).__name__} ({answers!r}); {form}")
         rows = []
-        for row in answers:  # type: ignore[union-attr]
-            row = [row] if isinstance(row, (str, int)) else list(row)
-            rows.append([model.token_id(a) if isinstance(a, str) else int(a) for a in row])
+        for row in answers:
+            if isinstance(row, Tensor):
+                row = row.tolist()
+            row = [row] if isinstance(row, (str, int)) else row
+            if not isinstance(row, Iterable):
+                raise ShapeMismatchError(f"{what} entry {row!r} is neither an answer nor a list of answers; {form}")
+            ids = []
+            for a in row:
+                if isinstance(a, str):
+                    ids.append(model.token_id(a))
+                else:
+                    try:
+                        if isinstance(a, bool):
+                            raise TypeError
+                        ids.append(operator.index(a))  # ints, numpy and 0-d tensor integers
+                    except TypeError:
+                        raise ShapeMismatchError(
+                            f"{what}: {a!r} is not an answer; an answer is a string or a token id"
+                        ) from None
+            rows.append(ids)
+        if not rows:
+            raise EmptyInputError(f"{what} is empty; {form}")
+        if len(rows) != n:
+            raise ShapeMismatchError(f"{len(rows)} {what} entries for {n} prompts; {form}")
         widths = {len(r) for r in rows}
         if len(widths) != 1:
             raise ShapeMismatchError(f"every prompt needs the same number of answers; got counts {sorted(widths)}")
+        if 0 in widths:
+            raise EmptyInputError(f"{what} has empty answer lists; {form}")
         t = torch.tensor(rows, dtype=torch.long)
     if t.ndim == 1:
         t = t[:, None]
     if t.ndim != 2 or t.shape[0] != n:
-        raise ShapeMismatchError(f"answers must be [n_prompts={n}, n_answers]; got shape {tuple(t.shape)}")
+        raise ShapeMismatchError(f"{what} must be [n_prompts={n}, n_answers]; got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise EmptyInputError(f"{what} is empty; {form}")
     if int(t.min()) < 0 or int(t.max()) >= model.spec.d_vocab:
-        raise ShapeMismatchError(f"answer ids must be in 0..{model.spec.d_vocab - 1}")
+        raise ShapeMismatchError(
+            f"{what} ids must be in 0..{model.spec.d_vocab - 1} (the vocabulary); got {int(t.min())}..{int(t.max())}"
+        )
     return t.to(model.device)
 
 
@@ -304,7 +359,8 @@ def make_pair(
         wrong_answers: per prompt, the wrong answer(s), appended after ``answers``.
 
     Raises:
-        ShapeMismatchError: different prompt counts or lengths, or malformed answers.
+        ShapeMismatchError: different prompt counts or lengths, or malformed answers (a bare string, a
+            count of entries other than the prompts').
         TokenizerError: strings without a tokenizer, or an answer that is not one token.
     """
     if isinstance(clean, str):
@@ -328,7 +384,7 @@ def make_pair(
     if answers is not None:
         ans = _answers(model, answers, c.shape[0])
         if wrong_answers is not None:
-            ans = torch.cat([ans, _answers(model, wrong_answers, c.shape[0])], dim=1)
+            ans = torch.cat([ans, _answers(model, wrong_answers, c.shape[0], "wrong_answers")], dim=1)
     elif wrong_answers is not None:
         raise ShapeMismatchError("wrong_answers given without answers")
     pair = PromptPair(c, k, ans)

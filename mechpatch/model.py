@@ -30,7 +30,7 @@ from mechpatch.errors import (
     UnknownSiteKindError,
     choices,
 )
-from mechpatch.sites import ModelSpec, Site, parse_site
+from mechpatch.sites import ModelSpec, Site, parse_site, resolve_positions
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -83,7 +83,7 @@ class HookPoint:
             idx[self.spec.unit_axis] = self.site.unit
         pos = getattr(self.site, "pos")
         if pos is not None:
-            resolved = [p % seq_len for p in pos]
+            resolved = resolve_positions(pos, seq_len, what=f"{self.site.label}: position")
             idx[self.spec.pos_axis] = resolved[0] if len(resolved) == 1 else torch.tensor(resolved)
         return tuple(idx)
 

@@ -17,13 +17,15 @@ Resid(layer=3, stage='pre', pos=(2, 5))
 """
 
 import dataclasses
+import operator
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Optional, Union
+from typing import ClassVar, Optional, SupportsIndex, Union
 
 from mechpatch.errors import (
     EmptyInputError,
+    InvalidArgumentError,
     SiteOutOfRangeError,
     UnknownSiteKindError,
     UnsupportedSiteError,
@@ -92,8 +94,52 @@ def _norm_pos(pos: PosLike) -> Optional[tuple[int, ...]]:
     if not out:
         raise EmptyInputError("pos is an empty sequence: use None for all positions")
     if len(set(out)) != len(out):
-        raise ValueError(f"pos has repeated positions: {out}")
+        raise InvalidArgumentError(f"pos has repeated positions: {out}; give each position once")
     return out
+
+
+def resolve_positions(
+    positions: Iterable[SupportsIndex], seq_len: int, what: str = "position", unique: bool = True
+) -> tuple[int, ...]:
+    """Token positions in a prompt of ``seq_len`` tokens, resolved to ``0..seq_len-1``.
+
+    A position is ``0..seq_len-1``, or ``-seq_len..-1`` counted from the end; anything else is refused
+    (positions never wrap around). With ``unique``, two entries naming one token are refused too.
+
+    >>> resolve_positions([0, -1], 5)
+    (0, 4)
+    >>> resolve_positions([7], 5)
+    Traceback (most recent call last):
+    ...
+    mechpatch.errors.SiteOutOfRangeError: position 7 is outside the prompt of 5 tokens (valid: 0..4, or -5..-1 from the end)
+
+    Raises:
+        SiteOutOfRangeError: a position outside the prompt.
+        InvalidArgumentError: a position that is not an int, or (``unique``) one token named twice.
+    """
+    given = list(positions)
+    out = []
+    for p in given:
+        if not isinstance(p, int) or isinstance(p, bool):
+            try:
+                p = None if isinstance(p, bool) else operator.index(p)  # numpy / 0-d torch integers
+            except TypeError:
+                p = None
+            if p is None:
+                raise InvalidArgumentError(f"{what} {given[len(out)]!r} is not an int; positions are token indices")
+        if not -seq_len <= p < seq_len:
+            raise SiteOutOfRangeError(
+                f"{what} {p} is outside the prompt of {seq_len} tokens "
+                f"(valid: 0..{seq_len - 1}, or -{seq_len}..-1 from the end)"
+            )
+        out.append(p % seq_len)
+    if unique and len(set(out)) != len(out):
+        dup = sorted({p for p in out if out.count(p) > 1})
+        named = ", ".join(
+            f"{dup_p} (given as {' and '.join(str(g) for g, r in zip(given, out) if r == dup_p)})" for dup_p in dup
+        )
+        raise InvalidArgumentError(f"{what}s name a token more than once: {named}; give each position once")
+    return tuple(out)
 
 
 def _check_index(what: str, value: object) -> None:
@@ -167,15 +213,8 @@ class Site:
         pos = getattr(self, "pos")
         if pos is None or seq_len is None:
             return self
-        resolved = []
-        for p in pos:
-            if not -seq_len <= p < seq_len:
-                raise SiteOutOfRangeError(
-                    f"{self.label}: position {p} is outside the prompt of {seq_len} tokens "
-                    f"(valid: 0..{seq_len - 1}, or -{seq_len}..-1 from the end)"
-                )
-            resolved.append(p % seq_len)
-        return dataclasses.replace(self, pos=tuple(resolved))
+        resolved = resolve_positions(pos, seq_len, what=f"{self.label}: position")
+        return dataclasses.replace(self, pos=resolved)
 
     def _validate_kind(self, spec: ModelSpec) -> None:
         pass

@@ -5,6 +5,7 @@ from mechpatch.cache import cache_activations, estimate_cache_bytes, make_pair, 
 from mechpatch.errors import (
     EmptyInputError,
     GatedHookError,
+    InvalidArgumentError,
     MemoryBudgetError,
     ShapeMismatchError,
     SiteOutOfRangeError,
@@ -137,3 +138,57 @@ def test_make_pair_errors(gpt2, attn_only, tokens):
         make_pair(attn_only, ["a b"], ["b a"])
     with pytest.warns(UserWarning, match="identical"):
         make_pair(attn_only, tokens, tokens.clone())
+
+
+@pytest.mark.parametrize(
+    "budget", ["lots", "2 parsecs", "", "0", "0.4", "-1GB", "...", "1e9", 0, -5, 0.5, float("nan"), float("inf")]
+)
+def test_memory_budgets_that_are_not_a_number_of_bytes(budget):
+    """Every bad budget is an InvalidArgumentError naming the valid forms (a plain ValueError before; '...' was a
+    float() crash and 0 fell back to the default budget)."""
+    with pytest.raises(InvalidArgumentError, match=r"memory budget .*e\.g\. 2000000.*'2GiB'"):
+        parse_bytes(budget)
+
+
+def test_memory_budget_forms():
+    assert parse_bytes(" 512 MB ") == 512 * 10**6
+    assert parse_bytes("2gib") == 2 * 2**30
+    assert parse_bytes(".5KiB") == 512
+    assert parse_bytes(3000) == 3000
+    with pytest.raises(InvalidArgumentError, match="valid units: 'B', 'KB'"):
+        parse_bytes("3 parsecs")
+
+
+def test_cache_batch_size_and_budget_are_typed_errors(gpt2, tokens):
+    for bad in (0, -1, True):
+        with pytest.raises(InvalidArgumentError, match="batch_size must be a positive int"):
+            cache_activations(gpt2, tokens, [Head(0, 0)], batch_size=bad)
+    with pytest.raises(InvalidArgumentError, match="cannot read memory budget 'lots'"):
+        cache_activations(gpt2, tokens, [Head(0, 0)], memory_budget="lots")
+
+
+def test_make_pair_refuses_a_bare_string_of_answers(gpt2):
+    """answers=" Mary" used to be read character by character (one answer per character)."""
+    clean, corrupted = ["When Mary and John went"], ["When Alice and Bob went"]
+    for kw in ("answers", "wrong_answers"):
+        args = {"answers": ["Mary"], kw: "Mary"} if kw == "wrong_answers" else {kw: "Mary"}
+        with pytest.raises(ShapeMismatchError, match=rf"{kw} is the string 'Mary', which would be read character"):
+            make_pair(gpt2, clean, corrupted, **args)
+
+
+def test_make_pair_answers_must_match_the_prompts(gpt2):
+    clean, corrupted = ["When Mary and John went", "When John and Mary went"], ["When Alice and Bob went"] * 2
+    with pytest.raises(ShapeMismatchError, match=r"3 answers entries for 2 prompts; answers must hold one entry per"):
+        make_pair(gpt2, clean, corrupted, answers=["Mary", "John", "Alice"])
+    with pytest.raises(ShapeMismatchError, match=r"1 answers entries for 2 prompts"):
+        make_pair(gpt2, clean, corrupted, answers=[["Mary", "John"]])
+    with pytest.raises(EmptyInputError, match="answers is empty"):
+        make_pair(gpt2, clean, corrupted, answers=[])
+    with pytest.raises(ShapeMismatchError, match="is not an answer"):
+        make_pair(gpt2, clean, corrupted, answers=[[1.5], [2.0]])
+    with pytest.raises(ShapeMismatchError, match="integer token ids"):
+        make_pair(gpt2, clean, corrupted, answers=torch.tensor([[1.0], [2.0]]))
+    with pytest.raises(ShapeMismatchError, match="is a int"):
+        make_pair(gpt2, clean, corrupted, answers=5)
+    ok = make_pair(gpt2, clean, corrupted, answers=torch.tensor([5, 6]), wrong_answers=[[7], [torch.tensor(8)]])
+    assert ok.answers.tolist() == [[5, 7], [6, 8]]

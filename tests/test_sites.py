@@ -119,3 +119,34 @@ def test_sites_the_architecture_lacks(site):
 def test_empty_selection_is_an_error():
     with pytest.raises(EmptyInputError):
         select(SPEC, [])
+
+
+def test_resolve_positions_never_wraps():
+    import torch
+    from jaxtyping import TypeCheckError
+
+    from mechpatch.errors import InvalidArgumentError
+    from mechpatch.sites import resolve_positions
+
+    assert resolve_positions([0, -1, 3], 5) == (0, 4, 3)
+    for bad in (5, 50, -6):
+        with pytest.raises(SiteOutOfRangeError, match=rf"position {bad} is outside the prompt of 5 tokens "
+                                                      r"\(valid: 0\.\.4, or -5\.\.-1 from the end\)"):
+            resolve_positions([bad], 5)
+    with pytest.raises(InvalidArgumentError, match=r"positions name a token more than once: 0 \(given as 0 and -5\)"):
+        resolve_positions([0, -5], 5)
+    assert resolve_positions([0, -5], 5, unique=False) == (0, 0)
+    with pytest.raises((InvalidArgumentError, TypeCheckError)):  # ours, or the type checker's under the test hook
+        resolve_positions([1.0], 5)
+    with pytest.raises(InvalidArgumentError, match="position True is not an int"):
+        resolve_positions([True], 5)
+    assert resolve_positions([torch.tensor(3)], 5) == (3,)
+
+
+def test_site_positions_naming_one_token_twice_are_refused():
+    from mechpatch.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match=r"L0H0@\[4,-1\]: positions name a token more than once"):
+        Head(0, 0, pos=[4, -1]).validate(SPEC, seq_len=5)
+    with pytest.raises(InvalidArgumentError, match="repeated"):
+        Head(0, 0, pos=[1, 1])

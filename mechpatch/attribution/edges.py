@@ -41,7 +41,7 @@ from mechpatch.errors import choices
 from mechpatch.model import HookedModel
 from mechpatch.patching import fast
 from mechpatch.patching import functional as F_
-from mechpatch.patching.metrics import KLDivergence, Metric, Readout
+from mechpatch.patching.metrics import KLDivergence, Metric, Readout, value_dtype
 
 IG_MODES = ("inputs", "activations")
 DEFAULT_TOP_N = 100  # edges kept when neither top_n nor tau is given
@@ -257,6 +257,7 @@ def edge_attribution(
         raise AttributionError(f"steps must be a positive int; got {steps!r}")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise AttributionError(f"batch_size must be a positive int or None; got {batch_size!r}")
+    budget = parse_bytes(memory_budget) or DEFAULT_BUDGET
     reason, fm = fast.resolve(model)
     if reason is not None:
         raise AttributionError(
@@ -273,7 +274,6 @@ def edge_attribution(
     D = fm.d_model
     elem = torch.tensor([], dtype=model.dtype).element_size()
     if batch_size is None:
-        budget = parse_bytes(memory_budget) or DEFAULT_BUDGET
         s = model.spec
         per_row = seq * D * elem * (4 * n_r + 2 * n_s + 6 * s.n_layers * (s.n_heads + 2 * s.n_kv_heads)) \
             + seq * seq * s.n_heads * s.n_layers * elem * 4 + seq * s.d_vocab * elem * 2
@@ -363,7 +363,8 @@ def edge_attribution(
                 scores[:, ids] += torch.einsum("nspd,nrpd->psr", d[:, ids],
                                                grads_for(idx, emb, base_out, delta, alphas, st))
     scores = scores if per_position else scores.sum(0)
-    scores = (scores / n).float().cpu() * lay.valid
+    # float64 sums, reported in the model's precision (float64 stays float64; see metrics.value_dtype)
+    scores = (scores / n).to(value_dtype(model.dtype)).cpu() * lay.valid
     method = "eap" if ig is None else f"eap-ig-{ig}"
     return EdgeAttribution(scores, lay, base_values, method, metric.name, ablation, 1 if ig is None else steps,
                            passes, time.time() - start)

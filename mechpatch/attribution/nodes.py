@@ -45,7 +45,7 @@ from mechpatch.model import HookedModel, hook_shape
 from mechpatch.patching import fast
 from mechpatch.patching import functional as F_
 from mechpatch.patching.interventions import INTERVENTIONS, Intervention, Replace
-from mechpatch.patching.metrics import KLDivergence, Metric, Readout, as_metric
+from mechpatch.patching.metrics import KLDivergence, Metric, Readout, as_metric, readout_positions, value_dtype
 from mechpatch.patching.plan import PatchPlan, compile_plan
 from mechpatch.patching.results import PatchResult
 from mechpatch.patching.sweeps import DIRECTIONS, Grid, make_grid
@@ -266,7 +266,7 @@ def atp(
     >>> eps = 1e-6  # the estimate is the derivative of the exact engine's patch along (source - base)
     >>> exact = run_patches(model, base, [Head(0, 1), Head(1, 0)], "logit_diff", source=src, answers=answers,
     ...                     intervention=Interpolate(eps))
-    >>> torch.allclose((exact.values - exact.base_values) / eps, est.float(), rtol=1e-3, atol=1e-5)
+    >>> torch.allclose((exact.values - exact.base_values) / eps, est, rtol=1e-3, atol=1e-5)
     True
     """
     if clean not in (None, "source", "base"):
@@ -277,7 +277,7 @@ def atp(
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise AttributionError(
             f"batch_size must be a positive int or None (sized from memory_budget), got {batch_size!r}")
-    backend, fm = resolve_backend(model, backend, need_functional=qk_fix)
+    budget = parse_bytes(memory_budget) or DEFAULT_BUDGET
     base_t = as_tokens(model, base)
     src_t = None
     if source is not None:
@@ -297,12 +297,12 @@ def atp(
             "or the exact engine")
     plan = compile_plan(model, [v if not isinstance(v, Site) else (v,) for v in variants], base_t.shape[1])
     n, seq = base_t.shape
-    positions = None if metric.positions is None else [p % seq for p in metric.positions]
+    positions = readout_positions(metric, seq)
+    backend, fm = resolve_backend(model, backend, need_functional=qk_fix)  # (checks the fast path: a forward)
     metric = metric.bind(answers=answers, tokens=base_t)
     readout = Readout(positions, metric.columns())
     n_layers = model.spec.n_layers
     groups = 1 + (n_layers if grad_drop else 0)
-    budget = parse_bytes(memory_budget) or DEFAULT_BUDGET
     if batch_size is None:
         batch_size = max(1, budget // (_row_bytes(model, seq) * groups))
     names = list(plan.hooks)
@@ -352,8 +352,9 @@ def atp(
         scores = (dropped.abs() * keep).sum(0) / keep.sum(0).clamp(min=1)
     else:
         scores = est.mean(-1).abs()
-    return AtpRun(est.float(), scores.float(), base_values, source_values, plan.variants,
-                  _method_name(qk_fix, grad_drop), backend, None if dropped is None else dropped.float(), passes)
+    out = value_dtype(model.dtype)  # float64 sums, reported in the model's precision (float64 stays float64)
+    return AtpRun(est.to(out), scores.to(out), base_values, source_values, plan.variants,
+                  _method_name(qk_fix, grad_drop), backend, None if dropped is None else dropped.to(out), passes)
 
 
 def _grad_pass(backend: str, model: HookedModel, fm: Optional[F_.FunctionalModel], plan: PatchPlan, base_t: Tensor,
@@ -487,7 +488,7 @@ def attribute(
     if direction not in DIRECTIONS:
         raise AttributionError(f"unknown direction {direction!r}; valid: {choices(DIRECTIONS)}")
     if not isinstance(pair, PromptPair):
-        raise TypeError(f"pair must be a PromptPair (see mechpatch.make_pair), got {type(pair).__name__}")
+        raise AttributionError(f"pair must be a PromptPair (see mechpatch.make_pair), got {type(pair).__name__}")
     if isinstance(grid, str):
         str_tokens = model.to_str_tokens(pair.clean[0]) if model.tokenizer is not None else None
         grid = make_grid(model, grid, pair.seq_len, by_position, layers, positions, str_tokens)

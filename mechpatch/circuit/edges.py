@@ -30,11 +30,11 @@ from torch import Tensor
 from mechpatch._progress import progress_bar
 from mechpatch.cache import as_tokens
 from mechpatch.circuit.components import CircuitError
-from mechpatch.errors import ShapeMismatchError, choices
+from mechpatch.errors import EmptyInputError, ShapeMismatchError, choices
 from mechpatch.model import HookedModel
 from mechpatch.patching import fast
 from mechpatch.patching import functional as F_
-from mechpatch.patching.metrics import Metric, Readout, as_metric
+from mechpatch.patching.metrics import Metric, Readout, as_metric, readout_positions
 
 ABLATIONS = ("corrupted", "zero", "mean")
 #: an edge: (sender, receiver) labels, or "sender->receiver"; position-resolved with "@p" at both ends
@@ -340,8 +340,7 @@ def _setup(model, base, source, ablation, metric, answers, error: type = EdgeErr
         if src_t.shape != base_t.shape:
             raise ShapeMismatchError(f"source tokens {tuple(src_t.shape)} and base {tuple(base_t.shape)} must align")
     metric = as_metric(metric)
-    seq = base_t.shape[1]
-    positions = None if metric.positions is None else [p % seq for p in metric.positions]
+    positions = readout_positions(metric, base_t.shape[1])
     metric = metric.bind(answers=answers, tokens=base_t)
     return base_t, src_t, metric, positions
 
@@ -384,12 +383,18 @@ def edge_patch(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise EdgeError(f"batch_size must be a positive int; got {batch_size!r}")
+    if (edge_sets.shape[0] if isinstance(edge_sets, Tensor) else len(edge_sets)) == 0:
+        raise EmptyInputError("no edge sets given: give at least one set of edges to ablate (an empty set, [[]], "
+                              "is the unablated run)")
     lay = layout(model)
+    # check the edge sets against the prompts before running anything
+    n_pos = runner.base.shape[1] if runner is not None else as_tokens(model, base).shape[1]
+    masks = _as_masks(lay, edge_sets, n_pos)
     if runner is None:
         runner = make_runner(model, base, metric, source=source, ablation=ablation, answers=answers, alpha=alpha)
-    masks = _as_masks(lay, edge_sets, runner.base.shape[1]).to(runner.base.device)
+    masks = masks.to(runner.base.device)
     n = runner.n
-    values = torch.empty(masks.shape[0], n)
+    values = torch.empty(masks.shape[0], n, dtype=runner.base_values.dtype)  # the model's precision
     # rows start at the earliest layer any of their edges enters; order chunks by it
     rl = torch.tensor(lay.receiver_layer)
     starts = [int(rl[m.reshape(-1, m.shape[-1]).any(0).cpu()].min()) if m.any() else model.spec.n_layers

@@ -27,10 +27,10 @@ from torch import Tensor
 from mechpatch._progress import progress_bar
 
 from mechpatch.cache import as_tokens, parse_bytes
-from mechpatch.errors import ShapeMismatchError, choices
+from mechpatch.errors import InvalidArgumentError, ShapeMismatchError, choices
 from mechpatch.model import HookedModel
 from mechpatch.patching.interventions import INTERVENTIONS, Intervention, Replace
-from mechpatch.patching.metrics import Metric, Readout, as_metric
+from mechpatch.patching.metrics import Metric, Readout, as_metric, readout_positions
 from mechpatch.patching.plan import PatchPlan, compile_plan
 from mechpatch.patching import fast
 from mechpatch.sites import Site
@@ -209,6 +209,20 @@ def _run_hooks_chunk(model, plan, base, sources, alpha, metric, readout, variant
     return metric(readout.select(logits), rows_prompt).reshape(len(variant_ids), n)
 
 
+def check_batch_size(batch_size: object, none: str = "") -> None:
+    """Refuse a batch size that is not a positive int (``none``: what None means, when it is allowed).
+
+    >>> check_batch_size(0, "or None")
+    Traceback (most recent call last):
+    ...
+    mechpatch.errors.InvalidArgumentError: batch_size must be a positive int or None; got 0
+    """
+    if batch_size is None and none:
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be a positive int{' ' + none if none else ''}; got {batch_size!r}")
+
+
 def _row_bytes(model: HookedModel, seq_len: int, n_logit_pos: int) -> int:
     """Rough transient bytes one batch row of a forward needs (activations kept alive at once)."""
     s = model.spec
@@ -254,15 +268,15 @@ def run_patches(
         :class:`PatchRun` with ``values[variant, prompt]`` and no-op flags.
     """
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid: {choices(METHODS)}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int or None (sized from memory_budget), got {batch_size!r}")
+        raise InvalidArgumentError(f"unknown method {method!r}; valid: {choices(METHODS)}")
+    check_batch_size(batch_size, "or None (sized from memory_budget)")
     if clean not in (None, "source", "base"):
-        raise ValueError(f"clean must be 'source', 'base' or None; got {clean!r}")
+        raise InvalidArgumentError(f"clean must be 'source', 'base' or None; got {clean!r}")
     if not isinstance(intervention, INTERVENTIONS):
-        raise TypeError(
+        raise InvalidArgumentError(
             f"intervention must be one of {choices(c.__name__ for c in INTERVENTIONS)} (an instance), got {intervention!r}"
         )
+    budget = parse_bytes(memory_budget) or DEFAULT_BUDGET
     base_t = as_tokens(model, base)
     src_t = None
     if source is not None:
@@ -274,8 +288,12 @@ def run_patches(
             )
     elif intervention.uses_pair and getattr(intervention, "reference", None) is None:
         raise ShapeMismatchError(f"{type(intervention).__name__} needs source tokens (the other run of the pair)")
+    if clean == "source" and src_t is None:
+        raise ShapeMismatchError("clean='source' but no source tokens were given")
     metric = as_metric(metric)
     plan = compile_plan(model, [v if not isinstance(v, Site) else (v,) for v in variants], base_t.shape[1])
+    n_prompts, seq_len = base_t.shape
+    positions = readout_positions(metric, seq_len)
 
     fm = None
     if method in ("auto", "fast"):
@@ -285,11 +303,6 @@ def run_patches(
         elif reason is not None:
             raise fast.FastPathUnavailable(f"method='fast' is not available: {reason}; use method='hooks' or 'auto'")
 
-    if clean == "source" and src_t is None:
-        raise ShapeMismatchError("clean='source' but no source tokens were given")
-
-    n_prompts, seq_len = base_t.shape
-    positions = None if metric.positions is None else [p % seq_len for p in metric.positions]
     metric = metric.bind(answers=answers, tokens=base_t)
     readout = Readout(positions, metric.columns())
     with model.gates([s for v in plan.variants for s in v]):
@@ -314,7 +327,6 @@ def run_patches(
             source_values = metric.bind(tokens=src_t)(runs.source_logits, prompt).cpu()
         noop, noop_sites = _noops(plan, runs, intervention.alpha)
         if batch_size is None:
-            budget = parse_bytes(memory_budget) or DEFAULT_BUDGET
             per_variant = _row_bytes(model, seq_len, len(metric.positions or range(seq_len))) * n_prompts
             batch_size = max(1, budget // per_variant)
         if method == "reference":
@@ -327,8 +339,9 @@ def run_patches(
         order = order[~noop[order]]
         chunks = [c for c in torch.split(order, batch_size) if len(c)]  # (split of an empty tensor gives one)
         show = progress if progress is not None else len(chunks) > 2
-        values = torch.empty(plan.n_variants, n_prompts)
-        values[noop] = base_values.float()
+        # metric values keep the model's precision (float64 stays float64; see metrics.value_dtype)
+        values = torch.empty(plan.n_variants, n_prompts, dtype=base_values.dtype)
+        values[noop] = base_values
         done = 0
         bar = progress_bar(total=len(order), desc=f"patching ({method})", enabled=show, unit="patch")
         queue = list(chunks)
@@ -346,7 +359,7 @@ def run_patches(
                 half = len(ids) // 2
                 queue[:0] = [ids[:half], ids[half:]]  # halve the chunk and retry; nothing is lost
                 continue
-            values[ids] = out.float().cpu()
+            values[ids] = out.to(values.dtype).cpu()
             done += 1
             bar.update(len(ids))
         bar.close()

@@ -15,6 +15,7 @@ intervention           source                                      alpha
 =====================  ==========================================  ======
 """
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -22,7 +23,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from mechpatch.errors import ShapeMismatchError
+from mechpatch.errors import InvalidArgumentError, ShapeMismatchError
 
 
 @dataclass(frozen=True)
@@ -93,14 +94,34 @@ class Resample:
 
 @dataclass(frozen=True)
 class Interpolate:
-    """Move the activation a fraction ``alpha`` of the way from the base run to the other run."""
+    """Move the activation a fraction ``alpha`` of the way from the base run to the other run.
+
+    ``alpha`` is a finite number in [0, 1] (0: the base run unchanged, 1: as :class:`Replace`). Values outside,
+    which extrapolate past either run (e.g. a central finite difference at ``-eps``), need ``extrapolate=True``.
+
+    >>> Interpolate(0.25).alpha
+    0.25
+    >>> Interpolate(2.0)
+    Traceback (most recent call last):
+    ...
+    mechpatch.errors.InvalidArgumentError: Interpolate alpha must be in [0, 1] (0: the base run, 1: the other run), got 2.0; pass extrapolate=True to go past either run
+    """
 
     alpha: float = 0.5
+    extrapolate: bool = False
     uses_pair = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool):
-            raise TypeError(f"Interpolate alpha must be a number, got {self.alpha!r}")
+        a = self.alpha
+        if isinstance(a, bool) or not isinstance(a, (int, float)):
+            raise InvalidArgumentError(f"Interpolate alpha must be a finite number in [0, 1], got {a!r}")
+        if not math.isfinite(a):
+            raise InvalidArgumentError(f"Interpolate alpha must be a finite number in [0, 1], got {a!r}")
+        if not self.extrapolate and not 0.0 <= a <= 1.0:
+            raise InvalidArgumentError(
+                f"Interpolate alpha must be in [0, 1] (0: the base run, 1: the other run), got {a!r}; "
+                "pass extrapolate=True to go past either run"
+            )
 
     def source(self, other: Tensor, base: Tensor, reference: Optional[Tensor] = None) -> Tensor:
         return other

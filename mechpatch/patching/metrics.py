@@ -15,10 +15,28 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechpatch.errors import MechpatchError, ShapeMismatchError
+from mechpatch.sites import resolve_positions
 
 
 class MetricError(MechpatchError, ValueError):
     """A metric returned the wrong shape, a non-finite value, or lacks data it needs."""
+
+
+def value_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype metric values are kept in for logits (or a model) of ``dtype``.
+
+    float64 stays float64; float32 and the low-precision dtypes (float16, bfloat16) give float32, so
+    reductions over a vocabulary or over prompts do not lose what a half-precision sum would.
+
+    >>> value_dtype(torch.float64), value_dtype(torch.bfloat16)
+    (torch.float64, torch.float32)
+    """
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _up(x: Tensor) -> Tensor:
+    """``x`` in :func:`value_dtype` of its dtype (low precision -> float32; float32/float64 unchanged)."""
+    return x.to(value_dtype(x.dtype))
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,7 +74,7 @@ class Metric:
         if not torch.isfinite(out).all():
             bad = torch.nonzero(~torch.isfinite(out)).flatten()[:5].tolist()
             raise MetricError(f"metric {self.name!r} returned NaN or inf for rows {bad}")
-        return out.float()
+        return out.to(value_dtype(logits.dtype))
 
 
 @dataclass(frozen=True)
@@ -139,7 +157,7 @@ class ProbDiff(Metric):
 
     def compute(self, logits: Tensor, prompt: Tensor) -> Tensor:
         ans = _need(self.answers, self.name, "answer tokens").to(logits.device)[prompt]
-        probs = logits[:, -1].float().softmax(-1).gather(1, ans)
+        probs = _up(logits[:, -1]).softmax(-1).gather(1, ans)
         return probs[:, 0] - probs[:, 1:].sum(1)
 
 
@@ -159,8 +177,8 @@ class KLDivergence(Metric):
         ref = _need(self.clean_logits, self.name, "clean logits").to(logits.device)[prompt]
         if ref.shape[1] != logits.shape[1]:
             raise ShapeMismatchError(f"clean logits have {ref.shape[1]} positions, patched {logits.shape[1]}")
-        logp = F.log_softmax(logits.float(), -1)
-        logq = F.log_softmax(ref.float(), -1)
+        logp = F.log_softmax(_up(logits), -1)
+        logq = F.log_softmax(_up(ref).to(logp.dtype), -1)
         return (logq.exp() * (logq - logp)).sum(-1).sum(-1)
 
 
@@ -180,7 +198,7 @@ class Loss(Metric):
 
     def compute(self, logits: Tensor, prompt: Tensor) -> Tensor:
         toks = _need(self.tokens, self.name, "tokens").to(logits.device)[prompt]
-        logp = F.log_softmax(logits[:, :-1].float(), -1)
+        logp = F.log_softmax(_up(logits[:, :-1]), -1)
         return -logp.gather(2, toks[:, 1:, None])[..., 0].mean(1)
 
 
@@ -207,11 +225,11 @@ class TokenLogProb(Metric):
             pos = list(range(toks.shape[1] - 1))
             logits = logits[:, :-1]
         else:
-            pos = [p % toks.shape[1] for p in self.positions]
+            pos = list(resolve_positions(self.positions, toks.shape[1], f"metric {self.name!r} position", False))
         if max(pos) + 1 >= toks.shape[1]:
             raise MetricError(f"{self.name}: position {max(pos)} has no next token (prompts have {toks.shape[1]})")
         targets = toks[:, [p + 1 for p in pos]]
-        logp = F.log_softmax(logits.float(), -1)
+        logp = F.log_softmax(_up(logits), -1)
         return logp.gather(2, targets[..., None])[..., 0].mean(1)
 
 
@@ -233,6 +251,21 @@ METRICS: dict[str, type[Metric]] = {
 }
 
 
+def readout_positions(metric: Metric, seq_len: int) -> Optional[list[int]]:
+    """The token positions ``metric`` reads in prompts of ``seq_len`` tokens, resolved to 0..seq_len-1
+    (None: every position). Out-of-range positions are refused, not wrapped around.
+
+    >>> readout_positions(LogitDiff(), 7)
+    [6]
+
+    Raises:
+        SiteOutOfRangeError: a metric position outside the prompt.
+    """
+    if metric.positions is None:
+        return None
+    return list(resolve_positions(metric.positions, seq_len, f"metric {metric.name!r} position", unique=False))
+
+
 def as_metric(metric: object) -> Metric:
     """A Metric from a Metric, a metric name, or a callable ``fn(logits, prompt) -> [row]`` (all positions)."""
     from mechpatch.errors import choices
@@ -250,5 +283,5 @@ def as_metric(metric: object) -> Metric:
 
 __all__ = [
     "Custom", "KLDivergence", "LogitDiff", "Loss", "Metric", "MetricError", "ProbDiff", "Readout", "TokenLogProb",
-    "as_metric",
+    "as_metric", "readout_positions", "value_dtype",
 ]

@@ -29,11 +29,12 @@ from torch import Tensor
 
 from mechpatch._progress import progress_bar
 from mechpatch.cache import as_tokens
-from mechpatch.errors import ShapeMismatchError, UnsupportedSiteError, choices
+from mechpatch.errors import EmptyInputError, InvalidArgumentError, ShapeMismatchError, UnsupportedSiteError, choices
 from mechpatch.model import HookedModel
 from mechpatch.patching import fast
 from mechpatch.patching import functional as F_
-from mechpatch.patching.metrics import Metric, Readout, as_metric
+from mechpatch.patching.engine import check_batch_size
+from mechpatch.patching.metrics import Metric, Readout, as_metric, readout_positions
 from mechpatch.sites import Head, Key, Mlp, Query, Site, Value
 
 Sender = Union[Head, Mlp]
@@ -72,7 +73,7 @@ def _as_sets(senders: Sequence[Union[Sender, Sequence[Sender]]]) -> tuple[tuple[
                 )
         out.append(group)
     if not out:
-        raise ShapeMismatchError("no sender sets given")
+        raise EmptyInputError("no sender sets given: give at least one Head/Mlp or set of them")
     return tuple(out)
 
 
@@ -89,7 +90,7 @@ def _as_receivers(model: HookedModel, receivers: Union[str, Sequence[Site]], seq
                 f"valid kinds: {choices(RECEIVER_KINDS)}"
             )
     if not recs:
-        raise ShapeMismatchError("no receivers given")
+        raise EmptyInputError("no receivers given: give 'logits' or at least one Query/Key/Value site")
     return recs
 
 
@@ -158,10 +159,9 @@ def path_patch(
     Returns:
         :class:`PathRun`; sender sets with no sender before any receiver are flagged ``noop``.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+    check_batch_size(batch_size)
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid: {choices(METHODS)}")
+        raise InvalidArgumentError(f"unknown method {method!r}; valid: {choices(METHODS)}")
     base_t, src_t = as_tokens(model, base), as_tokens(model, source)
     if base_t.shape != src_t.shape:
         raise ShapeMismatchError(f"base tokens {tuple(base_t.shape)} and source {tuple(src_t.shape)} must align")
@@ -172,7 +172,7 @@ def path_patch(
             s.validate(model.spec, seq)
     recs = _as_receivers(model, receivers, seq)
     metric = as_metric(metric)
-    positions = None if metric.positions is None else [p % seq for p in metric.positions]
+    positions = readout_positions(metric, seq)
     metric = metric.bind(answers=answers, tokens=base_t)
     readout = Readout(positions, None)
 
@@ -202,7 +202,7 @@ def path_patch(
     base_values = metric(readout.select(base_logits), prompt).cpu()
     noop = torch.tensor([all(s.layer >= max(rec_layers) for s in g) for g in sets])
 
-    values = torch.empty(len(sets), n)
+    values = torch.empty(len(sets), n, dtype=base_values.dtype)  # the model's precision (metrics.value_dtype)
     chunks = [list(range(i, min(i + batch_size, len(sets)))) for i in range(0, len(sets), batch_size)]
     for chunk in progress_bar(chunks, desc="path patching", enabled=progress if progress is not None else len(chunks) > 1,
                               unit="chunk"):
@@ -354,7 +354,7 @@ def _path_patch_fast(fm, model, base_t, src_t, sets, recs, metric, readout, batc
     state = fast.FastState(fm=fm, tokens=base_t, resid_pre=[base_c[f"blocks.{l}.hook_resid_pre"] for l in range(L_n)],
                            kv=kv, hook_cache={}, logits=base_logits, order=torch.arange(0), starts=[])
     positions = torch.arange(p0, seq, device=base_t.device)
-    values = torch.empty(len(sets), n)
+    values = torch.empty(len(sets), n, dtype=base_values.dtype)  # the model's precision (metrics.value_dtype)
     chunks = [list(range(i, min(i + batch_size, len(sets)))) for i in range(0, len(sets), batch_size)]
     for chunk in progress_bar(chunks, desc="path patching (fast)", unit="chunk",
                               enabled=progress if progress is not None else len(chunks) > 1):
@@ -429,7 +429,7 @@ def path_patch_reference(
     sets = _as_sets(senders)
     recs = _as_receivers(model, receivers, seq)
     metric = as_metric(metric).bind(answers=answers, tokens=base_t)
-    readout = Readout(None if metric.positions is None else [p % seq for p in metric.positions], None)
+    readout = Readout(readout_positions(metric, seq), None)
     L_all = range(model.spec.n_layers)
     has_mlp = not model.spec.attn_only
     outs = [f"blocks.{l}.attn.hook_z" for l in L_all] + ([f"blocks.{l}.hook_mlp_out" for l in L_all] if has_mlp else [])

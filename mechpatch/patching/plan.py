@@ -15,7 +15,7 @@ from torch import Tensor
 
 from mechpatch.errors import EmptyInputError
 from mechpatch.model import HookedModel, HookPoint, HookSpec, hook_shape
-from mechpatch.sites import Site
+from mechpatch.sites import Site, resolve_positions
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,8 @@ def _mask_index(point: HookPoint, seq_len: int) -> tuple:
     if spec.unit_axis is not None:
         idx[spec.unit_axis - 1] = point.site.unit
     if point.site.pos is not None:
-        idx[spec.pos_axis - 1] = torch.tensor([p % seq_len for p in point.site.pos])
+        pos = resolve_positions(point.site.pos, seq_len, what=f"{point.site.label}: position")
+        idx[spec.pos_axis - 1] = torch.tensor(pos)
     for i, axis in enumerate(spec.axes[1:]):
         if i != spec.pos_axis - 1 and i != (spec.unit_axis or 0) - 1:
             idx[i] = 0

@@ -19,13 +19,33 @@ from typing import Optional, Union
 
 
 from mechpatch.cache import PromptPair
-from mechpatch.errors import EmptyInputError, choices
+from mechpatch.errors import (
+    EmptyInputError,
+    InvalidArgumentError,
+    ShapeMismatchError,
+    SiteOutOfRangeError,
+    UnknownSiteKindError,
+    choices,
+)
 from mechpatch.model import HookedModel
 from mechpatch.patching.engine import run_patches
 from mechpatch.patching.interventions import Intervention, Replace
 from mechpatch.patching.metrics import Metric, as_metric
 from mechpatch.patching.results import PatchResult
-from mechpatch.sites import Attn, Head, HeadResult, Key, Mlp, Neuron, Pattern, Query, Resid, Site, Value
+from mechpatch.sites import (
+    Attn,
+    Head,
+    HeadResult,
+    Key,
+    Mlp,
+    Neuron,
+    Pattern,
+    Query,
+    Resid,
+    Site,
+    Value,
+    resolve_positions,
+)
 
 DIRECTIONS = ("denoise", "noise")
 
@@ -44,9 +64,12 @@ class Grid:
         for n in self.shape:
             size *= n
         if size != len(self.cells):
-            raise ValueError(f"grid of shape {self.shape} needs {size} cells, got {len(self.cells)}")
+            raise ShapeMismatchError(f"grid of shape {self.shape} needs {size} cells, got {len(self.cells)}")
         if len(self.axes) != len(self.shape) or len(self.labels) != len(self.shape):
-            raise ValueError("a grid needs one axis name and one label list per dimension")
+            raise ShapeMismatchError(
+                f"a grid needs one axis name and one label list per dimension: shape {self.shape}, "
+                f"{len(self.axes)} axis names, {len(self.labels)} label lists"
+            )
         if size == 0:
             raise EmptyInputError("empty sweep: the grid has no cells")
 
@@ -88,10 +111,23 @@ def make_grid(
     Layer kinds (resid_pre/mid/post, attn_out, mlp_out) are layer x position by default; head kinds
     (head, head_result, q, k, v, pattern) are layer x head, or layer x head x position with
     ``by_position=True`` (k and v sweep key/value groups). ``neuron`` is layer x neuron.
+
+    ``positions`` are token indices ``0..seq_len-1`` or ``-seq_len..-1`` from the end (labelled by the
+    index they resolve to); ``layers`` are ``0..n_layers-1``. Each may name an entry once.
+
+    Raises:
+        UnknownSiteKindError: ``kind`` is not one of :data:`SWEEP_KINDS`.
+        SiteOutOfRangeError: a layer outside the model or a position outside the prompt.
+        InvalidArgumentError: a layer or position given twice (it would make two identical cells).
+        EmptyInputError: an empty ``layers`` or ``positions`` list.
     """
+    if kind not in SWEEP_KINDS:
+        raise UnknownSiteKindError(f"unknown sweep kind {kind!r}; valid: {choices(SWEEP_KINDS)}")
     spec = model.spec
-    layer_list = list(range(spec.n_layers)) if layers is None else list(layers)
-    pos_list = list(range(seq_len)) if positions is None else [p % seq_len for p in positions]
+    layer_list = list(range(spec.n_layers)) if layers is None else _check_layers(layers, spec.n_layers)
+    if positions is not None and len(positions) == 0:
+        raise EmptyInputError(f"positions is empty; give token positions in 0..{seq_len - 1} or None for every position")
+    pos_list = list(range(seq_len)) if positions is None else list(resolve_positions(positions, seq_len))
     plabels = tuple(
         f"{p}:{pos_labels[p]}" if pos_labels is not None else str(p) for p in pos_list
     )
@@ -123,15 +159,31 @@ def make_grid(
         return Grid(cells, (len(layer_list), n_units), ("layer", unit_name), (llabels, ulabels))
     if kind == "neuron":
         if spec.d_mlp is None:
-            raise EmptyInputError("this model has no MLP neurons")
+            from mechpatch.errors import UnsupportedSiteError
+
+            raise UnsupportedSiteError("this model is attention-only and has no MLP neurons; sweep heads or resid_*")
         cells = tuple((Neuron(l, n),) for l in layer_list for n in range(spec.d_mlp))
         return Grid(
             cells, (len(layer_list), spec.d_mlp), ("layer", "neuron"),
             (llabels, tuple(f"N{n}" for n in range(spec.d_mlp))),
         )
-    from mechpatch.errors import UnknownSiteKindError
+    raise UnknownSiteKindError(f"unknown sweep kind {kind!r}; valid: {choices(SWEEP_KINDS)}")  # pragma: no cover
 
-    raise UnknownSiteKindError(f"unknown sweep kind {kind!r}; valid: {choices(SWEEP_KINDS)}")
+
+def _check_layers(layers: Sequence[int], n_layers: int) -> list[int]:
+    """``layers`` as a list, each an int in 0..n_layers-1 given once."""
+    out = list(layers)
+    if not out:
+        raise EmptyInputError(f"layers is empty; give layers in 0..{n_layers - 1} or None for every layer")
+    for l in out:
+        if isinstance(l, bool) or not isinstance(l, int):
+            raise InvalidArgumentError(f"layer {l!r} is not an int; valid: 0..{n_layers - 1}")
+        if not 0 <= l < n_layers:
+            raise SiteOutOfRangeError(f"layer {l} is out of range; the model has {n_layers} layers (valid: 0..{n_layers - 1})")
+    dup = sorted({l for l in out if out.count(l) > 1})
+    if dup:
+        raise InvalidArgumentError(f"layers {dup} are given more than once; give each layer once")
+    return out
 
 
 def sweep(
@@ -167,9 +219,14 @@ def sweep(
         :class:`PatchResult`.
     """
     if direction not in DIRECTIONS:
-        raise ValueError(f"unknown direction {direction!r}; valid: {choices(DIRECTIONS)}")
+        raise InvalidArgumentError(f"unknown direction {direction!r}; valid: {choices(DIRECTIONS)}")
     if not isinstance(pair, PromptPair):
-        raise TypeError(f"pair must be a PromptPair (see mechpatch.make_pair), got {type(pair).__name__}")
+        raise InvalidArgumentError(f"pair must be a PromptPair (see mechpatch.make_pair), got {type(pair).__name__}")
+    if not isinstance(grid, str) and (by_position is not None or layers is not None or positions is not None):
+        raise InvalidArgumentError(
+            "by_position, layers and positions shape a named sweep kind (e.g. grid='resid_pre'); with a Grid or a "
+            "list of sites, give the sites themselves (e.g. Resid(0, pos=3))"
+        )
     seq_len = pair.seq_len
     if isinstance(grid, str):
         str_tokens = model.to_str_tokens(pair.clean[0]) if model.tokenizer is not None else None

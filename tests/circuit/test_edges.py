@@ -194,3 +194,44 @@ def test_bad_position_resolved_edges(gpt2):
     # without it, the mask check itself names the shape)
     with pytest.raises(ShapeMismatchError, match=f"{seq} \\(prompt length\\)"):
         _as_masks(lay, torch.zeros(1, seq + 1, *lay.valid.shape, dtype=torch.bool), seq)
+
+
+def test_no_edge_sets_is_refused_like_run_patches(gpt2, monkeypatch):
+    """edge_patch(model, base, []) returned an empty result where run_patches refuses an empty list."""
+    from mechpatch.errors import EmptyInputError
+
+    base, src, answers = _pair()
+    monkeypatch.setattr("mechpatch.circuit.edges.make_runner", lambda *a, **k: pytest.fail("ran before refusing"))
+    with pytest.raises(EmptyInputError, match="no edge sets given"):
+        edge_patch(gpt2, base, [], LogitDiff(answers=answers), source=src)
+    with pytest.raises(EmptyInputError, match="no edge sets given"):
+        edge_patch(gpt2, base, torch.zeros(0, *layout(gpt2).valid.shape, dtype=torch.bool), LogitDiff(answers=answers),
+                   source=src)
+    # a bad edge is refused before the runner's forward passes too
+    with pytest.raises(EdgeError, match=r"position 6 is out of range for prompts of 6 tokens"):
+        edge_patch(gpt2, base, [[("L0H1@6", "L1H0.q@6")]], LogitDiff(answers=answers), source=src)
+
+
+def test_metric_positions_do_not_wrap(gpt2):
+    from mechpatch.errors import SiteOutOfRangeError
+
+    base, src, answers = _pair()
+    with pytest.raises(SiteOutOfRangeError, match=r"metric 'logit_diff' position 6 is outside the prompt of 6 tokens"):
+        edge_patch(gpt2, base, [[]], LogitDiff(answers=answers, positions=(6,)), source=src)
+    with pytest.raises(SiteOutOfRangeError, match=r"metric 'logit_diff' position -7"):
+        edge_patch_reference(gpt2, base, [[]], LogitDiff(answers=answers, positions=(-7,)), source=src)
+
+
+def test_float64_models_give_float64_values(tokenizer):
+    """Values in the model's precision: float64 stays float64 (it was cast to float32)."""
+    from mechpatch.model import load_model
+    from tests.conftest import _gpt2_hf
+
+    model = load_model(_gpt2_hf(), tokenizer=tokenizer, device="cpu", dtype="float64")
+    base, src, answers = _pair()
+    sets = _random_sets(layout(model), 3, seed=1)
+    run = edge_patch(model, base, sets, LogitDiff(answers=answers), source=src)
+    assert run.values.dtype == run.base_values.dtype == torch.float64
+    ref = edge_patch_reference(model, base, sets, LogitDiff(answers=answers), source=src)
+    assert ref.dtype == torch.float64
+    torch.testing.assert_close(run.values, ref, atol=1e-9, rtol=1e-9)  # far below float32's resolution

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from mechpatch.cache import make_pair
-from mechpatch.errors import EmptyInputError, ShapeMismatchError, SiteOutOfRangeError, UnknownSiteKindError
+from mechpatch.errors import (
+    EmptyInputError,
+    InvalidArgumentError,
+    ShapeMismatchError,
+    SiteOutOfRangeError,
+    UnknownSiteKindError,
+)
 from mechpatch.patching import (
     SWEEP_KINDS,
     Custom,
@@ -224,11 +230,12 @@ def test_bad_input_is_a_typed_error(gpt2, attn_only):
         run_patches(gpt2, pair.corrupted, [[]], "logit_diff", source=pair.clean)
     with pytest.raises(UnknownSiteKindError, match="valid: 'resid_pre'"):
         sweep(gpt2, pair, "heads")
-    with pytest.raises(ValueError, match="valid: 'denoise', 'noise'"):
+    with pytest.raises(InvalidArgumentError, match="valid: 'denoise', 'noise'"):
         sweep(gpt2, pair, "head", direction="denoising")
-    with pytest.raises(ValueError, match="valid: 'auto', 'fast'"):
+    with pytest.raises(InvalidArgumentError, match="valid: 'auto', 'fast'"):
         sweep(gpt2, pair, "head", method="quick")
-    with pytest.raises(TypeError, match="intervention"):  # ours, or the runtime type checker's under the test hook
+    # ours (InvalidArgumentError), or the runtime type checker's (a TypeError) under the test hook
+    with pytest.raises((InvalidArgumentError, TypeError), match="intervention"):
         run_patches(gpt2, pair.corrupted, [Head(0, 0)], "logit_diff", source=pair.clean, intervention=Zero)
     from mechpatch.errors import UnsupportedSiteError
 

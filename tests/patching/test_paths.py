@@ -4,7 +4,13 @@ import pytest
 import torch
 from jaxtyping import TypeCheckError
 
-from mechpatch.errors import ShapeMismatchError, UnsupportedSiteError
+from mechpatch.errors import (
+    EmptyInputError,
+    InvalidArgumentError,
+    ShapeMismatchError,
+    SiteOutOfRangeError,
+    UnsupportedSiteError,
+)
 from mechpatch.patching import run_patches
 from mechpatch.patching.metrics import KLDivergence, LogitDiff
 from mechpatch.patching.paths import path_patch, path_patch_reference
@@ -92,12 +98,19 @@ def test_bad_inputs(gpt2):
     # shape checking at the boundary (jaxtyping under the tests, our own error without it)
     with pytest.raises((ShapeMismatchError, TypeCheckError)):
         path_patch(gpt2, base, src[:, :5], [Head(0, 1)], "logits", metric)
-    with pytest.raises(ShapeMismatchError, match="no sender"):
+    with pytest.raises(EmptyInputError, match="no sender"):
         path_patch(gpt2, base, src, [], "logits", metric)
-    with pytest.raises(ValueError, match="valid: 'auto', 'fast', 'hooks'"):
+    with pytest.raises(EmptyInputError, match="no receivers"):
+        path_patch(gpt2, base, src, [Head(0, 1)], [], metric)
+    with pytest.raises(InvalidArgumentError, match="valid: 'auto', 'fast', 'hooks'"):
         path_patch(gpt2, base, src, [Head(0, 1)], "logits", metric, method="slow")
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(InvalidArgumentError, match="batch_size"):
         path_patch(gpt2, base, src, [Head(0, 1)], "logits", metric, batch_size=0)
+    # positions never wrap around: a receiver or metric position past the prompt is refused
+    with pytest.raises(SiteOutOfRangeError, match="position 50 is outside the prompt"):
+        path_patch(gpt2, base, src, [Head(0, 1)], [Query(1, 0, pos=50)], metric)
+    with pytest.raises(SiteOutOfRangeError, match="metric 'logit_diff' position 50"):
+        path_patch(gpt2, base, src, [Head(0, 1)], "logits", LogitDiff(answers=answers, positions=(50,)))
 
 
 @pytest.mark.parametrize("method", ["fast", "hooks"])

@@ -1,0 +1,262 @@
+"""Bad arguments to the patching API get typed errors (mechpatch.errors) that name what was wrong and the
+valid choices, before any forward pass; positions never wrap around; results keep the model's precision."""
+
+import math
+
+import pytest
+import torch
+
+from mechpatch.cache import PromptPair
+from mechpatch.errors import (
+    EmptyInputError,
+    InvalidArgumentError,
+    ShapeMismatchError,
+    SiteOutOfRangeError,
+)
+from mechpatch.model import load_model
+from mechpatch.patching import Grid, Interpolate, LogitDiff, make_grid, run_patches, sweep
+from mechpatch.patching.metrics import TokenLogProb
+from mechpatch.patching.paths import path_patch
+from mechpatch.patching.plan import _mask_index
+from mechpatch.sites import Head, Mlp, Query, Resid
+from tests.conftest import _gpt2_hf, native_config, perturb
+
+
+def _pair(model, n=2, seq=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(1, model.spec.d_vocab, (n, seq), generator=g)
+    corrupted = clean.clone()
+    corrupted[:, 2] = (clean[:, 2] + 1) % model.spec.d_vocab
+    answers = torch.randint(1, model.spec.d_vocab, (n, 2), generator=g)
+    return PromptPair(clean, corrupted, answers)
+
+
+@pytest.fixture
+def no_forward(monkeypatch):
+    """Make any forward pass of ``model`` fail the test: a bad argument must be refused before any work."""
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a forward pass ran before the bad argument was refused")
+
+    def install(model):
+        monkeypatch.setattr(model.bridge, "run_with_hooks", boom)
+        monkeypatch.setattr(model.bridge, "forward", boom)
+        from mechpatch.patching import fast
+
+        monkeypatch.setattr(fast, "resolve", boom)
+
+    return install
+
+
+# ----------------------------------------------------------------------------- positions never wrap around
+
+
+@pytest.mark.parametrize("positions, bad", [([50], 50), ([0, 1, 99], 99), ([-8], -8), ([7], 7)])
+def test_sweep_positions_outside_the_prompt_are_refused(gpt2, no_forward, positions, bad):
+    pair = _pair(gpt2)  # 7 tokens: positions=[50] used to run as position 1, labelled "1"
+    no_forward(gpt2)
+    with pytest.raises(SiteOutOfRangeError, match=rf"position {bad} is outside the prompt of 7 tokens "
+                                                  r"\(valid: 0\.\.6, or -7\.\.-1 from the end\)"):
+        sweep(gpt2, pair, "resid_pre", positions=positions)
+
+
+def test_negative_positions_count_from_the_end_and_are_labelled_by_their_index(gpt2):
+    grid = make_grid(gpt2, "resid_pre", 7, positions=[0, -1, -3])
+    assert grid.labels[1] == ("0", "6", "4")
+    assert [c[0].pos for c in grid.cells[:3]] == [(0,), (6,), (4,)]
+    pair = _pair(gpt2)
+    a = sweep(gpt2, pair, "resid_pre", positions=[-1, -3])
+    b = sweep(gpt2, pair, "resid_pre", positions=[6, 4])
+    assert a.labels == b.labels
+    assert torch.equal(a.values, b.values)  # the same patches: the same computation
+
+
+@pytest.mark.parametrize("positions, match", [([1, 1], r"1 \(given as 1 and 1\)"), ([6, -1], r"6 \(given as 6 and -1\)")])
+def test_duplicate_positions_are_refused(gpt2, no_forward, positions, match):
+    no_forward(gpt2)
+    with pytest.raises(InvalidArgumentError, match=match):
+        sweep(gpt2, _pair(gpt2), "head", by_position=True, positions=positions)
+
+
+def test_sweep_layers_are_checked(gpt2, no_forward):
+    no_forward(gpt2)
+    pair = _pair(gpt2)
+    with pytest.raises(InvalidArgumentError, match=r"layers \[1\] are given more than once"):
+        sweep(gpt2, pair, "head", layers=[1, 0, 1])
+    with pytest.raises(SiteOutOfRangeError, match=r"layer 5 is out of range; the model has 2 layers \(valid: 0\.\.1\)"):
+        sweep(gpt2, pair, "resid_pre", layers=[5])
+    with pytest.raises(EmptyInputError, match="positions is empty"):
+        sweep(gpt2, pair, "resid_pre", positions=[])
+    with pytest.raises(InvalidArgumentError, match="shape a named sweep kind"):
+        sweep(gpt2, pair, [Head(0, 0)], positions=[1])
+
+
+def test_plan_and_hook_points_do_not_wrap_positions(gpt2):
+    """A hook point made without a prompt length is checked when it is indexed, not taken modulo the length."""
+    point = gpt2.hook_point(Head(0, 1, pos=9))
+    with pytest.raises(SiteOutOfRangeError, match="position 9 is outside the prompt of 7 tokens"):
+        _mask_index(point, 7)
+    with pytest.raises(SiteOutOfRangeError, match="position 9 is outside the prompt of 7 tokens"):
+        point.index(7)
+    assert _mask_index(gpt2.hook_point(Head(0, 1, pos=-1)), 7)[0].tolist() == [6]
+
+
+def test_metric_positions_do_not_wrap(gpt2, no_forward):
+    pair = _pair(gpt2)
+    no_forward(gpt2)
+    metric = LogitDiff(answers=pair.answers, positions=(50,))
+    with pytest.raises(SiteOutOfRangeError, match=r"metric 'logit_diff' position 50 is outside the prompt of 7"):
+        run_patches(gpt2, pair.corrupted, [Head(0, 0)], metric, source=pair.clean)
+    with pytest.raises(SiteOutOfRangeError, match=r"metric 'logit_diff' position 50"):
+        path_patch(gpt2, pair.corrupted, pair.clean, [Head(0, 0)], [Query(1, 0, pos=-1)], metric)
+    with pytest.raises(SiteOutOfRangeError, match=r"metric 'token_logprob' position 9"):
+        TokenLogProb(positions=(9,), tokens=pair.clean).compute(torch.zeros(2, 1, 100), torch.arange(2))
+
+
+def test_attribution_positions_do_not_wrap(gpt2, no_forward):
+    from mechpatch.attribution.nodes import atp
+
+    pair = _pair(gpt2)
+    no_forward(gpt2)
+    with pytest.raises(SiteOutOfRangeError, match=r"position 9 is outside the prompt of 7 tokens"):
+        atp(gpt2, pair.corrupted, [Head(0, 0, pos=9)], "logit_diff", source=pair.clean, answers=pair.answers)
+    with pytest.raises(SiteOutOfRangeError, match=r"metric 'logit_diff' position 7"):
+        atp(gpt2, pair.corrupted, [Head(0, 0)], LogitDiff(positions=(7,)), source=pair.clean, answers=pair.answers)
+
+
+# ----------------------------------------------------------------------------- typed errors, before any work
+
+
+def test_bad_choices_name_the_valid_ones(gpt2, no_forward):
+    pair = _pair(gpt2)
+    no_forward(gpt2)
+    with pytest.raises(InvalidArgumentError, match="unknown direction 'denoising'; valid: 'denoise', 'noise'"):
+        sweep(gpt2, pair, "head", direction="denoising")
+    for call in (lambda m: sweep(gpt2, pair, "head", method=m),
+                 lambda m: run_patches(gpt2, pair.corrupted, [Head(0, 0)], "logit_diff", source=pair.clean,
+                                       answers=pair.answers, method=m)):
+        with pytest.raises(InvalidArgumentError,
+                           match="unknown method 'fastest'; valid: 'auto', 'fast', 'hooks', 'reference'"):
+            call("fastest")
+    with pytest.raises(InvalidArgumentError, match="clean must be 'source', 'base' or None"):
+        run_patches(gpt2, pair.corrupted, [Head(0, 0)], "kl_div", source=pair.clean, clean="clean")
+
+
+@pytest.mark.parametrize("batch_size", [0, -3, True])
+def test_batch_size_must_be_a_positive_int(gpt2, no_forward, batch_size):
+    pair = _pair(gpt2)
+    no_forward(gpt2)
+    with pytest.raises(InvalidArgumentError, match="batch_size must be a positive int or None"):
+        sweep(gpt2, pair, "head", batch_size=batch_size)
+    with pytest.raises(InvalidArgumentError, match="batch_size must be a positive int"):
+        path_patch(gpt2, pair.corrupted, pair.clean, [Head(0, 0)], "logits", "logit_diff", answers=pair.answers,
+                   batch_size=batch_size)
+
+
+@pytest.mark.parametrize("budget", ["lots", "2 parsecs", "0", "0.1", "-1GB", "...", 0, -5])
+def test_memory_budget_is_checked_before_running(gpt2, no_forward, budget):
+    pair = _pair(gpt2)
+    no_forward(gpt2)
+    with pytest.raises(InvalidArgumentError, match="memory budget"):
+        sweep(gpt2, pair, "head", memory_budget=budget)
+
+
+@pytest.mark.parametrize("alpha", [2.0, -0.1, 1.0001, float("nan"), float("inf"), -float("inf")])
+def test_interpolate_alpha_is_a_finite_number_in_0_1(alpha):
+    with pytest.raises(InvalidArgumentError, match=r"Interpolate alpha must be"):
+        Interpolate(alpha)
+
+
+def test_interpolate_extrapolates_only_when_asked():
+    assert Interpolate(0.0).alpha == 0 and Interpolate(1.0).alpha == 1
+    assert Interpolate(-1e-3, extrapolate=True).alpha == -1e-3  # e.g. a central finite difference
+    with pytest.raises(InvalidArgumentError, match="finite"):
+        Interpolate(float("nan"), extrapolate=True)
+    with pytest.raises(InvalidArgumentError, match="extrapolate=True"):
+        Interpolate(1.5)
+
+
+def test_grid_shape_errors_are_typed():
+    with pytest.raises(ShapeMismatchError, match=r"grid of shape \(2,\) needs 2 cells, got 1"):
+        Grid(((Head(0, 0),),), (2,), ("patch",), (("a", "b"),))
+    with pytest.raises(ShapeMismatchError, match="one axis name and one label list per dimension"):
+        Grid(((Head(0, 0),),), (1,), (), (("a",),))
+
+
+def test_path_patch_empty_senders_and_receivers(gpt2, no_forward):
+    pair = _pair(gpt2)
+    no_forward(gpt2)
+    with pytest.raises(EmptyInputError, match="no sender sets"):
+        path_patch(gpt2, pair.corrupted, pair.clean, [], "logits", "logit_diff", answers=pair.answers)
+    with pytest.raises(EmptyInputError, match="no receivers"):
+        path_patch(gpt2, pair.corrupted, pair.clean, [Head(0, 0)], [], "logit_diff", answers=pair.answers)
+
+
+# ----------------------------------------------------------------------------- the model's precision
+
+
+@pytest.fixture(scope="module")
+def gpt2_f64(tokenizer):
+    return load_model(_gpt2_hf(), tokenizer=tokenizer, device="cpu", dtype="float64", name="gpt2-f64")
+
+
+@pytest.fixture(scope="module")
+def native_f64():
+    model = load_model(native_config(attn_only=False, d_mlp=128), device="cpu", dtype="float64", name="native-f64")
+    perturb(model.bridge, 7)
+    return model
+
+
+def test_value_dtype():
+    from mechpatch.patching.metrics import value_dtype
+
+    assert value_dtype(torch.float64) == torch.float64
+    assert value_dtype(torch.float32) == value_dtype(torch.float16) == value_dtype(torch.bfloat16) == torch.float32
+
+
+@pytest.mark.parametrize("metric", ["logit_diff", "prob_diff", "kl_div", "loss"])
+@pytest.mark.parametrize("method", ["fast", "hooks", "reference"])
+def test_float64_models_give_float64_results(gpt2_f64, method, metric):
+    pair = _pair(gpt2_f64)
+    res = sweep(gpt2_f64, pair, "head", metric=metric, method=method)
+    assert res.values.dtype == res.clean.dtype == res.corrupted.dtype == torch.float64
+    # exact float64 arithmetic: the methods agree far below float32's resolution (~1e-7 relative)
+    ref = sweep(gpt2_f64, pair, "head", metric=metric, method="reference")
+    torch.testing.assert_close(res.values, ref.values, atol=1e-10, rtol=1e-10)
+
+
+def test_float64_run_patches_and_path_patch(native_f64):
+    pair = _pair(native_f64, seed=4)
+    run = run_patches(native_f64, pair.corrupted, [Head(0, 1), Mlp(1), Resid(1, pos=2)], "logit_diff",
+                      source=pair.clean, answers=pair.answers)
+    assert run.values.dtype == run.base_values.dtype == run.source_values.dtype == torch.float64
+    senders = [Head(0, 1), [Head(0, 0), Mlp(0)], Head(1, 2)]
+    runs = {}
+    for method in ("fast", "hooks"):
+        for receivers in ("logits", [Query(1, 3, pos=-1)]):
+            pp = path_patch(native_f64, pair.corrupted, pair.clean, senders, receivers, "logit_diff",
+                            answers=pair.answers, method=method)
+            assert pp.values.dtype == pp.base_values.dtype == torch.float64
+            runs[method, str(receivers)] = pp.values
+    # the two methods agree far below float32's resolution
+    for receivers in ("logits", str([Query(1, 3, pos=-1)])):
+        torch.testing.assert_close(runs["fast", receivers], runs["hooks", receivers], atol=1e-10, rtol=1e-10)
+
+
+def test_float32_models_still_give_float32(gpt2):
+    pair = _pair(gpt2)
+    res = sweep(gpt2, pair, "head")
+    assert res.values.dtype == res.clean.dtype == torch.float32
+
+
+def test_float64_attribution(gpt2_f64):
+    from mechpatch.attribution.edges import edge_attribution
+    from mechpatch.attribution.nodes import atp
+
+    pair = _pair(gpt2_f64)
+    run = atp(gpt2_f64, pair.corrupted, [Head(0, 0), Head(1, 1)], "logit_diff", source=pair.clean,
+              answers=pair.answers, grad_drop=True)
+    assert run.estimates.dtype == run.scores.dtype == run.dropped.dtype == run.base_values.dtype == torch.float64
+    eap = edge_attribution(gpt2_f64, pair.clean, "logit_diff", source=pair.corrupted, answers=pair.answers)
+    assert eap.scores.dtype == eap.base_values.dtype == torch.float64
+    assert math.isfinite(float(eap.scores.abs().sum()))
