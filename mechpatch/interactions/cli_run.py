@@ -123,17 +123,35 @@ class InteractionsConfig:
 
 
 def resolve_components(spec: Any, components: Union[str, list]) -> list[tuple[Any, ...]]:
-    """The components a config names, as site sets of the model with ``spec`` (validated)."""
+    """The components a config names, as site sets of the model with ``spec`` (validated).
+
+    Raises:
+        SiteOutOfRangeError: an entry names a layer or head the model does not have (the message gives
+            the valid range).
+        UnknownSiteKindError: an entry is not a site label.
+        InteractionError: a component is named more than once (directly, or by a wildcard and an entry).
+    """
+    from mechpatch.interactions.basis import InteractionError
+    from mechpatch.interactions.run import check_distinct
     from mechpatch.sites import heads, select
 
     if components == "heads":
         return [(s,) for s in heads(spec)]
     out: list[tuple[Any, ...]] = []
+    origin: list[str] = []  # the config entry each component comes from
     for entry in components:
+        if not isinstance(entry, str):
+            raise InteractionError(f"components entries are site labels such as 'L1H0', 'L1H*' or 'L0H0+L0H1'; "
+                                   f"got {entry!r}")
         if "+" in entry:
             out.append(tuple(select(spec, *[p.strip() for p in entry.split("+")])))
+            origin.append(entry.strip())
         else:
-            out.extend((s,) for s in select(spec, entry.strip()))
+            sites = select(spec, entry.strip())
+            out.extend((s,) for s in sites)
+            origin.extend([entry.strip()] * len(sites))
+    labels = ["+".join(s.label for s in c) for c in out]
+    check_distinct(out, [lab if lab == o else f"{lab} (from {o!r})" for lab, o in zip(labels, origin)])
     return out
 
 

@@ -66,7 +66,33 @@ def _site_sets(components: Sequence[Component]) -> list[tuple[Site, ...]]:
         if not sites or not all(isinstance(s, Site) for s in sites):
             raise InteractionError(f"each component must be a Site or a non-empty sequence of Sites; got {c!r}")
         out.append(sites)
+    check_distinct(out)
     return out
+
+
+def check_distinct(components: Sequence[tuple[Site, ...]], names: Optional[Sequence[str]] = None) -> None:
+    """Refuse a component given more than once (the same site, or the same set of sites in any order).
+
+    A repeated component would be measured against itself: a fake self-interaction (``L1H0 x L1H0``)
+    and every pair with it counted twice. ``names`` label the components in the message (default: their sites).
+
+    >>> from mechpatch.sites import Head
+    >>> check_distinct([(Head(1, 0),), (Head(1, 1),), (Head(1, 0),)])
+    Traceback (most recent call last):
+    ...
+    mechpatch.interactions.basis.InteractionError: components are repeated: L1H0 (components 0 and 2); give each component once
+    """
+    seen: dict[frozenset, list[int]] = {}
+    for i, sites in enumerate(components):
+        seen.setdefault(frozenset(sites), []).append(i)
+    repeated = [idx for idx in seen.values() if len(idx) > 1]
+    if repeated:
+        def label(i: int) -> str:
+            return names[i] if names is not None else "+".join(s.label for s in components[i])
+
+        detail = "; ".join(f"{' = '.join(dict.fromkeys(label(i) for i in idx))} (components "
+                           f"{' and '.join(str(i) for i in idx)})" for idx in repeated)
+        raise InteractionError(f"components are repeated: {detail}; give each component once")
 
 
 def component_labels(components: Sequence[Component]) -> tuple[str, ...]:
@@ -157,7 +183,7 @@ def evaluate_masks(
                   batch_size=batch_size, memory_budget=memory_budget)
     if not run_rows:  # only the base run: one variant that patches nothing is impossible, so patch and read base
         run = run_patches(model, base, [sets[0]], metric, progress=progress, **engine)
-        per = run.base_values.float()[None].repeat(len(uniq), 1)[inverse]
+        per = run.base_values[None].repeat(len(uniq), 1)[inverse]
         return MaskValues(per.mean(1).double(), per, 0, 0, time.perf_counter() - start)
     size = chunk_size or len(run_rows)
     bounds = list(range(0, len(run_rows), size))
@@ -174,7 +200,7 @@ def evaluate_masks(
         else:
             variants = [tuple(s for i in uniq[r].nonzero().flatten().tolist() for s in sets[i]) for r in rows]
             run = run_patches(model, base, variants, metric, progress=False if several else progress, **engine)
-            part = {"masks": uniq[rows].clone(), "values": run.values.float(), "base": run.base_values.float(),
+            part = {"masks": uniq[rows].clone(), "values": run.values, "base": run.base_values,
                     "forwards": torch.tensor([run.forwards])}
             if chunks is not None:
                 chunks.save_chunk(group, k, {**part, "inputs": inputs})
@@ -187,8 +213,9 @@ def evaluate_masks(
             raise CheckpointError(f"chunk {k} of {group!r} has other unpatched base values than chunk 0: the chunks "
                                   "were computed on other prompts, weights or device; start afresh (another store, "
                                   "or --force)")
-    per = base_values.float()[None].repeat(len(uniq), 1)
-    per[torch.tensor(run_rows)] = torch.cat([p["values"].float() for p in parts])
+    # values keep the engine's dtype: the model's precision (float64 stays float64; see metrics.value_dtype)
+    per = base_values[None].repeat(len(uniq), 1)
+    per[torch.tensor(run_rows)] = torch.cat([p["values"].to(per.dtype) for p in parts])
     per = per[inverse]
     forwards = sum(int(p["forwards"][0]) for p in parts)
     return MaskValues(per.mean(1).double(), per, len(run_rows), forwards, time.perf_counter() - start)
