@@ -495,12 +495,14 @@ _SITE_RE = re.compile(
 def _expand(token: str, limit: Optional[int], what: str, text: str) -> list[int]:
     if token == "*" or "-" in token:
         if limit is None:
-            raise ValueError(f"{text!r}: wildcards and ranges need a model spec to expand; use select(spec, ...)")
+            raise InvalidArgumentError(
+                f"{text!r}: wildcards and ranges need a model spec to expand; use select(spec, ...)"
+            )
         if token == "*":
             return list(range(limit))
         lo, hi = (int(t) for t in token.split("-"))
         if lo > hi:
-            raise ValueError(f"{text!r}: empty {what} range {token}")
+            raise InvalidArgumentError(f"{text!r}: empty {what} range {token} (write low-high, e.g. 0-3)")
         return list(range(lo, hi + 1))
     return [int(token)]
 

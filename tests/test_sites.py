@@ -150,3 +150,12 @@ def test_site_positions_naming_one_token_twice_are_refused():
         Head(0, 0, pos=[4, -1]).validate(SPEC, seq_len=5)
     with pytest.raises(InvalidArgumentError, match="repeated"):
         Head(0, 0, pos=[1, 1])
+
+
+def test_wildcards_without_a_spec_and_empty_ranges_are_typed_errors():
+    from mechpatch.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="wildcards and ranges need a model spec"):
+        parse_site("L1H*")
+    with pytest.raises(InvalidArgumentError, match="empty layer range 3-1"):
+        select(SPEC, "L3-1.mlp_out")

@@ -108,7 +108,11 @@ def _act(name: str) -> Callable[[Tensor], Tensor]:
         return F.silu
     if name in ("solu",):
         return lambda x: x * F.softmax(x, dim=-1)
-    raise ValueError(f"unsupported act_fn {name!r}")
+    # NotImplementedError: the fast path's check (fast.resolve) then falls back to the bridge's hooks
+    raise NotImplementedError(
+        f"unsupported act_fn {name!r}; the functional forward implements gelu_new, gelu_pytorch_tanh, gelu_fast, "
+        "gelu, relu, silu, swish, solu"
+    )
 
 
 def _norm_from_module(mod: Optional[torch.nn.Module], cfg_eps: float) -> Norm:

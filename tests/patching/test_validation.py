@@ -260,3 +260,19 @@ def test_float64_attribution(gpt2_f64):
     eap = edge_attribution(gpt2_f64, pair.clean, "logit_diff", source=pair.corrupted, answers=pair.answers)
     assert eap.scores.dtype == eap.base_values.dtype == torch.float64
     assert math.isfinite(float(eap.scores.abs().sum()))
+
+
+def test_an_activation_the_fast_path_lacks_falls_back_to_hooks():
+    """solu_ln (a native TransformerLens activation) made fast.resolve raise a bare ValueError, so even
+    method="auto" failed; now "auto" runs on the bridge's hooks and "fast" says why it cannot."""
+    from tests.conftest import native_model
+    from mechpatch.patching.fast import FastPathUnavailable
+
+    model = native_model(3, "solu-ln", attn_only=False, d_mlp=64, act_fn="solu_ln")
+    pair = _pair(model)
+    run = run_patches(model, pair.corrupted, [Head(0, 1), Mlp(1)], "logit_diff", source=pair.clean,
+                      answers=pair.answers)
+    assert run.method == "hooks"
+    with pytest.raises(FastPathUnavailable, match="unsupported act_fn 'solu_ln'"):
+        run_patches(model, pair.corrupted, [Head(0, 1)], "logit_diff", source=pair.clean, answers=pair.answers,
+                    method="fast")
