@@ -13,6 +13,7 @@ Typical calls (see the tests for runnable versions)::
     res = sweep(model, pair, "head", by_position=True)             # layer x head x position
 """
 
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -25,6 +26,7 @@ from mechpatch.errors import (
     ShapeMismatchError,
     SiteOutOfRangeError,
     UnknownSiteKindError,
+    UnsupportedSiteError,
     choices,
 )
 from mechpatch.model import HookedModel
@@ -159,8 +161,6 @@ def make_grid(
         return Grid(cells, (len(layer_list), n_units), ("layer", unit_name), (llabels, ulabels))
     if kind == "neuron":
         if spec.d_mlp is None:
-            from mechpatch.errors import UnsupportedSiteError
-
             raise UnsupportedSiteError("this model is attention-only and has no MLP neurons; sweep heads or resid_*")
         cells = tuple((Neuron(l, n),) for l in layer_list for n in range(spec.d_mlp))
         return Grid(
@@ -170,14 +170,33 @@ def make_grid(
     raise UnknownSiteKindError(f"unknown sweep kind {kind!r}; valid: {choices(SWEEP_KINDS)}")  # pragma: no cover
 
 
+def _check_positional(kind: str, by_position: Optional[bool], positions: Optional[Sequence[int]]) -> None:
+    """Refuse ``positions`` for a sweep kind whose grid has no position axis (they would be ignored).
+
+    (Not in :func:`make_grid`: a config's one ``positions`` list shapes each of its kinds that has the axis.)
+    """
+    positional = (kind in _LAYER_KINDS and by_position is not False) or (kind in _HEAD_KINDS and bool(by_position))
+    if positions is not None and not positional and kind in SWEEP_KINDS:
+        how = "by_position=True" if kind in _HEAD_KINDS else "a layer x position kind (resid_*, attn_out, mlp_out)"
+        raise InvalidArgumentError(
+            f"positions={list(positions)!r} would be ignored: a {kind!r} sweep with by_position={by_position!r} has no "
+            f"position axis; use {how}, or drop positions"
+        )
+
+
 def _check_layers(layers: Sequence[int], n_layers: int) -> list[int]:
     """``layers`` as a list, each an int in 0..n_layers-1 given once."""
-    out = list(layers)
+    out = []
+    for l in layers:
+        try:
+            if isinstance(l, bool):
+                raise TypeError
+            out.append(operator.index(l))  # ints, numpy and 0-d tensor integers
+        except TypeError:
+            raise InvalidArgumentError(f"layer {l!r} is not an int; valid: 0..{n_layers - 1}") from None
     if not out:
         raise EmptyInputError(f"layers is empty; give layers in 0..{n_layers - 1} or None for every layer")
     for l in out:
-        if isinstance(l, bool) or not isinstance(l, int):
-            raise InvalidArgumentError(f"layer {l!r} is not an int; valid: 0..{n_layers - 1}")
         if not 0 <= l < n_layers:
             raise SiteOutOfRangeError(f"layer {l} is out of range; the model has {n_layers} layers (valid: 0..{n_layers - 1})")
     dup = sorted({l for l in out if out.count(l) > 1})
@@ -229,6 +248,7 @@ def sweep(
         )
     seq_len = pair.seq_len
     if isinstance(grid, str):
+        _check_positional(grid, by_position, positions)
         str_tokens = model.to_str_tokens(pair.clean[0]) if model.tokenizer is not None else None
         grid = make_grid(model, grid, seq_len, by_position, layers, positions, str_tokens)
     elif not isinstance(grid, Grid):

@@ -276,3 +276,18 @@ def test_an_activation_the_fast_path_lacks_falls_back_to_hooks():
     with pytest.raises(FastPathUnavailable, match="unsupported act_fn 'solu_ln'"):
         run_patches(model, pair.corrupted, [Head(0, 1)], "logit_diff", source=pair.clean, answers=pair.answers,
                     method="fast")
+
+
+def test_positions_without_a_position_axis_are_refused_not_ignored(gpt2, no_forward):
+    """sweep(model, pair, "head", positions=[3]) ran every head over all positions, silently."""
+    no_forward(gpt2)
+    pair = _pair(gpt2)
+    with pytest.raises(InvalidArgumentError, match=r"positions=\[3\] would be ignored: a 'head' sweep .*by_position=True"):
+        sweep(gpt2, pair, "head", positions=[3])
+    with pytest.raises(InvalidArgumentError, match=r"'resid_pre' sweep with by_position=False has no position axis"):
+        sweep(gpt2, pair, "resid_pre", by_position=False, positions=[3])
+    with pytest.raises(InvalidArgumentError, match="'neuron' sweep"):
+        sweep(gpt2, pair, "neuron", positions=[3])
+    assert make_grid(gpt2, "q", 7, by_position=True, positions=[3]).shape == (2, 4, 1)
+    # make_grid itself leaves them unused: a sweep config's one positions list shapes each kind that has the axis
+    assert make_grid(gpt2, "head", 7, positions=[3]).shape == (2, 4)
