@@ -24,6 +24,7 @@ mechpatch.config.ConfigError: InteractionsConfig: components must be 'heads' or 
 """
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -155,27 +156,87 @@ def resolve_components(spec: Any, components: Union[str, list]) -> list[tuple[An
     return out
 
 
-def run_interactions(cfg: InteractionsConfig, *, force: bool = False, quiet: bool = False) -> dict[str, Any]:
+def run_interactions(cfg: InteractionsConfig, *, force: bool = False, quiet: bool = False,
+                     repair: bool = False) -> dict[str, Any]:
     """Run (or skip, when finished) the interaction analysis ``cfg`` describes; returns its summary.
+
+    Everything is checked against the model (:func:`plan_interactions`) before the run directory is locked and
+    its manifest written; ``repair`` recomputes damaged chunks instead of refusing them.
 
     Raises:
         RunConflictError: ``cfg.out_dir`` holds another config's run (and not ``force``).
         ShapeMismatchError: the task has prompts of several lengths (one batch is needed).
+        DamagedFileError: a file of the run changed since it was written (and not ``repair``/``force``).
     """
-
-    from mechpatch.interactions.results import compare
-    from mechpatch.interactions.run import exhaustive_interactions, find_interactions
-    from mechpatch.report import write_json
-    from mechpatch.runs.common import begin_task_run
+    from mechpatch.runs.common import prepare_task_run
 
     start = time.time()
-    store, say, loaded = begin_task_run(cfg, "interactions", "interactions need", force=force, quiet=quiet)
+    store, say, loaded = prepare_task_run(cfg, "interactions", "interactions need", force=force, quiet=quiet,
+                                          repair=repair)
     if loaded is None:
         return _read_json(os.path.join(cfg.out_dir, "summary.json"))
     model, task, b = loaded
-    from mechpatch.chunks import CountingChunks
+    plan = _plan(cfg, model, b, store)
+    with store.locked(say):
+        store.begin(model, cfg.model, cfg.seed, force=force)
+        store.update(plan=plan.to_dict())
+        return _run(cfg, store, say, model, task, b, plan.extra["components"], start)
+
+
+def plan_interactions(cfg: InteractionsConfig, model: Any = None) -> Any:
+    """What :func:`run_interactions` would compute (components, masks, forwards, memory), checked against the
+    model; writes nothing (``mechpatch interactions CONFIG --dry-run``). Loads the model unless it is given."""
+    import torch
+
+    from mechpatch.runs.common import load_source, one_batch_task
+    from mechpatch.runs.store import RunStore
+
+    store = RunStore(cfg.out_dir, "interactions", cfg)
+    store.preflight()
+    if model is None:
+        torch.manual_seed(cfg.seed)
+        model = load_source(cfg.model, cfg.device, cfg.dtype)
+    _, b = one_batch_task(cfg, model, "interactions need")
+    return _plan(cfg, model, b, store)
+
+
+def _plan(cfg: InteractionsConfig, model: Any, b: Any, store: Any) -> Any:
+    from mechpatch.interactions.basis import InteractionError
+    from mechpatch.interactions.designs import make_design
+    from mechpatch.runs.plan import RunPlan, check_memory, prompt_bytes, store_status
 
     components = resolve_components(model.spec, cfg.components)
+    n = len(components)
+    exhaustive = 1 + n + n * (n - 1) // 2 if cfg.exhaustive else 0
+    if cfg.backend == "mechpatch":
+        design = make_design(cfg.design, n, cfg.n_masks, keep=cfg.keep, seed=cfg.seed)
+        train = len(design.split(cfg.holdout, cfg.seed)[0]) if cfg.holdout > 0 else design.n_masks
+        if train < n + 3:
+            raise InteractionError(
+                f"n_masks {cfg.n_masks} leaves {train} masks to fit (holdout {cfg.holdout}), too few for "
+                f"{n} components' main effects and interactions: use n_masks of at least "
+                f"{math.ceil((n + 3) / (1 - cfg.holdout)) + 2} (several times more to find interactions)")
+    masks = cfg.n_masks + exhaustive
+    memory = b.n_prompts * prompt_bytes(model, b.seq_len) + 8 * masks * (n + b.n_prompts)
+    check_memory(memory, f"{masks} masks over {n} components on {b.n_prompts} prompts")
+    rows = (("prompts", f"{b.n_prompts} of {b.seq_len} tokens ({cfg.task})"),
+            ("components", f"{n} ({', '.join(' + '.join(s.label for s in c) for c in components[:6])}"
+                           f"{', ...' if n > 6 else ''})"),
+            ("masks", f"{cfg.n_masks} {cfg.design} (keep {cfg.keep}, {cfg.backend})"
+                      + (f" + {exhaustive} exhaustive (all sets of at most two)" if exhaustive else "")),
+            ("chunks", f"{-(-cfg.n_masks // cfg.chunk_size)} + {-(-exhaustive // cfg.chunk_size)} of at most "
+                       f"{cfg.chunk_size} masks"))
+    return RunPlan("interactions", cfg.out_dir, cfg.model, rows, masks + 4, memory, store_status(store),
+                   extra={"components": components})
+
+
+def _run(cfg: InteractionsConfig, store: Any, say: Any, model: Any, task: Any, b: Any, components: list,
+         start: float) -> dict[str, Any]:
+    from mechpatch.chunks import CountingChunks
+    from mechpatch.interactions.results import compare
+    from mechpatch.interactions.run import exhaustive_interactions, find_interactions
+    from mechpatch.report import write_json
+
     chunks = CountingChunks(store)
     common = dict(intervention=cfg.make_intervention(), answers=b.answers, progress=False if quiet else None,
                   chunk_size=cfg.chunk_size, chunks=chunks)
