@@ -105,6 +105,9 @@ def test_report_of_an_unfinished_run_exit_2(tmp_path, capsys):
 
     store = RunStore(str(tmp_path), "sweep", SMALL)
     store.begin(seed=0)
+    assert main(["report", str(tmp_path)]) == 2  # while the run holds its directory
+    assert f"in use by another mechpatch process (pid {os.getpid()}" in capsys.readouterr().err
+    store.release()  # as when the run's process dies
     assert main(["report", str(tmp_path)]) == 2
     assert "has not finished" in capsys.readouterr().err
 

@@ -180,7 +180,7 @@ def run_interactions(cfg: InteractionsConfig, *, force: bool = False, quiet: boo
     with store.locked(say):
         store.begin(model, cfg.model, cfg.seed, force=force)
         store.update(plan=plan.to_dict())
-        return _run(cfg, store, say, model, task, b, plan.extra["components"], start)
+        return _run(cfg, store, say, model, task, b, plan.extra["components"], start, quiet)
 
 
 def plan_interactions(cfg: InteractionsConfig, model: Any = None) -> Any:
@@ -231,7 +231,7 @@ def _plan(cfg: InteractionsConfig, model: Any, b: Any, store: Any) -> Any:
 
 
 def _run(cfg: InteractionsConfig, store: Any, say: Any, model: Any, task: Any, b: Any, components: list,
-         start: float) -> dict[str, Any]:
+         start: float, quiet: bool) -> dict[str, Any]:
     from mechpatch.chunks import CountingChunks
     from mechpatch.interactions.results import compare
     from mechpatch.interactions.run import exhaustive_interactions, find_interactions

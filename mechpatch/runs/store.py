@@ -70,6 +70,9 @@ LOCATION_KEYS = ("out_dir",)
 #: version of the run-directory layout, recorded in every manifest (2: content hashes in chunks and manifest)
 STORE_FORMAT = 2
 _TMP = re.compile(r"\.tmp\d+$")
+#: the temporary file safetensors' own writer (Rust ``tempfile``) creates beside ``<name>.tmp<pid>`` and renames to
+#: it: left behind when a writer is killed inside ``save_file``
+_WRITER_TMP = re.compile(r"^\.tmp[A-Za-z0-9]{6}$")
 #: files whose SHA-256 a finished run's manifest records: everything a result is read back from. The figure
 #: files and report.html are drawings of these (``mechpatch report`` redraws them), so they are not hashed.
 HASHED = re.compile(r"^(results/.*\.parquet|tensors/.*\.safetensors|[^/]*\.json|[^/]*\.dot|config\.yaml)$")
@@ -204,16 +207,17 @@ def file_sha256(path: str) -> str:
 def write_tensors(path: str, tensors: Mapping[str, Tensor], metadata: Optional[Mapping[str, str]] = None) -> None:
     """Write tensors as safetensors atomically (temp file, fsync, rename), with str -> str ``metadata``.
 
-    The metadata is stored as one JSON entry with sorted keys (safetensors orders several entries at random),
-    beside the tensors' SHA-256 (:func:`tensors_sha256`, checked by :func:`read_tensors`), so equal tensors and
-    metadata give byte-identical files.
+    The metadata and the tensors' SHA-256 (:func:`tensors_sha256`, checked by :func:`read_tensors`) are stored
+    as ONE header entry, JSON with sorted keys: safetensors keeps its metadata in a hash map and writes several
+    entries in a different order in every process, so two entries would make equal runs differ in their bytes.
+    Equal tensors and metadata give byte-identical files.
     """
     from safetensors.torch import save_file
 
     tmp = f"{path}.tmp{os.getpid()}"
     cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    meta = {"mechpatch": json.dumps(dict(metadata or {}), sort_keys=True), "sha256": tensors_sha256(cpu)}
-    save_file(cpu, tmp, metadata=meta)
+    entry = {"metadata": dict(metadata or {}), "sha256": tensors_sha256(cpu)}
+    save_file(cpu, tmp, metadata={"mechpatch": json.dumps(entry, sort_keys=True)})
     replace_atomically(tmp, path)
 
 
@@ -230,13 +234,13 @@ def read_tensors(path: str) -> tuple[dict[str, Tensor], dict[str, str]]:
         with safe_open(path, framework="pt") as fh:
             meta = dict(fh.metadata() or {})
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
-        info = json.loads(meta["mechpatch"]) if "mechpatch" in meta else meta
+        entry = json.loads(meta["mechpatch"]) if "mechpatch" in meta else {}
+        info, recorded = entry.get("metadata", {}), entry.get("sha256")
     except FileNotFoundError:
         raise DamagedFileError(f"{path!r} is missing; {RECOVER}") from None
     except Exception as err:  # safetensors raises its own SafetensorError, or OSError/ValueError on bad bytes
         raise DamagedFileError(f"{path!r} is damaged and was not used ({type(err).__name__}: {err}); "
                                f"{RECOVER}") from None
-    recorded = meta.get("sha256")
     if recorded is None:
         raise DamagedFileError(f"{path!r} has no content hash (written by an older mechpatch, or not by "
                                f"mechpatch), so it cannot be checked and was not used; {RECOVER}")
@@ -454,6 +458,9 @@ class RunStore:
         os.pwrite(fd, json.dumps(owner).encode(), 0)
         self._lock_fd = fd
 
+    def __del__(self) -> None:
+        self.release()
+
     def release(self) -> None:
         """Give the lock back (the lock file stays, empty)."""
         if self._lock_fd is None:
@@ -525,7 +532,7 @@ class RunStore:
 
     def finish(self, **entries: Any) -> None:
         """Mark the run finished (the last write of a run), with the files it wrote, their SHA-256
-        (:func:`hashed_files`: checked whenever the run is read back) and its timings."""
+        (:func:`hashed_files`: checked whenever the run is read back) and its timings; give the lock back."""
         if self._manifest is None:
             raise RunError("the run has not begun: call begin() first")
         end = now()
@@ -537,13 +544,14 @@ class RunStore:
         self._manifest.update(entries, status="finished", finished=end, wall_seconds=seconds,
                               files=hashed_files(self.root))
         self._write_manifest()
+        self.release()  # the last write of the run
 
     def _remove_temp_files(self) -> None:
         if not os.path.isdir(self.root):
             return
         for folder, _, files in os.walk(self.root):
             for name in files:
-                if _TMP.search(name):
+                if _TMP.search(name) or _WRITER_TMP.match(name):
                     os.remove(os.path.join(folder, name))
 
     # ------------------------------------------------------------------ chunks
@@ -554,23 +562,29 @@ class RunStore:
         """A completed chunk's tensors (content hash checked), or None when that chunk has not been written.
 
         Raises:
-            DamagedFileError: the chunk file is truncated, unreadable or its content changed (unless the store
-                repairs: then the file is deleted and None returned, so the chunk is recomputed).
-            RunConflictError: the chunk belongs to another config.
+            DamagedFileError: the chunk file is truncated, unreadable or its content changed, or it is another
+                chunk's file (its header names another group or index: copied or moved); unless the store
+                repairs: then the file is deleted and None returned, so the chunk is recomputed.
+            RunConflictError: the chunk belongs to another config (unless the store repairs, as above).
         """
         path = self.chunk_path(group, index)
         if not os.path.exists(path):
             return None
         try:
             tensors, meta = read_tensors(path)
-        except DamagedFileError:
+            if meta.get("config_hash") != self.config_hash:
+                raise RunConflictError(f"{path!r} belongs to another config; pass --repair to recompute it, or "
+                                       "--force to start again")
+            # a chunk of this config at another place (same shapes, other cells) would be a silently wrong result
+            if (meta.get("group"), meta.get("index")) != (group, str(index)):
+                raise DamagedFileError(f"{path!r} holds chunk {meta.get('index')} of {meta.get('group')!r}, not "
+                                       f"chunk {index} of {group!r} (a file copied or moved); {RECOVER}")
+        except (DamagedFileError, RunConflictError):
             if not self.repair:
                 raise
             os.remove(path)
             self.repaired.append(os.path.relpath(path, self.root).replace(os.sep, "/"))
             return None
-        if meta.get("config_hash") != self.config_hash:
-            raise RunConflictError(f"{path!r} belongs to another config; pass --force to start again")
         return tensors
 
     def save_chunk(self, group: str, index: int, tensors: Mapping[str, Tensor]) -> None:

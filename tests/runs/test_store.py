@@ -6,6 +6,7 @@ import time
 import pytest
 import torch
 
+from mechpatch.errors import DamagedFileError
 from mechpatch.runs.store import (
     RunConflictError,
     RunError,
@@ -74,13 +75,16 @@ def test_run_life_cycle_and_conflicts(tmp_path):
     other = RunStore(str(tmp_path), "sweep", {**cfg, "seed": 1})
     with pytest.raises(RunConflictError, match="another config.*--force"):
         other.check()
-    assert other.check(force=True) is False
-    assert not (tmp_path / "chunks").exists() and not (tmp_path / "manifest.json").exists()
+    assert other.check(force=True) is False  # reads only: the old run is discarded when the new one begins
+    assert (tmp_path / "chunks").exists() and read_manifest(str(tmp_path))["config_hash"] == store.config_hash
+    other.begin(seed=1, force=True)
+    assert not (tmp_path / "chunks").exists()
+    assert read_manifest(str(tmp_path))["config_hash"] == other.config_hash
 
 
 def test_not_a_run_directory(tmp_path):
     with pytest.raises(RunError, match="no manifest.json"):
         read_manifest(str(tmp_path))
     (tmp_path / "manifest.json").write_text("[1, 2]")
-    with pytest.raises(RunError, match="not a mechpatch run manifest"):
+    with pytest.raises(DamagedFileError, match="not a mechpatch run manifest"):
         read_manifest(str(tmp_path))
