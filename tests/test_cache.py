@@ -44,8 +44,10 @@ def test_cached_sites_equal_plain_run_with_cache(any_model, tokens):
     for site in sites:
         point = any_model.hook_point(site, tokens.shape[1])
         expected = ref[point.name][point.index(tokens.shape[1])]
-        # chunking changes the batch size, so BLAS may round differently: float32 tolerance, not bitwise
-        torch.testing.assert_close(cache[site], expected, atol=1e-6, rtol=1e-5, msg=site.label)
+        # chunking changes the batch size, so BLAS may round differently: float32 tolerance, not bitwise. The
+        # rounding is relative to the activations' scale (residual streams reach ~7 here), so atol is too
+        scale = float(expected.abs().max()) if expected.numel() else 1.0
+        torch.testing.assert_close(cache[site], expected, atol=1e-6 * max(1.0, scale), rtol=1e-5, msg=site.label)
     assert cache[Head(0, 2)].shape == (3, 7, 16)
     assert cache[Head(1, 3, pos=[0, 4])].shape == (3, 2, 16)
     assert cache[Pattern(0, 3, pos=5)].shape == (3, 7)  # key axis of query position 5
