@@ -186,17 +186,9 @@ def run_interactions(cfg: InteractionsConfig, *, force: bool = False, quiet: boo
 def plan_interactions(cfg: InteractionsConfig, model: Any = None) -> Any:
     """What :func:`run_interactions` would compute (components, masks, forwards, memory), checked against the
     model; writes nothing (``mechpatch interactions CONFIG --dry-run``). Loads the model unless it is given."""
-    import torch
+    from mechpatch.runs.common import plan_task_run
 
-    from mechpatch.runs.common import load_source, one_batch_task
-    from mechpatch.runs.store import RunStore
-
-    store = RunStore(cfg.out_dir, "interactions", cfg)
-    store.preflight()
-    if model is None:
-        torch.manual_seed(cfg.seed)
-        model = load_source(cfg.model, cfg.device, cfg.dtype)
-    _, b = one_batch_task(cfg, model, "interactions need")
+    store, model, b = plan_task_run(cfg, "interactions", "interactions need", model)
     return _plan(cfg, model, b, store)
 
 

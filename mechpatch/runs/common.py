@@ -102,6 +102,24 @@ def prepare_task_run(cfg: Any, kind: str, needs: str, *, force: bool, quiet: boo
     return store, say, (model, task, batch)
 
 
+def plan_task_run(cfg: Any, kind: str, needs: str, model: Any = None) -> tuple[Any, Any, Any]:
+    """The read-only start of a ``--dry-run`` on one task batch: the run store (its directory checked, nothing
+    written), the model (loaded unless given, torch seeded from ``cfg.seed``) and the task's single batch.
+
+    Returns ``(store, model, batch)``.
+    """
+    import torch
+
+    from mechpatch.runs.store import RunStore
+
+    store = RunStore(cfg.out_dir, kind, cfg)
+    store.preflight()
+    if model is None:
+        torch.manual_seed(cfg.seed)
+        model = load_source(cfg.model, cfg.device, cfg.dtype)
+    return store, model, one_batch_task(cfg, model, needs)[1]
+
+
 def one_batch_task(cfg: Any, model: Any, needs: str) -> tuple[Any, Any]:
     """The task ``cfg.task`` / ``cfg.task_args`` names (memory checked first), and its single batch on the model's
     device (:class:`~mechpatch.errors.ShapeMismatchError` when it has prompts of several lengths)."""

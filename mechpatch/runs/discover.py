@@ -30,7 +30,7 @@ from typing import Any
 
 from mechpatch.errors import MechpatchError
 from mechpatch.runs.common import (
-    DTYPES, check_choice, check_device, check_model, check_task_args, load_source, one_batch_task, prepare_task_run,
+    DTYPES, check_choice, check_device, check_model, check_task_args, plan_task_run, prepare_task_run,
 )
 from mechpatch.runs.store import RunError, read_manifest
 
@@ -115,16 +115,7 @@ def run_discover(cfg: DiscoverConfig, *, force: bool = False, quiet: bool = Fals
 def plan_discover(cfg: DiscoverConfig, model: Any = None) -> Any:
     """What :func:`run_discover` would compute (prompts, edges, forwards, memory), checked against the model;
     writes nothing (``mechpatch discover CONFIG --dry-run``). Loads the model unless it is given."""
-    import torch
-
-    from mechpatch.runs.store import RunStore
-
-    store = RunStore(cfg.out_dir, "discover", cfg)
-    store.preflight()
-    if model is None:
-        torch.manual_seed(cfg.seed)
-        model = load_source(cfg.model, cfg.device, cfg.dtype)
-    _, b = one_batch_task(cfg, model, "discovery needs")
+    store, model, b = plan_task_run(cfg, "discover", "discovery needs", model)
     return _plan(cfg, model, b, store)
 
 
