@@ -459,7 +459,10 @@ class RunStore:
         self._lock_fd = fd
 
     def __del__(self) -> None:
-        self.release()
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 (interpreter shutdown: the kernel releases the lock with the process)
+            pass
 
     def release(self) -> None:
         """Give the lock back (the lock file stays, empty)."""
