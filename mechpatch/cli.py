@@ -38,8 +38,6 @@ from mechpatch.errors import GatedHookError, MechpatchError, MemoryBudgetError
 
 #: errors raised while running, not because of what was asked: exit status 1
 RUNTIME_ERRORS = (GatedHookError, MemoryBudgetError)
-#: what ``mechpatch interactions`` needs from mechpatch.interactions: a config class and a run function
-INTERACTIONS_ENTRY = ("InteractionsConfig", "run_interactions")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -107,21 +105,9 @@ def _entry(command: str) -> tuple[type, Any, Any]:
         from mechpatch.runs.discover import DiscoverConfig, plan_discover, run_discover
 
         return DiscoverConfig, run_discover, plan_discover
-    from mechpatch import interactions
+    from mechpatch.runs.interactions import InteractionsConfig, plan_interactions, run_interactions
 
-    found = [getattr(interactions, name, None) for name in INTERACTIONS_ENTRY]
-    if any(f is None for f in found):
-        raise _NotAvailable(
-            "`mechpatch interactions` is not available yet: mechpatch.interactions has no config-driven entry "
-            f"({' and '.join(INTERACTIONS_ENTRY)}); use its Python API (find_interactions) meanwhile"
-        )
-    from mechpatch.interactions.cli_run import plan_interactions
-
-    return found[0], found[1], plan_interactions
-
-
-class _NotAvailable(MechpatchError, RuntimeError):
-    pass
+    return InteractionsConfig, run_interactions, plan_interactions
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -171,9 +157,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except RUNTIME_ERRORS as err:
         print(f"mechpatch: failed: {err}", file=sys.stderr)
         return 1
-    except _NotAvailable as err:
-        print(f"mechpatch: {err}", file=sys.stderr)
-        return 2
     except MechpatchError as err:
         print(f"mechpatch: error: {err}", file=sys.stderr)
         return 2

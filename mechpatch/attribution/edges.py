@@ -377,7 +377,7 @@ def _discover(model: HookedModel, base: Any, metric: Any, *, source: Any, ablati
               ig: Optional[str], steps: int, top_n: Optional[int], tau: Optional[float], verify: bool,
               n_verify: Optional[int], batch_size: Optional[int], memory_budget: Any, exact_batch_size: int,
               per_position: bool = False) -> Any:
-    from mechpatch.circuit.discovery import DiscoveryResult
+    from mechpatch.circuit.result import DiscoveryResult
     from mechpatch.circuit.faithfulness import circuit_metric
 
     if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):

@@ -5,8 +5,8 @@ backup heads with none. Here many components are ablated at once, one random mas
 row, and a sparse low-order model of the metric (Fourier features with screening and a Lasso, converted
 exactly to Moebius effects) separates them: pairs with ``kind == "synergy"`` are needed together,
 pairs with ``kind == "redundancy"`` stand in for each other. :func:`exhaustive_interactions` measures
-every pair directly (N(N-1)/2 masks) as the ground truth. :class:`InteractionsConfig` and
-:func:`run_interactions` (:mod:`mechpatch.interactions.cli_run`) drive ``mechpatch interactions CONFIG``.
+every pair directly (N(N-1)/2 masks) as the ground truth. ``mechpatch interactions CONFIG`` runs them from a config
+(:mod:`mechpatch.runs.interactions`).
 
 Re-exports only. The figures (:mod:`mechpatch.interactions.plot`) are not imported here: plotly stays
 out of the import graph until a figure is asked for.
@@ -31,7 +31,6 @@ from mechpatch.interactions.basis import (
     moebius_bruteforce,
     to_moebius,
 )
-from mechpatch.interactions.cli_run import InteractionsConfig, run_interactions
 from mechpatch.interactions.designs import DESIGNS, Design, make_design
 from mechpatch.interactions.fit import FitSettings, FourierFit, fit_fourier, lasso_path, r2_score
 from mechpatch.interactions.results import KINDS, Interaction, InteractionModel, compare, spearman
@@ -47,8 +46,8 @@ from mechpatch.interactions.run import (
 
 __all__ = [
     "CORNERS", "DESIGNS", "DIRECTIONS", "Design", "FitSettings", "FourierFit", "INDICES", "Interaction",
-    "InteractionError", "InteractionModel", "InteractionsConfig", "KINDS", "MaskValues", "Term", "all_masks",
+    "InteractionError", "InteractionModel", "KINDS", "MaskValues", "Term", "all_masks",
     "compare", "component_labels", "evaluate_masks", "exhaustive_interactions", "exhaustive_moebius", "features",
     "find_function_interactions", "find_interactions", "fit_fourier", "game_from_base", "interaction_index",
-    "lasso_path", "make_design", "moebius_bruteforce", "r2_score", "run_interactions", "spearman", "to_moebius",
+    "lasso_path", "make_design", "moebius_bruteforce", "r2_score", "spearman", "to_moebius",
 ]

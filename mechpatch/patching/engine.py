@@ -31,7 +31,7 @@ from mechpatch.errors import InvalidArgumentError, ShapeMismatchError, choices
 from mechpatch.model import HookedModel
 from mechpatch.patching.interventions import INTERVENTIONS, Intervention, Replace
 from mechpatch.patching.metrics import Metric, Readout, as_metric, readout_positions
-from mechpatch.patching.plan import PatchPlan, compile_plan
+from mechpatch.patching.plan import PatchPlan, apply_mask, compile_plan
 from mechpatch.patching import fast
 from mechpatch.sites import Site
 
@@ -132,12 +132,6 @@ def _noops(plan: PatchPlan, sources: _Runs, alpha: float) -> tuple[Tensor, tuple
     return torch.tensor(flags, dtype=torch.bool), tuple(per_variant)
 
 
-def _patch(act: Tensor, mask: Tensor, src: Tensor, alpha: float) -> Tensor:
-    if alpha == 1.0:
-        return torch.where(mask, src, act)
-    return torch.where(mask, act + alpha * (src - act), act)
-
-
 # ----------------------------------------------------------------------------- methods
 
 
@@ -201,7 +195,7 @@ def _run_hooks_chunk(model, plan, base, sources, alpha, metric, readout, variant
         src = sources.source[name][rows_prompt]
 
         def target(act, offset, mask=mask, src=src):
-            return _patch(act, mask, src, alpha)
+            return apply_mask(act, mask, src, alpha)
 
         (redirected if hm.spec.write_via else hooks).extend(_bridge_hooks(hm.spec, hm.layer, target, name))
     with torch.inference_mode():

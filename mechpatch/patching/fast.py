@@ -17,7 +17,7 @@ from mechpatch.errors import MechpatchError
 from mechpatch.model import HookedModel
 from mechpatch.patching import functional as F_
 from mechpatch.patching.metrics import Metric, Readout
-from mechpatch.patching.plan import PatchPlan
+from mechpatch.patching.plan import PatchPlan, apply_mask
 
 #: Architectures whose functional forward has been verified against the bridge in the tests.
 VERIFIED_ARCHITECTURES = ("GPT2LMHeadModel", "LlamaForCausalLM", "TransformerLensNative")
@@ -190,8 +190,6 @@ def run_chunk(
     state: FastState, plan: PatchPlan, sources: "object", alpha: float, metric: Metric, readout: Readout, ids: Tensor
 ) -> Tensor:
     """Metric values [len(ids), prompt] for one chunk of variants."""
-    from mechpatch.patching.engine import _patch
-
     n, seq_len = state.tokens.shape
     device = state.tokens.device
     id_list = sorted(ids.tolist(), key=lambda v: state.starts[v][0])  # by start layer: rows join in order
@@ -216,7 +214,7 @@ def run_chunk(
         def fn(t: Tensor, mask: Tensor = mask, src: Tensor = src) -> Tensor:
             rows = t.shape[0]  # the rows active at this layer: a prefix of the chunk
             s = src[:rows]
-            return _patch(t, mask[:rows], s.expand_as(t) if s.shape != t.shape else s, alpha)
+            return apply_mask(t, mask[:rows], s.expand_as(t) if s.shape != t.shape else s, alpha)
 
         hooks[name] = fn
 

@@ -60,6 +60,17 @@ class PatchPlan:
         return first
 
 
+def apply_mask(act: Tensor, mask: Tensor, src: Tensor, alpha: float) -> Tensor:
+    """Patch ``act`` where ``mask`` is set: to ``src`` (``alpha`` 1), or ``alpha`` of the way from ``act`` to it.
+
+    >>> apply_mask(torch.zeros(3), torch.tensor([True, False, True]), torch.ones(3), 0.5)
+    tensor([0.5000, 0.0000, 0.5000])
+    """
+    if alpha == 1.0:
+        return torch.where(mask, src, act)
+    return torch.where(mask, act + alpha * (src - act), act)
+
+
 def compile_plan(model: HookedModel, variants: Sequence[Sequence[Site]], seq_len: int) -> PatchPlan:
     """Validate every site of every variant and build the per-hook masks."""
     if len(variants) == 0:

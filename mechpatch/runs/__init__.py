@@ -5,12 +5,16 @@ this package.
 - :mod:`mechpatch.runs.store`: the run directory, atomic writes, chunk files, hashes and provenance;
 - :mod:`mechpatch.runs.sweep`: patching sweeps (:class:`SweepConfig`, :func:`run_sweep`, :func:`load_sweep`);
 - :mod:`mechpatch.runs.discover`: circuit discovery (:class:`DiscoverConfig`, :func:`run_discover`);
+- :mod:`mechpatch.runs.interactions`: component interactions (:class:`InteractionsConfig`, :func:`run_interactions`);
+- :mod:`mechpatch.runs.plan`: what a run will do, checked against the model before any write (``--dry-run``);
+- :mod:`mechpatch.runs.results`: result files read back into result objects (no model);
 - :mod:`mechpatch.runs.report`: reports drawn from a run's files (``mechpatch report RUN_DIR``).
 """
 
 import os
 
-from mechpatch.runs.discover import DiscoverConfig, run_discover
+from mechpatch.runs.discover import DiscoverConfig, plan_discover, run_discover
+from mechpatch.runs.interactions import InteractionsConfig, plan_interactions, run_interactions
 from mechpatch.runs.store import (
     RunConflictError,
     RunError,
@@ -20,7 +24,7 @@ from mechpatch.runs.store import (
     verify_finished,
     weights_hash,
 )
-from mechpatch.runs.sweep import PromptSpec, SweepConfig, SweepRun, TaskSpec, load_sweep, run_sweep
+from mechpatch.runs.sweep import PromptSpec, SweepConfig, SweepRun, TaskSpec, load_sweep, plan_sweep, run_sweep
 
 
 def rebuild_report(run_dir: str) -> str:
@@ -44,6 +48,8 @@ def rebuild_report(run_dir: str) -> str:
 
 
 __all__ = [
-    "DiscoverConfig", "PromptSpec", "RunConflictError", "RunError", "RunStore", "SweepConfig", "SweepRun", "TaskSpec",
-    "config_hash", "load_sweep", "read_manifest", "rebuild_report", "run_discover", "run_sweep", "weights_hash",
+    "DiscoverConfig", "InteractionsConfig", "PromptSpec", "RunConflictError", "RunError", "RunStore", "SweepConfig",
+    "SweepRun", "TaskSpec", "config_hash", "load_sweep", "plan_discover", "plan_interactions", "plan_sweep",
+    "read_manifest", "rebuild_report", "run_discover", "run_interactions", "run_sweep", "verify_finished",
+    "weights_hash",
 ]

@@ -27,7 +27,7 @@ from mechpatch.runs.store import RunError, write_figure
 
 def _patch(path: str, title: str) -> Any:
     from mechpatch.plotting import patch_heatmap
-    from mechpatch.runs.sweep import as_2d, has_normalized, read_result
+    from mechpatch.runs.results import as_2d, has_normalized, read_result
 
     r = read_result(path)
     return patch_heatmap(as_2d(r), normalized=has_normalized(r),
@@ -59,7 +59,7 @@ def _faithfulness(path: str, title: str) -> Any:
 def _interactions(figure: str) -> Callable[[str, str], Any]:
     def draw(path: str, title: str) -> Any:
         from mechpatch.interactions import plot
-        from mechpatch.interactions.cli_run import read_models
+        from mechpatch.runs.results import read_models
 
         model, truth = read_models(path)
         if figure == "top_interactions":

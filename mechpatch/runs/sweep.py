@@ -46,6 +46,7 @@ from mechpatch.patching.results import PatchResult
 from mechpatch.patching.sweeps import DIRECTIONS, SWEEP_KINDS
 from mechpatch.runs.common import DTYPES, check_choice, check_device, check_model, check_task_args, load_source
 from mechpatch.runs.plan import RunPlan
+from mechpatch.runs.results import as_2d, has_normalized, read_result
 from mechpatch.runs.store import RunError, RunStore, read_manifest, read_tensors, slug, verify_finished
 
 INTERVENTION_KINDS = ("replace", "zero", "mean", "resample", "interpolate")
@@ -463,20 +464,6 @@ def write_result(store: RunStore, kind: str, r: PatchResult) -> None:
     store.write_table(f"{name}_cells", _cells(kind, r))
 
 
-def read_result(path: str) -> PatchResult:
-    """A :class:`PatchResult` from a sweep run's ``tensors/<kind>.safetensors`` (no model needed)."""
-    from mechpatch.sites import parse_site
-
-    tensors, meta = read_tensors(path)
-    sites = tuple(tuple(parse_site(s) for s in cell) for cell in json.loads(meta["sites"]))
-    return PatchResult(
-        values=tensors["values"], axes=tuple(json.loads(meta["axes"])),
-        labels=tuple(tuple(x) for x in json.loads(meta["labels"])), sites=sites, clean=tensors["clean"],
-        corrupted=tensors["corrupted"], noop=tensors["noop"], metric=meta["metric"], direction=meta["direction"],
-        intervention=meta["intervention"], meta={"method": meta.get("method", ""), "kind": meta["kind"]},
-    )
-
-
 def load_sweep(run_dir: str) -> SweepRun:
     """Read a finished sweep run back, its files checked against the hashes its manifest recorded.
 
@@ -512,11 +499,6 @@ def _normalized(r: PatchResult) -> Optional[Tensor]:
         return None
 
 
-def has_normalized(r: PatchResult) -> bool:
-    """Whether the normalised effect is defined (the clean and corrupted baselines differ)."""
-    return float(r.clean.mean() - r.corrupted.mean()) != 0
-
-
 def _tidy(kind: str, r: PatchResult) -> Any:
     frame = r.to_dataframe()
     frame.insert(0, "kind", kind)
@@ -550,22 +532,6 @@ def _top_cells(r: PatchResult, k: int) -> str:
     values = effect(r).reshape(-1)
     order = torch.argsort(values.abs(), descending=True, stable=True)[:k]
     return "; ".join(f"{' + '.join(s.label for s in r.sites[int(i)])}: {float(values[i]):+.4g}" for i in order)
-
-
-def as_2d(r: PatchResult) -> PatchResult:
-    """A 2-axis view of a result for a heatmap: one axis becomes a single row; leading axes of 3 or more merge."""
-    if len(r.grid_shape) == 2:
-        return r
-    if len(r.grid_shape) == 1:
-        return PatchResult(r.values.unsqueeze(0), ("all", r.axes[0]), (("all",), r.labels[0]), r.sites, r.clean,
-                           r.corrupted, r.noop.unsqueeze(0), r.metric, r.direction, r.intervention, r.meta)
-    rows: list[str] = [""]
-    for labels in r.labels[:-1]:
-        rows = [f"{a}{b}" for a in rows for b in labels]
-    shape = r.grid_shape
-    return PatchResult(r.values.reshape(-1, shape[-1], r.n_prompts), (".".join(r.axes[:-1]), r.axes[-1]),
-                       (tuple(rows), r.labels[-1]), r.sites, r.clean, r.corrupted, r.noop.reshape(-1, shape[-1]),
-                       r.metric, r.direction, r.intervention, r.meta)
 
 
 def _figures(run: SweepRun) -> dict[str, Any]:

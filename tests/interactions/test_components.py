@@ -8,7 +8,7 @@ import mechpatch.interactions.run as run_module
 from mechpatch.errors import SiteOutOfRangeError
 from mechpatch.interactions import evaluate_masks, exhaustive_interactions, find_interactions
 from mechpatch.interactions.basis import InteractionError
-from mechpatch.interactions.cli_run import resolve_components
+from mechpatch.runs.interactions import resolve_components
 from mechpatch.model import load_model
 from mechpatch.sites import Head, ModelSpec, heads
 from tests.conftest import native_config, perturb

@@ -11,8 +11,9 @@ import pytest
 
 from mechpatch.cli import main
 from mechpatch.config import ConfigError, from_dict, load_config
-from mechpatch.interactions import InteractionsConfig
-from mechpatch.interactions.cli_run import read_models, resolve_components
+from mechpatch.runs import InteractionsConfig
+from mechpatch.runs.interactions import resolve_components
+from mechpatch.runs.results import read_models
 from mechpatch.runs import read_manifest
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "interactions_redundant_induction.yaml"

@@ -32,6 +32,7 @@ from typing import Any, Optional, Union
 
 
 from mechpatch.interactions.results import InteractionModel
+from mechpatch.runs.results import model_to_dict
 
 INTERVENTIONS = ("zero", "mean")
 DESIGN_KINDS = ("bernoulli", "antithetic")
@@ -261,20 +262,6 @@ def _run(cfg: InteractionsConfig, store: Any, say: Any, model: Any, task: Any, b
     return summary
 
 
-def model_to_dict(m: InteractionModel) -> dict[str, Any]:
-    """Every term of an interaction model and its provenance, JSON-ready (:func:`model_from_dict` reads it)."""
-    return {"components": list(m.components), "direction": m.direction, "higher_is_better": m.higher_is_better,
-            "method": m.method, "order": m.order, "r2": m.r2, "evaluations": m.evaluations, "forwards": m.forwards,
-            "seconds": m.seconds, "terms": [[list(t), float(v)] for t, v in sorted(m.moebius.items())]}
-
-
-def model_from_dict(d: dict[str, Any]) -> InteractionModel:
-    """The interaction model :func:`model_to_dict` wrote (without its Fourier fit)."""
-    return InteractionModel(tuple(d["components"]), {tuple(t): float(v) for t, v in d["terms"]}, d["direction"],
-                            d["higher_is_better"], d["method"], d["order"], d["r2"], d["evaluations"],
-                            d["forwards"], d["seconds"])
-
-
 def top_table(m: InteractionModel, k: int, truth: Optional[InteractionModel] = None) -> Any:
     """The ``k`` strongest interactions (order >= 2) as a table, with the exhaustive effect where measured."""
     import pandas as pd
@@ -294,13 +281,6 @@ def mains_table(m: InteractionModel, truth: Optional[InteractionModel] = None) -
     return pd.DataFrame([{"component": i.label, "effect": i.effect, "score": i.score,
                           "exhaustive_effect": truth.moebius.get(i.term, float("nan")) if truth else float("nan")}
                          for i in m.mains()])
-
-
-def read_models(path: str) -> tuple[InteractionModel, Optional[InteractionModel]]:
-    """The fitted model and the exhaustive one (or None) of a run's ``interactions.json``."""
-    with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
-    return model_from_dict(data["sparse"]), (model_from_dict(data["exhaustive"]) if data.get("exhaustive") else None)
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -334,6 +314,6 @@ def write_interactions_report(run_dir: str) -> dict[str, Any]:
 
 
 __all__ = [
-    "InteractionsConfig", "mains_table", "model_from_dict", "model_to_dict", "read_models", "resolve_components",
-    "run_interactions", "top_table", "write_interactions_report",
+    "InteractionsConfig", "mains_table", "plan_interactions", "resolve_components", "run_interactions", "top_table",
+    "write_interactions_report",
 ]
