@@ -1,6 +1,8 @@
 """mechpatch: exact, fast activation patching on TransformerLens 4.
 
-Re-exports only; importing mechpatch does no work and sets no global state.
+Re-exports only; importing mechpatch does no work and sets no global state, but for one import at the end:
+:mod:`mechpatch.display`, the output layer, which gives the result classes their notebook display (their
+figures come from the plotting modules, imported only when one is shown).
 """
 
 from mechpatch.cache import PromptPair, SiteCache, cache_activations, estimate_cache_bytes, make_pair
@@ -38,5 +40,7 @@ from mechpatch.sites import (
     parse_site,
     select,
 )
+
+from mechpatch import display  # noqa: F401  (last: it imports the result modules)
 
 __version__ = "0.1.0"

@@ -1,7 +1,16 @@
 """Notebook display of result objects: a compact HTML table, then figures, drawn with no network.
 
-Result classes (``PatchResult``, ``SweepRun``, ``ComponentGraph``, ``DiscoveryResult``, ``InteractionModel``)
-import this module lazily in two methods:
+The output layer, above the results and the plotting modules. A result class knows its table
+(``_html_table``) but not its figures: results and algorithms never import plotting. Figures come from one
+registry keyed by result type: :func:`register_figures` fills it, :func:`figures_of` reads it (looked up
+along the type's MRO). The plotting modules (:mod:`mechpatch.plotting`, :mod:`mechpatch.circuit.plot`,
+:mod:`mechpatch.interactions.plot`) declare theirs in a module-level ``FIGURES`` mapping (result type ->
+function returning a list of figures), registered the first time :func:`figures_of` is called; that import
+is lazy, so plotly is loaded only when a figure is asked for.
+
+Importing this module (``mechpatch/__init__`` does, so every ``import mechpatch...`` does) gives the result
+classes (``PatchResult``, ``ComponentGraph``, ``DiscoveryResult``, ``InteractionModel``) their two display
+methods; ``SweepRun``, in the run layer above, calls the same helpers itself:
 
 - ``_ipython_display_`` (:func:`ipython_display`): in a Jupyter kernel, the table is one ``text/html`` output
   and each figure is handed to IPython's ``display``, so plotly's renderer chooses the output (in a kernel
@@ -19,18 +28,61 @@ imported only when a kernel asks for a display.
 '<table><tr><td>1</td></tr></table>'
 >>> html_table(["edge", "score"], [["a->b", "0.5"], ["<c>", "-1"]])
 '<table><tr><th>edge</th><th>score</th></tr><tr><td>a-&gt;b</td><td>0.5</td></tr><tr><td>&lt;c&gt;</td><td>-1</td></tr></table>'
+>>> m = InteractionModel(("A", "B"), {(): 1.0, (0, 1): -1.0})
+>>> page = m._repr_html_()
+>>> "<td>A x B</td><td>redundancy</td>" in page, page.count("plotly-graph-div"), len(figures_of(m))
+(True, 1, 1)
 """
 
-import html
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from mechpatch.circuit.graph import ComponentGraph
+from mechpatch.circuit.result import DiscoveryResult
+from mechpatch.interactions.results import InteractionModel
+from mechpatch.patching.results import PatchResult
+from mechpatch.report import html_table
 
-def html_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """A plain HTML table: one header row, then one row per item; every cell is escaped text."""
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+#: result type -> function giving its figures; filled from the plotting modules' ``FIGURES`` (and by callers)
+_FIGURES: dict[type, Callable[[Any], list[Any]]] = {}
+_loaded = False
+
+
+def register_figures(result_type: type, fn: Callable[[Any], list[Any]]) -> None:
+    """Show ``fn(result)`` (a list of plotly figures, possibly empty) as the figures of ``result_type`` and of
+    its subclasses that have none of their own; replaces an earlier registration of that type."""
+    if not isinstance(result_type, type):
+        raise TypeError(f"result_type must be a class, not {result_type!r}")
+    _FIGURES[result_type] = fn
+
+
+def _load_plotting() -> None:
+    """Register the plotting modules' ``FIGURES`` (importing them, and plotly, on the first call only);
+    a registration made before by :func:`register_figures` is kept."""
+    global _loaded
+    if _loaded:
+        return
+    from mechpatch import plotting
+    from mechpatch.circuit import plot as circuit_plot
+    from mechpatch.interactions import plot as interactions_plot
+
+    for module in (plotting, circuit_plot, interactions_plot):
+        for result_type, fn in module.FIGURES.items():
+            _FIGURES.setdefault(result_type, fn)
+    _loaded = True
+
+
+def figures_of(result: Any) -> list[Any]:
+    """The figures registered for ``result``'s type (the nearest class of its MRO that has some); ``[]`` if none.
+
+    >>> figures_of(object())
+    []
+    """
+    _load_plotting()
+    for cls in type(result).__mro__:
+        if cls in _FIGURES:
+            return list(_FIGURES[cls](result))
+    return []
 
 
 def html_fragment(table: str, figures: Iterable[Any]) -> str:
@@ -87,4 +139,25 @@ def ipython_display(text: str, table: str, figures: Callable[[], Iterable[Any]])
         display(fig)
 
 
-__all__ = ["html_fragment", "html_table", "in_kernel", "ipython_display"]
+def _attach(cls: type, text: Callable[[Any], str] = repr) -> None:
+    """Give ``cls`` its notebook display: the table (``cls._html_table``), then :func:`figures_of`; ``text`` is
+    the plain form shown outside a kernel and beside the table."""
+
+    def _repr_html_(self: Any) -> str:
+        """Table and figures, plotly.js inline: draws with no network (see :mod:`mechpatch.display`)."""
+        return html_fragment(self._html_table(), figures_of(self))
+
+    def _ipython_display_(self: Any) -> None:
+        """In Jupyter: the table, then each figure through plotly's renderer (see :mod:`mechpatch.display`)."""
+        ipython_display(text(self), self._html_table(), lambda: figures_of(self))
+
+    cls._repr_html_ = _repr_html_
+    cls._ipython_display_ = _ipython_display_
+
+
+for _cls in (PatchResult, ComponentGraph, DiscoveryResult):
+    _attach(_cls)
+_attach(InteractionModel, InteractionModel.summary)
+
+
+__all__ = ["figures_of", "html_fragment", "html_table", "in_kernel", "ipython_display", "register_figures"]

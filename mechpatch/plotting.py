@@ -1,5 +1,7 @@
 """Results -> plotly figures. A leaf of the import graph: figures take result objects (never the model)
-and are returned, never shown. Importing mechpatch.patching does not import this module or plotly."""
+and are returned, never shown. Importing mechpatch.patching does not import this module or plotly.
+
+``FIGURES`` names what a notebook shows of each result type (see :mod:`mechpatch.display`)."""
 
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -7,6 +9,8 @@ from typing import Any, Optional
 import plotly.graph_objects as go
 from jaxtyping import Float
 from torch import Tensor
+
+from mechpatch.patching.results import PatchResult
 
 
 def heatmap(
@@ -71,3 +75,14 @@ def patch_heatmap(result: Any, normalized: bool = True, title: Optional[str] = N
         x_title=result.axes[1], y_title=result.axes[0], zmid=0.0, colorbar_title=what, hover_extra=hover,
     )
     return fig
+
+
+def _patch_figures(result: PatchResult) -> list[go.Figure]:
+    """The heatmap of a 2-axis result (normalised effect where defined, else the mean metric); none otherwise."""
+    if len(result.grid_shape) != 2:
+        return []
+    return [patch_heatmap(result, normalized=float(result.clean.mean() - result.corrupted.mean()) != 0)]
+
+
+#: result type -> its figures in a notebook (registered by :func:`mechpatch.display.figures_of`)
+FIGURES = {PatchResult: _patch_figures}

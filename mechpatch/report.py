@@ -10,8 +10,19 @@
 import html
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+
+def html_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A plain HTML table: one header row, then one row per item; every cell is escaped text.
+
+    >>> html_table(["edge", "score"], [["a->b", "0.5"]])
+    '<table><tr><th>edge</th><th>score</th></tr><tr><td>a-&gt;b</td><td>0.5</td></tr></table>'
+    """
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def replace_atomically(tmp: str, path: str) -> None:

@@ -24,8 +24,10 @@ from mechpatch.circuit.components import (
 from mechpatch.circuit.discovery import DISCOVERY, DiscoveryResult, acdc, discover
 from mechpatch.circuit.edges import ABLATIONS, EdgeError, EdgeLayout, EdgeRun, edge_patch, edge_patch_reference, layout
 from mechpatch.circuit.faithfulness import MIB_SIZES, FaithfulnessCurve, circuit_metric, faithfulness_curve
-from mechpatch.circuit.formats import from_mib, to_dot, to_mib, to_networkx
+from mechpatch.circuit.formats import read_mib, to_dot, to_mib, to_networkx
 from mechpatch.circuit.graph import ComponentGraph
+
+from_mib = ComponentGraph.from_mib  # the MIB reader builds no graph itself (formats.py does not import graph.py)
 
 __all__ = [
     "ABLATIONS",
@@ -60,6 +62,7 @@ __all__ = [
     "parse_edge",
     "parse_node",
     "parse_receiver",
+    "read_mib",
     "to_dot",
     "to_mib",
     "to_networkx",

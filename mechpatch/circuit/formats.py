@@ -1,5 +1,9 @@
 """A :class:`~mechpatch.circuit.graph.ComponentGraph` in other formats: networkx, Graphviz DOT, MIB's circuit JSON.
 
+The graph's methods (``to_networkx``, ``to_dot``, ``to_mib``, ``from_mib``) call these functions; this module
+does not import the graph class (the writers read any graph object, :func:`read_mib` returns plain data that
+``ComponentGraph.from_mib`` builds a graph from).
+
 **MIB** (Mueller et al. 2025, circuit localization track) takes circuits as EAP-IG's ``Graph.to_json``
 files (``hannamw/EAP-IG: src/eap/graph.py``, read by MIB's ``MIB_circuit_track/circuit_loading.py``;
 example: ``circuits/ioi-eap-ig.json`` in the MIB circuit-track repository)::
@@ -24,7 +28,7 @@ Not confirmed from MIB's sources, so chosen here and stated:
 - **GQA models** (MIB's Qwen-2.5, Gemma-2, Llama-3.1): EAP-IG builds their graphs with TransformerLens's
   ``ungroup_grouped_query_attention``, so its key/value edges are per query head (``a1.h5<k>``), while
   mechpatch's end at the group (``L1G1.k``). :func:`to_mib` writes a group edge once per head of the group,
-  each with the group's score and membership; :func:`from_mib` gives the group edge the mean of its heads'
+  each with the group's score and membership; :func:`read_mib` gives the group edge the mean of its heads'
   scores (exact for files :func:`to_mib` wrote) and puts it in the circuit if any head's edge is.
 - Edges a file leaves out are unscored (NaN) and out of the circuit (EAP-IG would read score 0).
 - Attention-only and position-resolved graphs have no MIB form (EAP-IG graphs always have MLP nodes and
@@ -37,12 +41,12 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import torch
+from torch import Tensor
 
 from mechpatch.circuit.components import CircuitError, Edge, Node, graph_layout
-from mechpatch.circuit.graph import ComponentGraph
 from mechpatch.errors import UnsupportedSiteError
 from mechpatch.sites import ModelSpec
 
@@ -50,12 +54,12 @@ from mechpatch.sites import ModelSpec
 INPUT_COLOURS = {"q": "#1f77b4", "k": "#2ca02c", "v": "#d62728", None: "#555555"}
 
 
-def _edges(graph: ComponentGraph, circuit_only: bool) -> list[tuple[Edge, float, bool]]:
+def _edges(graph: Any, circuit_only: bool) -> list[tuple[Edge, float, bool]]:
     scores, circuit = graph._edge_values().tolist(), graph._edge_circuit().tolist()
     return [(e, s, c) for e, s, c in zip(graph.edges, scores, circuit) if c or not circuit_only]
 
 
-def _nodes(graph: ComponentGraph, edges: list[tuple[Edge, float, bool]], circuit_only: bool) -> list[Node]:
+def _nodes(graph: Any, edges: list[tuple[Edge, float, bool]], circuit_only: bool) -> list[Node]:
     """Nodes to draw: the circuit's (with any GQA group its edges enter), or every node."""
     lay = graph.layout
     if circuit_only:
@@ -67,7 +71,7 @@ def _nodes(graph: ComponentGraph, edges: list[tuple[Edge, float, bool]], circuit
     return per_pos if graph.n_pos is None else [n.at(p) for p in range(graph.n_pos) for n in per_pos]
 
 
-def to_networkx(graph: ComponentGraph, circuit_only: bool = True) -> Any:
+def to_networkx(graph: Any, circuit_only: bool = True) -> Any:
     """A ``networkx.MultiDiGraph``: nodes by label, one edge per graph edge keyed by its input.
 
     Node attributes: ``kind``, ``layer``, ``unit``, ``pos``, ``score`` (node score, NaN if none); a GQA group
@@ -107,12 +111,13 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def to_dot(graph: ComponentGraph, circuit_only: bool = True) -> str:
+def to_dot(graph: Any, circuit_only: bool = True) -> str:
     """Graphviz DOT text: left to right by layer, one rank per attention/MLP stage, edges coloured by the input
     they reach (q blue, k green, v red, MLP/logits grey) and labelled q/k/v, width by ``|score|``, the exact
     score in the tooltip. Unscored edges of a scored graph are dotted; edges outside the circuit
     (``circuit_only=False``) grey and dashed.
 
+    >>> from mechpatch.circuit.graph import ComponentGraph
     >>> from mechpatch.sites import ModelSpec
     >>> spec = ModelSpec(n_layers=2, n_heads=1, d_model=4, d_head=4, d_vocab=5, n_ctx=4, attn_only=True)
     >>> g = ComponentGraph(spec, {"L0H0->L1H0.k": 1.0, "L1H0->logits": 0.5}).threshold(0.1)
@@ -168,7 +173,7 @@ _MIB_EDGE = re.compile(
 )
 
 
-def _mib_check(graph: ComponentGraph) -> None:
+def _mib_check(graph: Any) -> None:
     if graph.n_pos is not None:
         raise CircuitError("MIB circuits are not position-resolved; build the graph without n_pos")
     if not graph.spec.has_mlp:
@@ -177,7 +182,7 @@ def _mib_check(graph: ComponentGraph) -> None:
         )
 
 
-def to_mib(graph: ComponentGraph, path: Union[str, os.PathLike, None] = None,
+def to_mib(graph: Any, path: Union[str, os.PathLike, None] = None,
            nan_score: Optional[float] = None) -> dict[str, Any]:
     """The graph as MIB circuit-submission data (see the module docstring), written to ``path`` if given.
 
@@ -191,6 +196,7 @@ def to_mib(graph: ComponentGraph, path: Union[str, os.PathLike, None] = None,
     Returns:
         The JSON data (``cfg``, ``nodes``, ``edges``).
 
+    >>> from mechpatch.circuit.graph import ComponentGraph
     >>> from mechpatch.sites import ModelSpec
     >>> spec = ModelSpec(n_layers=1, n_heads=2, d_model=8, d_head=4, d_vocab=5, n_ctx=4)
     >>> g = ComponentGraph(spec, torch.zeros(4, 8)).with_circuit(["input->L0H1.k", "L0H1->logits"])
@@ -248,12 +254,20 @@ def to_mib(graph: ComponentGraph, path: Union[str, os.PathLike, None] = None,
     return data
 
 
-def from_mib(source: Union[Mapping[str, Any], str, os.PathLike], spec: ModelSpec, model: str = "",
-             meta: Optional[Mapping[str, Any]] = None) -> ComponentGraph:
-    """A graph from MIB circuit JSON (data or a file), for a model of shape ``spec``.
+class MibCircuit(NamedTuple):
+    """A MIB circuit file read for one model shape (:func:`read_mib`): what a graph is built from."""
 
-    Edge scores and ``in_graph`` become the graph's scores and circuit; node scores are read where present
-    (NaN ones are left out). ``meta`` defaults to ``{"format": "MIB"}``.
+    scores: Tensor  # float64 [sender receiver] of graph_layout(spec); NaN: not scored
+    in_circuit: Tensor  # bool, same shape
+    node_scores: dict[str, float]  # node label -> score (NaN scores left out)
+
+
+def read_mib(source: Union[Mapping[str, Any], str, os.PathLike], spec: ModelSpec) -> MibCircuit:
+    """Read MIB circuit JSON (data or a file) for a model of shape ``spec``; ``ComponentGraph.from_mib`` makes it
+    a graph.
+
+    Edge scores and ``in_graph`` become dense scores and a circuit mask; node scores are read where present
+    (NaN ones are left out).
 
     Raises:
         CircuitError: the file's ``cfg`` does not match ``spec`` (layers, heads, d_model), says
@@ -328,8 +342,7 @@ def from_mib(source: Union[Mapping[str, Any], str, os.PathLike], spec: ModelSpec
         score = info.get("score")
         if score is not None and not math.isnan(float(score)):
             node_scores[mib_to_label[name]] = float(score)
-    return ComponentGraph(spec, scores, in_circuit=circuit > 0, node_scores=node_scores,
-                          meta={"format": "MIB"} if meta is None else meta, model=model)
+    return MibCircuit(scores, circuit > 0, node_scores)
 
 
-__all__ = ["INPUT_COLOURS", "from_mib", "to_dot", "to_mib", "to_networkx"]
+__all__ = ["INPUT_COLOURS", "MibCircuit", "read_mib", "to_dot", "to_mib", "to_networkx"]

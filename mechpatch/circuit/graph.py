@@ -4,7 +4,8 @@ A :class:`ComponentGraph` holds, for one model shape, a score per edge from any 
 scored), optional node scores, ``meta`` saying where the scores came from (method, metric, ablation,
 data), and a circuit: a set of edges. Nodes, edges, labels and the dense layout are
 :mod:`mechpatch.circuit.components`; other file formats (networkx, Graphviz, MIB) are
-:mod:`mechpatch.circuit.formats`; the figure is :func:`mechpatch.circuit.plot.graph_figure`.
+:mod:`mechpatch.circuit.formats` (which does not import this module); the figure is
+:func:`mechpatch.circuit.plot.graph_figure`, shown in notebooks through :mod:`mechpatch.display`.
 
 >>> spec = ModelSpec(n_layers=2, n_heads=2, d_model=8, d_head=4, d_vocab=10, n_ctx=8)
 >>> g = ComponentGraph(spec, {"L0H1->L1H0.k": 2.0, "L1H0->logits": 1.5, "input->L0H1.q": 0.5, "L0.mlp->logits": 0.1},
@@ -508,10 +509,13 @@ class ComponentGraph:
     @classmethod
     def from_mib(cls, source: Union[Mapping[str, Any], str, os.PathLike], spec: ModelSpec, model: str = "",
                  meta: Optional[Mapping[str, Any]] = None) -> "ComponentGraph":
-        """A graph from MIB's circuit JSON (see :func:`mechpatch.circuit.formats.from_mib`)."""
-        from mechpatch.circuit.formats import from_mib
+        """A graph from MIB's circuit JSON (data or a file), for a model of shape ``spec`` (read by
+        :func:`mechpatch.circuit.formats.read_mib`); ``meta`` defaults to ``{"format": "MIB"}``."""
+        from mechpatch.circuit.formats import read_mib
 
-        return from_mib(source, spec, model=model, meta=meta)
+        mib = read_mib(source, spec)
+        return cls(spec, mib.scores, in_circuit=mib.in_circuit, node_scores=mib.node_scores,
+                   meta={"format": "MIB"} if meta is None else meta, model=model)
 
     # ------------------------------------------------------------------ comparison and display
 
@@ -541,28 +545,9 @@ class ComponentGraph:
             f"scored={self.n_scored}, circuit={self.n_in_circuit} edges / {len(self.nodes_in_circuit)} nodes{about})"
         )
 
-    def _repr_html_(self, rows: int = 15) -> str:
-        """Table and circuit figure, plotly.js inline: draws with no network (see :mod:`mechpatch.display`)."""
-        from mechpatch.display import html_fragment
-
-        return html_fragment(self._html_table(rows), self._figures())
-
-    def _ipython_display_(self) -> None:
-        """In Jupyter: the table, then the circuit figure through plotly's renderer."""
-        from mechpatch.display import ipython_display
-
-        ipython_display(repr(self), self._html_table(), self._figures)
-
-    def _figures(self) -> list[Any]:
-        """The circuit as a layered figure (:func:`mechpatch.circuit.plot.graph_figure`); none when it is empty."""
-        if self.n_in_circuit == 0:
-            return []
-        from mechpatch.circuit.plot import graph_figure
-
-        return [graph_figure(self)]
-
     def _html_table(self, rows: int = 15) -> str:
-        """The repr, ``meta``, and the ``rows`` strongest circuit edges, as HTML."""
+        """The repr, ``meta``, and the ``rows`` strongest circuit edges, as HTML (the notebook display, with the
+        figure, is :mod:`mechpatch.display`'s)."""
         vals, inc = self._edge_values(), self._edge_circuit()
         labels = self.layout.edge_labels()
         key = torch.where(inc, torch.nan_to_num(vals.abs(), nan=-1.0), torch.full_like(vals, -2.0))

@@ -20,6 +20,7 @@ from plotly.colors import sample_colorscale
 
 from mechpatch.circuit.components import CircuitError, Node
 from mechpatch.circuit.graph import ComponentGraph
+from mechpatch.circuit.result import DiscoveryResult
 
 DASH = {"q": "dot", "k": "dash", "v": "dashdot", None: "solid"}
 INPUT_NAMES = {"q": "query (q)", "k": "key (k)", "v": "value (v)", None: "MLP / logits input"}
@@ -162,4 +163,19 @@ def _all_nodes(graph: ComponentGraph) -> list[Node]:
     return base if graph.n_pos is None else [n.at(p) for p in range(graph.n_pos) for n in base]
 
 
-__all__ = ["DASH", "INPUT_NAMES", "graph_figure"]
+def _graph_figures(graph: ComponentGraph) -> list[go.Figure]:
+    """The circuit as a layered figure; none when it is empty."""
+    return [graph_figure(graph)] if graph.n_in_circuit else []
+
+
+def _discovery_figures(result: DiscoveryResult) -> list[go.Figure]:
+    """The discovered circuit (via ``to_graph``); none without a model spec or kept edges."""
+    if result.spec is None or not result.edges:
+        return []
+    return [graph_figure(result.to_graph())]
+
+
+#: result type -> its figures in a notebook (registered by :func:`mechpatch.display.figures_of`)
+FIGURES = {ComponentGraph: _graph_figures, DiscoveryResult: _discovery_figures}
+
+__all__ = ["DASH", "FIGURES", "INPUT_NAMES", "graph_figure"]

@@ -1,5 +1,7 @@
 """What a circuit discovery returns (:class:`DiscoveryResult`): every algorithm of
 :data:`mechpatch.circuit.DISCOVERY` (ACDC here, EAP and EAP-IG in :mod:`mechpatch.attribution.edges`) gives one.
+
+Its notebook display (the table below, then the circuit figure) is :mod:`mechpatch.display`'s.
 """
 
 import math
@@ -49,7 +51,7 @@ class DiscoveryResult:
         """What the search found and cost, then the ``rows`` kept edges with the largest ``|score|``, as HTML."""
         import html
 
-        from mechpatch.display import html_table
+        from mechpatch.report import html_table
 
         params = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         about = [("method", self.method + (f" ({params})" if params else "")),
@@ -67,26 +69,6 @@ class DiscoveryResult:
         more = len(self.edges) - len(shown)
         return (f"<p>{html.escape(repr(self))}</p><table>{head}</table>{edges}"
                 + (f"<p>... and {more} more circuit edges</p>" if more > 0 else ""))
-
-    def _figures(self) -> list[Any]:
-        """The circuit as a layered figure (via :meth:`to_graph`); none without a model spec or kept edges."""
-        if self.spec is None or not self.edges:
-            return []
-        from mechpatch.circuit.plot import graph_figure
-
-        return [graph_figure(self.to_graph())]
-
-    def _repr_html_(self) -> str:
-        """Table and circuit figure, plotly.js inline: draws with no network (see :mod:`mechpatch.display`)."""
-        from mechpatch.display import html_fragment
-
-        return html_fragment(self._html_table(), self._figures())
-
-    def _ipython_display_(self) -> None:
-        """In Jupyter: the table, then the circuit figure through plotly's renderer."""
-        from mechpatch.display import ipython_display
-
-        ipython_display(repr(self), self._html_table(), self._figures)
 
 
 __all__ = ["DiscoveryResult"]

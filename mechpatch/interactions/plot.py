@@ -122,3 +122,12 @@ def interaction_network(model: InteractionModel, k: int = 20, title: Optional[st
         yaxis=dict(showgrid=False, zeroline=False, showticklabels=False),
     )
     return fig
+
+
+def _model_figures(model: InteractionModel) -> list[go.Figure]:
+    """The pair matrix; none below two components."""
+    return [interaction_matrix(model)] if model.n_components >= 2 else []
+
+
+#: result type -> its figures in a notebook (registered by :func:`mechpatch.display.figures_of`)
+FIGURES = {InteractionModel: _model_figures}

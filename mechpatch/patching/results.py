@@ -114,26 +114,6 @@ class PatchResult:
         )
         return f"<p>{html.escape(repr(self))}</p><table><tr><th>patch</th><th>mean {html.escape(self.metric)}</th><th></th></tr>{rows}</table>"
 
-    def _figures(self) -> list[Any]:
-        """The heatmap of a 2-axis result (normalised effect where defined, else the mean metric)."""
-        if len(self.grid_shape) != 2:
-            return []
-        from mechpatch.plotting import patch_heatmap
-
-        return [patch_heatmap(self, normalized=float(self.clean.mean() - self.corrupted.mean()) != 0)]
-
-    def _repr_html_(self) -> str:
-        """Table and heatmap with plotly.js inline: draws with no network (see :mod:`mechpatch.display`)."""
-        from mechpatch.display import html_fragment
-
-        return html_fragment(self._html_table(), self._figures())
-
-    def _ipython_display_(self) -> None:
-        """In Jupyter: the table, then the heatmap through plotly's renderer (see :mod:`mechpatch.display`)."""
-        from mechpatch.display import ipython_display
-
-        ipython_display(repr(self), self._html_table(), self._figures)
-
     def value_at(self, *index: int) -> Optional[float]:
         """Prompt-mean value of one grid cell."""
         return float(self.mean()[index])
