@@ -32,6 +32,12 @@ from mechpatch.sites import ModelSpec, Site
 
 Prompts = Union[Int[Tensor, "batch pos"], Sequence[str], str]
 _UNIT_NAMES = ("B", "KB", "MB", "GB", "TB", "KiB", "MiB", "GiB", "TiB")
+#: the one default memory budget: bytes of transient activations per chunk of a batched run (the exact engine's
+#: forwards; gradient methods take :data:`GRADIENT_BUDGET_SHARE` of it). Pass ``memory_budget`` to change it.
+DEFAULT_MEMORY_BUDGET = 2 * 2**30
+#: the share of the default budget that forward+backward chunks (attribution) plan with: a backward pass keeps
+#: the forward's activations and their gradients alive together, beyond what their row estimates count
+GRADIENT_BUDGET_SHARE = 0.5
 _UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
@@ -394,6 +400,8 @@ def make_pair(
 
 
 __all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "GRADIENT_BUDGET_SHARE",
     "PromptPair",
     "SiteCache",
     "TokenizerError",

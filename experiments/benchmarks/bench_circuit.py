@@ -95,7 +95,7 @@ def bench(name, model, base, source, tau, batch_size, reference_sample=None):
         print(json.dumps(row), flush=True)
         return row
     t = time.perf_counter()
-    ref = acdc(model, base, metric, source=source, tau=tau, method="sequential", progress=False)
+    ref = acdc(model, base, metric, source=source, tau=tau, search="sequential", progress=False)
     t_ref = time.perf_counter() - t
     row = {
         "model": name, "edges_total": fast_res.layout.n_edges, "prompts": int(base.shape[0]),

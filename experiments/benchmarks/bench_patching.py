@@ -116,10 +116,11 @@ def bench_model(model, n_prompts: int, seq_len: int, tl_repeats: int, sweeps=tup
         if by_pos and kind == "head":
             ours = ours.permute(0, 2, 1)
         budget_rows = None
-        from mechpatch.patching.engine import DEFAULT_BUDGET, _row_bytes
+        from mechpatch.cache import DEFAULT_MEMORY_BUDGET
+        from mechpatch.patching.engine import _row_bytes
 
         per_variant = _row_bytes(model, seq_len, 1) * n_prompts
-        budget_rows = max(1, DEFAULT_BUDGET // per_variant)
+        budget_rows = max(1, DEFAULT_MEMORY_BUDGET // per_variant)
         t_ideal, t_baselines = ideal_time(model, pair, kind, by_pos, budget_rows)
         out[name] = {
             "patches": int(res.noop.numel()),

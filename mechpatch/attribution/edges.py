@@ -34,7 +34,7 @@ from torch import Tensor
 
 from mechpatch.attribution.base import AttributionError
 from mechpatch.attribution.nodes import grad_ready
-from mechpatch.cache import parse_bytes
+from mechpatch.cache import DEFAULT_MEMORY_BUDGET, GRADIENT_BUDGET_SHARE, parse_bytes
 from mechpatch.circuit.edges import EdgeLayout, edge_patch, layout, make_runner
 from mechpatch.circuit.edges import _setup as edge_setup
 from mechpatch.errors import choices
@@ -45,7 +45,6 @@ from mechpatch.patching.metrics import KLDivergence, Metric, Readout, value_dtyp
 
 IG_MODES = ("inputs", "activations")
 DEFAULT_TOP_N = 100  # edges kept when neither top_n nor tau is given
-DEFAULT_BUDGET = 1 * 2**30
 
 
 @dataclass(frozen=True)
@@ -225,7 +224,8 @@ def edge_attribution(
         ig: None (plain EAP: gradient on the base run), "inputs" or "activations" (see the module docstring).
         steps: points of the integrated-gradient path (EAP-IG only).
         batch_size: rows per forward+backward (a row is one prompt at one path point); default from ``memory_budget``.
-        memory_budget: transient memory for one pass (bytes or e.g. ``"1GiB"``).
+        memory_budget: transient memory for one pass (bytes or e.g. ``"1GiB"``; default
+            :data:`~mechpatch.cache.DEFAULT_MEMORY_BUDGET` x :data:`~mechpatch.cache.GRADIENT_BUDGET_SHARE`).
         per_position: score each edge at each token position (scores ``[pos, sender, receiver]``, edges
             ``L0H2@3->L1H0.k@3``: the estimate of ablating the edge at that position only); the sum over
             positions is the unresolved score.
@@ -257,7 +257,7 @@ def edge_attribution(
         raise AttributionError(f"steps must be a positive int; got {steps!r}")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise AttributionError(f"batch_size must be a positive int or None; got {batch_size!r}")
-    budget = parse_bytes(memory_budget) or DEFAULT_BUDGET
+    budget = parse_bytes(memory_budget) or int(DEFAULT_MEMORY_BUDGET * GRADIENT_BUDGET_SHARE)
     reason, fm = fast.resolve(model)
     if reason is not None:
         raise AttributionError(

@@ -39,7 +39,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from mechpatch.attribution.base import AtpRun, AttributionError, AttributionResult
-from mechpatch.cache import PromptPair, as_tokens, parse_bytes
+from mechpatch.cache import DEFAULT_MEMORY_BUDGET, GRADIENT_BUDGET_SHARE, PromptPair, as_tokens, parse_bytes
 from mechpatch.errors import ShapeMismatchError, choices
 from mechpatch.model import HookedModel, hook_shape
 from mechpatch.patching import fast
@@ -48,14 +48,14 @@ from mechpatch.patching.interventions import INTERVENTIONS, Intervention, Replac
 from mechpatch.patching.metrics import KLDivergence, Metric, Readout, as_metric, readout_positions, value_dtype
 from mechpatch.patching.plan import PatchPlan, compile_plan
 from mechpatch.patching.results import PatchResult
-from mechpatch.patching.sweeps import DIRECTIONS, Grid, make_grid
+from mechpatch.patching.interventions import check_direction
+from mechpatch.patching.sweeps import Grid, make_grid
 from mechpatch.sites import Attn, Head, HeadResult, Key, Mlp, Neuron, Pattern, Query, Site, Value
 
 BACKENDS = ("auto", "functional", "bridge")
 #: method name -> (query/key fix, GradDrop)
 METHODS: dict[str, tuple[bool, bool]] = {"atp": (False, False), "atp+qk": (True, False), "atp+gd": (False, True),
                                          "atp*": (True, True)}
-DEFAULT_BUDGET = 1 * 2**30
 _IN_BLOCK = (Attn, Mlp, Head, HeadResult, Query, Key, Value, Pattern, Neuron)
 
 
@@ -248,7 +248,8 @@ def atp(
         backend: "auto", "functional" (mechpatch's forward) or "bridge" (TransformerBridge hooks).
         batch_size: prompts per forward+backward (each with 1 + n_layers rows under GradDrop); default: as
             many as ``memory_budget`` allows.
-        memory_budget: transient memory for one pass (bytes or e.g. ``"1GiB"``).
+        memory_budget: transient memory for one pass (bytes or e.g. ``"1GiB"``; default
+            :data:`~mechpatch.cache.DEFAULT_MEMORY_BUDGET` x :data:`~mechpatch.cache.GRADIENT_BUDGET_SHARE`).
 
     Returns:
         :class:`~mechpatch.attribution.base.AtpRun`: ``estimates[variant, prompt]`` of ``patched - base``.
@@ -277,7 +278,7 @@ def atp(
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise AttributionError(
             f"batch_size must be a positive int or None (sized from memory_budget), got {batch_size!r}")
-    budget = parse_bytes(memory_budget) or DEFAULT_BUDGET
+    budget = parse_bytes(memory_budget) or int(DEFAULT_MEMORY_BUDGET * GRADIENT_BUDGET_SHARE)
     base_t = as_tokens(model, base)
     src_t = None
     if source is not None:
@@ -485,8 +486,7 @@ def attribute(
     """
     if method not in METHODS:
         raise AttributionError(f"unknown attribution method {method!r}; valid: {choices(METHODS)}")
-    if direction not in DIRECTIONS:
-        raise AttributionError(f"unknown direction {direction!r}; valid: {choices(DIRECTIONS)}")
+    check_direction(direction)
     if not isinstance(pair, PromptPair):
         raise AttributionError(f"pair must be a PromptPair (see mechpatch.make_pair), got {type(pair).__name__}")
     if isinstance(grid, str):

@@ -7,12 +7,12 @@ decrease of a task metric) is below the threshold ``tau``. A node whose every ou
 longer reaches the logits, so its incoming edges are removed without evaluating them (exactly: its
 output is ablated everywhere, so nothing it reads matters).
 
-The batched method speculates: it evaluates the receiver's next candidate edges in one forward, either
+The batched search speculates: it evaluates the receiver's next candidate edges in one forward, either
 *cumulatively* (row j ablates candidates i..j on top of the removed set: exact as long as they are all
 removed) or *one each* (row j ablates candidate j only: exact as long as they are all kept), guessing
 that the next decisions repeat the last one. The first decision against the guess makes later rows
 stale: a new batch starts there with the guess flipped and a small size, which doubles while guesses
-hold. Every row resumes at the receiver's layer (nothing earlier can change). The result equals one-edge-per-forward ACDC (``method="sequential"``) up to float rounding in
+hold. Every row resumes at the receiver's layer (nothing earlier can change). The result equals one-edge-per-forward ACDC (``search="sequential"``) up to float rounding in
 damages that lie within ~1e-6 of ``tau``.
 
 Checkpoints: the whole state of an ACDC search between two receivers is the removed-edge mask, the scores so
@@ -23,7 +23,7 @@ replaced each time) after receivers, at most every ``checkpoint_seconds``, and a
 the same store it loads the state and goes on from the next receiver. Scores are stored as float64 (every
 Python float exactly), so a resumed search returns the same edges, the same scores in the same order and
 the same final metric, bit for bit, as one that was never interrupted. A checkpoint of another edge layout,
-metric, ablation, ``tau``, ``method``, ``batch_size`` or orientation, or of other prompts, is refused
+metric, ablation, ``tau``, ``search``, ``batch_size`` or orientation, or of other prompts, is refused
 (:class:`~mechpatch.chunks.CheckpointError`).
 """
 
@@ -44,7 +44,8 @@ from mechpatch.errors import choices
 from mechpatch.model import HookedModel
 from mechpatch.patching.metrics import KLDivergence, Loss, Metric, as_metric
 
-METHODS = ("batched", "sequential")
+#: ACDC's search strategies (``acdc(search=...)``; a "method" in mechpatch is a discovery algorithm or an engine path)
+SEARCHES = ("batched", "sequential")
 #: metrics for which lower is better (distances to the clean run); any other metric is a task score
 LOWER_IS_BETTER = ("kl_div", "output_mse", "loss")
 #: the chunk group under which :func:`acdc` keeps its checkpoint (chunk 0, replaced as the search goes on)
@@ -79,13 +80,14 @@ def _check_checkpoint(state: dict[str, Tensor], expect: dict[str, Tensor], full_
     if not torch.equal(state["key"], expect["key"]):
         raise CheckpointError("the checkpoint belongs to another edge layout, metric or ablation than this search "
                               f"({about} here){again}")
-    for name in ("tau", "method", "batch_size", "lower_is_better"):
+    for name in ("tau", "method", "batch_size", "lower_is_better"):  # the search is stored as "method" (older checkpoints)
         a, b = state[name].item(), expect[name].item()
         if a != b:
+            shown = name
             if name == "method":
-                a, b = METHODS[int(a)], METHODS[int(b)]
-            raise CheckpointError(f"the checkpoint was saved by a search with {name}={a!r}; this one has "
-                                  f"{name}={b!r}{again}")
+                shown, a, b = "search", SEARCHES[int(a)], SEARCHES[int(b)]
+            raise CheckpointError(f"the checkpoint was saved by a search with {shown}={a!r}; this one has "
+                                  f"{shown}={b!r}{again}")
     saved = float(state["full_metric"][0])
     if not math.isclose(saved, full_metric, rel_tol=1e-5, abs_tol=1e-7):
         raise CheckpointError(f"the checkpoint's full-model metric {saved!r} differs from this one's {full_metric!r}: "
@@ -101,7 +103,7 @@ def acdc(
     ablation: str = "corrupted",
     answers: Optional[Tensor] = None,
     tau: float = 0.01,
-    method: str = "batched",
+    search: str = "batched",
     batch_size: int = 64,
     progress: Optional[bool] = None,
     lower_is_better: Optional[bool] = None,
@@ -116,7 +118,7 @@ def acdc(
         metric: KL divergence to the clean run (default), a task metric, or any Metric.
         source: corrupted prompts (for ``ablation="corrupted"``); "zero" and "mean" need none.
         tau: remove an edge when its damage is below this (in the metric's units, mean over prompts).
-        method: "batched" (cumulative candidate rows, layer-resumed) or "sequential" (one edge per forward
+        search: "batched" (cumulative candidate rows, layer-resumed) or "sequential" (one edge per forward
             from the embeddings: the plain algorithm, for reference and benchmarks).
         batch_size: candidate rows per forward (batched).
         lower_is_better: the metric's orientation (default: True for kl_div, output_mse, loss).
@@ -131,7 +133,7 @@ def acdc(
 
     Raises:
         CheckpointError: the checkpoint holds the state of another search (other layout, metric, ablation,
-            tau, method, batch_size, orientation or prompts).
+            tau, search, batch_size, orientation or prompts).
 
     >>> from mechpatch import zoo
     >>> from mechpatch.chunks import MemoryChunks
@@ -150,8 +152,8 @@ def acdc(
     ...
     mechpatch.chunks.CheckpointError: the checkpoint was saved by a search with tau=0.0001; this one has tau=0.001...
     """
-    if method not in METHODS:
-        raise EdgeError(f"unknown ACDC method {method!r}; valid: {choices(METHODS)}")
+    if search not in SEARCHES:
+        raise EdgeError(f"unknown ACDC search {search!r}; valid: {choices(SEARCHES)}")
     if not isinstance(tau, (int, float)) or isinstance(tau, bool) or not math.isfinite(tau):
         raise EdgeError(f"tau must be a finite number; got {tau!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -206,7 +208,7 @@ def acdc(
     order = list(range(n_r - 1, -1, -1))
     first, seconds_before = 0, 0.0  # the next position in order, and the time earlier attempts took
     fixed = {"key": _search_key(lay, metric.name, ablation), "tau": torch.tensor([float(tau)], dtype=torch.float64),
-             "method": torch.tensor([METHODS.index(method)]), "batch_size": torch.tensor([batch_size]),
+             "method": torch.tensor([SEARCHES.index(search)]), "batch_size": torch.tensor([batch_size]),
              "lower_is_better": torch.tensor([lower]), "full_metric": torch.tensor([full_metric], dtype=torch.float64)}
     if checkpoint is not None:
         state = checkpoint.load_chunk(CHECKPOINT_GROUP, 0)
@@ -242,7 +244,7 @@ def acdc(
 
     receiver_index = {r: i for i, r in enumerate(lay.receivers)}
     for position in progress_bar(range(first, len(order)), total=len(order), initial=first,
-                                 desc=f"ACDC ({method})", unit="receiver",
+                                 desc=f"ACDC ({search})", unit="receiver",
                                  enabled=progress if progress is not None else True):
         if checkpoint is not None and position > first and (
                 time.perf_counter() - last_save >= max(checkpoint_seconds, 20 * save_cost)):
@@ -253,10 +255,10 @@ def acdc(
         if owners and all(not (lay.valid[o] & ~removed[o]).any() for o in owners):
             removed[cands, r] = True  # dangling: the node's output reaches nothing
             continue
-        start = lay.receiver_layer[r] if method == "batched" else 0
+        start = lay.receiver_layer[r] if search == "batched" else 0
         i, guess, size = 0, True, 4  # guess: the next candidates will be removed (True) or kept (False)
         while i < len(cands):
-            if method == "sequential":
+            if search == "sequential":
                 m = removed.clone()
                 m[cands[i], r] = True
                 v = float(evaluate(m[None], 0)[0])
@@ -295,7 +297,7 @@ def acdc(
     for e in lay.edges:
         scores.setdefault(e, float("nan"))
     return DiscoveryResult(
-        method=f"acdc-{method}", edges=kept, scores=scores, layout=lay, metric=metric.name, ablation=ablation,
+        method=f"acdc-{search}", edges=kept, scores=scores, layout=lay, metric=metric.name, ablation=ablation,
         params={"tau": tau}, forwards=counters["forwards"], evaluations=counters["rows"],
         seconds=seconds_before + time.time() - start_time, final_metric=current, full_metric=full_metric,
         spec=model.spec, model=model.name,
@@ -329,4 +331,4 @@ def discover(name: str, model: HookedModel, base: Any, metric: Any = "kl_div", *
     return DISCOVERY[name](model, base, metric, **kwargs)
 
 
-__all__ = ["CHECKPOINT_GROUP", "DISCOVERY", "DiscoveryResult", "acdc", "discover"]
+__all__ = ["CHECKPOINT_GROUP", "DISCOVERY", "SEARCHES", "DiscoveryResult", "acdc", "discover"]

@@ -11,7 +11,8 @@ Axis vocabulary (jaxtyping names used throughout :mod:`mechpatch.interactions`):
 
 A *term* is a sorted tuple of component indices: ``()`` the constant, ``(3,)`` a main effect,
 ``(2, 5)`` a pair. A mask ``z`` is boolean: ``z[i]`` is True when component ``i`` is *patched*
-(ablated when noising, restored when denoising). The metric is a function ``f(z)``.
+(ablated when ``direction="noise"``, restored when ``direction="denoise"``; :data:`DIRECTIONS`). The metric
+is a function ``f(z)``.
 
 Every representation here is a multilinear polynomial in ``z``; they differ only in the coding of
 each coordinate:
@@ -45,9 +46,9 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from mechpatch.errors import MechpatchError, choices
+from mechpatch.patching.interventions import DIRECTIONS, check_direction
 
 Term = tuple[int, ...]
-DIRECTIONS = ("noising", "denoising")
 CORNERS = ("base", "game")
 INDICES = ("moebius", "shapley", "banzhaf")
 
@@ -128,7 +129,7 @@ def affine_expand(terms: Sequence[Term], coef: Sequence[float], alpha: float, ga
 
 def to_moebius(
     terms: Sequence[Term], coef: Union[Tensor, Sequence[float]], q: float, corner: str = "base",
-    direction: str = "noising",
+    direction: str = "noise",
 ) -> dict[Term, float]:
     """Fourier coefficients (p-biased, patch probability ``q``) -> Moebius coefficients, exactly.
 
@@ -138,14 +139,14 @@ def to_moebius(
         corner: ``"base"``: monomials in ``z`` (patched indicators) around the unpatched base run, the
             quantities exhaustive patching measures; ``"game"``: monomials in the presence indicators
             ``x`` around ``x = 0`` (everything absent), the cooperative game of Shapley values.
-        direction: ``"noising"`` (``x = 1 - z``) or ``"denoising"`` (``x = z``); used by ``"game"``.
+        direction: ``"noise"`` (``x = 1 - z``) or ``"denoise"`` (``x = z``); used by ``"game"``.
     """
     check_choice("corner", corner, CORNERS)
-    check_choice("direction", direction, DIRECTIONS)
+    check_direction(direction)
     q = check_q(q)
     s = math.sqrt(q * (1 - q))
     coef = [float(c) for c in coef]
-    if corner == "base" or direction == "denoising":
+    if corner == "base" or direction == "denoise":
         return affine_expand(terms, coef, 1 / s, -q / s)  # phi = (z - q) / s
     return affine_expand(terms, coef, -1 / s, (1 - q) / s)  # z = 1 - x
 
@@ -153,11 +154,11 @@ def to_moebius(
 def game_from_base(moebius: dict[Term, float], direction: str) -> dict[Term, float]:
     """Base-corner Moebius coefficients (in ``z``) -> Moebius coefficients of the presence game (in ``x``).
 
-    >>> game_from_base({(): 1.0, (0,): -1.0}, "noising")  # f = 1 - z0 = x0
+    >>> game_from_base({(): 1.0, (0,): -1.0}, "noise")  # f = 1 - z0 = x0
     {(0,): 1.0}
     """
-    check_choice("direction", direction, DIRECTIONS)
-    if direction == "denoising":
+    check_direction(direction)
+    if direction == "denoise":
         return {t: c for t, c in moebius.items() if c != 0.0}
     out = affine_expand(list(moebius), list(moebius.values()), -1.0, 1.0)  # z = 1 - x
     return {t: c for t, c in out.items() if abs(c) > 1e-12 * (1 + max(map(abs, out.values())))}

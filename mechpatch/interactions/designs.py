@@ -1,8 +1,8 @@
 """Ablation designs: which components each mask patches. One mask = one engine variant (a site set).
 
-``masks[m, i]`` is True when mask ``m`` patches component ``i`` (ablates it when noising, restores it
-when denoising). ``keep`` is the probability that a component is left as in the base run, so a random
-design patches each component with probability ``q = 1 - keep``.
+``masks[m, i]`` is True when mask ``m`` patches component ``i`` (ablates it when ``direction="noise"``,
+restores it when ``direction="denoise"``). ``keep`` is the probability that a component is left as in the
+base run, so a random design patches each component with probability ``q = 1 - keep``.
 
 ========================  =====================================================================
 design                    masks

@@ -8,8 +8,8 @@ Sign conventions (tested on hand-built AND/OR functions in ``tests/interactions/
 - ``score`` re-signs it so that it reads the same whatever the direction and metric: it is the
   coefficient of ``prod_{i in T} (x_i - x_i^base)`` in the **presence** indicators ``x`` (1 = component
   intact / clean), times +1 when a higher metric means more of the clean behaviour and -1 when lower
-  does (loss, KL divergence). So ``score = polarity * (-1)^|T| * effect`` when noising and
-  ``polarity * effect`` when denoising.
+  does (loss, KL divergence). So ``score = polarity * (-1)^|T| * effect`` when noising
+  (``direction="noise"``) and ``polarity * effect`` when denoising (``direction="denoise"``).
 - **kind**: a single component is ``"main"`` (its score is its importance: how much the behaviour
   loses when it alone is ablated, or gains when it alone is restored). A larger set is ``"synergy"``
   when ``score > 0`` (AND-like: the components are needed together, so each alone looks as important
@@ -32,7 +32,6 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from mechpatch.interactions.basis import (
-    DIRECTIONS,
     INDICES,
     InteractionError,
     Term,
@@ -42,6 +41,7 @@ from mechpatch.interactions.basis import (
     interaction_index,
 )
 from mechpatch.interactions.fit import FourierFit, r2_score
+from mechpatch.patching.interventions import check_direction
 
 KINDS = ("main", "synergy", "redundancy")
 
@@ -86,7 +86,7 @@ class InteractionModel:
 
     components: tuple[str, ...]
     moebius: dict[Term, float]
-    direction: str = "noising"
+    direction: str = "noise"
     higher_is_better: bool = True
     method: str = "sparse"
     order: int = 2
@@ -98,7 +98,7 @@ class InteractionModel:
     info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_choice("direction", self.direction, DIRECTIONS)
+        check_direction(self.direction)
 
     @property
     def n_components(self) -> int:
@@ -113,7 +113,7 @@ class InteractionModel:
         return self.moebius.get((), 0.0)
 
     def score_of(self, term: Term, effect: float) -> float:
-        flip = (-1) ** len(term) if self.direction == "noising" else 1
+        flip = (-1) ** len(term) if self.direction == "noise" else 1
         return self.polarity * flip * effect
 
     def _interaction(self, term: Term) -> Interaction:
@@ -201,7 +201,7 @@ class InteractionModel:
         ``index``: ``"shapley"`` (Shapley interaction index), ``"banzhaf"`` or ``"moebius"``. Computed exactly
         from the model's (sparse) Moebius coefficients; signed by ``higher_is_better`` like ``score``.
 
-        >>> m = InteractionModel(("A", "B"), {(): 0.0, (0, 1): 1.0}, direction="denoising")  # AND
+        >>> m = InteractionModel(("A", "B"), {(): 0.0, (0, 1): 1.0}, direction="denoise")  # AND
         >>> m.shapley()
         {(0,): 0.5, (1,): 0.5}
         """
@@ -240,15 +240,40 @@ class InteractionModel:
         return "\n".join([f"{head}: {cost}{r2}", *rows])
 
     def _html_table(self, k: int = 10) -> str:
-        """The summary line, then the ``k`` strongest interactions (kind, effect, score), as HTML (the notebook
-        display, with the pair matrix, is :mod:`mechpatch.display`'s)."""
+        """The summary line, then the ``k`` strongest interactions (kind, effect, score), as HTML."""
         import html
 
-        from mechpatch.report import html_table
+        from mechpatch.display import html_table
 
         head = html.escape(self.summary(0))
         rows = [(i.label, i.kind, f"{i.effect:+.4g}", f"{i.score:+.4g}") for i in self.top(k)]
         return f"<p>{head}</p>" + html_table(["interaction", "kind", "effect", "score"], rows)
+
+    def _figures(self) -> list[Any]:
+        """The pair matrix (:func:`mechpatch.interactions.plot.interaction_matrix`); none below two components."""
+        if self.n_components < 2:
+            return []
+        from mechpatch.interactions.plot import interaction_matrix
+
+        return [interaction_matrix(self)]
+
+    def _repr_html_(self) -> str:
+        """Table and pair matrix, plotly.js inline: draws with no network (see :mod:`mechpatch.display`).
+
+        >>> m = InteractionModel(("A", "B"), {(): 1.0, (0, 1): -1.0})
+        >>> page = m._repr_html_()
+        >>> "<td>A x B</td><td>redundancy</td>" in page, page.count("plotly-graph-div")
+        (True, 1)
+        """
+        from mechpatch.display import html_fragment
+
+        return html_fragment(self._html_table(), self._figures())
+
+    def _ipython_display_(self) -> None:
+        """In Jupyter: the table, then the pair matrix through plotly's renderer."""
+        from mechpatch.display import ipython_display
+
+        ipython_display(self.summary(), self._html_table(), self._figures)
 
 
 def _subsets(term: Term, k: int) -> list[Term]:

@@ -32,13 +32,13 @@ from torch import Tensor
 
 from mechpatch._progress import progress_bar
 from mechpatch.chunks import CheckpointError, ChunkStore
-from mechpatch.interactions.basis import DIRECTIONS, InteractionError, Term, check_choice, to_moebius
+from mechpatch.interactions.basis import InteractionError, Term, check_choice, to_moebius
 from mechpatch.interactions.designs import DESIGNS, Design, make_design
 from mechpatch.interactions.fit import FitSettings, fit_fourier
 from mechpatch.interactions.results import InteractionModel
 from mechpatch.interactions.spex import BACKENDS, spex_moebius
 from mechpatch.patching.engine import run_patches
-from mechpatch.patching.interventions import Intervention, Zero
+from mechpatch.patching.interventions import Intervention, Zero, check_direction
 from mechpatch.patching.metrics import KLDivergence, Loss, Metric
 from mechpatch.sites import Site
 
@@ -110,7 +110,7 @@ def _higher_is_better(metric: object, given: Optional[bool]) -> bool:
 def _clean(metric: object, clean: Optional[str], direction: str) -> Optional[str]:
     if clean is not None or not (isinstance(metric, KLDivergence) or metric == "kl_div"):
         return clean
-    return "base" if direction == "noising" else "source"
+    return "base" if direction == "noise" else "source"
 
 
 def evaluate_masks(
@@ -271,7 +271,7 @@ def _fit_model(
 
 
 def _check_common(direction: str, holdout: float, backend: str = "mechpatch") -> None:
-    check_choice("direction", direction, DIRECTIONS)
+    check_direction(direction)
     check_choice("backend", backend, BACKENDS)
     if not 0.0 <= holdout < 1.0:
         raise InteractionError(f"holdout must be a fraction in [0, 1), got {holdout!r}")
@@ -287,7 +287,7 @@ def find_function_interactions(
     max_order: int = 2,
     holdout: float = 0.2,
     seed: int = 0,
-    direction: str = "noising",
+    direction: str = "noise",
     higher_is_better: bool = True,
     labels: Optional[Sequence[str]] = None,
     settings: Optional[FitSettings] = None,
@@ -373,7 +373,7 @@ def find_interactions(
     *,
     source: Union[Int[Tensor, "batch pos"], Sequence[str], None] = None,
     intervention: Intervention = Zero(),
-    direction: str = "noising",
+    direction: str = "noise",
     design: str = "bernoulli",
     keep: float = 0.8,
     max_order: int = 2,
@@ -397,12 +397,14 @@ def find_interactions(
     Args:
         model, base, metric, source, intervention, answers, clean, method, batch_size, memory_budget, progress: as
             :func:`mechpatch.patching.run_patches` (``clean`` defaults to the base run when noising and the
-            source when denoising, for metrics that compare with the clean run). Noising: ``base`` is the clean
-            run and ``intervention`` ablates (Zero, Mean, Resample, or Replace with corrupted ``source``).
-            Denoising: ``base`` is the corrupted run, ``source`` the clean one, ``intervention=Replace()``.
+            source when denoising, for metrics that compare with the clean run). ``direction="noise"``: ``base``
+            is the clean run and ``intervention`` ablates (Zero, Mean, Resample, or Replace with corrupted
+            ``source``). ``direction="denoise"``: ``base`` is the corrupted run, ``source`` the clean one,
+            ``intervention=Replace()``.
         components: N components (sites or site sets), e.g. ``heads(model.spec)``.
         n_masks: the whole budget of masks; a ``holdout`` fraction measures the fit's R^2.
-        direction: ``"noising"`` or ``"denoising"``; only the reading of signs depends on it.
+        direction: ``"noise"`` or ``"denoise"`` (:data:`~mechpatch.patching.DIRECTIONS`); only the reading of
+            signs depends on it.
         design: ``"bernoulli"`` or ``"antithetic"``; ``keep``: probability a component is left as in the base
             run (0.8-0.9 keeps the model near its working point; 0.5 is best for recovery when the metric
             does not saturate).
@@ -422,8 +424,8 @@ def find_interactions(
     """
     _check_common(direction, holdout, backend)
     check_choice("design", design, [d for d in DESIGNS if d in ("bernoulli", "antithetic")])
-    if direction == "denoising" and source is None and getattr(intervention, "reference", None) is None:
-        raise InteractionError("denoising restores components from the clean run: pass it as source=")
+    if direction == "denoise" and source is None and getattr(intervention, "reference", None) is None:
+        raise InteractionError("direction='denoise' restores components from the clean run: pass it as source=")
     settings = settings or FitSettings(max_order=max_order, seed=seed)
     if settings.max_order != max_order:
         settings = FitSettings(**{**settings.__dict__, "max_order": max_order})
@@ -461,7 +463,7 @@ def exhaustive_interactions(
     *,
     source: Union[Int[Tensor, "batch pos"], Sequence[str], None] = None,
     intervention: Intervention = Zero(),
-    direction: str = "noising",
+    direction: str = "noise",
     higher_is_better: Optional[bool] = None,
     answers: Optional[Int[Tensor, "batch answer"]] = None,
     clean: Optional[str] = None,
@@ -478,7 +480,7 @@ def exhaustive_interactions(
     The ground truth for :func:`find_interactions`: ``1 + N + N (N - 1) / 2`` masks at ``order=2``. Arguments
     as :func:`find_interactions` (``chunk_size``, ``chunks``: resumable, see :func:`evaluate_masks`).
     """
-    check_choice("direction", direction, DIRECTIONS)
+    check_direction(direction)
     labels = component_labels(components)
     start = time.perf_counter()
     d = make_design("exhaustive", len(labels), order=order)

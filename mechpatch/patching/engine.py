@@ -26,7 +26,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from mechpatch._progress import progress_bar
 
-from mechpatch.cache import as_tokens, parse_bytes
+from mechpatch.cache import DEFAULT_MEMORY_BUDGET, as_tokens, parse_bytes
 from mechpatch.errors import InvalidArgumentError, ShapeMismatchError, choices
 from mechpatch.model import HookedModel
 from mechpatch.patching.interventions import INTERVENTIONS, Intervention, Replace
@@ -36,7 +36,6 @@ from mechpatch.patching import fast
 from mechpatch.sites import Site
 
 METHODS = ("auto", "fast", "hooks", "reference")
-DEFAULT_BUDGET = 2 * 2**30  # bytes of transient activations per chunk
 
 
 @dataclass(frozen=True)
@@ -255,7 +254,8 @@ def run_patches(
             (KL divergence).
         method: "auto", "fast", "hooks" or "reference" (see the module docstring).
         batch_size: variants per forward pass (default: as many as ``memory_budget`` allows).
-        memory_budget: transient memory for one forward's activations (bytes or "2GiB").
+        memory_budget: transient memory for one forward's activations (bytes or "2GiB"; default
+            :data:`~mechpatch.cache.DEFAULT_MEMORY_BUDGET`).
         progress: show a progress bar (default: when there are several chunks).
 
     Returns:
@@ -270,7 +270,7 @@ def run_patches(
         raise InvalidArgumentError(
             f"intervention must be one of {choices(c.__name__ for c in INTERVENTIONS)} (an instance), got {intervention!r}"
         )
-    budget = parse_bytes(memory_budget) or DEFAULT_BUDGET
+    budget = parse_bytes(memory_budget) or DEFAULT_MEMORY_BUDGET
     base_t = as_tokens(model, base)
     src_t = None
     if source is not None:

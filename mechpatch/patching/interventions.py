@@ -13,6 +13,12 @@ intervention           source                                      alpha
 ``Resample(seed)``     the same site in another prompt               1
 ``Interpolate(a)``     the other run of the pair                    a
 =====================  ==========================================  ======
+
+The two directions of patching a clean/corrupted pair, :data:`DIRECTIONS` (the one vocabulary of the
+sweeps, attribution and interaction search):
+
+- ``"denoise"``: run the corrupted prompts and restore (patch in) components from the clean run;
+- ``"noise"``: run the clean prompts and ablate components (insert the corrupted run's, or zero, mean, ...).
 """
 
 import math
@@ -23,7 +29,23 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from mechpatch.errors import InvalidArgumentError, ShapeMismatchError
+from mechpatch.errors import InvalidArgumentError, ShapeMismatchError, choices
+
+#: ``"denoise"``: patch clean into corrupted; ``"noise"``: corrupted (or an ablation) into clean
+DIRECTIONS = ("denoise", "noise")
+
+
+def check_direction(direction: object) -> str:
+    """Return ``direction`` if it is one of :data:`DIRECTIONS`, else raise :class:`InvalidArgumentError`.
+
+    >>> check_direction("noising")
+    Traceback (most recent call last):
+    ...
+    mechpatch.errors.InvalidArgumentError: unknown direction 'noising'; valid: 'denoise', 'noise'
+    """
+    if not isinstance(direction, str) or direction not in DIRECTIONS:
+        raise InvalidArgumentError(f"unknown direction {direction!r}; valid: {choices(DIRECTIONS)}")
+    return direction
 
 
 @dataclass(frozen=True)

@@ -33,13 +33,14 @@ from mechpatch.errors import EmptyInputError, InvalidArgumentError, ShapeMismatc
 from mechpatch.model import HookedModel
 from mechpatch.patching import fast
 from mechpatch.patching import functional as F_
-from mechpatch.patching.engine import check_batch_size
+from mechpatch.patching.engine import METHODS as ENGINE_METHODS, check_batch_size
 from mechpatch.patching.metrics import Metric, Readout, as_metric, readout_positions
 from mechpatch.sites import Head, Key, Mlp, Query, Site, Value
 
 Sender = Union[Head, Mlp]
 RECEIVER_KINDS = ("query", "key", "value")
-METHODS = ("auto", "fast", "hooks")
+#: the engine's methods but "reference": path patching's slow reference is the separate :func:`path_patch_reference`
+METHODS = tuple(m for m in ENGINE_METHODS if m != "reference")
 
 
 class _Stop(Exception):

@@ -31,7 +31,7 @@ from mechpatch.errors import (
 )
 from mechpatch.model import HookedModel
 from mechpatch.patching.engine import run_patches
-from mechpatch.patching.interventions import Intervention, Replace
+from mechpatch.patching.interventions import Intervention, Replace, check_direction
 from mechpatch.patching.metrics import Metric, as_metric
 from mechpatch.patching.results import PatchResult
 from mechpatch.sites import (
@@ -48,8 +48,6 @@ from mechpatch.sites import (
     Value,
     resolve_positions,
 )
-
-DIRECTIONS = ("denoise", "noise")
 
 
 @dataclass(frozen=True)
@@ -237,8 +235,7 @@ def sweep(
     Returns:
         :class:`PatchResult`.
     """
-    if direction not in DIRECTIONS:
-        raise InvalidArgumentError(f"unknown direction {direction!r}; valid: {choices(DIRECTIONS)}")
+    check_direction(direction)
     if not isinstance(pair, PromptPair):
         raise InvalidArgumentError(f"pair must be a PromptPair (see mechpatch.make_pair), got {type(pair).__name__}")
     if not isinstance(grid, str) and (by_position is not None or layers is not None or positions is not None):

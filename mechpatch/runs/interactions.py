@@ -53,7 +53,7 @@ class InteractionsConfig:
         components: ``"heads"`` (every attention head) or a list of site labels; each entry is one component
             (``"L1H0"``), a wildcard giving one component per site (``"L1H*"``), or sites joined by ``+``
             patched together as one component (``"L0H0+L0H1"``).
-        intervention: ``zero`` or ``mean`` ablation of the clean run (noising).
+        intervention: ``zero`` or ``mean`` ablation of the clean run (``direction="noise"``).
         n_masks: the whole mask budget (a ``holdout`` fraction measures the held-out R^2).
         keep: probability a component is left intact in a random mask.
         max_order: 2 (pairs) or 3 (pairs and screened triples).
@@ -231,8 +231,8 @@ def _run(cfg: InteractionsConfig, store: Any, say: Any, model: Any, task: Any, b
     from mechpatch.report import write_json
 
     chunks = CountingChunks(store)
-    common = dict(intervention=cfg.make_intervention(), answers=b.answers, progress=False if quiet else None,
-                  chunk_size=cfg.chunk_size, chunks=chunks)
+    common = dict(intervention=cfg.make_intervention(), direction="noise", answers=b.answers,
+                  progress=False if quiet else None, chunk_size=cfg.chunk_size, chunks=chunks)
     sparse = find_interactions(model, b.clean, components, task.metric, n_masks=cfg.n_masks, design=cfg.design,
                                keep=cfg.keep, max_order=cfg.max_order, holdout=cfg.holdout, seed=cfg.seed,
                                backend=cfg.backend, **common)

@@ -54,9 +54,17 @@ def model_to_dict(m: InteractionModel) -> dict[str, Any]:
             "seconds": m.seconds, "terms": [[list(t), float(v)] for t, v in sorted(m.moebius.items())]}
 
 
+#: directions as files written before issue #14 spelled them -> :data:`mechpatch.patching.DIRECTIONS`
+_OLD_DIRECTIONS = {"noising": "noise", "denoising": "denoise"}
+
+
 def model_from_dict(d: dict[str, Any]) -> InteractionModel:
-    """The interaction model :func:`model_to_dict` wrote (without its Fourier fit)."""
-    return InteractionModel(tuple(d["components"]), {tuple(t): float(v) for t, v in d["terms"]}, d["direction"],
+    """The interaction model :func:`model_to_dict` wrote (without its Fourier fit).
+
+    Files written before issue #14 say ``"noising"``/``"denoising"``; they are read as ``"noise"``/``"denoise"``.
+    """
+    direction = _OLD_DIRECTIONS.get(d["direction"], d["direction"])
+    return InteractionModel(tuple(d["components"]), {tuple(t): float(v) for t, v in d["terms"]}, direction,
                             d["higher_is_better"], d["method"], d["order"], d["r2"], d["evaluations"],
                             d["forwards"], d["seconds"])
 

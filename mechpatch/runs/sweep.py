@@ -40,17 +40,17 @@ import torch
 from torch import Tensor
 
 from mechpatch.errors import ShapeMismatchError
-from mechpatch.patching.interventions import Interpolate, Intervention, Mean, Replace, Resample, Zero
+from mechpatch.patching.engine import METHODS
+from mechpatch.patching.interventions import DIRECTIONS, Interpolate, Intervention, Mean, Replace, Resample, Zero
 from mechpatch.patching.metrics import METRICS
 from mechpatch.patching.results import PatchResult
-from mechpatch.patching.sweeps import DIRECTIONS, SWEEP_KINDS
+from mechpatch.patching.sweeps import SWEEP_KINDS
 from mechpatch.runs.common import DTYPES, check_choice, check_device, check_model, check_task_args, load_source
 from mechpatch.runs.plan import RunPlan
 from mechpatch.runs.results import as_2d, has_normalized, read_result
 from mechpatch.runs.store import RunError, RunStore, read_manifest, read_tensors, slug, verify_finished
 
 INTERVENTION_KINDS = ("replace", "zero", "mean", "resample", "interpolate")
-METHODS = ("auto", "fast", "hooks", "reference")
 
 
 @dataclass(frozen=True)
@@ -285,7 +285,8 @@ class _Prepared:
 
 
 def _plan(cfg: SweepConfig, model: Any, store: RunStore) -> tuple[RunPlan, _Prepared]:
-    from mechpatch.patching.engine import DEFAULT_BUDGET, _row_bytes
+    from mechpatch.cache import DEFAULT_MEMORY_BUDGET
+    from mechpatch.patching.engine import _row_bytes
     from mechpatch.runs.plan import check_memory, prompt_bytes, store_status
 
     batches, metric, about = _prompts(cfg, model)
@@ -306,7 +307,7 @@ def _plan(cfg: SweepConfig, model: Any, store: RunStore) -> tuple[RunPlan, _Prep
                                 f"{n_chunks} chunk{'s' * (n_chunks != 1)} of at most {cfg.chunk_size}"))
         for b in batches:
             row = _row_bytes(model, b.seq_len, b.seq_len) * b.pair.n_prompts
-            size = cfg.batch_size or max(1, DEFAULT_BUDGET // row)
+            size = cfg.batch_size or max(1, DEFAULT_MEMORY_BUDGET // row)
             for i in range(n_chunks):
                 cells = min(cfg.chunk_size, n_cells - i * cfg.chunk_size)
                 forwards += 3 + (cells if method == "reference" else -(-cells // size))

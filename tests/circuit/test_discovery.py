@@ -21,15 +21,15 @@ def _auc(scores, truth):
 
 
 @pytest.mark.parametrize("name", ["tracr-reverse", "tracr-xproportion"])
-@pytest.mark.parametrize("method", ["batched", "sequential"])
-def test_acdc_recovers_tracr_ground_truth(name, method):
+@pytest.mark.parametrize("search", ["batched", "sequential"])
+def test_acdc_recovers_tracr_ground_truth(name, search):
     from mechpatch.zoo.tracr import ground_truth_edges
 
     model = zoo.load(name)
     task = make_task(name, model)
     (b,) = task.batches
     truth = {(e["sender"], e["receiver"]) for e in ground_truth_edges(name)}
-    res = acdc(model, b.clean, task.metric, ablation="zero", tau=1e-4, method=method, progress=False)
+    res = acdc(model, b.clean, task.metric, ablation="zero", tau=1e-4, search=search, progress=False)
     assert set(res.edges) == truth
     assert _auc(res.scores, truth) == 1.0  # ACDC's published edge AUC for both: 1.000
     assert res.final_metric < 1e-4
@@ -57,8 +57,8 @@ def test_batched_equals_sequential(fixture, request):
     base = torch.randint(1, 100, (3, 6), generator=g)
     src = torch.randint(1, 100, (3, 6), generator=g)
     kw = dict(source=src, tau=0.02, progress=False)
-    a = acdc(model, base, KLDivergence(positions=None), method="batched", batch_size=16, **kw)
-    b = acdc(model, base, KLDivergence(positions=None), method="sequential", **kw)
+    a = acdc(model, base, KLDivergence(positions=None), search="batched", batch_size=16, **kw)
+    b = acdc(model, base, KLDivergence(positions=None), search="sequential", **kw)
     assert a.edges == b.edges and 0 < len(a.edges) < a.layout.n_edges
     assert a.forwards < b.forwards
     for e, s in b.scores.items():
@@ -72,8 +72,10 @@ def test_registry_and_errors(attn_only):
     assert res.method == "acdc-batched"
     with pytest.raises(EdgeError, match="valid: 'acdc'"):
         discover("magic", attn_only, base)
-    with pytest.raises(EdgeError, match="valid: 'batched', 'sequential'"):
-        acdc(attn_only, base, ablation="zero", method="fast")
+    with pytest.raises(EdgeError, match="unknown ACDC search 'fast'; valid: 'batched', 'sequential'"):
+        acdc(attn_only, base, ablation="zero", search="fast")
+    res = discover("acdc", attn_only, base, "kl_div", ablation="zero", tau=0.5, search="sequential", progress=False)
+    assert res.method == "acdc-sequential"
     with pytest.raises(EdgeError, match="tau"):
         acdc(attn_only, base, ablation="zero", tau=float("nan"))
 

@@ -56,10 +56,10 @@ def _same(a, b):
         b.final_metric, b.full_metric, b.forwards, b.evaluations)
 
 
-@pytest.mark.parametrize("method", ["batched", "sequential"])
-def test_interrupted_search_resumes_to_the_same_result(induction, count_forwards, method):
+@pytest.mark.parametrize("search", ["batched", "sequential"])
+def test_interrupted_search_resumes_to_the_same_result(induction, count_forwards, search):
     model, task, b = induction
-    kw = dict(source=b.corrupted, tau=0.1, method=method, progress=False)  # tau: some nodes left dangling
+    kw = dict(source=b.corrupted, tau=0.1, search=search, progress=False)  # tau: some nodes left dangling
     ref = acdc(model, b.clean, task.metric, **kw)
     assert 0 < len(ref.edges) < ref.layout.n_edges and any(math.isnan(s) for s in ref.scores.values())
     n_receivers = len(ref.layout.receivers)
@@ -113,8 +113,8 @@ def test_checkpoint_of_another_search_is_refused(induction, gpt2):
             acdc(*args, checkpoint=store, **kwargs)
 
     refused("tau=0.05; this one has tau=0.1", model, b.clean, task.metric, tau=0.1, **kw)
-    refused("method='batched'; this one has method='sequential'", model, b.clean, task.metric, tau=0.05,
-            method="sequential", **kw)
+    refused("search='batched'; this one has search='sequential'", model, b.clean, task.metric, tau=0.05,
+            search="sequential", **kw)
     refused("batch_size=64; this one has batch_size=8", model, b.clean, task.metric, tau=0.05, batch_size=8, **kw)
     refused("another edge layout, metric or ablation", model, b.clean, "kl_div", tau=0.05, **kw)
     refused("another edge layout, metric or ablation", model, b.clean, task.metric, tau=0.05, progress=False,

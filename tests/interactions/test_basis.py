@@ -6,6 +6,7 @@ from itertools import combinations
 import pytest
 import torch
 
+from mechpatch.errors import InvalidArgumentError
 from mechpatch.interactions import (
     InteractionError,
     InteractionModel,
@@ -43,14 +44,14 @@ def test_fourier_to_base_moebius_equals_brute_force(q):
     assert set(fast) <= set(exact)
 
 
-@pytest.mark.parametrize("direction", ["noising", "denoising"])
+@pytest.mark.parametrize("direction", ["noise", "denoise"])
 def test_game_corner_equals_brute_force_on_presence(direction):
     n, q = 5, 0.3
     terms, coef = random_sparse_fourier(n, seed=7)
     z = all_masks(n)
     values = features(z, terms, q) @ coef
     # presence x = 1 - z when noising: the game's value of coalition K is f at z = complement of K
-    x = ~z if direction == "noising" else z
+    x = ~z if direction == "noise" else z
     bits = (x.long() * (1 << torch.arange(n))).sum(1)
     game_values = torch.empty_like(values)
     game_values[bits] = values
@@ -86,13 +87,13 @@ def both_ablated(z):
 # Each case: the clean behaviour as a function of which components are intact (x) or patched (z).
 CASES = {
     # noising (z = ablated): OR-redundant heads -> behaviour survives unless both are ablated
-    ("noising", "or"): lambda z: 1.0 - (z[:, 0] & z[:, 1]).double(),
+    ("noise", "or"): lambda z: 1.0 - (z[:, 0] & z[:, 1]).double(),
     # noising: AND -> behaviour needs both intact
-    ("noising", "and"): lambda z: (~z[:, 0] & ~z[:, 1]).double(),
+    ("noise", "and"): lambda z: (~z[:, 0] & ~z[:, 1]).double(),
     # denoising (z = restored): OR -> restoring either brings it back
-    ("denoising", "or"): lambda z: (z[:, 0] | z[:, 1]).double(),
+    ("denoise", "or"): lambda z: (z[:, 0] | z[:, 1]).double(),
     # denoising: AND -> both must be restored
-    ("denoising", "and"): lambda z: (z[:, 0] & z[:, 1]).double(),
+    ("denoise", "and"): lambda z: (z[:, 0] & z[:, 1]).double(),
 }
 
 
@@ -109,16 +110,16 @@ def test_pair_kinds_by_construction(direction, logic, higher_is_better):
     assert abs(pair.effect) == pytest.approx(1.0) and abs(pair.score) == pytest.approx(1.0)
     # main effects: under OR each head alone looks unimportant when noising; under AND each looks essential
     mains = [i.score for i in m.mains()]
-    if direction == "noising":
+    if direction == "noise":
         assert mains[:2] == pytest.approx([0.0, 0.0] if logic == "or" else [1.0, 1.0])
     else:
         assert mains[:2] == pytest.approx([1.0, 1.0] if logic == "or" else [0.0, 0.0])
     assert mains[2] == pytest.approx(0.0)
 
 
-@pytest.mark.parametrize("direction", ["noising", "denoising"])
+@pytest.mark.parametrize("direction", ["noise", "denoise"])
 def test_three_way_and_is_synergy_in_both_directions(direction):
-    if direction == "noising":
+    if direction == "noise":
         fn = lambda z: (~z[:, 0] & ~z[:, 1] & ~z[:, 2]).double()  # noqa: E731
     else:
         fn = lambda z: (z[:, 0] & z[:, 1] & z[:, 2]).double()  # noqa: E731
@@ -129,18 +130,18 @@ def test_three_way_and_is_synergy_in_both_directions(direction):
 
 def test_shapley_indices_of_known_games():
     # AND of two (presence game x0 x1): Shapley values 1/2 each, interaction index 1
-    m = InteractionModel(("A", "B"), table(lambda z: (~z[:, 0] & ~z[:, 1]).double(), 2), "noising")
+    m = InteractionModel(("A", "B"), table(lambda z: (~z[:, 0] & ~z[:, 1]).double(), 2), "noise")
     assert m.game() == pytest.approx({(0, 1): 1.0})
     assert m.shapley() == pytest.approx({(0,): 0.5, (1,): 0.5})
     assert m.shapley(order=2, index="shapley") == pytest.approx({(0, 1): 1.0})
     # OR of two: x0 + x1 - x0 x1 -> Shapley 1/2 each, interaction -1; Banzhaf of a component 1/2
-    m = InteractionModel(("A", "B"), table(lambda z: 1.0 - (z[:, 0] & z[:, 1]).double(), 2), "noising")
+    m = InteractionModel(("A", "B"), table(lambda z: 1.0 - (z[:, 0] & z[:, 1]).double(), 2), "noise")
     assert m.shapley(order=2) == pytest.approx({(0, 1): -1.0})
     assert m.shapley(index="banzhaf") == pytest.approx({(0,): 0.5, (1,): 0.5})
     # efficiency: Shapley values sum to v(all) - v(none), on a random game
     terms, coef = random_sparse_fourier(5, seed=11)
     z = all_masks(5)
-    m = InteractionModel(tuple("ABCDE"), moebius_bruteforce(features(z, terms, 0.5) @ coef, 5), "noising")
+    m = InteractionModel(tuple("ABCDE"), moebius_bruteforce(features(z, terms, 0.5) @ coef, 5), "noise")
     full, empty = float(features(z[:1], terms, 0.5) @ coef), float(features(z[-1:], terms, 0.5) @ coef)
     assert sum(m.shapley().values()) == pytest.approx(full - empty)
 
@@ -167,8 +168,10 @@ def test_model_prediction_reproduces_its_function():
 def test_errors_name_valid_choices():
     with pytest.raises(InteractionError, match="valid: 'base', 'game'"):
         to_moebius([()], [1.0], 0.5, corner="middle")
-    with pytest.raises(InteractionError, match="valid: 'noising', 'denoising'"):
+    with pytest.raises(InvalidArgumentError, match="unknown direction 'sideways'; valid: 'denoise', 'noise'"):
         InteractionModel(("A",), {}, direction="sideways")
+    with pytest.raises(InvalidArgumentError, match="unknown direction 'noising'; valid: 'denoise', 'noise'"):
+        to_moebius([()], [1.0], 0.5, corner="game", direction="noising")
     with pytest.raises(InteractionError, match="q must be a number in"):
         features(torch.zeros(2, 2, dtype=torch.bool), [()], q=1.0)
     m = InteractionModel(("A", "B"), {(): 0.0})

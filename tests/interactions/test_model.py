@@ -73,7 +73,7 @@ def test_inputs_are_checked(attn_only):
     with pytest.raises(InteractionError, match="non-empty sequence of sites"):
         evaluate_masks(attn_only, base, [], torch.zeros(2, 0, dtype=torch.bool), "loss")
     with pytest.raises(InteractionError, match="pass it as source="):
-        find_interactions(attn_only, base, comps, "loss", direction="denoising", intervention=Replace())
+        find_interactions(attn_only, base, comps, "loss", direction="denoise", intervention=Replace())
     with pytest.raises(InteractionError, match="valid: 'bernoulli', 'antithetic'"):
         find_interactions(attn_only, base, comps, "loss", design="exhaustive")
 

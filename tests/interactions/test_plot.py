@@ -20,7 +20,7 @@ def model():
         x = (~z).double()
         return torch.maximum(x[:, 2], x[:, 3]) + 0.5 * x[:, 0] * x[:, 2] + 0.1 * x[:, 1]
 
-    return InteractionModel(LABELS, moebius_bruteforce(f(all_masks(4)), 4), "noising", method="exhaustive")
+    return InteractionModel(LABELS, moebius_bruteforce(f(all_masks(4)), 4), "noise", method="exhaustive")
 
 
 def test_importing_interactions_does_not_import_plotly():

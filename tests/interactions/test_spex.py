@@ -35,7 +35,7 @@ def test_planted_pairs_recovered_with_signs():
     assert not spurious, spurious[:5]
 
 
-@pytest.mark.parametrize("direction", ["noising", "denoising"])
+@pytest.mark.parametrize("direction", ["noise", "denoise"])
 def test_moebius_terms_equal_the_exhaustive_ones(direction):
     pytest.importorskip("shapiq")
 

@@ -54,6 +54,16 @@ def test_backup_heads_are_found_redundant(run_dir):
     assert {sparse.interaction(*p).kind for p in l1_pairs if sparse.moebius.get(p, 0.0) != 0.0} == {"redundancy"}
 
 
+def test_direction_is_saved_and_old_spellings_are_read(run_dir, tmp_path):
+    data = json.loads((run_dir / "interactions.json").read_text())
+    assert data["sparse"]["direction"] == data["exhaustive"]["direction"] == "noise"
+    for part in ("sparse", "exhaustive"):  # interactions.json as written before issue #14
+        data[part]["direction"] = "noising"
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    sparse, exact = read_models(str(tmp_path / "old.json"))
+    assert sparse.direction == exact.direction == "noise"
+
+
 def test_finished_run_is_not_redone_and_report_rebuilds(run_dir, capsys):
     before = os.path.getmtime(run_dir / "summary.json")
     start = time.perf_counter()
