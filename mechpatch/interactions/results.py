@@ -240,40 +240,15 @@ class InteractionModel:
         return "\n".join([f"{head}: {cost}{r2}", *rows])
 
     def _html_table(self, k: int = 10) -> str:
-        """The summary line, then the ``k`` strongest interactions (kind, effect, score), as HTML."""
+        """The summary line, then the ``k`` strongest interactions (kind, effect, score), as HTML (the notebook
+        display, with the pair matrix, is :mod:`mechpatch.display`'s)."""
         import html
 
-        from mechpatch.display import html_table
+        from mechpatch.report import html_table
 
         head = html.escape(self.summary(0))
         rows = [(i.label, i.kind, f"{i.effect:+.4g}", f"{i.score:+.4g}") for i in self.top(k)]
         return f"<p>{head}</p>" + html_table(["interaction", "kind", "effect", "score"], rows)
-
-    def _figures(self) -> list[Any]:
-        """The pair matrix (:func:`mechpatch.interactions.plot.interaction_matrix`); none below two components."""
-        if self.n_components < 2:
-            return []
-        from mechpatch.interactions.plot import interaction_matrix
-
-        return [interaction_matrix(self)]
-
-    def _repr_html_(self) -> str:
-        """Table and pair matrix, plotly.js inline: draws with no network (see :mod:`mechpatch.display`).
-
-        >>> m = InteractionModel(("A", "B"), {(): 1.0, (0, 1): -1.0})
-        >>> page = m._repr_html_()
-        >>> "<td>A x B</td><td>redundancy</td>" in page, page.count("plotly-graph-div")
-        (True, 1)
-        """
-        from mechpatch.display import html_fragment
-
-        return html_fragment(self._html_table(), self._figures())
-
-    def _ipython_display_(self) -> None:
-        """In Jupyter: the table, then the pair matrix through plotly's renderer."""
-        from mechpatch.display import ipython_display
-
-        ipython_display(self.summary(), self._html_table(), self._figures)
 
 
 def _subsets(term: Term, k: int) -> list[Term]:
