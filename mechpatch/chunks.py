@@ -3,7 +3,7 @@
 A chunk store is any object with ``load_chunk(group, index)`` (the tensors saved under that name, or None)
 and ``save_chunk(group, index, tensors)``. :class:`mechpatch.runs.RunStore` is one (atomic safetensors
 files tagged with the config hash, in the run directory); :class:`MemoryChunks` keeps them in a dict (tests,
-notebooks). The algorithms that take one (:func:`mechpatch.circuit.acdc`'s ``checkpoint``,
+notebooks). The algorithms that take one (:func:`mechpatch.circuit.acdc`'s ``chunks``,
 :func:`mechpatch.interactions.evaluate_masks`'s ``chunks``) check that what they load belongs to the
 computation asked for and raise :class:`CheckpointError` otherwise.
 

@@ -17,7 +17,7 @@ damages that lie within ~1e-6 of ``tau``.
 
 Checkpoints: the whole state of an ACDC search between two receivers is the removed-edge mask, the scores so
 far, the current metric, the cost counters and the next receiver (the speculation restarts at each receiver).
-Given a ``checkpoint`` store (:class:`~mechpatch.chunks.ChunkStore`, e.g. the run directory's
+Given a chunk store ``chunks`` (:class:`~mechpatch.chunks.ChunkStore`, e.g. the run directory's
 :class:`~mechpatch.runs.RunStore`), :func:`acdc` saves that state (group :data:`CHECKPOINT_GROUP`, chunk 0,
 replaced each time) after receivers, at most every ``checkpoint_seconds``, and at the end; started again with
 the same store it loads the state and goes on from the next receiver. Scores are stored as float64 (every
@@ -68,7 +68,7 @@ def _search_key(lay: EdgeLayout, metric: str, ablation: str) -> Tensor:
 
 def _check_checkpoint(state: dict[str, Tensor], expect: dict[str, Tensor], full_metric: float, about: str) -> None:
     """Refuse (CheckpointError) an ACDC checkpoint that belongs to another search."""
-    again = "; give another checkpoint store (or delete this one) to start the search afresh"
+    again = "; give another chunk store (or delete this one) to start the search afresh"
     needed = set(expect) | {"removed", "scores", "scored", "current", "next", "counters", "seconds"}
     missing = sorted(needed - set(state))
     if missing:
@@ -107,7 +107,7 @@ def acdc(
     batch_size: int = 64,
     progress: Optional[bool] = None,
     lower_is_better: Optional[bool] = None,
-    checkpoint: Optional[ChunkStore] = None,
+    chunks: Optional[ChunkStore] = None,
     checkpoint_seconds: float = 1.0,
 ) -> DiscoveryResult:
     """ACDC edge pruning with threshold ``tau`` (see the module docstring).
@@ -122,7 +122,7 @@ def acdc(
             from the embeddings: the plain algorithm, for reference and benchmarks).
         batch_size: candidate rows per forward (batched).
         lower_is_better: the metric's orientation (default: True for kl_div, output_mse, loss).
-        checkpoint: a chunk store (``load_chunk``/``save_chunk``, e.g. a :class:`~mechpatch.runs.RunStore`):
+        chunks: a chunk store (``load_chunk``/``save_chunk``, e.g. a :class:`~mechpatch.runs.RunStore`):
             the search starts from the state saved there, if any, and saves its state as it goes (see the
             module docstring); the result equals an uninterrupted search's, bit for bit.
         checkpoint_seconds: least time between two saves (a save takes a few ms; it is also spaced to cost
@@ -142,12 +142,12 @@ def acdc(
     >>> task = make_task("tracr-reverse", model)
     >>> (b,) = task.batches
     >>> store = MemoryChunks()
-    >>> res = acdc(model, b.clean, task.metric, ablation="zero", tau=1e-4, progress=False, checkpoint=store)
-    >>> again = acdc(model, b.clean, task.metric, ablation="zero", tau=1e-4, progress=False, checkpoint=store)
+    >>> res = acdc(model, b.clean, task.metric, ablation="zero", tau=1e-4, progress=False, chunks=store)
+    >>> again = acdc(model, b.clean, task.metric, ablation="zero", tau=1e-4, progress=False, chunks=store)
     >>> again.edges == res.edges, again.forwards == res.forwards  # the second one only read the final state
     (True, True)
     >>> acdc(model, b.clean, task.metric, ablation="zero", tau=1e-3, progress=False,  # doctest: +ELLIPSIS
-    ...      checkpoint=store)
+    ...      chunks=store)
     Traceback (most recent call last):
     ...
     mechpatch.chunks.CheckpointError: the checkpoint was saved by a search with tau=0.0001; this one has tau=0.001...
@@ -158,9 +158,9 @@ def acdc(
         raise EdgeError(f"tau must be a finite number; got {tau!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise EdgeError(f"batch_size must be a positive int; got {batch_size!r}")
-    if checkpoint is not None and not isinstance(checkpoint, ChunkStore):
-        raise EdgeError(f"checkpoint must have load_chunk(group, index) and save_chunk(group, index, tensors) (a "
-                        f"RunStore or mechpatch.chunks.MemoryChunks); got {type(checkpoint).__name__}")
+    if chunks is not None and not isinstance(chunks, ChunkStore):
+        raise EdgeError(f"chunks must have load_chunk(group, index) and save_chunk(group, index, tensors) (a "
+                        f"RunStore or mechpatch.chunks.MemoryChunks); got {type(chunks).__name__}")
     if isinstance(checkpoint_seconds, bool) or not isinstance(checkpoint_seconds, (int, float)) or not (
             0 <= checkpoint_seconds < math.inf):
         raise EdgeError(f"checkpoint_seconds must be a finite number >= 0; got {checkpoint_seconds!r}")
@@ -210,8 +210,8 @@ def acdc(
     fixed = {"key": _search_key(lay, metric.name, ablation), "tau": torch.tensor([float(tau)], dtype=torch.float64),
              "method": torch.tensor([SEARCHES.index(search)]), "batch_size": torch.tensor([batch_size]),
              "lower_is_better": torch.tensor([lower]), "full_metric": torch.tensor([full_metric], dtype=torch.float64)}
-    if checkpoint is not None:
-        state = checkpoint.load_chunk(CHECKPOINT_GROUP, 0)
+    if chunks is not None:
+        state = chunks.load_chunk(CHECKPOINT_GROUP, 0)
         if state is not None:
             _check_checkpoint(state, {**fixed, "removed": removed}, full_metric,
                               f"metric {metric.name!r}, ablation {ablation!r}")
@@ -234,7 +234,7 @@ def acdc(
         for (s, r), v in scores.items():
             values[sender_index[s], receiver_index[r]] = v
             scored[sender_index[s], receiver_index[r]] = True
-        checkpoint.save_chunk(CHECKPOINT_GROUP, 0, {
+        chunks.save_chunk(CHECKPOINT_GROUP, 0, {
             **fixed, "removed": removed.clone(), "scores": values, "scored": scored,
             "current": torch.tensor([current], dtype=torch.float64), "next": torch.tensor([position]),
             "counters": torch.tensor([counters["forwards"], counters["rows"]]),
@@ -246,7 +246,7 @@ def acdc(
     for position in progress_bar(range(first, len(order)), total=len(order), initial=first,
                                  desc=f"ACDC ({search})", unit="receiver",
                                  enabled=progress if progress is not None else True):
-        if checkpoint is not None and position > first and (
+        if chunks is not None and position > first and (
                 time.perf_counter() - last_save >= max(checkpoint_seconds, 20 * save_cost)):
             save(position)
         r = order[position]
@@ -290,7 +290,7 @@ def acdc(
                     guess, hit = remove, False
                     break
             size = min(batch_size, size * 2) if hit else 4
-    if checkpoint is not None and first < len(order):
+    if chunks is not None and first < len(order):
         save(len(order))
     kept_mask = lay.valid & ~removed
     kept = tuple((lay.senders[int(s)], lay.receivers[int(r)]) for r, s in torch.nonzero(kept_mask.T))

@@ -130,7 +130,7 @@ def evaluate_masks(
     progress: Optional[bool] = None,
     chunk_size: Optional[int] = None,
     chunks: Optional[ChunkStore] = None,
-    group: str = "masks",
+    chunk_group: str = "masks",
 ) -> MaskValues:
     """Run every mask (True = patch that component) through the engine and return the metric per mask.
 
@@ -141,9 +141,9 @@ def evaluate_masks(
         masks: [mask, N] booleans.
         chunk_size: distinct non-empty masks per engine call (None: all in one).
         chunks: a chunk store (see the module docstring): each chunk's values are saved there as it completes
-            (chunk ``k`` of ``group``: its masks, values [mask, prompt], the base run's values, forwards), and
+            (chunk ``k`` of ``chunk_group``: its masks, values [mask, prompt], the base run's values, forwards), and
             loaded instead of recomputed when present.
-        group: the chunk group name, one per set of masks kept in the same store.
+        chunk_group: the chunk group name, one per set of masks kept in the same store.
 
     Returns:
         :class:`MaskValues`; values are means over the prompts. ``evaluations`` and ``forwards`` count the
@@ -194,23 +194,23 @@ def evaluate_masks(
     inputs = _inputs_key(base, source, sets, intervention) if chunks is not None else None
     for k, lo in enumerate(bounds):
         rows = run_rows[lo:lo + size]
-        part = chunks.load_chunk(group, k) if chunks is not None else None
+        part = chunks.load_chunk(chunk_group, k) if chunks is not None else None
         if part is not None:
-            _check_chunk(part, uniq[rows], inputs, group, k)
+            _check_chunk(part, uniq[rows], inputs, chunk_group, k)
         else:
             variants = [tuple(s for i in uniq[r].nonzero().flatten().tolist() for s in sets[i]) for r in rows]
             run = run_patches(model, base, variants, metric, progress=False if several else progress, **engine)
             part = {"masks": uniq[rows].clone(), "values": run.values, "base": run.base_values,
                     "forwards": torch.tensor([run.forwards])}
             if chunks is not None:
-                chunks.save_chunk(group, k, {**part, "inputs": inputs})
+                chunks.save_chunk(chunk_group, k, {**part, "inputs": inputs})
         parts.append(part)
         bar.update(len(rows))
     bar.close()
     base_values = parts[0]["base"]
     for k, part in enumerate(parts):
         if part["base"].shape != base_values.shape or not torch.equal(part["base"], base_values):
-            raise CheckpointError(f"chunk {k} of {group!r} has other unpatched base values than chunk 0: the chunks "
+            raise CheckpointError(f"chunk {k} of {chunk_group!r} has other unpatched base values than chunk 0: the chunks "
                                   "were computed on other prompts, weights or device; start afresh (another store, "
                                   "or --force)")
     # values keep the engine's dtype: the model's precision (float64 stays float64; see metrics.value_dtype)
@@ -438,7 +438,7 @@ def find_interactions(
             r = evaluate_masks(model, base, components, masks, metric, source=source, intervention=intervention,
                                answers=answers, clean=_clean(metric, clean, direction), method=method,
                                batch_size=batch_size, memory_budget=memory_budget, progress=progress,
-                               group=f"{chunk_group}-{spent[2]}", **stored)
+                               chunk_group=f"{chunk_group}-{spent[2]}", **stored)
             spent[0], spent[1], spent[2] = spent[0] + r.evaluations, spent[1] + r.forwards, spent[2] + 1
             return r.values
 
@@ -448,7 +448,7 @@ def find_interactions(
     d = make_design(design, len(labels), n_masks, keep=keep, seed=seed)
     run = evaluate_masks(model, base, components, d.masks, metric, source=source, intervention=intervention,
                          answers=answers, clean=_clean(metric, clean, direction), method=method,
-                         batch_size=batch_size, memory_budget=memory_budget, progress=progress, group=chunk_group,
+                         batch_size=batch_size, memory_budget=memory_budget, progress=progress, chunk_group=chunk_group,
                          **stored)
     out = _fit_split(d, run.values, holdout, seed, labels, settings, direction, better)
     return _with_cost(out, run.evaluations, run.forwards, time.perf_counter() - start)
@@ -487,7 +487,7 @@ def exhaustive_interactions(
     run = evaluate_masks(model, base, components, d.masks, metric, source=source, intervention=intervention,
                          answers=answers, clean=_clean(metric, clean, direction), method=method,
                          batch_size=batch_size, memory_budget=memory_budget, progress=progress,
-                         chunk_size=chunk_size, chunks=chunks, group=chunk_group)
+                         chunk_size=chunk_size, chunks=chunks, chunk_group=chunk_group)
     better = _higher_is_better(metric, higher_is_better)
     moebius = exhaustive_moebius(d.masks, run.values)
     out = InteractionModel(labels, moebius, direction, better, "exhaustive", order,

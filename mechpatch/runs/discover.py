@@ -148,7 +148,7 @@ def _run(cfg: DiscoverConfig, store: Any, say: Any, model: Any, task: Any, b: An
 
         state = store.load_chunk(CHECKPOINT_GROUP, 0)
         store.update(resumed_at_receiver=0 if state is None else int(state["next"][0]))
-        kwargs["checkpoint"] = store
+        kwargs["chunks"] = store
     if cfg.per_position:
         kwargs["per_position"] = True
     res = discover(cfg.method, model, b.clean, metric, source=source, ablation=cfg.ablation, tau=cfg.tau,

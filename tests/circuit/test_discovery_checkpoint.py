@@ -66,17 +66,17 @@ def test_interrupted_search_resumes_to_the_same_result(induction, count_forwards
 
     store = DiesAfter(3)  # dies after 3 receivers' checkpoints, then again 5 saves into the second attempt
     with pytest.raises(Killed):
-        acdc(model, b.clean, task.metric, checkpoint=store, checkpoint_seconds=0.0, **kw)
+        acdc(model, b.clean, task.metric, chunks=store, checkpoint_seconds=0.0, **kw)
     first = store.load_chunk(CHECKPOINT_GROUP, 0)
     assert 0 < int(first["next"][0]) < n_receivers
     store = DiesAfter(5, store.chunks)
     with pytest.raises(Killed):
-        acdc(model, b.clean, task.metric, checkpoint=store, checkpoint_seconds=0.0, **kw)
+        acdc(model, b.clean, task.metric, chunks=store, checkpoint_seconds=0.0, **kw)
     state = store.load_chunk(CHECKPOINT_GROUP, 0)
     assert int(first["next"][0]) < int(state["next"][0]) < n_receivers
 
     count_forwards[0] = 0
-    res = acdc(model, b.clean, task.metric, checkpoint=store, checkpoint_seconds=0.0, **kw)
+    res = acdc(model, b.clean, task.metric, chunks=store, checkpoint_seconds=0.0, **kw)
     _same(res, ref)
     # it went on from the checkpoint: only the forwards the saved state had not yet made
     assert count_forwards[0] == ref.forwards - int(state["counters"][0]) < ref.forwards
@@ -84,18 +84,18 @@ def test_interrupted_search_resumes_to_the_same_result(induction, count_forwards
     assert int(final["next"][0]) == n_receivers
 
     count_forwards[0] = 0  # a finished checkpoint: no forward at all (beyond the unablated run)
-    _same(acdc(model, b.clean, task.metric, checkpoint=store, **kw), ref)
+    _same(acdc(model, b.clean, task.metric, chunks=store, **kw), ref)
     assert count_forwards[0] == 0
 
 
 def test_checkpoint_is_saved_only_when_due(induction):
     model, task, b = induction
     store = DiesAfter(10 ** 6)
-    acdc(model, b.clean, task.metric, source=b.corrupted, tau=0.05, progress=False, checkpoint=store,
+    acdc(model, b.clean, task.metric, source=b.corrupted, tau=0.05, progress=False, chunks=store,
          checkpoint_seconds=3600.0)
     assert store.saves == 1  # only the final state
     every = DiesAfter(10 ** 6)
-    acdc(model, b.clean, task.metric, source=b.corrupted, tau=0.05, progress=False, checkpoint=every,
+    acdc(model, b.clean, task.metric, source=b.corrupted, tau=0.05, progress=False, chunks=every,
          checkpoint_seconds=0.0)
     assert every.saves > 10
 
@@ -104,13 +104,13 @@ def test_checkpoint_of_another_search_is_refused(induction, gpt2):
     model, task, b = induction
     kw = dict(source=b.corrupted, progress=False)
     store = MemoryChunks()
-    acdc(model, b.clean, task.metric, tau=0.05, checkpoint=store, **kw)
+    acdc(model, b.clean, task.metric, tau=0.05, chunks=store, **kw)
     saved = dict(store.chunks)
 
     def refused(match, *args, **kwargs):
         store.chunks = dict(saved)
         with pytest.raises(CheckpointError, match=match):
-            acdc(*args, checkpoint=store, **kwargs)
+            acdc(*args, chunks=store, **kwargs)
 
     refused("tau=0.05; this one has tau=0.1", model, b.clean, task.metric, tau=0.1, **kw)
     refused("search='batched'; this one has search='sequential'", model, b.clean, task.metric, tau=0.05,
@@ -127,10 +127,10 @@ def test_checkpoint_of_another_search_is_refused(induction, gpt2):
             ablation="zero", progress=False)
     store.chunks = {(CHECKPOINT_GROUP, 0): {"values": torch.zeros(3)}}
     with pytest.raises(CheckpointError, match="not an ACDC state: it lacks"):
-        acdc(model, b.clean, task.metric, tau=0.05, checkpoint=store, **kw)
+        acdc(model, b.clean, task.metric, tau=0.05, chunks=store, **kw)
 
 
 def test_checkpoint_arguments_are_checked(attn_only):
     base = torch.randint(1, 100, (2, 5))
     with pytest.raises(ValueError, match="checkpoint_seconds"):
-        acdc(attn_only, base, ablation="zero", checkpoint=MemoryChunks(), checkpoint_seconds=-1.0, progress=False)
+        acdc(attn_only, base, ablation="zero", chunks=MemoryChunks(), checkpoint_seconds=-1.0, progress=False)

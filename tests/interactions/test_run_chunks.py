@@ -91,7 +91,7 @@ def test_chunks_of_other_masks_are_refused(setup):
     store.chunks = {key: value for key, value in store.chunks.items() if key[1] != 1}
     with pytest.raises(CheckpointError, match="chunk 1 of 'masks' has other unpatched base values than chunk 0"):
         evaluate_masks(other_weights, base, comps, masks, "loss", chunk_size=16, chunks=store)
-    evaluate_masks(model, base, comps, other, "loss", chunk_size=16, chunks=store, group="other")  # own group
+    evaluate_masks(model, base, comps, other, "loss", chunk_size=16, chunks=store, chunk_group="other")  # own group
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
         evaluate_masks(model, base, comps, masks, "loss", chunk_size=0)
 
