@@ -74,6 +74,44 @@ def check_task_args(task: str, args: dict[str, Any], where: str = "task.args") -
     return out
 
 
+def run_task_command(cfg: Any, kind: str, needs: str, plan: Any, run: Any, *, force: bool, quiet: bool,
+                     repair: bool) -> dict[str, Any]:
+    """The life of a run command on one task batch (``discover``, ``interactions``): skip it when finished
+    (its ``summary.json``), else load the model and task, check the whole plan (``plan(cfg, model, batch,
+    store)`` -> :class:`~mechpatch.runs.plan.RunPlan`: nothing written if it fails), then lock the directory,
+    begin the run and return ``run(cfg, store, say, model, task, batch, plan, start, quiet)``, its summary."""
+    import time
+
+    start = time.time()
+    store, say, loaded = prepare_task_run(cfg, kind, needs, force=force, quiet=quiet, repair=repair)
+    if loaded is None:
+        return read_json(os.path.join(cfg.out_dir, "summary.json"))
+    model, task, b = loaded
+    checked = plan(cfg, model, b, store)
+    with store.locked(say):
+        store.begin(model, cfg.model, cfg.seed, force=force)
+        store.update(plan=checked.to_dict())
+        return run(cfg, store, say, model, task, b, checked, start, quiet)
+
+
+def read_json(path: str) -> dict[str, Any]:
+    """A JSON file a run wrote (:class:`~mechpatch.runs.store.RunError` when it is missing: the run has not
+    finished; :class:`~mechpatch.errors.DamagedFileError` when it is not JSON)."""
+    import json
+
+    from mechpatch.errors import DamagedFileError
+    from mechpatch.runs.store import RunError
+
+    if not os.path.exists(path):
+        raise RunError(f"{path!r} is missing: the run has not finished; run the same command again")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DamagedFileError(f"{path!r} is damaged (not valid JSON: {err}); run the command again with "
+                               "--repair") from None
+
+
 def prepare_task_run(cfg: Any, kind: str, needs: str, *, force: bool, quiet: bool,
                      repair: bool = False) -> tuple[Any, Any, Any]:
     """The shared, read-only start of a run on one task batch: open the run store (nothing written), skip a

@@ -30,9 +30,9 @@ from typing import Any
 
 from mechpatch.errors import MechpatchError
 from mechpatch.runs.common import (
-    DTYPES, check_choice, check_device, check_model, check_task_args, plan_task_run, prepare_task_run,
+    DTYPES, check_choice, check_device, check_model, check_task_args, plan_task_run, read_json, run_task_command,
 )
-from mechpatch.runs.store import RunError, read_manifest
+from mechpatch.runs.store import read_manifest
 
 ABLATIONS = ("corrupted", "zero", "mean")
 
@@ -99,17 +99,8 @@ def run_discover(cfg: DiscoverConfig, *, force: bool = False, quiet: bool = Fals
         ShapeMismatchError: the task has prompts of several lengths (discovery needs one).
         DamagedFileError: a file of the run changed since it was written (and not ``repair``/``force``).
     """
-    start = time.time()
-    store, say, loaded = prepare_task_run(cfg, "discover", "discovery needs", force=force, quiet=quiet,
-                                          repair=repair)
-    if loaded is None:
-        return _read_json(os.path.join(cfg.out_dir, "summary.json"))
-    model, task, b = loaded
-    plan = _plan(cfg, model, b, store)
-    with store.locked(say):
-        store.begin(model, cfg.model, cfg.seed, force=force)
-        store.update(plan=plan.to_dict())
-        return _run(cfg, store, say, model, task, b, start)
+    return run_task_command(cfg, "discover", "discovery needs", _plan, _run, force=force, quiet=quiet,
+                            repair=repair)
 
 
 def plan_discover(cfg: DiscoverConfig, model: Any = None) -> Any:
@@ -136,7 +127,8 @@ def _plan(cfg: DiscoverConfig, model: Any, b: Any, store: Any) -> Any:
     return RunPlan("discover", cfg.out_dir, cfg.model, rows, forwards + 32, memory, store_status(store))
 
 
-def _run(cfg: DiscoverConfig, store: Any, say: Any, model: Any, task: Any, b: Any, start: float) -> dict[str, Any]:
+def _run(cfg: DiscoverConfig, store: Any, say: Any, model: Any, task: Any, b: Any, plan: Any, start: float,
+         quiet: bool) -> dict[str, Any]:
     from mechpatch.circuit import discover, faithfulness_curve
     from mechpatch.report import write_json, write_text
 
@@ -213,13 +205,6 @@ def curve_table(curve: Any) -> Any:
                          "metric_full": curve.metric_full, "metric_empty": curve.metric_empty})
 
 
-def _read_json(path: str) -> dict[str, Any]:
-    if not os.path.exists(path):
-        raise RunError(f"{path!r} is missing: the run has not finished; run the same command again")
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
-
-
 def write_discover_report(run_dir: str) -> dict[str, Any]:
     """Write a discovery run's ``report.json`` (headline from ``summary.json``; the circuit and faithfulness
     sections) and draw the report from the run's files (no model, no recomputation)."""
@@ -227,7 +212,7 @@ def write_discover_report(run_dir: str) -> dict[str, Any]:
 
     manifest = read_manifest(run_dir)
     cfg = manifest["config"]
-    summary = _read_json(os.path.join(run_dir, "summary.json"))
+    summary = read_json(os.path.join(run_dir, "summary.json"))
     headline = {k: summary[k] for k in ("model", "task", "method", "metric", "ablation", "tau", "edges_total",
                                          "edges_kept", "full_metric", "circuit_metric", "CPR", "CMD", "forwards")}
     if "ground_truth" in summary:

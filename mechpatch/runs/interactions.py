@@ -169,19 +169,10 @@ def run_interactions(cfg: InteractionsConfig, *, force: bool = False, quiet: boo
         ShapeMismatchError: the task has prompts of several lengths (one batch is needed).
         DamagedFileError: a file of the run changed since it was written (and not ``repair``/``force``).
     """
-    from mechpatch.runs.common import prepare_task_run
+    from mechpatch.runs.common import run_task_command
 
-    start = time.time()
-    store, say, loaded = prepare_task_run(cfg, "interactions", "interactions need", force=force, quiet=quiet,
-                                          repair=repair)
-    if loaded is None:
-        return _read_json(os.path.join(cfg.out_dir, "summary.json"))
-    model, task, b = loaded
-    plan = _plan(cfg, model, b, store)
-    with store.locked(say):
-        store.begin(model, cfg.model, cfg.seed, force=force)
-        store.update(plan=plan.to_dict())
-        return _run(cfg, store, say, model, task, b, plan.extra["components"], start, quiet)
+    return run_task_command(cfg, "interactions", "interactions need", _plan, _run, force=force, quiet=quiet,
+                            repair=repair)
 
 
 def plan_interactions(cfg: InteractionsConfig, model: Any = None) -> Any:
@@ -223,12 +214,14 @@ def _plan(cfg: InteractionsConfig, model: Any, b: Any, store: Any) -> Any:
                    extra={"components": components})
 
 
-def _run(cfg: InteractionsConfig, store: Any, say: Any, model: Any, task: Any, b: Any, components: list,
-         start: float, quiet: bool) -> dict[str, Any]:
+def _run(cfg: InteractionsConfig, store: Any, say: Any, model: Any, task: Any, b: Any, plan: Any, start: float,
+         quiet: bool) -> dict[str, Any]:
     from mechpatch.chunks import CountingChunks
     from mechpatch.interactions.results import compare
     from mechpatch.interactions.run import exhaustive_interactions, find_interactions
     from mechpatch.report import write_json
+
+    components = plan.extra["components"]
 
     chunks = CountingChunks(store)
     common = dict(intervention=cfg.make_intervention(), direction="noise", answers=b.answers,
@@ -283,24 +276,16 @@ def mains_table(m: InteractionModel, truth: Optional[InteractionModel] = None) -
                          for i in m.mains()])
 
 
-def _read_json(path: str) -> dict[str, Any]:
-    from mechpatch.runs.store import RunError
-
-    if not os.path.exists(path):
-        raise RunError(f"{path!r} is missing: the run has not finished; run the same command again")
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
-
-
 def write_interactions_report(run_dir: str) -> dict[str, Any]:
     """Write an interactions run's ``report.json`` (headline from ``summary.json``; the three interaction
     figures drawn from ``interactions.json``) and draw the report (no model, no recomputation)."""
+    from mechpatch.runs.common import read_json
     from mechpatch.runs.report import build_report, section, write_report_spec
     from mechpatch.runs.store import read_manifest
 
     manifest = read_manifest(run_dir)
     cfg = manifest["config"]
-    summary = _read_json(os.path.join(run_dir, "summary.json"))
+    summary = read_json(os.path.join(run_dir, "summary.json"))
     headline = {k: summary[k] for k in ("model", "task", "components", "intervention", "base_metric", "r2_heldout",
                                          "evaluations", "forwards", "terms", "kinds")}
     headline["top"] = ", ".join(f"{t['label']} ({t['kind']}, {t['effect']:+.3f})" for t in summary["top"][:8])

@@ -48,7 +48,7 @@ from mechpatch.patching.sweeps import SWEEP_KINDS
 from mechpatch.runs.common import DTYPES, check_choice, check_device, check_model, check_task_args, load_source
 from mechpatch.runs.plan import RunPlan
 from mechpatch.runs.results import as_2d, has_normalized, read_result
-from mechpatch.runs.store import RunError, RunStore, read_manifest, read_tensors, slug, verify_finished
+from mechpatch.runs.store import RunError, RunStore, read_manifest, slug, verify_finished
 
 INTERVENTION_KINDS = ("replace", "zero", "mean", "resample", "interpolate")
 
