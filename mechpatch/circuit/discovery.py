@@ -126,7 +126,8 @@ def acdc(
             the search starts from the state saved there, if any, and saves its state as it goes (see the
             module docstring); the result equals an uninterrupted search's, bit for bit.
         checkpoint_seconds: least time between two saves (a save takes a few ms; it is also spaced to cost
-            at most ~5% of the search). The final state is always saved.
+            at most ~5% of the search). 0 saves after every receiver, whatever the timing (deterministic: tests).
+            The final state is always saved.
 
     Returns:
         :class:`DiscoveryResult` (``seconds`` counts the time of every attempt of a resumed search).
@@ -246,8 +247,8 @@ def acdc(
     for position in progress_bar(range(first, len(order)), total=len(order), initial=first,
                                  desc=f"ACDC ({search})", unit="receiver",
                                  enabled=progress if progress is not None else True):
-        if chunks is not None and position > first and (
-                time.perf_counter() - last_save >= max(checkpoint_seconds, 20 * save_cost)):
+        if chunks is not None and position > first and (checkpoint_seconds == 0 or (
+                time.perf_counter() - last_save >= max(checkpoint_seconds, 20 * save_cost))):
             save(position)
         r = order[position]
         cands = [s for s in range(n_s - 1, -1, -1) if lay.valid[s, r]]
