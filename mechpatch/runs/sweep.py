@@ -236,7 +236,7 @@ def run_sweep(cfg: SweepConfig, *, force: bool = False, quiet: bool = False, rep
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     if store.check(force):
         say(f"{cfg.out_dir}: already finished (config {store.config_hash[:12]}); nothing to do (--force recomputes)")
-        return load_sweep(cfg.out_dir)
+        return _read(cfg.out_dir)  # check() has just verified every recorded file
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     model = load_source(cfg.model, cfg.device, cfg.dtype)
@@ -254,7 +254,7 @@ def run_sweep(cfg: SweepConfig, *, force: bool = False, quiet: bool = False, rep
         outputs = write_sweep_report(cfg.out_dir)
         store.finish(**outputs)
     say(f"wrote {os.path.join(cfg.out_dir, 'report.html')}")
-    return load_sweep(cfg.out_dir)
+    return _read(cfg.out_dir)  # written and hashed just now: not hashed again
 
 
 def plan_sweep(cfg: SweepConfig, model: Any = None) -> RunPlan:
