@@ -12,6 +12,7 @@ threshold, the fraction is below about ``3 / n_random`` at 95% confidence.
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -96,6 +97,59 @@ def binomial_upper_bound(k: int, n: int, confidence: float = 0.95) -> float:
     return hi
 
 
+def _check_verify_args(result: AttributionResult, batch_size: int, confidence: float) -> dict[str, Any]:
+    """The attribution's context (grid, metric, direction, intervention), after checking verify's arguments."""
+    ctx = result.context
+    if not ctx or "grid" not in ctx:
+        raise AttributionError("verify needs an AttributionResult from attribute() (it reruns the same grid exactly)")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise AttributionError(f"batch_size must be a positive int; got {batch_size!r}")
+    if not 0 < confidence < 1:
+        raise AttributionError(f"confidence must be in (0, 1); got {confidence!r}")
+    return ctx
+
+
+def _verify_in_order(
+    exact: Callable[[list[int]], Tensor], order: list[int], batch_size: int, threshold: Optional[float],
+    relative_threshold: float,
+) -> tuple[list[int], list[float], float]:
+    """Exact effects of the cells ``order`` (best first), a batch at a time, until a whole batch is below threshold.
+
+    Returns the verified cells, their exact effects and the threshold used (``threshold``, else
+    ``relative_threshold`` x the largest |effect| of the first batch; 0.0 when nothing was verified).
+    """
+    verified: list[int] = []
+    effects: list[float] = []
+    thr = threshold
+    pos = 0
+    while pos < len(order):
+        ids = order[pos:pos + batch_size]
+        vals = exact(ids)
+        verified += ids
+        effects += [float(v) for v in vals]
+        pos += len(ids)
+        if thr is None:
+            thr = relative_threshold * max(abs(e) for e in effects)
+        if thr > 0 and all(abs(float(v)) < thr for v in vals):
+            break  # a whole batch of well-ranked cells below threshold: the ranking has run out of effects
+    return verified, effects, 0.0 if thr is None else thr
+
+
+def _sample_unverified(
+    exact: Callable[[list[int]], Tensor], rest: list[int], n_random: int, seed: int, batch_size: int,
+) -> tuple[list[int], list[float]]:
+    """A seeded uniform sample of up to ``n_random`` of the unverified cells ``rest``, and their exact effects."""
+    sampled: list[int] = []
+    sampled_effects: list[float] = []
+    if rest and n_random > 0:
+        g = torch.Generator().manual_seed(seed)
+        pick = torch.randperm(len(rest), generator=g)[:n_random].tolist()
+        sampled = [rest[i] for i in pick]
+        for lo in range(0, len(sampled), batch_size):
+            sampled_effects += [float(v) for v in exact(sampled[lo:lo + batch_size])]
+    return sampled, sampled_effects
+
+
 def verify(
     model: HookedModel,
     pair: PromptPair,
@@ -141,13 +195,7 @@ def verify(
     >>> ver.top[0]  # the largest exact effect found: the last-position output of head L1H0
     'L1H0@3'
     """
-    ctx = result.context
-    if not ctx or "grid" not in ctx:
-        raise AttributionError("verify needs an AttributionResult from attribute() (it reruns the same grid exactly)")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise AttributionError(f"batch_size must be a positive int; got {batch_size!r}")
-    if not 0 < confidence < 1:
-        raise AttributionError(f"confidence must be in (0, 1); got {confidence!r}")
+    ctx = _check_verify_args(result, batch_size, confidence)
     grid = ctx["grid"]
     cells = grid.cells
     n_cells = len(cells)
@@ -166,31 +214,9 @@ def verify(
         forwards += run.forwards
         return (run.values - run.base_values[None]).mean(1)
 
-    verified: list[int] = []
-    effects: list[float] = []
-    thr = threshold
-    pos = 0
-    while pos < budget:
-        ids = order[pos:min(budget, pos + batch_size)]
-        vals = exact(ids)
-        verified += ids
-        effects += [float(v) for v in vals]
-        pos += len(ids)
-        if thr is None:
-            thr = relative_threshold * max(abs(e) for e in effects)
-        if thr > 0 and all(abs(float(v)) < thr for v in vals):
-            break  # a whole batch of well-ranked cells below threshold: the ranking has run out of effects
-    if thr is None:
-        thr = 0.0
-    rest = order[pos:]
-    sampled: list[int] = []
-    sampled_effects: list[float] = []
-    if rest and n_random > 0:
-        g = torch.Generator().manual_seed(seed)
-        pick = torch.randperm(len(rest), generator=g)[:n_random].tolist()
-        sampled = [rest[i] for i in pick]
-        for lo in range(0, len(sampled), batch_size):
-            sampled_effects += [float(v) for v in exact(sampled[lo:lo + batch_size])]
+    verified, effects, thr = _verify_in_order(exact, order[:budget], batch_size, threshold, relative_threshold)
+    rest = order[len(verified):]
+    sampled, sampled_effects = _sample_unverified(exact, rest, n_random, seed, batch_size)
     hits = sum(abs(e) >= thr for e in sampled_effects)
     if len(sampled) == len(rest):  # everything was measured: the count is exact, not a bound
         frac = hits / len(rest) if rest else 0.0
