@@ -125,57 +125,22 @@ def _split_forward(fm: F_.FunctionalModel, resid: Tensor, readout: Readout, prob
     [rows, pos, head, d_model]; MLP: [rows, pos, d_model]) by given values.
     """
     R, S, D = resid.shape
-    H, G = fm.n_heads, fm.n_kv_heads
-    positions = torch.arange(S, device=resid.device)
     replace = replace or {}
     outs: list[Tensor] = [resid]
     probes: list[Tensor] = []
 
-    def read(x: Tensor, units: int) -> Tensor:
-        if not probe:
-            return x[:, None].expand(R, units, S, D)
-        p = torch.zeros(R, units, S, D, dtype=x.dtype, device=x.device, requires_grad=True)
+    def read(layer: int, kind: str, x: Tensor) -> Tensor:
+        p = torch.zeros(x.shape, dtype=x.dtype, device=x.device, requires_grad=True)
         probes.append(p)
-        return x[:, None] + p
+        return x + p
 
-    stage = 1
-    for layer in range(fm.n_layers):
-        lw = fm.layers[layer]
-        xq, xk, xv = read(resid, H), read(resid, G), read(resid, G)
-        if probe:
-            nq, nk, nv = (F_.apply_norm(lw.ln1, x) for x in (xq, xk, xv))
-        else:
-            nq = F_.apply_norm(lw.ln1, resid)[:, None]
-            nk = nv = nq
-        q = torch.einsum("rhpd,hde->rphe", nq.expand(R, H, S, D), lw.W_Q)
-        k = torch.einsum("rgpd,gde->rpge", nk.expand(R, G, S, D), lw.W_K)
-        v = torch.einsum("rgpd,gde->rpge", nv.expand(R, G, S, D), lw.W_V)
-        if lw.b_Q is not None:
-            q, k, v = q + lw.b_Q, k + lw.b_K, v + lw.b_V
-        if fm.rot_cos is not None:
-            cos, sin = fm.rot_cos[positions], fm.rot_sin[positions]
-            q, k = F_._rope(q, cos, sin, fm.rot_style), F_._rope(k, cos, sin, fm.rot_style)
-        rep = H // G
-        scores = torch.einsum("rqhe,rkhe->rhqk", q, k.repeat_interleave(rep, dim=2)) * fm.attn_scale
-        if fm.causal:
-            causal = torch.ones(S, S, dtype=torch.bool, device=resid.device).triu_(1)
-            scores = scores.masked_fill(causal, torch.finfo(scores.dtype).min)
-        z = torch.einsum("rhqk,rkhe->rqhe", scores.softmax(-1), v.repeat_interleave(rep, dim=2))
-        result = torch.einsum("rphe,hem->rphm", z, lw.W_O)  # per-head outputs, without b_O
-        if stage in replace:
-            result = replace[stage]
-        stage += 1
-        outs.extend(result[:, :, h] for h in range(H))
-        resid = resid + result.sum(2) + (lw.b_O if lw.b_O is not None else 0)
-        if not fm.attn_only:
-            x = read(resid, 1)[:, 0]
-            out = F_.mlp(fm, layer, F_.apply_norm(lw.ln2, x), F_._Hooks(None, None))
-            if stage in replace:
-                out = replace[stage]
-            stage += 1
-            outs.append(out)
-            resid = resid + out
-    final = read(resid, 1)[:, 0]
+    def write(layer: int, kind: str, out: Tensor) -> Tensor:
+        stage = 1 + (layer if fm.attn_only else 2 * layer + (kind == "mlp"))
+        out = replace.get(stage, out)
+        outs.extend([out[:, :, h] for h in range(fm.n_heads)] if kind == "heads" else [out])
+        return out
+
+    final = F_.run_split(fm, resid, read=read if probe else None, write=write)
     pos = readout.positions
     logits = F_.unembed(fm, final if pos is None else final[:, pos], readout.columns)
     return logits, outs, probes

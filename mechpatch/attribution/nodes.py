@@ -115,7 +115,7 @@ def _forward(backend: str, model: HookedModel, fm: Optional[F_.FunctionalModel],
              fns: dict[str, Callable[[Tensor], Tensor]], readout: Readout) -> Tensor:
     """Readout logits of one forward where ``fns[name](t)`` replaces each named hook's value."""
     if backend == "functional":
-        hk = F_._Hooks(fns, None)
+        hk = F_.Hooks(fns)
         x = F_.embed(fm, tokens, 0, hk)
         resid = F_.run_blocks(fm, x, 0, None, 0, None, False, fns)
         return F_.unembed(fm, resid if readout.positions is None else resid[:, readout.positions], readout.columns)
@@ -166,18 +166,16 @@ def _rotate(fm: F_.FunctionalModel, x: Tensor) -> Tensor:
     seq = x.shape[-3]
     pos = torch.arange(seq, device=x.device)
     flat = x.reshape(-1, *x.shape[-3:])
-    return F_._rope(flat, fm.rot_cos[pos], fm.rot_sin[pos], fm.rot_style).reshape(x.shape)
+    return F_.rope(flat, fm.rot_cos[pos], fm.rot_sin[pos], fm.rot_style).reshape(x.shape)
 
 
 def _pattern(fm: F_.FunctionalModel, q: Tensor, k: Tensor) -> Tensor:
     """Attention pattern [..., head, query, key] from rotated q [..., pos, head, dh] and k [..., pos, kv_head, dh]."""
-    k = k.repeat_interleave(fm.n_heads // fm.n_kv_heads, dim=-2)
-    scores = torch.einsum("...qhd,...khd->...hqk", q, k) * fm.attn_scale
-    if fm.causal:
-        seq = q.shape[-3]
-        causal = torch.ones(seq, seq, dtype=torch.bool, device=q.device).triu_(1)
-        scores = scores.masked_fill(causal, torch.finfo(scores.dtype).min)
-    return scores.softmax(-1)
+    lead = q.shape[:-3]
+    flat = lambda x: x.reshape(-1, *x.shape[-3:]).transpose(1, 2)  # [N, unit, pos, dh]
+    k = k.expand(*lead, *k.shape[-3:])
+    pattern = F_.attention_pattern(fm, flat(q), flat(k))
+    return pattern.reshape(*lead, *pattern.shape[1:])
 
 
 def _qk_patterns(fm: F_.FunctionalModel, plan: PatchPlan, layer: int, q_rot: Tensor, k_rot: Tensor,

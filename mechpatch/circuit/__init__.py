@@ -22,7 +22,7 @@ from mechpatch.circuit.components import (
     parse_receiver,
 )
 from mechpatch.circuit.discovery import DISCOVERY, DiscoveryResult, acdc, discover
-from mechpatch.circuit.edges import ABLATIONS, EdgeError, EdgeLayout, EdgeRun, edge_patch, edge_patch_reference, layout
+from mechpatch.circuit.edges import ABLATIONS, EdgeError, EdgeLayout, EdgeRun, edge_patch, layout
 from mechpatch.circuit.faithfulness import MIB_SIZES, FaithfulnessCurve, circuit_metric, faithfulness_curve
 from mechpatch.circuit.formats import read_mib, to_dot, to_mib, to_networkx
 from mechpatch.circuit.graph import ComponentGraph
@@ -42,7 +42,6 @@ __all__ = [
     "circuit_metric",
     "discover",
     "edge_patch",
-    "edge_patch_reference",
     "faithfulness_curve",
     "layout",
     "INPUTS",

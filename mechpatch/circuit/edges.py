@@ -13,7 +13,7 @@ The residual stream itself is not changed, so components downstream see every ch
 receivers they read from. Rows of one chunk start at the earliest layer any of their edges enters,
 from the base run's cached residual stream and sender outputs (nothing before can change).
 
-:func:`edge_patch_reference` is the slow, obvious version for the tests: per edge set, every receiver's
+:func:`mechpatch.circuit.reference.edge_patch_reference` is the slow, obvious version for the tests: per edge set, every receiver's
 input is rebuilt by hand as the sum of its senders' outputs (current or ablated, one head at a time)
 plus the biases.
 """
@@ -219,11 +219,8 @@ class _Runner:
         """
         fm, lay = self.fm, self.lay
         H, G = fm.n_heads, fm.n_kv_heads
-        R, seq = rows_prompt.shape[0], tokens.shape[1]
-        positions = torch.arange(seq, device=tokens.device)
         n_s = len(lay.senders)
         cur: list[Optional[Tensor]] = [None] * n_s
-        resid_keep: list[Tensor] = []
         if start == 0:
             resid = F_.embed(fm, tokens[rows_prompt], 0)
             cur[0] = resid
@@ -233,16 +230,14 @@ class _Runner:
                 if lay.sender_layer[s] < start:
                     cur[s] = self.base_out[s][rows_prompt]
 
-        def inputs(r_slice: slice, stage: tuple[int, bool], x: Tensor) -> Tensor:
+        def inputs(r_slice: slice, stage: tuple[int, bool], x: Tensor) -> Optional[Tensor]:
             """Receiver inputs [R, unit, pos, D] for receivers ``r_slice`` from the residual ``x`` [R, unit, pos, D]:
-            minus (current - ablated) output of every ablated sender."""
-            if mask is None:
-                return x
+            minus (current - ablated) output of every ablated sender (None: no edge into them is ablated)."""
             m = mask[..., r_slice]  # R sender unit, or R pos sender unit (position-resolved)
             per_pos = m.ndim == 4
             active = torch.nonzero(m.reshape(-1, *m.shape[-2:]).any(0).any(-1)).flatten().tolist()
             if not active:
-                return x
+                return None
             diff = torch.stack([cur[s] - self.src_out[s][rows_prompt] for s in active], 1)  # R A pos D
             if per_pos:
                 x = x - torch.einsum("rapd,rpac->rcpd", diff, m[:, :, active].to(diff.dtype))
@@ -255,51 +250,33 @@ class _Runner:
                 x = torch.where(full, exact, x)
             return x
 
-        r_of = {r: i for i, r in enumerate(lay.receivers)}
-        s_of = {s: i for i, s in enumerate(lay.senders)}
-        for layer in range(start, fm.n_layers):
-            lw = fm.layers[layer]
-            if keep:
-                resid_keep.append(resid)
-            q0 = r_of[f"L{layer}H0.q"]
-            blocks = [(q0, q0 + H, H), (q0 + H, q0 + H + G, G), (q0 + H + G, q0 + H + 2 * G, G)]
-            ins = [inputs(slice(lo, hi), (layer, False), resid[:, None].expand(R, units, seq, resid.shape[-1]))
-                   for lo, hi, units in blocks]
-            xq, xk, xv = (F_.apply_norm(lw.ln1, x) for x in ins)  # R unit pos D
-            q = torch.einsum("rhpd,hde->rphe", xq, lw.W_Q)
-            k = torch.einsum("rgpd,gde->rpge", xk, lw.W_K)
-            v = torch.einsum("rgpd,gde->rpge", xv, lw.W_V)
-            if lw.b_Q is not None:
-                q, k, v = q + lw.b_Q, k + lw.b_K, v + lw.b_V
-            if fm.rot_cos is not None:
-                cos, sin = fm.rot_cos[positions], fm.rot_sin[positions]
-                q, k = F_._rope(q, cos, sin, fm.rot_style), F_._rope(k, cos, sin, fm.rot_style)
-            rep = H // G
-            kh = k.repeat_interleave(rep, dim=2)
-            vh = v.repeat_interleave(rep, dim=2)
-            scores = torch.einsum("rqhe,rkhe->rhqk", q, kh) * fm.attn_scale
-            if fm.causal:
-                causal = torch.ones(seq, seq, dtype=torch.bool, device=tokens.device).triu_(1)
-                scores = scores.masked_fill(causal, torch.finfo(scores.dtype).min)
-            pattern = scores.softmax(-1)
-            z = torch.einsum("rhqk,rkhe->rqhe", pattern, vh)
-            result = torch.einsum("rphe,hem->rphm", z, lw.W_O)  # per-head outputs, without b_O
-            attn_out = result.sum(2) + (lw.b_O if lw.b_O is not None else 0)
-            for h in range(H):
-                cur[s_of[f"L{layer}H{h}"]] = result[:, :, h]
-            resid = resid + attn_out
-            if not fm.attn_only:
-                m_idx = r_of[f"L{layer}.mlp"]
-                x = inputs(slice(m_idx, m_idx + 1), (layer, True), resid[:, None])[:, 0]
-                out = F_.mlp(fm, layer, F_.apply_norm(lw.ln2, x), F_._Hooks(None, None))
-                cur[s_of[f"L{layer}.mlp"]] = out
-                resid = resid + out
-        n_r = len(lay.receivers)
-        final = inputs(slice(n_r - 1, n_r), (fm.n_layers, False), resid[:, None])[:, 0]
+        first = {kind: lay.receivers.index(name) for kind, name in (("q", "L0H0.q"), ("logits", "logits"))}
+        per_layer = (first["logits"] - first["q"]) // max(1, fm.n_layers)  # receivers of one layer
+        span = {"q": (0, H), "k": (H, H + G), "v": (H + G, H + 2 * G), "mlp": (H + 2 * G, H + 2 * G + 1)}
+        heads = [lay.senders.index(f"L{layer}H0") for layer in range(fm.n_layers)]
+
+        def read(layer: int, kind: str, x: Tensor) -> Optional[Tensor]:
+            if kind == "logits":
+                r0, r1 = first["logits"], first["logits"] + 1
+            else:
+                lo, hi = span[kind]
+                r0, r1 = first["q"] + layer * per_layer + lo, first["q"] + layer * per_layer + hi
+            return inputs(slice(r0, r1), (layer, kind == "mlp"), x)
+
+        def write(layer: int, kind: str, out: Tensor) -> Tensor:
+            if kind == "heads":
+                for h in range(H):
+                    cur[heads[layer] + h] = out[:, :, h]
+            else:
+                cur[heads[layer] + H] = out
+            return out
+
+        resid_keep: Optional[list[Tensor]] = [] if keep else None
+        final = F_.run_split(fm, resid, start=start, read=None if mask is None else read, write=write,
+                             trace=resid_keep)
         pos = self.readout.positions
         logits = F_.unembed(fm, final if pos is None else final[:, pos], self.readout.columns)
         if keep:
-            resid_keep.append(final)
             return logits, [c.detach() for c in cur], resid_keep
         return logits, None, None
 
@@ -428,98 +405,5 @@ def make_runner(model, base, metric, *, source=None, ablation="corrupted", answe
     return runner
 
 
-# ----------------------------------------------------------------------------- slow reference
-
-
-def edge_patch_reference(
-    model: HookedModel,
-    base: Int[Tensor, "batch pos"],
-    edge_sets: Sequence[Sequence[EdgeLike]],
-    metric: Union[Metric, str],
-    *,
-    source: Optional[Int[Tensor, "batch pos"]] = None,
-    ablation: str = "corrupted",
-    answers: Optional[Int[Tensor, "batch answer"]] = None,
-) -> Float[Tensor, "variant prompt"]:
-    """Slow edge patching: per edge set, each receiver's input is the sum, built by hand, of every
-    preceding sender's output (its ablated output where the edge is ablated, at the edge's position or
-    everywhere) plus the biases; one head at a time. For testing :func:`edge_patch`."""
-    base_t, src_t, metric, positions = _setup(model, base, source, ablation, metric, answers)
-    fm = fast.weights(model)
-    lay = layout(model)
-    n, seq = base_t.shape
-    H, G = fm.n_heads, fm.n_kv_heads
-    pos_t = torch.arange(seq)
-
-    def run(tokens: Tensor, ablated: dict, abl_out: Optional[dict]):
-        outs: dict[str, Tensor] = {"input": F_.embed(fm, tokens, 0)}
-        biases: list[tuple[int, bool, Tensor]] = []  # (layer, is_mlp_bias, bias)
-
-        def rebuild(receiver: str, layer: int, for_mlp: bool) -> Tensor:
-            x = torch.zeros_like(outs["input"])
-            for s, out in outs.items():
-                at = ablated.get((s, receiver))  # the positions where this edge is ablated
-                x = x + (out if at is None else torch.where(at[None, :, None], abl_out[s], out))
-            for bl, _, b in biases:
-                if bl < layer or (bl == layer and for_mlp):
-                    x = x + b
-            return x
-
-        for layer in range(fm.n_layers):
-            lw = fm.layers[layer]
-            zs = []
-            kv_unit = (lambda h: f"H{h}") if G == H else (lambda h: f"G{h // (H // G)}")
-            for h in range(H):
-                g = h // (H // G)
-                xq = F_.apply_norm(lw.ln1, rebuild(f"L{layer}H{h}.q", layer, False))
-                xk = F_.apply_norm(lw.ln1, rebuild(f"L{layer}{kv_unit(h)}.k", layer, False))
-                xv = F_.apply_norm(lw.ln1, rebuild(f"L{layer}{kv_unit(h)}.v", layer, False))
-                q, k, v = xq @ lw.W_Q[h], xk @ lw.W_K[g], xv @ lw.W_V[g]
-                if lw.b_Q is not None:
-                    q, k, v = q + lw.b_Q[h], k + lw.b_K[g], v + lw.b_V[g]
-                if fm.rot_cos is not None:
-                    cos, sin = fm.rot_cos[pos_t], fm.rot_sin[pos_t]
-                    q = F_._rope(q[:, :, None], cos, sin, fm.rot_style)[:, :, 0]
-                    k = F_._rope(k[:, :, None], cos, sin, fm.rot_style)[:, :, 0]
-                scores = q @ k.transpose(1, 2) * fm.attn_scale
-                if fm.causal:
-                    scores = scores.masked_fill(torch.ones(seq, seq, dtype=torch.bool).triu(1), float("-inf"))
-                zs.append(scores.softmax(-1) @ v)
-            for h in range(H):
-                outs[f"L{layer}H{h}"] = zs[h] @ lw.W_O[h]
-            if lw.b_O is not None:
-                biases.append((layer, False, lw.b_O))
-            if not fm.attn_only:
-                x = F_.apply_norm(lw.ln2, rebuild(f"L{layer}.mlp", layer, True))
-                outs[f"L{layer}.mlp"] = F_.mlp(fm, layer, x, F_._Hooks(None, None))
-        final = rebuild("logits", fm.n_layers, False)
-        logits = F_.unembed(fm, final if positions is None else final[:, positions])
-        return logits, outs
-
-    with torch.inference_mode():
-        clean_logits, base_out = run(base_t, {}, None)
-        if ablation == "corrupted":
-            _, abl_out = run(src_t, {}, None)
-        elif ablation == "zero":
-            abl_out = {s: torch.zeros_like(o) for s, o in base_out.items()}
-        else:
-            abl_out = {s: o.mean(0, keepdim=True).expand_as(o) for s, o in base_out.items()}
-        metric = metric.bind(clean_logits=clean_logits)
-        rows = []
-        for es in edge_sets:
-            ablated: dict[tuple[str, str], Tensor] = {}
-            for s_i, r_i, pos in lay.parse(list(es)):  # validates
-                at = ablated.setdefault((lay.senders[s_i], lay.receivers[r_i]), torch.zeros(seq, dtype=torch.bool))
-                if pos is None:
-                    at[:] = True
-                else:
-                    if pos >= seq:
-                        raise EdgeError(f"position {pos} is out of range for prompts of {seq} tokens")
-                    at[pos] = True
-            logits, _ = run(base_t, ablated, abl_out)
-            rows.append(metric(logits, torch.arange(n)).cpu())
-    return torch.stack(rows)
-
-
-__all__ = ["ABLATIONS", "EdgeError", "EdgeLayout", "EdgeRun", "edge_patch", "edge_patch_reference", "has_positions",
+__all__ = ["ABLATIONS", "EdgeError", "EdgeLayout", "EdgeRun", "edge_patch", "has_positions",
            "layout", "make_runner"]

@@ -109,7 +109,7 @@ def _forward_caching(
 
     hooks = {n: keep(n) for n in names}
     with torch.inference_mode():
-        x = F_.embed(fm, tokens, 0, F_._Hooks(hooks, None))
+        x = F_.embed(fm, tokens, 0, F_.Hooks(hooks, None))
         out = F_.run_blocks(fm, x, 0, None, 0, None, return_kv, hooks)
         resid, kv = out if return_kv else (out, None)
         logits = F_.unembed(fm, resid if readout.positions is None else resid[:, readout.positions], readout.columns)
@@ -164,7 +164,7 @@ def forward_rows(
     seq_len = state.tokens.shape[1]
     device = state.tokens.device
     positions = torch.arange(pos0, seq_len, device=device)
-    hk = F_._Hooks(hooks, None)
+    hk = F_.Hooks(hooks, None)
     if from_embedding:
         rows_start = [0] * len(rows_start)
         resid = F_.embed(fm, state.tokens[rows_prompt, pos0:], pos0, hk)

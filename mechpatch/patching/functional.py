@@ -26,6 +26,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from jaxtyping import Float
 
 Tensor = torch.Tensor
 HookFn = Callable[[Tensor], Optional[Tensor]]
@@ -289,8 +290,14 @@ def apply_norm(n: Norm, x: Tensor) -> Tensor:
     return y if n.kind == "RMSPre" or n.w is None else n.w * y
 
 
-def _rope(x: Tensor, cos: Tensor, sin: Tensor, style: str) -> Tensor:
-    """x [B, S, h, dh]; cos/sin [S, rd] (broadcast over B and heads)."""
+def rope(
+    x: Float[Tensor, "*batch pos unit d_head"], cos: Float[Tensor, "pos rot"], sin: Float[Tensor, "pos rot"], style: str,
+) -> Float[Tensor, "*batch pos unit d_head"]:
+    """Rotary position embedding of queries or keys ``x`` (the first ``rot`` dims of each head rotate).
+
+    ``style`` "halves" is Hugging Face's ``rotate_half`` (Llama); "adjacent" rotates adjacent pairs (TransformerLens
+    native models).
+    """
     rd = cos.shape[-1]
     cos = cos[:, None, :]
     sin = sin[:, None, :]
@@ -304,12 +311,12 @@ def _rope(x: Tensor, cos: Tensor, sin: Tensor, style: str) -> Tensor:
     return out if xp is None else torch.cat([out, xp], -1)
 
 
-class _Hooks:
+class Hooks:
     """Tiny hook runner: optional fn per name (return None = unchanged) + optional cache."""
 
     __slots__ = ("fns", "cache", "active")
 
-    def __init__(self, fns: Optional[dict[str, HookFn]], cache: Optional[dict[str, Tensor]]):
+    def __init__(self, fns: Optional[dict[str, HookFn]] = None, cache: Optional[dict[str, Tensor]] = None):
         self.fns = fns or {}
         self.cache = cache
         self.active = bool(self.fns) or cache is not None
@@ -325,12 +332,53 @@ class _Hooks:
         return t
 
 
+NO_HOOKS = Hooks()
 KV = tuple[Tensor, Tensor]  # (K, V) each [B, Hkv, T, dh]; K is post-RoPE
+
+
+def attention_pattern(
+    fm: FunctionalModel, q: Float[Tensor, "batch head query d_head"], k: Float[Tensor, "batch kv_head key d_head"],
+    hk: Hooks = NO_HOOKS, layer: int = 0,
+) -> Float[Tensor, "batch head query key"]:
+    """The attention pattern of post-RoPE queries (the last ``query`` positions) over keys (every position so far).
+
+    The one place mechpatch computes a softmax over key positions: the fused forward, the per-receiver forward
+    and AtP*'s query/key fix all come here. Scores are scaled by ``fm.attn_scale`` and, in causal models, a query
+    at absolute position ``key - query + i`` sees keys up to itself (masked scores get ``finfo.min``, as the
+    bridges fill them). Hooks ``hook_attn_scores`` and ``hook_pattern`` of ``layer`` run when ``hk`` is active.
+    """
+    B, H, S, dh = q.shape
+    Hkv, T = k.shape[1], k.shape[2]
+    P = T - S
+    # GQA without materialising repeat_interleave: query head h uses kv head h // (H // Hkv)
+    qg = q.reshape(B, Hkv, (H // Hkv) * S, dh)
+    scores = torch.matmul(qg, k.transpose(-1, -2)).view(B, H, S, T) * fm.attn_scale
+    if fm.causal and (S > 1 or P == 0):
+        mask = torch.ones(S, T, dtype=torch.bool, device=q.device).triu_(P + 1)
+        scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
+    pre = f"blocks.{layer}.attn."
+    if hk.active:
+        scores = hk(pre + "hook_attn_scores", scores)
+    pattern = torch.softmax(scores, dim=-1)
+    if hk.active:
+        pattern = hk(pre + "hook_pattern", pattern)
+    return pattern
+
+
+def attend(
+    fm: FunctionalModel, q: Float[Tensor, "batch head query d_head"], k: Float[Tensor, "batch kv_head key d_head"],
+    v: Float[Tensor, "batch kv_head key d_head"], hk: Hooks = NO_HOOKS, layer: int = 0,
+) -> Float[Tensor, "batch query head d_head"]:
+    """Each head's mix of values ``z`` (TransformerLens's ``hook_z``) under :func:`attention_pattern`."""
+    B, H, S, dh = q.shape
+    Hkv, T = k.shape[1], k.shape[2]
+    pattern = attention_pattern(fm, q, k, hk, layer)
+    return torch.matmul(pattern.view(B, Hkv, (H // Hkv) * S, T), v).view(B, H, S, dh).transpose(1, 2)
 
 
 def attention(
     fm: FunctionalModel, L: int, x_ln: Tensor, positions: Tensor,
-    past: Optional[KV], hk: _Hooks, want_kv: bool,
+    past: Optional[KV], hk: Hooks, want_kv: bool,
 ) -> tuple[Tensor, Optional[KV]]:
     """One attention layer for S new query positions (absolute `positions`, contiguous),
     attending causally to `past` (positions 0..P-1) + themselves. Returns (attn_out, kv)."""
@@ -348,12 +396,11 @@ def attention(
         v = hk(pre + "hook_v", v)
     if fm.rot_cos is not None:
         cos, sin = fm.rot_cos[positions], fm.rot_sin[positions]
-        q = _rope(q, cos, sin, fm.rot_style)
-        k = _rope(k, cos, sin, fm.rot_style)
+        q = rope(q, cos, sin, fm.rot_style)
+        k = rope(k, cos, sin, fm.rot_style)
         if hk.active:
             q = hk(pre + "hook_rot_q", q)
             k = hk(pre + "hook_rot_k", k)
-    qh = q.transpose(1, 2)  # [B, H, S, dh]
     kh = k.transpose(1, 2)  # [B, Hkv, S, dh]
     vh = v.transpose(1, 2)
     if past is not None:
@@ -362,22 +409,7 @@ def attention(
             pk, pv = pk.expand(B, -1, -1, -1), pv.expand(B, -1, -1, -1)
         kh = torch.cat([pk, kh], 2)
         vh = torch.cat([pv, vh], 2)
-    T = kh.shape[2]
-    P = T - S
-    rep = H // Hkv
-    # GQA without materialising repeat_interleave: query head h uses kv head h // rep
-    qg = qh.reshape(B, Hkv, rep * S, dh)
-    scores = torch.matmul(qg, kh.transpose(-1, -2)).view(B, H, S, T) * fm.attn_scale
-    if fm.causal and (S > 1 or P == 0):
-        mask = torch.ones(S, T, dtype=torch.bool, device=x_ln.device).triu_(P + 1)
-        # bridge (non-compat mode) fills with finfo.min; identical softmax to -inf
-        scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
-    if hk.active:
-        scores = hk(pre + "hook_attn_scores", scores)
-    pattern = torch.softmax(scores, dim=-1)
-    if hk.active:
-        pattern = hk(pre + "hook_pattern", pattern)
-    z = torch.matmul(pattern.view(B, Hkv, rep * S, T), vh).view(B, H, S, dh).transpose(1, 2)
+    z = attend(fm, q.transpose(1, 2), kh, vh, hk, L)
     if hk.active:
         z = hk(pre + "hook_z", z)
         # TL convention: hook_result = per-head z_h @ W_O_h, WITHOUT b_O
@@ -392,7 +424,7 @@ def attention(
     return out, ((kh, vh) if want_kv else None)
 
 
-def mlp(fm: FunctionalModel, L: int, x_ln: Tensor, hk: _Hooks) -> Tensor:
+def mlp(fm: FunctionalModel, L: int, x_ln: Tensor, hk: Hooks = NO_HOOKS) -> Tensor:
     lw = fm.layers[L]
     pre = f"blocks.{L}.mlp."
     act = _act(fm.act_fn)
@@ -433,7 +465,7 @@ def run_blocks(
     K/V per layer (None for layers not run).
     """
     end_layer = fm.n_layers if end_layer is None else end_layer
-    hk = _Hooks(hooks, cache)
+    hk = Hooks(hooks, cache)
     B, S, _ = resid.shape
     positions = torch.arange(pos_offset, pos_offset + S, device=resid.device)
     if pos_offset > 0 and past_kv is None:
@@ -446,7 +478,7 @@ def run_blocks(
 
 
 def block(
-    fm: FunctionalModel, L: int, resid: Tensor, positions: Tensor, past: Optional[KV], hk: _Hooks, want_kv: bool
+    fm: FunctionalModel, L: int, resid: Tensor, positions: Tensor, past: Optional[KV], hk: Hooks, want_kv: bool
 ) -> tuple[Tensor, Optional[KV]]:
     """One transformer block on resid [B, S, D] at absolute ``positions``, attending to ``past`` too."""
     lw = fm.layers[L]
@@ -468,7 +500,7 @@ def block(
     return resid, kv
 
 
-def embed(fm: FunctionalModel, tokens: Tensor, pos_offset: int = 0, hk: Optional[_Hooks] = None) -> Tensor:
+def embed(fm: FunctionalModel, tokens: Tensor, pos_offset: int = 0, hk: Optional[Hooks] = None) -> Tensor:
     x = F.embedding(tokens, fm.W_E)
     if hk is not None and hk.active:
         x = hk("hook_embed", x)
@@ -493,7 +525,7 @@ def forward(
     cache: Optional[dict[str, Tensor]] = None, return_kv: bool = False,
 ):
     """Full forward: tokens [B, S] -> logits [B, S, V] (optionally + per-layer K/V)."""
-    hk = _Hooks(hooks, cache)
+    hk = Hooks(hooks, cache)
     x = embed(fm, tokens, 0, hk)
     out = run_blocks(fm, x, 0, None, 0, None, return_kv, hooks, cache)
     if return_kv:
@@ -505,3 +537,80 @@ def forward(
 def slice_kv(kv: list[Optional[KV]], p: int) -> list[Optional[KV]]:
     """Keep cached K/V for positions < p only."""
     return [None if e is None else (e[0][:, :, :p], e[1][:, :, :p]) for e in kv]
+
+
+# ----------------------------------------------------------------------------- the per-receiver forward
+
+#: receivers of one layer, in the order :func:`run_split` reads them
+RECEIVER_KINDS = ("q", "k", "v", "mlp", "logits")
+#: ``read(layer, kind, resid)``: a receiver's inputs [rows, unit, pos, d_model] from the residual stream expanded to its
+#: units (q: heads; k and v: key/value heads; mlp and logits: one), or None where they are the residual stream itself
+ReadFn = Callable[[int, str, Tensor], Optional[Tensor]]
+#: ``write(layer, kind, out)``: a sender stage's outputs (kind "heads": [rows, pos, head, d_model], each head's
+#: output without b_O; "mlp": [rows, pos, d_model]) -> the outputs the model continues with
+WriteFn = Callable[[int, str, Tensor], Tensor]
+
+
+def unit_qkv(
+    fm: FunctionalModel, L: int, xq: Float[Tensor, "batch q_unit pos d_model"],
+    xk: Float[Tensor, "batch k_unit pos d_model"], xv: Float[Tensor, "batch v_unit pos d_model"],
+) -> tuple[Float[Tensor, "batch head pos d_head"], Float[Tensor, "batch kv_head pos d_head"],
+           Float[Tensor, "batch kv_head pos d_head"]]:
+    """Post-RoPE queries, keys and values of layer ``L`` when each head reads its own query input and each key/value
+    head its own key and value inputs (pre-norm residual streams; a unit axis of 1 is shared by every unit)."""
+    lw = fm.layers[L]
+    R, _, S, D = xq.shape
+    H, G = fm.n_heads, fm.n_kv_heads
+    nq = apply_norm(lw.ln1, xq)
+    nk = nq if xk is xq else apply_norm(lw.ln1, xk)
+    nv = nk if xv is xk else apply_norm(lw.ln1, xv)
+    q = torch.einsum("rhpd,hde->rphe", nq.expand(R, H, S, D), lw.W_Q)
+    k = torch.einsum("rgpd,gde->rpge", nk.expand(R, G, S, D), lw.W_K)
+    v = torch.einsum("rgpd,gde->rpge", nv.expand(R, G, S, D), lw.W_V)
+    if lw.b_Q is not None:
+        q, k, v = q + lw.b_Q, k + lw.b_K, v + lw.b_V
+    if fm.rot_cos is not None:
+        positions = torch.arange(S, device=xq.device)
+        cos, sin = fm.rot_cos[positions], fm.rot_sin[positions]
+        q, k = rope(q, cos, sin, fm.rot_style), rope(k, cos, sin, fm.rot_style)
+    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+
+def run_split(
+    fm: FunctionalModel, resid: Float[Tensor, "batch pos d_model"], *, start: int = 0,
+    read: Optional[ReadFn] = None, write: Optional[WriteFn] = None, trace: Optional[list[Tensor]] = None,
+) -> Float[Tensor, "batch pos d_model"]:
+    """Run layers ``[start, n_layers)`` from the residual stream entering ``start``, every receiver reading its own input.
+
+    This is the forward of edge patching and edge attribution: each head's query, each key/value head's key and value,
+    each MLP and the logits read the residual stream through ``read`` (which may subtract ablated senders' outputs or
+    add a gradient probe), and each stage's outputs pass through ``write`` (which may record or replace them).
+    The attention itself is :func:`attend`'s. Returns the input of the logits (before the final norm); ``trace``
+    collects each layer's entering residual stream and, last, that input.
+    """
+    R, S, D = resid.shape
+    H, G = fm.n_heads, fm.n_kv_heads
+
+    def inputs(layer: int, kind: str, units: int, x: Tensor) -> Tensor:
+        got = None if read is None else read(layer, kind, x.expand(R, units, S, D))
+        return x if got is None else got
+
+    for layer in range(start, fm.n_layers):
+        lw = fm.layers[layer]
+        if trace is not None:
+            trace.append(resid)
+        x = resid[:, None]
+        q, k, v = unit_qkv(fm, layer, inputs(layer, "q", H, x), inputs(layer, "k", G, x), inputs(layer, "v", G, x))
+        result = torch.einsum("rphe,hem->rphm", attend(fm, q, k, v), lw.W_O)  # per-head outputs, without b_O
+        if write is not None:
+            result = write(layer, "heads", result)
+        resid = resid + result.sum(2) + (lw.b_O if lw.b_O is not None else 0)
+        if not fm.attn_only:
+            out = mlp(fm, layer, apply_norm(lw.ln2, inputs(layer, "mlp", 1, resid[:, None])[:, 0]))
+            if write is not None:
+                out = write(layer, "mlp", out)
+            resid = resid + out
+    final = inputs(fm.n_layers, "logits", 1, resid[:, None])[:, 0]
+    if trace is not None:
+        trace.append(final)
+    return final

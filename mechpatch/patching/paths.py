@@ -387,7 +387,7 @@ def _path_patch_fast(fm, model, base_t, src_t, sets, recs, metric, readout, batc
                         return keep
 
                     past = None if p0 == 0 else (kv[L][0][rows_prompt, :, :p0], kv[L][1][rows_prompt, :, :p0])
-                    hk = F_._Hooks({nm: keeper(nm) for nm in wanted}, None)
+                    hk = F_.Hooks({nm: keeper(nm) for nm in wanted}, None)
                     try:
                         F_.block(fm, L, rows_resid(f"blocks.{L}.hook_resid_pre", L), positions, past, hk, False)
                     except _Stop:

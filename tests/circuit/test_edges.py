@@ -5,7 +5,8 @@ import random
 import pytest
 import torch
 
-from mechpatch.circuit.edges import EdgeError, edge_patch, edge_patch_reference, layout
+from mechpatch.circuit.edges import EdgeError, edge_patch, layout
+from mechpatch.circuit.reference import edge_patch_reference
 from mechpatch.patching import run_patches
 from mechpatch.patching.metrics import KLDivergence, LogitDiff
 

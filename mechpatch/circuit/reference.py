@@ -1,0 +1,113 @@
+"""The slow, obvious edge patching that the tests hold :func:`mechpatch.circuit.edges.edge_patch` to.
+
+Per edge set, every receiver's input is rebuilt by hand as the sum of its senders' outputs (current or ablated, one
+head at a time) plus the biases, and attention is computed head by head with its own softmax: this module is the
+oracle, written independently of mechpatch's forward (it shares only the weights, norms, RoPE and MLP).
+"""
+
+from collections.abc import Sequence
+from typing import Optional, Union
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from mechpatch.circuit.edges import EdgeError, EdgeLike, _setup, layout
+from mechpatch.model import HookedModel
+from mechpatch.patching import fast
+from mechpatch.patching import functional as F_
+from mechpatch.patching.metrics import Metric
+
+
+
+def edge_patch_reference(
+    model: HookedModel,
+    base: Int[Tensor, "batch pos"],
+    edge_sets: Sequence[Sequence[EdgeLike]],
+    metric: Union[Metric, str],
+    *,
+    source: Optional[Int[Tensor, "batch pos"]] = None,
+    ablation: str = "corrupted",
+    answers: Optional[Int[Tensor, "batch answer"]] = None,
+) -> Float[Tensor, "variant prompt"]:
+    """Slow edge patching: per edge set, each receiver's input is the sum, built by hand, of every
+    preceding sender's output (its ablated output where the edge is ablated, at the edge's position or
+    everywhere) plus the biases; one head at a time. For testing :func:`edge_patch`."""
+    base_t, src_t, metric, positions = _setup(model, base, source, ablation, metric, answers)
+    fm = fast.weights(model)
+    lay = layout(model)
+    n, seq = base_t.shape
+    H, G = fm.n_heads, fm.n_kv_heads
+    pos_t = torch.arange(seq)
+
+    def run(tokens: Tensor, ablated: dict, abl_out: Optional[dict]):
+        outs: dict[str, Tensor] = {"input": F_.embed(fm, tokens, 0)}
+        biases: list[tuple[int, bool, Tensor]] = []  # (layer, is_mlp_bias, bias)
+
+        def rebuild(receiver: str, layer: int, for_mlp: bool) -> Tensor:
+            x = torch.zeros_like(outs["input"])
+            for s, out in outs.items():
+                at = ablated.get((s, receiver))  # the positions where this edge is ablated
+                x = x + (out if at is None else torch.where(at[None, :, None], abl_out[s], out))
+            for bl, _, b in biases:
+                if bl < layer or (bl == layer and for_mlp):
+                    x = x + b
+            return x
+
+        for layer in range(fm.n_layers):
+            lw = fm.layers[layer]
+            zs = []
+            kv_unit = (lambda h: f"H{h}") if G == H else (lambda h: f"G{h // (H // G)}")
+            for h in range(H):
+                g = h // (H // G)
+                xq = F_.apply_norm(lw.ln1, rebuild(f"L{layer}H{h}.q", layer, False))
+                xk = F_.apply_norm(lw.ln1, rebuild(f"L{layer}{kv_unit(h)}.k", layer, False))
+                xv = F_.apply_norm(lw.ln1, rebuild(f"L{layer}{kv_unit(h)}.v", layer, False))
+                q, k, v = xq @ lw.W_Q[h], xk @ lw.W_K[g], xv @ lw.W_V[g]
+                if lw.b_Q is not None:
+                    q, k, v = q + lw.b_Q[h], k + lw.b_K[g], v + lw.b_V[g]
+                if fm.rot_cos is not None:
+                    cos, sin = fm.rot_cos[pos_t], fm.rot_sin[pos_t]
+                    q = F_.rope(q[:, :, None], cos, sin, fm.rot_style)[:, :, 0]
+                    k = F_.rope(k[:, :, None], cos, sin, fm.rot_style)[:, :, 0]
+                scores = q @ k.transpose(1, 2) * fm.attn_scale
+                if fm.causal:
+                    scores = scores.masked_fill(torch.ones(seq, seq, dtype=torch.bool).triu(1), float("-inf"))
+                zs.append(scores.softmax(-1) @ v)
+            for h in range(H):
+                outs[f"L{layer}H{h}"] = zs[h] @ lw.W_O[h]
+            if lw.b_O is not None:
+                biases.append((layer, False, lw.b_O))
+            if not fm.attn_only:
+                x = F_.apply_norm(lw.ln2, rebuild(f"L{layer}.mlp", layer, True))
+                outs[f"L{layer}.mlp"] = F_.mlp(fm, layer, x)
+        final = rebuild("logits", fm.n_layers, False)
+        logits = F_.unembed(fm, final if positions is None else final[:, positions])
+        return logits, outs
+
+    with torch.inference_mode():
+        clean_logits, base_out = run(base_t, {}, None)
+        if ablation == "corrupted":
+            _, abl_out = run(src_t, {}, None)
+        elif ablation == "zero":
+            abl_out = {s: torch.zeros_like(o) for s, o in base_out.items()}
+        else:
+            abl_out = {s: o.mean(0, keepdim=True).expand_as(o) for s, o in base_out.items()}
+        metric = metric.bind(clean_logits=clean_logits)
+        rows = []
+        for es in edge_sets:
+            ablated: dict[tuple[str, str], Tensor] = {}
+            for s_i, r_i, pos in lay.parse(list(es)):  # validates
+                at = ablated.setdefault((lay.senders[s_i], lay.receivers[r_i]), torch.zeros(seq, dtype=torch.bool))
+                if pos is None:
+                    at[:] = True
+                else:
+                    if pos >= seq:
+                        raise EdgeError(f"position {pos} is out of range for prompts of {seq} tokens")
+                    at[pos] = True
+            logits, _ = run(base_t, ablated, abl_out)
+            rows.append(metric(logits, torch.arange(n)).cpu())
+    return torch.stack(rows)
+
+
+__all__ = ["edge_patch_reference"]
