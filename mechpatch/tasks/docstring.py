@@ -114,6 +114,90 @@ def _check_counts(**counts: int) -> None:
         raise TaskError("met_desc_len and arg_desc_len must be at least 1 (a description has words)")
 
 
+def _prompt_words(model: HookedModel, arg_names: Sequence[str], desc_words: Sequence[str], n_draw: int,
+                  need_desc: int) -> tuple[list[str], list[str]]:
+    """The single-token argument names (less template words) and description words (less argument names).
+
+    Raises :class:`TaskError` when there are fewer than the ``n_draw`` names or ``need_desc`` words a prompt
+    draws.
+    """
+    names = [w for w in single_token_words(model, arg_names) if w not in _RESERVED]
+    descs = [w for w in single_token_words(model, desc_words, bare_too=True) if w not in set(arg_names)]
+    if len(names) < n_draw:
+        raise TaskError(f"only {len(names)} argument names are single tokens for this tokenizer; each prompt "
+                        f"draws {n_draw} distinct ones")
+    if len(descs) < need_desc:
+        raise TaskError(f"only {len(descs)} description words are single tokens for this tokenizer; need {need_desc}")
+    return names, descs
+
+
+def _draw_texts(
+    rng: random.Random, names: list[str], descs: list[str], corruption: str, n_draw: int, n_m: int,
+    n_def_prefix_args: int, n_def_suffix_args: int, met_desc_len: int, arg_desc_len: int,
+) -> tuple[str, str, list[str], list[str]]:
+    """One prompt from ``rng``: its clean and corrupted texts, the argument names drawn, and the matching ones."""
+    method, *args = rng.sample(names, n_draw)
+    drawn = list(args)
+    spare_answer, args = args[0], args[1:]
+    rr_def, args = args[:n_m], args[n_m:]
+    rr_doc, args = args[:n_m - 1], args[n_m - 1:]
+    other, args = args[:n_m - 1], args[n_m - 1:]
+    matching, args = args[:n_m], args[n_m:]
+    prefix, args = args[:n_def_prefix_args], args[n_def_prefix_args:]
+    suffix, args = args[:n_def_suffix_args], args[n_def_suffix_args:]
+    doc_prefix = args
+    met_desc = rng.sample(descs, met_desc_len)
+    clean_doc = doc_prefix + matching[:-1]
+    arg_descs = [rng.sample(descs, arg_desc_len) for _ in clean_doc]
+    # the descriptions' words moved between lines (drawn for every corruption, so that the clean
+    # prompts do not depend on which corruption is asked for)
+    varied: list[list[str]] = [[d[0]] for d in arg_descs]
+    for d in arg_descs:
+        for w in d[1:]:
+            varied[rng.randrange(len(varied))].append(w)
+
+    clean_def = prefix + matching + suffix
+    defs = {
+        "clean": clean_def,
+        "random_def": prefix + other + matching[-1:] + suffix,
+        "random_answer": prefix + matching[:-1] + [spare_answer] + suffix,
+        "random_random": prefix + rr_def + suffix,
+    }
+    docs = {"clean": clean_doc, "random_doc": doc_prefix + other, "random_random": doc_prefix + rr_doc}
+    def_key, doc_key, desc = {
+        "random_random": ("random_random", "random_random", arg_descs),
+        "random_doc": ("clean", "random_doc", arg_descs),
+        "random_def": ("random_def", "clean", arg_descs),
+        "random_answer": ("random_answer", "clean", arg_descs),
+        "random_def_doc": ("random_def", "random_doc", arg_descs),
+        "random_answer_doc": ("random_answer", "random_doc", arg_descs),
+        "vary_length_doc_desc": ("clean", "clean", varied),
+        "vary_length_doc_desc_random_doc": ("clean", "random_doc", varied),
+    }[corruption]
+    clean_text = render(method, clean_def, met_desc, clean_doc, arg_descs)
+    corrupt_text = render(method, defs[def_key], met_desc, docs[doc_key], desc)
+    return clean_text, corrupt_text, drawn, matching
+
+
+def _argument_positions(ct: list[int], clean_text: str, letters: list[str], matching: list[str],
+                        ids: dict[str, Any]) -> dict[str, int]:
+    """Token positions of the matching arguments in the definition (``A_def``, ...), the docstring (``A_doc``,
+    ...) and ``END``, checking each documented argument is found twice and the answer once."""
+    answer = matching[-1]
+    positions: dict[str, int] = {}
+    for letter, arg in zip(letters, matching):
+        at = [p for p, t in enumerate(ct) if t == ids[arg]]
+        expected = 1 if arg == answer else 2  # documented arguments appear in the definition and the docstring
+        if len(at) != expected:
+            raise TaskError(f"argument {arg!r} should appear as token {ids[arg]} {expected} time(s) in "
+                            f"{clean_text!r}; found {len(at)} (this tokenizer merges it with its neighbours)")
+        positions[f"{letter}_def"] = at[0]
+        if arg != answer:
+            positions[f"{letter}_doc"] = at[1]
+    positions["END"] = len(ct) - 1
+    return positions
+
+
 def make_docstring(
     model: HookedModel,
     n: int = 50,
@@ -148,16 +232,9 @@ def make_docstring(
     _check_counts(n_matching_args=n_matching_args, n_def_prefix_args=n_def_prefix_args,
                   n_def_suffix_args=n_def_suffix_args, n_doc_prefix_args=n_doc_prefix_args,
                   met_desc_len=met_desc_len, arg_desc_len=arg_desc_len)
-    names = [w for w in single_token_words(model, arg_names) if w not in _RESERVED]
-    descs = [w for w in single_token_words(model, desc_words, bare_too=True) if w not in set(arg_names)]
     n_m = n_matching_args
     n_draw = 2 + n_m + (n_m - 1) + (n_m - 1) + n_m + n_def_prefix_args + n_def_suffix_args + n_doc_prefix_args
-    if len(names) < n_draw:
-        raise TaskError(f"only {len(names)} argument names are single tokens for this tokenizer; each prompt "
-                        f"draws {n_draw} distinct ones")
-    need_desc = max(met_desc_len, arg_desc_len)
-    if len(descs) < need_desc:
-        raise TaskError(f"only {len(descs)} description words are single tokens for this tokenizer; need {need_desc}")
+    names, descs = _prompt_words(model, arg_names, desc_words, n_draw, max(met_desc_len, arg_desc_len))
     tok = model.tokenizer
     letters = [chr(ord("A") + i) for i in range(n_m)]
 
@@ -165,61 +242,13 @@ def make_docstring(
     rows: dict[str, list] = {k: [] for k in ("clean", "corrupted", "answers", "positions", "prompts", "cprompts",
                                              "labels")}
     for _ in range(n):
-        method, *args = rng.sample(names, n_draw)
-        drawn = list(args)
-        spare_answer, args = args[0], args[1:]
-        rr_def, args = args[:n_m], args[n_m:]
-        rr_doc, args = args[:n_m - 1], args[n_m - 1:]
-        other, args = args[:n_m - 1], args[n_m - 1:]
-        matching, args = args[:n_m], args[n_m:]
-        prefix, args = args[:n_def_prefix_args], args[n_def_prefix_args:]
-        suffix, args = args[:n_def_suffix_args], args[n_def_suffix_args:]
-        doc_prefix = args
-        met_desc = rng.sample(descs, met_desc_len)
-        clean_doc = doc_prefix + matching[:-1]
-        arg_descs = [rng.sample(descs, arg_desc_len) for _ in clean_doc]
-        # the descriptions' words moved between lines (drawn for every corruption, so that the clean
-        # prompts do not depend on which corruption is asked for)
-        varied: list[list[str]] = [[d[0]] for d in arg_descs]
-        for d in arg_descs:
-            for w in d[1:]:
-                varied[rng.randrange(len(varied))].append(w)
-
-        clean_def = prefix + matching + suffix
-        defs = {
-            "clean": clean_def,
-            "random_def": prefix + other + matching[-1:] + suffix,
-            "random_answer": prefix + matching[:-1] + [spare_answer] + suffix,
-            "random_random": prefix + rr_def + suffix,
-        }
-        docs = {"clean": clean_doc, "random_doc": doc_prefix + other, "random_random": doc_prefix + rr_doc}
-        def_key, doc_key, desc = {
-            "random_random": ("random_random", "random_random", arg_descs),
-            "random_doc": ("clean", "random_doc", arg_descs),
-            "random_def": ("random_def", "clean", arg_descs),
-            "random_answer": ("random_answer", "clean", arg_descs),
-            "random_def_doc": ("random_def", "random_doc", arg_descs),
-            "random_answer_doc": ("random_answer", "random_doc", arg_descs),
-            "vary_length_doc_desc": ("clean", "clean", varied),
-            "vary_length_doc_desc_random_doc": ("clean", "random_doc", varied),
-        }[corruption]
-        clean_text = render(method, clean_def, met_desc, clean_doc, arg_descs)
-        corrupt_text = render(method, defs[def_key], met_desc, docs[doc_key], desc)
+        clean_text, corrupt_text, drawn, matching = _draw_texts(
+            rng, names, descs, corruption, n_draw, n_m, n_def_prefix_args, n_def_suffix_args, met_desc_len,
+            arg_desc_len)
         ct, kt = model.to_tokens(clean_text)[0].tolist(), model.to_tokens(corrupt_text)[0].tolist()
-
         answer = matching[-1]
         ids = {w: _one(tok, " " + w) for w in drawn}
-        positions: dict[str, int] = {}
-        for letter, arg in zip(letters, matching):
-            at = [p for p, t in enumerate(ct) if t == ids[arg]]
-            expected = 1 if arg == answer else 2  # documented arguments appear in the definition and the docstring
-            if len(at) != expected:
-                raise TaskError(f"argument {arg!r} should appear as token {ids[arg]} {expected} time(s) in "
-                                f"{clean_text!r}; found {len(at)} (this tokenizer merges it with its neighbours)")
-            positions[f"{letter}_def"] = at[0]
-            if arg != answer:
-                positions[f"{letter}_doc"] = at[1]
-        positions["END"] = len(ct) - 1
+        positions = _argument_positions(ct, clean_text, letters, matching, ids)
         rows["clean"].append(ct)
         rows["corrupted"].append(kt)
         rows["answers"].append([ids[answer]] + [ids[w] for w in drawn if w != answer])
