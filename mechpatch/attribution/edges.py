@@ -216,18 +216,11 @@ def edge_attribution(
     True
     """
     start = time.time()
-    if ig is not None and ig not in IG_MODES:
-        raise AttributionError(f"unknown ig mode {ig!r}; valid: None (plain EAP), {choices(IG_MODES)}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise AttributionError(f"steps must be a positive int; got {steps!r}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise AttributionError(f"batch_size must be a positive int or None; got {batch_size!r}")
-    budget = parse_bytes(memory_budget) or int(DEFAULT_MEMORY_BUDGET * GRADIENT_BUDGET_SHARE)
+    _check_args(ig, steps, batch_size)
     reason, fm = fast.resolve(model)
     if reason is not None:
         raise AttributionError(
             f"edge attribution runs mechpatch's functional forward, which cannot run this model: {reason}")
-    fm = grad_ready(fm)
     base_t, src_t, metric, readout = _setup(model, base, source, ablation, metric, answers)
     if ig is None and isinstance(metric, KLDivergence):
         raise AttributionError(
@@ -235,104 +228,124 @@ def edge_attribution(
             "edge 0; use EAP-IG (ig='inputs' or 'activations'), or a task metric such as logit_diff")
     lay = layout(model)
     n, seq = base_t.shape
-    n_s, n_r = len(lay.senders), len(lay.receivers)
-    D = fm.d_model
-    elem = torch.tensor([], dtype=model.dtype).element_size()
     if batch_size is None:
-        s = model.spec
-        per_row = seq * D * elem * (4 * n_r + 2 * n_s + 6 * s.n_layers * (s.n_heads + 2 * s.n_kv_heads)) \
-            + seq * seq * s.n_heads * s.n_layers * elem * 4 + seq * s.d_vocab * elem * 2
-        batch_size = max(1, budget // per_row)
+        budget = parse_bytes(memory_budget) or int(DEFAULT_MEMORY_BUDGET * GRADIENT_BUDGET_SHARE)
+        batch_size = max(1, budget // _row_bytes(model, lay, seq))
+    run = _Passes(grad_ready(fm), lay, readout, metric, batch_size, model.dtype)
+    # prompts go a chunk at a time (memory does not grow with them); the base run's logits first (what KL divergence
+    # compares with) and, for mean ablation, the mean sender outputs
+    chunk = max(1, batch_size // (1 if ig is None else steps))
+    base_values, out_mean = run.base_run(base_t, chunk, mean=ablation == "mean")
+    alphas = [k / steps for k in range(1, steps + 1)]
+    scores = torch.zeros(seq, len(lay.senders), len(lay.receivers), dtype=torch.float64, device=base_t.device)
+    for lo in range(0, n, chunk):
+        idx = torch.arange(lo, min(n, lo + chunk), device=base_t.device)
+        emb, base_out, _ = run.outputs(base_t[idx])
+        if ablation == "corrupted":
+            src_out = run.outputs(src_t[idx])[1]
+        else:
+            src_out = torch.zeros_like(base_out) if ablation == "zero" else out_mean.expand_as(base_out)
+        delta = src_out - base_out
+        d = delta.to(torch.float64)
+        if ig != "activations":
+            g = run.grads(idx, emb, base_out, delta, None if ig is None else alphas, None if ig is None else 0)
+            scores += torch.einsum("nspd,nrpd->psr", d, g)
+        else:
+            for st in range(len(_stages(run.fm))):
+                ids = torch.nonzero(run.stage_of == st).flatten()
+                g = run.grads(idx, emb, base_out, delta, alphas, st)
+                scores[:, ids] += torch.einsum("nspd,nrpd->psr", d[:, ids], g)
+    scores = scores if per_position else scores.sum(0)
+    # float64 sums, reported in the model's precision (float64 stays float64; see metrics.value_dtype)
+    scores = (scores / n).to(value_dtype(model.dtype)).cpu() * lay.valid
+    method = "eap" if ig is None else f"eap-ig-{ig}"
+    return EdgeAttribution(scores, lay, base_values, method, run.metric.name, ablation, 1 if ig is None else steps,
+                           run.passes, time.time() - start)
 
-    def outputs(tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+
+def _check_args(ig: Optional[str], steps: Any, batch_size: Any) -> None:
+    if ig is not None and ig not in IG_MODES:
+        raise AttributionError(f"unknown ig mode {ig!r}; valid: None (plain EAP), {choices(IG_MODES)}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise AttributionError(f"steps must be a positive int; got {steps!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise AttributionError(f"batch_size must be a positive int or None; got {batch_size!r}")
+
+
+def _row_bytes(model: HookedModel, lay: EdgeLayout, seq: int) -> int:
+    """Transient memory of one row (a prompt at one path point) of a forward+backward pass."""
+    s = model.spec
+    elem = torch.tensor([], dtype=model.dtype).element_size()
+    n_s, n_r = len(lay.senders), len(lay.receivers)
+    return seq * s.d_model * elem * (4 * n_r + 2 * n_s + 6 * s.n_layers * (s.n_heads + 2 * s.n_kv_heads)) \
+        + seq * seq * s.n_heads * s.n_layers * elem * 4 + seq * s.d_vocab * elem * 2
+
+
+class _Passes:
+    """The forwards and backwards of one edge attribution, counted."""
+
+    def __init__(self, fm: F_.FunctionalModel, lay: EdgeLayout, readout: Readout, metric: Metric, batch_size: int,
+                 dtype: torch.dtype) -> None:
+        self.fm, self.lay, self.readout, self.metric = fm, lay, readout, metric
+        self.batch_size, self.dtype, self.passes = batch_size, dtype, 0
+        self.stage_of = torch.tensor(_stage_of_sender(lay, fm))
+        self.layer_heads = {1 + (l if fm.attn_only else 2 * l) for l in range(fm.n_layers)}
+
+    def outputs(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Embeddings, sender outputs [rows, sender, pos, d_model] and readout logits of an unablated run."""
         with torch.no_grad():
-            e = F_.embed(fm, tokens, 0)
-            logits, outs, _ = _split_forward(fm, e, readout, probe=False)
+            e = F_.embed(self.fm, tokens, 0)
+            logits, outs, _ = _split_forward(self.fm, e, self.readout, probe=False)
         return e, torch.stack(outs, 1), logits
 
-    # the base run's logits (what KL divergence compares with) and, for mean ablation, the mean sender outputs;
-    # sender outputs are otherwise computed a chunk of prompts at a time, so memory does not grow with prompts
-    chunk = max(1, batch_size // (1 if ig is None else steps))
-    logit_parts, out_sum = [], None
-    for lo in range(0, n, chunk):
-        _, outs, logits = outputs(base_t[lo:lo + chunk])
-        logit_parts.append(logits)
-        if ablation == "mean":
-            part = outs.sum(0, keepdim=True)
-            out_sum = part if out_sum is None else out_sum + part
-    base_logits = torch.cat(logit_parts)
-    metric = metric.bind(clean_logits=base_logits)
-    if readout.columns is not None:
-        metric = metric.restrict(readout.columns)
-    prompt = torch.arange(n, device=base_t.device)
-    base_values = metric(base_logits, prompt).cpu()
+    def base_run(self, base_t: Tensor, chunk: int, mean: bool) -> tuple[Tensor, Optional[Tensor]]:
+        """The base values (binding the metric to the base logits) and, with ``mean``, the mean sender outputs."""
+        n = base_t.shape[0]
+        logit_parts, out_sum = [], None
+        for lo in range(0, n, chunk):
+            _, outs, logits = self.outputs(base_t[lo:lo + chunk])
+            logit_parts.append(logits)
+            if mean:
+                part = outs.sum(0, keepdim=True)
+                out_sum = part if out_sum is None else out_sum + part
+        base_logits = torch.cat(logit_parts)
+        self.metric = self.metric.bind(clean_logits=base_logits)
+        if self.readout.columns is not None:
+            self.metric = self.metric.restrict(self.readout.columns)
+        base_values = self.metric(base_logits, torch.arange(n, device=base_t.device)).cpu()
+        return base_values, (None if out_sum is None else out_sum / n)
 
-    stages = _stages(fm)
-    stage_of = torch.tensor(_stage_of_sender(lay, fm))
-    layer_heads = {1 + (l if fm.attn_only else 2 * l): l for l in range(fm.n_layers)}
-    alphas = [k / steps for k in range(1, steps + 1)]
-    scores = torch.zeros(seq, n_s, n_r, dtype=torch.float64, device=base_t.device)  # summed over pos at the end
-    passes = 0
-
-    def grads_for(idx: Tensor, emb: Tensor, base_out: Tensor, delta: Tensor, alpha: Optional[list[float]],
-                  stage: Optional[int]) -> Tensor:
+    def grads(self, idx: Tensor, emb: Tensor, base_out: Tensor, delta: Tensor, alpha: Optional[list[float]],
+              stage: Optional[int]) -> Tensor:
         """Receiver-input gradients [len(idx), receiver, pos, d_model] of the prompts ``idx`` (whose embeddings,
         sender outputs and output changes are given), averaged over the path points ``alpha`` (None: the base run
         itself), with ``stage``'s outputs on the path."""
-        nonlocal passes
         points = [None] if alpha is None else alpha
-        total = torch.zeros(len(idx), n_r, seq, D, dtype=torch.float64, device=base_t.device)
-        per_pass = max(1, batch_size // len(idx))
+        n_r, seq, D = len(self.lay.receivers), emb.shape[1], self.fm.d_model
+        total = torch.zeros(len(idx), n_r, seq, D, dtype=torch.float64, device=emb.device)
+        per_pass = max(1, self.batch_size // len(idx))
         for lo in range(0, len(points), per_pass):
             pts = points[lo:lo + per_pass]
             rows_prompt = idx.repeat(len(pts))
-            local = torch.arange(len(idx), device=base_t.device).repeat(len(pts))
-            a = torch.tensor([0.0 if p is None else p for p in pts], dtype=model.dtype,
-                             device=base_t.device).repeat_interleave(len(idx))
+            local = torch.arange(len(idx), device=emb.device).repeat(len(pts))
+            a = torch.tensor([0.0 if p is None else p for p in pts], dtype=self.dtype,
+                             device=emb.device).repeat_interleave(len(idx))
             resid = emb[local]
             replace: dict[int, Tensor] = {}
             if stage == 0:
                 resid = resid + a[:, None, None] * delta[local, 0]
             elif stage is not None:
-                ids = torch.nonzero(stage_of == stage).flatten()
+                ids = torch.nonzero(self.stage_of == stage).flatten()
                 vals = base_out[local][:, ids] + a[:, None, None, None] * delta[local][:, ids]
-                replace[stage] = vals.permute(0, 2, 1, 3) if stage in layer_heads else vals[:, 0]
+                replace[stage] = vals.permute(0, 2, 1, 3) if stage in self.layer_heads else vals[:, 0]
             with torch.enable_grad():
-                logits, _, probes = _split_forward(fm, resid, readout, probe=True, replace=replace)
-                value = metric(logits, rows_prompt).sum()
+                logits, _, probes = _split_forward(self.fm, resid, self.readout, probe=True, replace=replace)
+                value = self.metric(logits, rows_prompt).sum()
                 grads = torch.autograd.grad(value, probes, allow_unused=True)
-            passes += 1
+            self.passes += 1
             g = torch.cat([torch.zeros_like(p) if gr is None else gr for p, gr in zip(probes, grads)], 1)
             total += g.reshape(len(pts), len(idx), n_r, seq, D).to(torch.float64).sum(0)
         return total / len(points)
-
-    for lo in range(0, n, chunk):
-        idx = torch.arange(lo, min(n, lo + chunk), device=base_t.device)
-        emb, base_out, _ = outputs(base_t[idx])
-        if ablation == "corrupted":
-            src_out = outputs(src_t[idx])[1]
-        elif ablation == "zero":
-            src_out = torch.zeros_like(base_out)
-        else:
-            src_out = (out_sum / n).expand_as(base_out)
-        delta = src_out - base_out
-        d = delta.to(torch.float64)
-        if ig is None:
-            scores += torch.einsum("nspd,nrpd->psr", d, grads_for(idx, emb, base_out, delta, None, None))
-        elif ig == "inputs":
-            scores += torch.einsum("nspd,nrpd->psr", d, grads_for(idx, emb, base_out, delta, alphas, 0))
-        else:
-            for st in range(len(stages)):
-                ids = torch.nonzero(stage_of == st).flatten()
-                scores[:, ids] += torch.einsum("nspd,nrpd->psr", d[:, ids],
-                                               grads_for(idx, emb, base_out, delta, alphas, st))
-    scores = scores if per_position else scores.sum(0)
-    # float64 sums, reported in the model's precision (float64 stays float64; see metrics.value_dtype)
-    scores = (scores / n).to(value_dtype(model.dtype)).cpu() * lay.valid
-    method = "eap" if ig is None else f"eap-ig-{ig}"
-    return EdgeAttribution(scores, lay, base_values, method, metric.name, ablation, 1 if ig is None else steps,
-                           passes, time.time() - start)
 
 
 # ----------------------------------------------------------------------------- discovery: rank, take top-n, verify
