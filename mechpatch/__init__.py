@@ -1,11 +1,11 @@
 """mechpatch: exact, fast activation patching on TransformerLens 4.
 
-Re-exports only; importing mechpatch does no work and sets no global state, but for one import at the end:
-:mod:`mechpatch.display`, the output layer, which gives the result classes their notebook display (their
-figures come from the plotting modules, imported only when one is shown).
+Re-exports the user-facing names only (``__all__``); importing mechpatch does no work and sets no global state,
+but for one import at the end: :mod:`mechpatch.display`, the output layer, which gives the result classes their
+notebook display (their figures come from the plotting modules, imported only when one is shown).
 """
 
-from mechpatch.cache import PromptPair, SiteCache, cache_activations, estimate_cache_bytes, make_pair
+from mechpatch.cache import PromptPair, SiteCache, cache_activations, make_pair
 from mechpatch.errors import (
     DeviceError,
     EmptyInputError,
@@ -42,5 +42,13 @@ from mechpatch.sites import (
 )
 
 from mechpatch import display  # noqa: F401  (last: it imports the result modules)
+
+__all__ = [
+    "Attn", "DeviceError", "Embed", "EmptyInputError", "GatedHookError", "Head", "HeadResult", "HookedModel", "Key",
+    "MechpatchError", "MemoryBudgetError", "Mlp", "ModelLoadError", "ModelSpec", "Neuron", "Pattern", "PosEmbed",
+    "PromptPair", "Query", "Resid", "ShapeMismatchError", "Site", "SiteCache", "SiteOutOfRangeError", "TokenizerError",
+    "UnknownSiteKindError", "UnsupportedSiteError", "Value", "cache_activations", "heads", "layers", "load_model",
+    "make_pair", "parse_site", "select",
+]
 
 __version__ = "0.1.0"

@@ -7,15 +7,8 @@ import pytest
 import torch
 
 from mechpatch import zoo
-from mechpatch.attribution import (
-    AttributionError,
-    agreement,
-    atp,
-    attribute,
-    binomial_upper_bound,
-    edge_attribution,
-    verify,
-)
+from mechpatch.attribution import AttributionError, agreement, atp, attribute, edge_attribution, verify
+from mechpatch.attribution.verify import binomial_upper_bound
 from mechpatch.cache import PromptPair
 from mechpatch.circuit.discovery import DISCOVERY, discover
 from mechpatch.circuit.edges import edge_patch, layout

@@ -8,8 +8,10 @@ pairs with ``kind == "redundancy"`` stand in for each other. :func:`exhaustive_i
 every pair directly (N(N-1)/2 masks) as the ground truth. ``mechpatch interactions CONFIG`` runs them from a config
 (:mod:`mechpatch.runs.interactions`).
 
-Re-exports only. The figures (:mod:`mechpatch.interactions.plot`) are not imported here: plotly stays
-out of the import graph until a figure is asked for.
+Re-exports the user-facing names only. The building blocks are imported from their modules: the Fourier/Moebius
+basis (:mod:`mechpatch.interactions.basis`), the sparse fit (:mod:`mechpatch.interactions.fit`), the exact Moebius
+transform of measured masks (:mod:`mechpatch.interactions.run`). The figures (:mod:`mechpatch.interactions.plot`)
+are not imported here: plotly stays out of the import graph until a figure is asked for.
 
 >>> def f(z):  # components 0 and 1 are each needed (AND): ablating either kills the behaviour
 ...     return (~z[:, 0] & ~z[:, 1]).double()
@@ -18,36 +20,20 @@ out of the import graph until a figure is asked for.
 ((0, 1), 'synergy')
 """
 
-from mechpatch.interactions.basis import (
-    CORNERS,
-    DIRECTIONS,
-    INDICES,
-    InteractionError,
-    Term,
-    all_masks,
-    features,
-    game_from_base,
-    interaction_index,
-    moebius_bruteforce,
-    to_moebius,
-)
+from mechpatch.interactions.basis import InteractionError
 from mechpatch.interactions.designs import DESIGNS, Design, make_design
-from mechpatch.interactions.fit import FitSettings, FourierFit, fit_fourier, lasso_path, r2_score
-from mechpatch.interactions.results import KINDS, Interaction, InteractionModel, compare, spearman
+from mechpatch.interactions.fit import FitSettings
+from mechpatch.interactions.results import Interaction, InteractionModel, compare
 from mechpatch.interactions.run import (
     MaskValues,
-    component_labels,
     evaluate_masks,
     exhaustive_interactions,
-    exhaustive_moebius,
     find_function_interactions,
     find_interactions,
 )
 
 __all__ = [
-    "CORNERS", "DESIGNS", "DIRECTIONS", "Design", "FitSettings", "FourierFit", "INDICES", "Interaction",
-    "InteractionError", "InteractionModel", "KINDS", "MaskValues", "Term", "all_masks",
-    "compare", "component_labels", "evaluate_masks", "exhaustive_interactions", "exhaustive_moebius", "features",
-    "find_function_interactions", "find_interactions", "fit_fourier", "game_from_base", "interaction_index",
-    "lasso_path", "make_design", "moebius_bruteforce", "r2_score", "spearman", "to_moebius",
+    "DESIGNS", "Design", "FitSettings", "Interaction", "InteractionError", "InteractionModel", "MaskValues",
+    "compare", "evaluate_masks", "exhaustive_interactions", "find_function_interactions", "find_interactions",
+    "make_design",
 ]

@@ -16,11 +16,8 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from mechpatch.circuit import (
-    CircuitError,
-    ComponentGraph,
-    Edge,
-    Node,
+from mechpatch.circuit import CircuitError, ComponentGraph, Edge, Node
+from mechpatch.circuit.components import (
     all_edges,
     as_edge,
     edge_mask,

@@ -7,18 +7,16 @@ import pytest
 import torch
 
 from mechpatch.errors import InvalidArgumentError
-from mechpatch.interactions import (
-    InteractionError,
-    InteractionModel,
+from mechpatch.interactions import InteractionError, InteractionModel, make_design
+from mechpatch.interactions.basis import (
     all_masks,
-    exhaustive_moebius,
     features,
     game_from_base,
     interaction_index,
-    make_design,
     moebius_bruteforce,
     to_moebius,
 )
+from mechpatch.interactions.run import exhaustive_moebius
 
 
 def random_sparse_fourier(n, seed, n_terms=12, max_order=3):

@@ -10,10 +10,10 @@ from mechpatch.interactions import (
     compare,
     evaluate_masks,
     exhaustive_interactions,
-    exhaustive_moebius,
     find_interactions,
     make_design,
 )
+from mechpatch.interactions.run import exhaustive_moebius
 from mechpatch.patching import Mean, Replace, Resample, Zero, run_patches
 from mechpatch.patching.metrics import KLDivergence
 from mechpatch.sites import Head, Mlp, heads

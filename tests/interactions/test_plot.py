@@ -8,7 +8,8 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from mechpatch.interactions import InteractionError, InteractionModel, all_masks, moebius_bruteforce
+from mechpatch.interactions import InteractionError, InteractionModel
+from mechpatch.interactions.basis import all_masks, moebius_bruteforce
 from mechpatch.interactions.plot import COLOURS, interaction_matrix, interaction_network, top_interactions
 
 LABELS = ("L0H0", "L0H1", "L1H0", "L1H1")

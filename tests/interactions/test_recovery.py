@@ -4,17 +4,9 @@ against a slow coordinate-descent reference, and designs."""
 import pytest
 import torch
 
-from mechpatch.interactions import (
-    FitSettings,
-    InteractionError,
-    all_masks,
-    find_function_interactions,
-    fit_fourier,
-    lasso_path,
-    make_design,
-    moebius_bruteforce,
-    to_moebius,
-)
+from mechpatch.interactions import FitSettings, InteractionError, find_function_interactions, make_design
+from mechpatch.interactions.basis import all_masks, moebius_bruteforce, to_moebius
+from mechpatch.interactions.fit import fit_fourier, lasso_path
 from mechpatch.interactions.synthetic import planted
 
 N = 144
@@ -103,7 +95,7 @@ def test_fit_recovers_fourier_coefficients_of_a_random_sparse_polynomial():
     g = torch.Generator().manual_seed(2)
     terms = [(), (0,), (3,), (1, 4), (2, 5), (0, 6, 7)]
     coef = torch.tensor([0.5, 1.0, -0.4, 0.8, -0.6, 0.5], dtype=torch.float64)
-    from mechpatch.interactions import features
+    from mechpatch.interactions.basis import features
 
     z = torch.rand(800, 10, generator=g) < 0.3
     fit = fit_fourier(z, features(z, terms, 0.3) @ coef, q=0.3, settings=FitSettings(max_order=3))

@@ -9,11 +9,11 @@ import torch
 from mechpatch.interactions import (
     InteractionError,
     exhaustive_interactions,
-    exhaustive_moebius,
     find_function_interactions,
     find_interactions,
     make_design,
 )
+from mechpatch.interactions.run import exhaustive_moebius
 from mechpatch.interactions.synthetic import planted
 from mechpatch.patching import Mean
 from mechpatch.sites import heads
