@@ -49,7 +49,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tok
 class HookSpec:
     """Where a site kind lives: a hook-name template, the flag that gates it, and its tensor layout.
 
-    ``axes`` names the hook tensor's axes (from :mod:`mechpatch.axes`); ``unit_axis`` is the axis a
+    ``axes`` names the hook tensor's axes (docs/architecture.md, "Tensor axis names"); ``unit_axis`` is the axis a
     site's head/group/neuron index selects and ``pos_axis`` the axis its positions select.
     """
 
