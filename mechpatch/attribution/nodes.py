@@ -39,12 +39,13 @@ from jaxtyping import Int
 from torch import Tensor
 
 from mechpatch.attribution.base import AtpRun, AttributionError, AttributionResult
-from mechpatch.cache import DEFAULT_MEMORY_BUDGET, GRADIENT_BUDGET_SHARE, PromptPair, as_tokens, parse_bytes
-from mechpatch.errors import ShapeMismatchError, choices
+from mechpatch.cache import DEFAULT_MEMORY_BUDGET, GRADIENT_BUDGET_SHARE, PromptPair
+from mechpatch.errors import choices
 from mechpatch.model import HookedModel, hook_shape
 from mechpatch.patching import fast
 from mechpatch.patching import functional as F_
-from mechpatch.patching.interventions import INTERVENTIONS, Intervention, Replace
+from mechpatch.patching.engine import _bind_clean, _check_patch_args, _unpatched_runs
+from mechpatch.patching.interventions import Intervention, Replace
 from mechpatch.patching.metrics import KLDivergence, Metric, Readout, as_metric, readout_positions, value_dtype
 from mechpatch.patching.plan import PatchPlan, compile_plan
 from mechpatch.patching.results import PatchResult
@@ -268,32 +269,8 @@ def atp(
     >>> torch.allclose((exact.values - exact.base_values) / eps, est, rtol=1e-3, atol=1e-5)
     True
     """
-    if clean not in (None, "source", "base"):
-        raise AttributionError(f"clean must be 'source', 'base' or None; got {clean!r}")
-    if not isinstance(intervention, INTERVENTIONS):
-        raise AttributionError(f"intervention must be one of {choices(c.__name__ for c in INTERVENTIONS)} "
-                               f"(an instance), got {intervention!r}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise AttributionError(
-            f"batch_size must be a positive int or None (sized from memory_budget), got {batch_size!r}")
-    budget = parse_bytes(memory_budget) or int(DEFAULT_MEMORY_BUDGET * GRADIENT_BUDGET_SHARE)
-    base_t = as_tokens(model, base)
-    src_t = None
-    if source is not None:
-        src_t = as_tokens(model, source)
-        if src_t.shape != base_t.shape:
-            raise ShapeMismatchError(f"source tokens {tuple(src_t.shape)} and base tokens {tuple(base_t.shape)} "
-                                     "differ in shape; patching needs aligned prompts")
-    elif intervention.uses_pair and getattr(intervention, "reference", None) is None:
-        raise ShapeMismatchError(f"{type(intervention).__name__} needs source tokens (the other run of the pair)")
-    if clean == "source" and src_t is None:
-        raise ShapeMismatchError("clean='source' but no source tokens were given")
-    metric = as_metric(metric)
-    if isinstance(metric, KLDivergence) and clean != "source":
-        raise AttributionError(
-            "KL divergence to the run being patched is at its minimum there, so its gradient is zero and a "
-            "first-order estimate is 0 for every site; use a task metric (logit_diff, ...), clean='source', "
-            "or the exact engine")
+    budget, base_t, src_t, metric = _check_atp_args(model, base, source, intervention, clean, batch_size,
+                                                    memory_budget, metric)
     plan = compile_plan(model, [v if not isinstance(v, Site) else (v,) for v in variants], base_t.shape[1])
     n, seq = base_t.shape
     positions = readout_positions(metric, seq)
@@ -304,56 +281,78 @@ def atp(
     groups = 1 + (n_layers if grad_drop else 0)
     if batch_size is None:
         batch_size = max(1, budget // (_row_bytes(model, seq) * groups))
-    names = list(plan.hooks)
     qk_layers = sorted({hm.layer for nm, hm in plan.hooks.items() if nm.endswith((".hook_q", ".hook_k"))})
     qk_layers = qk_layers if qk_fix else []
 
     with model.gates([s for v in plan.variants for s in v]):
         # unpatched runs: what each hook holds on the base run and what the intervention sets it towards
-        base_acts, base_logits = _capture(backend, model, fm, base_t, names, readout, batch_size)
-        src_acts, src_logits = (_capture(backend, model, fm, src_t, names, readout, batch_size)
-                                if src_t is not None else (None, None))
-        ref = None
-        if getattr(intervention, "reference", None) is not None:
-            ref_t = as_tokens(model, intervention.reference)
-            if ref_t.shape[1] != seq:
-                raise ShapeMismatchError(f"{type(intervention).__name__} reference prompts have {ref_t.shape[1]} "
-                                         f"tokens; the patched prompts have {seq}: positions must align")
-            ref = _capture(backend, model, fm, ref_t, names, Readout([0], torch.tensor([0])), batch_size)[0]
-        delta = {}
-        for nm in names:
-            other = src_acts[nm] if src_acts is not None else base_acts[nm]
-            target = intervention.source(other, base_acts[nm], None if ref is None else ref[nm]).to(base_acts[nm].dtype)
-            delta[nm] = intervention.alpha * (target - base_acts[nm])
-        clean_logits = {"source": src_logits, "base": base_logits, None: None}[clean]
-        metric = metric.bind(clean_logits=clean_logits)
-        if readout.columns is not None:
-            metric = metric.restrict(readout.columns)
-        prompt = torch.arange(n, device=base_t.device)
-        base_values = metric(base_logits, prompt).cpu()
-        source_values = metric.bind(tokens=src_t)(src_logits, prompt).cpu() if src_t is not None else None
-
-        estimates = torch.zeros(groups, plan.n_variants, n, dtype=torch.float64)
-        passes = 0
-        for lo in range(0, n, batch_size):
-            idx = torch.arange(lo, min(n, lo + batch_size), device=base_t.device)
-            estimates[:, :, idx.cpu()] = _grad_pass(backend, model, fm, plan, base_t, idx, delta, metric, readout,
-                                                    groups, qk_layers, budget)
-            passes += 1
-    est = estimates[0]
-    dropped = None
-    if grad_drop:
-        dropped = estimates[1:].mean(-1)  # [layer, variant]
-        keep = torch.ones(n_layers, plan.n_variants, dtype=torch.bool)
-        for v, sites in enumerate(plan.variants):
-            for layer in _excluded_layers(sites):
-                keep[layer, v] = False
-        scores = (dropped.abs() * keep).sum(0) / keep.sum(0).clamp(min=1)
-    else:
-        scores = est.mean(-1).abs()
+        runs = _unpatched_runs(model, plan, base_t, src_t, intervention, readout,
+                               lambda m, tokens, names, r: _capture(backend, m, fm, tokens, names, r, batch_size))
+        delta = {nm: intervention.alpha * (runs.source[nm] - runs.base[nm]) for nm in plan.hooks}
+        metric, base_values, source_values = _bind_clean(metric, clean, readout, runs.base_logits,
+                                                         runs.source_logits, base_t, src_t)
+        estimates, passes = _grad_passes(backend, model, fm, plan, base_t, delta, metric, readout, groups, qk_layers,
+                                         budget, batch_size)
+    scores, dropped = _atp_scores(estimates, plan, n_layers, grad_drop)
     out = value_dtype(model.dtype)  # float64 sums, reported in the model's precision (float64 stays float64)
-    return AtpRun(est.to(out), scores.to(out), base_values, source_values, plan.variants,
+    return AtpRun(estimates[0].to(out), scores.to(out), base_values, source_values, plan.variants,
                   _method_name(qk_fix, grad_drop), backend, None if dropped is None else dropped.to(out), passes)
+
+
+def _check_atp_args(
+    model: HookedModel,
+    base: Union[Tensor, Sequence[str]],
+    source: Union[Tensor, Sequence[str], None],
+    intervention: object,
+    clean: Optional[str],
+    batch_size: object,
+    memory_budget: Union[int, str, None],
+    metric: Union[Metric, str, Callable],
+) -> tuple[int, Tensor, Optional[Tensor], Metric]:
+    """:func:`atp`'s argument checks: :func:`run_patches`'s (raising :class:`AttributionError` for a bad option)
+    and a metric with a gradient. Returns the memory budget, the base and source tokens, and the metric."""
+    budget, base_t, src_t = _check_patch_args(model, base, source, intervention, clean, batch_size, memory_budget,
+                                              int(DEFAULT_MEMORY_BUDGET * GRADIENT_BUDGET_SHARE), AttributionError)
+    metric = as_metric(metric)
+    if isinstance(metric, KLDivergence) and clean != "source":
+        raise AttributionError(
+            "KL divergence to the run being patched is at its minimum there, so its gradient is zero and a "
+            "first-order estimate is 0 for every site; use a task metric (logit_diff, ...), clean='source', "
+            "or the exact engine")
+    return budget, base_t, src_t, metric
+
+
+def _grad_passes(backend: str, model: HookedModel, fm: Optional[F_.FunctionalModel], plan: PatchPlan,
+                 base_t: Tensor, delta: dict[str, Tensor], metric: Metric, readout: Readout, groups: int,
+                 qk_layers: list[int], budget: int, batch_size: int) -> tuple[Tensor, int]:
+    """Estimates [group, variant, prompt] from one :func:`_grad_pass` per ``batch_size`` prompts, and the passes run."""
+    n = base_t.shape[0]
+    estimates = torch.zeros(groups, plan.n_variants, n, dtype=torch.float64)
+    passes = 0
+    for lo in range(0, n, batch_size):
+        idx = torch.arange(lo, min(n, lo + batch_size), device=base_t.device)
+        estimates[:, :, idx.cpu()] = _grad_pass(backend, model, fm, plan, base_t, idx, delta, metric, readout,
+                                                groups, qk_layers, budget)
+        passes += 1
+    return estimates, passes
+
+
+def _atp_scores(estimates: Tensor, plan: PatchPlan, n_layers: int, grad_drop: bool
+                ) -> tuple[Tensor, Optional[Tensor]]:
+    """Each variant's score from the estimates [group, variant, prompt], and under GradDrop the prompt-mean
+    estimates [layer, variant] with each layer dropped (None without GradDrop).
+
+    A score is |prompt-mean estimate|; under GradDrop, the mean over the layers whose drop leaves the
+    variant's own output path open of |prompt-mean estimate with that layer dropped|.
+    """
+    if not grad_drop:
+        return estimates[0].mean(-1).abs(), None
+    dropped = estimates[1:].mean(-1)  # [layer, variant]
+    keep = torch.ones(n_layers, plan.n_variants, dtype=torch.bool)
+    for v, sites in enumerate(plan.variants):
+        for layer in _excluded_layers(sites):
+            keep[layer, v] = False
+    return (dropped.abs() * keep).sum(0) / keep.sum(0).clamp(min=1), dropped
 
 
 def _grad_pass(backend: str, model: HookedModel, fm: Optional[F_.FunctionalModel], plan: PatchPlan, base_t: Tensor,

@@ -19,7 +19,7 @@ Three execution methods give the same numbers:
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -210,10 +210,139 @@ def check_batch_size(batch_size: object, none: str = "") -> None:
     ...
     mechpatch.errors.InvalidArgumentError: batch_size must be a positive int or None; got 0
     """
+    _check_batch_size(batch_size, none, InvalidArgumentError)
+
+
+def _check_batch_size(batch_size: object, none: str, error: type[Exception]) -> None:
+    """:func:`check_batch_size`, raising ``error``."""
     if batch_size is None and none:
         return
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidArgumentError(f"batch_size must be a positive int{' ' + none if none else ''}; got {batch_size!r}")
+        raise error(f"batch_size must be a positive int{' ' + none if none else ''}; got {batch_size!r}")
+
+
+def _check_patch_args(
+    model: HookedModel,
+    base: Union[Tensor, Sequence[str]],
+    source: Union[Tensor, Sequence[str], None],
+    intervention: object,
+    clean: Optional[str],
+    batch_size: object,
+    memory_budget: Union[int, str, None],
+    default_budget: int,
+    error: type[Exception] = InvalidArgumentError,
+) -> tuple[int, Tensor, Optional[Tensor]]:
+    """The argument checks :func:`run_patches` and :func:`~mechpatch.attribution.atp` share.
+
+    A bad option raises ``error``; prompts that do not align raise :class:`ShapeMismatchError`.
+    Returns the memory budget in bytes (``default_budget`` when none is given), the base tokens and the
+    source tokens (None without a source).
+    """
+    _check_batch_size(batch_size, "or None (sized from memory_budget)", error)
+    if clean not in (None, "source", "base"):
+        raise error(f"clean must be 'source', 'base' or None; got {clean!r}")
+    if not isinstance(intervention, INTERVENTIONS):
+        raise error(
+            f"intervention must be one of {choices(c.__name__ for c in INTERVENTIONS)} (an instance), got {intervention!r}"
+        )
+    budget = parse_bytes(memory_budget) or default_budget
+    base_t = as_tokens(model, base)
+    src_t = None
+    if source is not None:
+        src_t = as_tokens(model, source)
+        if src_t.shape != base_t.shape:
+            raise ShapeMismatchError(
+                f"source tokens {tuple(src_t.shape)} and base tokens {tuple(base_t.shape)} differ in shape; "
+                "patching needs the same prompts count and aligned positions"
+            )
+    elif intervention.uses_pair and getattr(intervention, "reference", None) is None:
+        raise ShapeMismatchError(f"{type(intervention).__name__} needs source tokens (the other run of the pair)")
+    if clean == "source" and src_t is None:
+        raise ShapeMismatchError("clean='source' but no source tokens were given")
+    return budget, base_t, src_t
+
+
+def _bind_clean(
+    metric: Metric, clean: Optional[str], readout: Readout, base_logits: Tensor, source_logits: Optional[Tensor],
+    base_t: Tensor, src_t: Optional[Tensor],
+) -> tuple[Metric, Tensor, Optional[Tensor]]:
+    """Bind ``metric`` to the clean run's logits and the readout's columns, and measure it on the unpatched runs.
+
+    Returns the bound metric and its values [prompt] on the base run and on the source run (None without one):
+    measuring them checks the metric before a long sweep.
+    """
+    clean_logits = {"source": source_logits, "base": base_logits, None: None}[clean]
+    metric = metric.bind(clean_logits=clean_logits)
+    if readout.columns is not None:
+        metric = metric.restrict(readout.columns)
+    prompt = torch.arange(base_t.shape[0], device=base_t.device)
+    base_values = metric(base_logits, prompt).cpu()
+    source_values = None
+    if src_t is not None:
+        source_values = metric.bind(tokens=src_t)(source_logits, prompt).cpu()
+    return metric, base_values, source_values
+
+
+def _resolve_method(model: HookedModel, method: str) -> tuple[str, Any]:
+    """The method to run (``"auto"``: fast where the architecture is supported, else hooks) and, for the fast
+    method, the model's functional weights (None otherwise)."""
+    fm = None
+    if method in ("auto", "fast"):
+        reason, fm = fast.resolve(model)
+        if method == "auto":
+            method = "fast" if reason is None else "hooks"
+        elif reason is not None:
+            raise fast.FastPathUnavailable(f"method='fast' is not available: {reason}; use method='hooks' or 'auto'")
+    return method, fm
+
+
+def _prepare_runs(
+    model: HookedModel, fm: Any, plan: PatchPlan, base_t: Tensor, src_t: Optional[Tensor], intervention: Intervention,
+    readout: Readout,
+) -> tuple[Optional[fast.FastState], _Runs]:
+    """The fast method's state (None for the other methods) and the unpatched runs, all through one forward."""
+    if fm is not None:
+        fast_state = fast.prepare(fm, plan, base_t, readout)
+        base_run = (fast_state.hook_cache, fast_state.logits)
+
+        def run_cache(model, tokens, names, readout):
+            return fast.hook_values(fm, tokens, names, readout)
+    else:
+        fast_state, base_run, run_cache = None, None, _run_cache
+    return fast_state, _unpatched_runs(model, plan, base_t, src_t, intervention, readout, run_cache, base_run)
+
+
+def _run_chunks(
+    method: str, model: HookedModel, plan: PatchPlan, base_t: Tensor, runs: _Runs, alpha: Union[int, float],
+    metric: Metric, readout: Readout, fast_state: Optional[fast.FastState], order: Tensor, batch_size: int,
+    progress: Optional[bool], values: Tensor,
+) -> int:
+    """Run the variants ``order`` in chunks of ``batch_size``, writing their metric values into ``values``
+    [variant, prompt]; a chunk that runs out of GPU memory is halved and retried. Returns the forwards run."""
+    chunks = [c for c in torch.split(order, batch_size) if len(c)]  # (split of an empty tensor gives one)
+    show = progress if progress is not None else len(chunks) > 2
+    done = 0
+    bar = progress_bar(total=len(order), desc=f"patching ({method})", enabled=show, unit="patch")
+    queue = list(chunks)
+    while queue:
+        ids = queue.pop(0)
+        try:
+            if method == "hooks":
+                out = _run_hooks_chunk(model, plan, base_t, runs, alpha, metric, readout, ids.to(base_t.device))
+            else:
+                out = fast.run_chunk(fast_state, plan, runs, alpha, metric, readout, ids)
+        except torch.cuda.OutOfMemoryError:
+            if len(ids) == 1:
+                raise
+            torch.cuda.empty_cache()
+            half = len(ids) // 2
+            queue[:0] = [ids[:half], ids[half:]]  # halve the chunk and retry; nothing is lost
+            continue
+        values[ids] = out.to(values.dtype).cpu()
+        done += 1
+        bar.update(len(ids))
+    bar.close()
+    return done
 
 
 def _row_bytes(model: HookedModel, seq_len: int, n_logit_pos: int) -> int:
@@ -263,62 +392,19 @@ def run_patches(
     """
     if method not in METHODS:
         raise InvalidArgumentError(f"unknown method {method!r}; valid: {choices(METHODS)}")
-    check_batch_size(batch_size, "or None (sized from memory_budget)")
-    if clean not in (None, "source", "base"):
-        raise InvalidArgumentError(f"clean must be 'source', 'base' or None; got {clean!r}")
-    if not isinstance(intervention, INTERVENTIONS):
-        raise InvalidArgumentError(
-            f"intervention must be one of {choices(c.__name__ for c in INTERVENTIONS)} (an instance), got {intervention!r}"
-        )
-    budget = parse_bytes(memory_budget) or DEFAULT_MEMORY_BUDGET
-    base_t = as_tokens(model, base)
-    src_t = None
-    if source is not None:
-        src_t = as_tokens(model, source)
-        if src_t.shape != base_t.shape:
-            raise ShapeMismatchError(
-                f"source tokens {tuple(src_t.shape)} and base tokens {tuple(base_t.shape)} differ in shape; "
-                "patching needs the same prompts count and aligned positions"
-            )
-    elif intervention.uses_pair and getattr(intervention, "reference", None) is None:
-        raise ShapeMismatchError(f"{type(intervention).__name__} needs source tokens (the other run of the pair)")
-    if clean == "source" and src_t is None:
-        raise ShapeMismatchError("clean='source' but no source tokens were given")
+    budget, base_t, src_t = _check_patch_args(model, base, source, intervention, clean, batch_size, memory_budget,
+                                              DEFAULT_MEMORY_BUDGET)
     metric = as_metric(metric)
     plan = compile_plan(model, [v if not isinstance(v, Site) else (v,) for v in variants], base_t.shape[1])
     n_prompts, seq_len = base_t.shape
     positions = readout_positions(metric, seq_len)
-
-    fm = None
-    if method in ("auto", "fast"):
-        reason, fm = fast.resolve(model)
-        if method == "auto":
-            method = "fast" if reason is None else "hooks"
-        elif reason is not None:
-            raise fast.FastPathUnavailable(f"method='fast' is not available: {reason}; use method='hooks' or 'auto'")
-
+    method, fm = _resolve_method(model, method)
     metric = metric.bind(answers=answers, tokens=base_t)
     readout = Readout(positions, metric.columns())
     with model.gates([s for v in plan.variants for s in v]):
-        if fm is not None:
-            fast_state = fast.prepare(fm, plan, base_t, readout)
-            base_run = (fast_state.hook_cache, fast_state.logits)
-
-            def run_cache(model, tokens, names, readout):
-                return fast.hook_values(fm, tokens, names, readout)
-        else:
-            fast_state, base_run, run_cache = None, None, _run_cache
-        runs = _unpatched_runs(model, plan, base_t, src_t, intervention, readout, run_cache, base_run)
-        clean_logits = {"source": runs.source_logits, "base": runs.base_logits, None: None}[clean]
-        prompt = torch.arange(n_prompts, device=base_t.device)
-        # bind the metric's data, and check it on the unpatched runs before a long sweep
-        metric = metric.bind(clean_logits=clean_logits)
-        if readout.columns is not None:
-            metric = metric.restrict(readout.columns)
-        base_values = metric(runs.base_logits, prompt).cpu()
-        source_values = None
-        if src_t is not None:
-            source_values = metric.bind(tokens=src_t)(runs.source_logits, prompt).cpu()
+        fast_state, runs = _prepare_runs(model, fm, plan, base_t, src_t, intervention, readout)
+        metric, base_values, source_values = _bind_clean(metric, clean, readout, runs.base_logits,
+                                                         runs.source_logits, base_t, src_t)
         noop, noop_sites = _noops(plan, runs, intervention.alpha)
         if batch_size is None:
             per_variant = _row_bytes(model, seq_len, len(metric.positions or range(seq_len))) * n_prompts
@@ -331,30 +417,9 @@ def run_patches(
         # a no-op variant cannot change the run (every patched entry already equals its source), so its
         # values are the unpatched base run's: it needs no forward pass
         order = order[~noop[order]]
-        chunks = [c for c in torch.split(order, batch_size) if len(c)]  # (split of an empty tensor gives one)
-        show = progress if progress is not None else len(chunks) > 2
         # metric values keep the model's precision (float64 stays float64; see metrics.value_dtype)
         values = torch.empty(plan.n_variants, n_prompts, dtype=base_values.dtype)
         values[noop] = base_values
-        done = 0
-        bar = progress_bar(total=len(order), desc=f"patching ({method})", enabled=show, unit="patch")
-        queue = list(chunks)
-        while queue:
-            ids = queue.pop(0)
-            try:
-                if method == "hooks":
-                    out = _run_hooks_chunk(model, plan, base_t, runs, intervention.alpha, metric, readout, ids.to(base_t.device))
-                else:
-                    out = fast.run_chunk(fast_state, plan, runs, intervention.alpha, metric, readout, ids)
-            except torch.cuda.OutOfMemoryError:
-                if len(ids) == 1:
-                    raise
-                torch.cuda.empty_cache()
-                half = len(ids) // 2
-                queue[:0] = [ids[:half], ids[half:]]  # halve the chunk and retry; nothing is lost
-                continue
-            values[ids] = out.to(values.dtype).cpu()
-            done += 1
-            bar.update(len(ids))
-        bar.close()
+        done = _run_chunks(method, model, plan, base_t, runs, intervention.alpha, metric, readout, fast_state, order,
+                           batch_size, progress, values)
     return PatchRun(values, noop, noop_sites, base_values, source_values, method, done)
