@@ -19,7 +19,11 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from mechpatch.model import HookedModel
-from mechpatch.published import (
+from mechpatch.sites import heads
+from mechpatch.tasks.docstring import CORRUPTIONS, make_docstring
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # published.py, beside this script
+from published import (  # noqa: E402
     cli,
     finish,
     compare_units,
@@ -29,8 +33,6 @@ from mechpatch.published import (
     path_effects,
     top_units,
 )
-from mechpatch.sites import heads
-from mechpatch.tasks.docstring import CORRUPTIONS, make_docstring
 
 REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference.yaml")
 

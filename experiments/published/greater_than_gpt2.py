@@ -17,7 +17,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 from mechpatch.model import HookedModel
-from mechpatch.published import (
+from mechpatch.sites import Head, Mlp
+from mechpatch.tasks.greater_than import CutoffSharpness, make_greater_than
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # published.py, beside this script
+from published import (  # noqa: E402
     cli,
     finish,
     compare_units,
@@ -26,8 +30,6 @@ from mechpatch.published import (
     patch_effects,
     top_units,
 )
-from mechpatch.sites import Head, Mlp
-from mechpatch.tasks.greater_than import CutoffSharpness, make_greater_than
 
 REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference.yaml")
 

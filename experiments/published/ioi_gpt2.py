@@ -22,7 +22,11 @@ from typing import Any, Optional
 import torch
 
 from mechpatch.model import HookedModel
-from mechpatch.published import (
+from mechpatch.sites import Query, Value, heads
+from mechpatch.tasks.ioi import make_ioi
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # published.py, beside this script
+from published import (  # noqa: E402
     cli,
     finish,
     compare_units,
@@ -31,8 +35,6 @@ from mechpatch.published import (
     path_effects,
     top_units,
 )
-from mechpatch.sites import Query, Value, heads
-from mechpatch.tasks.ioi import make_ioi
 
 REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference.yaml")
 

@@ -1,10 +1,17 @@
 """A tiny GPT-2 saved to a local directory, with a tokenizer that can express IOI, greater-than and
 docstring, for running the published-circuit experiments end to end (their configs point at it)."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from tests.tasks.conftest import WHOLE_YEARS, YEAR_CENTURIES, byte_word_tokenizer, model_for
+
+# the published-circuit experiments' helper module, experiments/published/published.py, is imported as `published`
+# (a script run from that folder has it on sys.path; the scripts also put it there when loaded by file path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments" / "published"))
 
 
 def experiment_tokenizer(directory):

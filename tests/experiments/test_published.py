@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mechpatch.config import load_config
-from mechpatch.published import load_reference, top_units
+from published import load_reference, top_units  # experiments/published/published.py (conftest)
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = REPO / "experiments" / "published"

@@ -1,7 +1,7 @@
 """Reproducing a published circuit: its reference numbers and head classes, effects measured over a
 task's batches, the comparison of the heads found with the published ones, and the results file.
 
-The experiments in ``experiments/published/`` are thin scripts over this module. A *unit* is a head
+The experiments beside this module (``experiments/published/*.py``) are thin scripts over it. A *unit* is a head
 ``(layer, head)`` or an MLP layer ``layer``; a *class* is a named set of units (name movers, ...).
 
 >>> c = compare_units("name_mover", found=[(9, 9), (10, 0), (11, 3)], published=[(9, 9), (10, 0), (9, 6)])

@@ -1,5 +1,7 @@
-"""mechpatch.published: reference files, unit comparison, effects over a task's batches, loading, results files."""
+"""experiments/published/published.py: reference files, unit comparison, effects over a task's batches, loading,
+results files."""
 
+import doctest
 import json
 
 import pytest
@@ -10,7 +12,11 @@ from mechpatch.errors import ModelLoadError
 from mechpatch.patching.engine import run_patches
 from mechpatch.patching.metrics import LogitDiff
 from mechpatch.patching.paths import path_patch
-from mechpatch.published import (
+from mechpatch.sites import Head, Query
+from mechpatch.tasks.base import TaskBatch, TaskData, TaskError
+
+import published  # experiments/published/published.py (on sys.path: tests/experiments/conftest.py)
+from published import (
     by_position,
     compare_units,
     comparison_table,
@@ -22,8 +28,6 @@ from mechpatch.published import (
     top_units,
     write_results,
 )
-from mechpatch.sites import Head, Query
-from mechpatch.tasks.base import TaskBatch, TaskData, TaskError
 
 
 def test_compare_units():
@@ -141,3 +145,9 @@ def test_load_original_says_what_to_do(tmp_path):
         load_original(str(tmp_path / "nothing"), device="cpu")
     model = load_original("induction-2l", device="cpu")  # a bundled zoo name
     assert model.spec.n_layers == 2 and model.spec.attn_only
+
+
+def test_module_examples():
+    """The module's doctest (run with the package's doctests when the module lived in mechpatch/)."""
+    results = doctest.testmod(published)
+    assert results.attempted > 0 and results.failed == 0
