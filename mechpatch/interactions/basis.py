@@ -11,8 +11,8 @@ Axis vocabulary (jaxtyping names used throughout :mod:`mechpatch.interactions`):
 
 A *term* is a sorted tuple of component indices: ``()`` the constant, ``(3,)`` a main effect,
 ``(2, 5)`` a pair. A mask ``z`` is boolean: ``z[i]`` is True when component ``i`` is *patched*
-(ablated when ``direction="noise"``, restored when ``direction="denoise"``; :data:`DIRECTIONS`). The metric
-is a function ``f(z)``.
+(ablated when ``direction="noise"``, restored when ``direction="denoise"``;
+:data:`~mechpatch.patching.DIRECTIONS`). The metric is a function ``f(z)``.
 
 Every representation here is a multilinear polynomial in ``z``; they differ only in the coding of
 each coordinate:
@@ -46,7 +46,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from mechpatch.errors import MechpatchError, choices
-from mechpatch.patching.interventions import DIRECTIONS, check_direction
+from mechpatch.patching.interventions import check_direction
 
 Term = tuple[int, ...]
 CORNERS = ("base", "game")
