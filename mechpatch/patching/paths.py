@@ -160,18 +160,8 @@ def path_patch(
     Returns:
         :class:`PathRun`; sender sets with no sender before any receiver are flagged ``noop``.
     """
-    check_batch_size(batch_size)
-    if method not in METHODS:
-        raise InvalidArgumentError(f"unknown method {method!r}; valid: {choices(METHODS)}")
-    base_t, src_t = as_tokens(model, base), as_tokens(model, source)
-    if base_t.shape != src_t.shape:
-        raise ShapeMismatchError(f"base tokens {tuple(base_t.shape)} and source {tuple(src_t.shape)} must align")
-    n, seq = base_t.shape
-    sets = _as_sets(senders)
-    for g in sets:
-        for s in g:
-            s.validate(model.spec, seq)
-    recs = _as_receivers(model, receivers, seq)
+    base_t, src_t, sets, recs = _check_path_args(model, base, source, senders, receivers, method, batch_size)
+    seq = base_t.shape[1]
     metric = as_metric(metric)
     positions = readout_positions(metric, seq)
     metric = metric.bind(answers=answers, tokens=base_t)
@@ -184,7 +174,36 @@ def path_patch(
             raise fast.FastPathUnavailable(f"method='fast' is not available: {reason}; use method='hooks' or 'auto'")
     if fm is not None:
         return _path_patch_fast(fm, model, base_t, src_t, sets, recs, metric, readout, batch_size, progress)
+    return _path_patch_hooks(model, base_t, src_t, sets, recs, metric, readout, batch_size, progress)
 
+
+def _check_path_args(
+    model: HookedModel,
+    base: Union[Tensor, Sequence[str]],
+    source: Union[Tensor, Sequence[str]],
+    senders: Sequence[Union[Sender, Sequence[Sender]]],
+    receivers: Union[str, Sequence[Site]],
+    method: str,
+    batch_size: object,
+) -> tuple[Tensor, Tensor, tuple[tuple[Sender, ...], ...], Union[str, tuple[Site, ...]]]:
+    """:func:`path_patch`'s argument checks; returns the base and source tokens, the sender sets and the receivers."""
+    check_batch_size(batch_size)
+    if method not in METHODS:
+        raise InvalidArgumentError(f"unknown method {method!r}; valid: {choices(METHODS)}")
+    base_t, src_t = as_tokens(model, base), as_tokens(model, source)
+    if base_t.shape != src_t.shape:
+        raise ShapeMismatchError(f"base tokens {tuple(base_t.shape)} and source {tuple(src_t.shape)} must align")
+    seq = base_t.shape[1]
+    sets = _as_sets(senders)
+    for g in sets:
+        for s in g:
+            s.validate(model.spec, seq)
+    return base_t, src_t, sets, _as_receivers(model, receivers, seq)
+
+
+def _path_patch_hooks(model, base_t, src_t, sets, recs, metric, readout, batch_size, progress) -> PathRun:
+    """path_patch on the bridge's hooks (see :func:`path_patch`, method "hooks")."""
+    n = base_t.shape[0]
     head_layers = {s.layer for g in sets for s in g if isinstance(s, Head)}
     mlp_layers = {s.layer for g in sets for s in g if isinstance(s, Mlp)}
     last = model.spec.n_layers - 1
@@ -307,14 +326,101 @@ def _run_with_receivers(model, recs, captured, tokens, positions) -> Tensor:
     return _unembed(model, _final_resid(model, tokens, hooks), positions)
 
 
-def _path_patch_fast(fm, model, base_t, src_t, sets, recs, metric, readout, batch_size, progress) -> PathRun:
-    """path_patch on mechpatch's functional forward (see :func:`path_patch`, method "fast")."""
-    n, seq = base_t.shape
+@dataclass(frozen=True)
+class _FastPaths:
+    """What the fast path-patching loop reads: the base and source runs' caches, and where the patched run
+    resumes (the first receiver layer, from position ``p0``; before it the base run's keys/values)."""
+
+    fm: Any
+    sets: tuple[tuple[Sender, ...], ...]
+    recs: Union[str, tuple[Site, ...]]
+    readout: Readout
+    base_c: dict[str, Tensor]  # base run: residual stream, head and MLP outputs, the last block's output
+    src_c: dict[str, Tensor]  # source run: head and MLP outputs
+    kv: Any  # base run's keys/values per layer
+    state: fast.FastState
+    rec_layers: list[int]
+    p0: int
+    metric_pos: list[int]
+
+    def delta(self, group: tuple[Sender, ...], before: int) -> Optional[Tensor]:
+        """sum of (source - base) outputs of the senders in layers < ``before``, from ``p0`` (None if none)."""
+        p0, total = self.p0, None
+        for s in group:
+            if s.layer >= before:
+                continue
+            if isinstance(s, Head):
+                nm = f"blocks.{s.layer}.attn.hook_z"
+                dz = self.src_c[nm][:, p0:, s.head] - self.base_c[nm][:, p0:, s.head]
+                d = dz @ self.fm.layers[s.layer].W_O[s.head]
+            else:
+                nm = f"blocks.{s.layer}.hook_mlp_out"
+                d = self.src_c[nm][:, p0:] - self.base_c[nm][:, p0:]
+            total = d if total is None else total + d
+        return total
+
+    def rows_resid(self, layer_name: str, before: int, chunk: list[int]) -> Tensor:
+        """The base run's ``layer_name`` from ``p0``, one row group per sender set of ``chunk``, plus its change."""
+        n = self.state.tokens.shape[0]
+        resid = self.base_c[layer_name][:, self.p0:].repeat(len(chunk), 1, 1)
+        for j, v in enumerate(chunk):
+            d = self.delta(self.sets[v], before)
+            if d is not None:
+                resid[j * n:(j + 1) * n] += d
+        return resid
+
+    def receiver_values(self, chunk: list[int], rows_prompt: Tensor) -> dict[str, Tensor]:
+        """The receivers' q/k/v computed from the changed inputs: each receiver layer run on its own."""
+        p0, kv = self.p0, self.kv
+        positions = torch.arange(p0, self.state.tokens.shape[1], device=rows_prompt.device)
+        captured: dict[str, Tensor] = {}
+        for L in self.rec_layers:
+            wanted = {_hook_name(r) for r in self.recs if r.layer == L}
+
+            def keeper(name, wanted=wanted):
+                def keep(t):
+                    captured[name] = t.detach().clone()
+                    if wanted <= set(captured):
+                        raise _Stop
+                return keep
+
+            past = None if p0 == 0 else (kv[L][0][rows_prompt, :, :p0], kv[L][1][rows_prompt, :, :p0])
+            hk = F_.Hooks({nm: keeper(nm) for nm in wanted}, None)
+            try:
+                F_.block(self.fm, L, self.rows_resid(f"blocks.{L}.hook_resid_pre", L, chunk), positions, past, hk,
+                         False)
+            except _Stop:
+                pass
+        return captured
+
+    def logits(self, chunk: list[int], rows_prompt: Tensor) -> Tensor:
+        """Readout logits of the rows of ``chunk`` (one row group of prompts per sender set)."""
+        fm, p0, L_n = self.fm, self.p0, self.fm.n_layers
+        if self.recs == "logits":
+            resid = self.rows_resid(f"blocks.{L_n - 1}.hook_resid_post", L_n, chunk)
+            return F_.unembed(fm, resid[:, [p - p0 for p in self.metric_pos]], self.readout.columns)
+        captured = self.receiver_values(chunk, rows_prompt)
+        hooks = {}
+        for nm in captured:
+            mask = torch.zeros(captured[nm].shape[:3], dtype=torch.bool, device=rows_prompt.device)
+            for r in self.recs:
+                if _hook_name(r) == nm:
+                    pos = slice(None) if r.pos is None else [p - p0 for p in r.pos]
+                    mask[:, pos, r.unit] = True
+
+            def put(t, mask=mask[..., None], val=captured[nm]):
+                return torch.where(mask, val, t)
+
+            hooks[nm] = put
+        return fast.forward_rows(self.state, rows_prompt, [self.rec_layers[0]] * len(rows_prompt), p0, hooks,
+                                 self.readout)
+
+
+def _fast_paths(fm, base_t, src_t, sets, recs, readout) -> _FastPaths:
+    """The base run (keeping every residual stream, head and MLP output, and keys/values) and the source run
+    (head and MLP outputs) on the functional forward, and where the patched run resumes."""
+    seq = base_t.shape[1]
     L_n = fm.n_layers
-    # unembed only the vocabulary entries the metric reads (e.g. two answer columns of 49k)
-    if readout.columns is None and metric.columns() is not None:
-        readout = Readout(readout.positions, metric.columns())
-        metric = metric.restrict(readout.columns)
     names = {f"blocks.{l}.hook_resid_pre" for l in range(L_n)} | {f"blocks.{l}.attn.hook_z" for l in range(L_n)}
     if not fm.attn_only:
         names |= {f"blocks.{l}.hook_mlp_out" for l in range(L_n)}
@@ -324,26 +430,7 @@ def _path_patch_fast(fm, model, base_t, src_t, sets, recs, metric, readout, batc
         base_c[f"blocks.{L_n - 1}.hook_resid_post"] = F_.run_blocks(
             fm, base_c[f"blocks.{L_n - 1}.hook_resid_pre"], L_n - 1, L_n, 0, [None] * L_n,
         )
-    prompt = torch.arange(n, device=base_t.device)
-    metric = metric.bind(clean_logits=base_logits)
-    base_values = metric(base_logits, prompt).cpu()
     metric_pos = list(range(seq)) if readout.positions is None else readout.positions
-
-    def delta(group, before: int, p0: int) -> Optional[Tensor]:
-        total = None
-        for s in group:
-            if s.layer >= before:
-                continue
-            if isinstance(s, Head):
-                nm = f"blocks.{s.layer}.attn.hook_z"
-                dz = src_c[nm][:, p0:, s.head] - base_c[nm][:, p0:, s.head]
-                d = dz @ fm.layers[s.layer].W_O[s.head]
-            else:
-                nm = f"blocks.{s.layer}.hook_mlp_out"
-                d = src_c[nm][:, p0:] - base_c[nm][:, p0:]
-            total = d if total is None else total + d
-        return total
-
     if recs == "logits":
         rec_layers, p0 = [L_n], min(metric_pos)
     else:
@@ -351,61 +438,31 @@ def _path_patch_fast(fm, model, base_t, src_t, sets, recs, metric, readout, batc
         p0 = min([min(r.pos) if r.pos is not None else 0 for r in recs] + [min(metric_pos)])
     if not fm.causal:  # bidirectional attention: a receiver change reaches every position
         p0 = 0
-    noop = torch.tensor([all(s.layer >= max(rec_layers) for s in g) for g in sets])
     state = fast.FastState(fm=fm, tokens=base_t, resid_pre=[base_c[f"blocks.{l}.hook_resid_pre"] for l in range(L_n)],
                            kv=kv, hook_cache={}, logits=base_logits, order=torch.arange(0), starts=[])
-    positions = torch.arange(p0, seq, device=base_t.device)
+    return _FastPaths(fm, sets, recs, readout, base_c, src_c, kv, state, rec_layers, p0, metric_pos)
+
+
+def _path_patch_fast(fm, model, base_t, src_t, sets, recs, metric, readout, batch_size, progress) -> PathRun:
+    """path_patch on mechpatch's functional forward (see :func:`path_patch`, method "fast")."""
+    n = base_t.shape[0]
+    # unembed only the vocabulary entries the metric reads (e.g. two answer columns of 49k)
+    if readout.columns is None and metric.columns() is not None:
+        readout = Readout(readout.positions, metric.columns())
+        metric = metric.restrict(readout.columns)
+    run = _fast_paths(fm, base_t, src_t, sets, recs, readout)
+    prompt = torch.arange(n, device=base_t.device)
+    metric = metric.bind(clean_logits=run.state.logits)
+    base_values = metric(run.state.logits, prompt).cpu()
+    noop = torch.tensor([all(s.layer >= max(run.rec_layers) for s in g) for g in sets])
     values = torch.empty(len(sets), n, dtype=base_values.dtype)  # the model's precision (metrics.value_dtype)
     chunks = [list(range(i, min(i + batch_size, len(sets)))) for i in range(0, len(sets), batch_size)]
     for chunk in progress_bar(chunks, desc="path patching (fast)", unit="chunk",
                               enabled=progress if progress is not None else len(chunks) > 1):
-        k = len(chunk)
-        rows_prompt = prompt.repeat(k)
-
-        def rows_resid(layer_name: str, before: int) -> Tensor:
-            resid = base_c[layer_name][:, p0:].repeat(k, 1, 1)
-            for j, v in enumerate(chunk):
-                d = delta(sets[v], before, p0)
-                if d is not None:
-                    resid[j * n:(j + 1) * n] += d
-            return resid
-
+        rows_prompt = prompt.repeat(len(chunk))
         with torch.inference_mode():
-            if recs == "logits":
-                resid = rows_resid(f"blocks.{L_n - 1}.hook_resid_post", L_n)
-                logits = F_.unembed(fm, resid[:, [p - p0 for p in metric_pos]], readout.columns)
-            else:
-                captured: dict[str, Tensor] = {}
-                for L in rec_layers:
-                    wanted = {_hook_name(r) for r in recs if r.layer == L}
-
-                    def keeper(name, wanted=wanted):
-                        def keep(t):
-                            captured[name] = t.detach().clone()
-                            if wanted <= set(captured):
-                                raise _Stop
-                        return keep
-
-                    past = None if p0 == 0 else (kv[L][0][rows_prompt, :, :p0], kv[L][1][rows_prompt, :, :p0])
-                    hk = F_.Hooks({nm: keeper(nm) for nm in wanted}, None)
-                    try:
-                        F_.block(fm, L, rows_resid(f"blocks.{L}.hook_resid_pre", L), positions, past, hk, False)
-                    except _Stop:
-                        pass
-                hooks = {}
-                for nm in captured:
-                    mask = torch.zeros(captured[nm].shape[:3], dtype=torch.bool, device=base_t.device)
-                    for r in recs:
-                        if _hook_name(r) == nm:
-                            pos = slice(None) if r.pos is None else [p - p0 for p in r.pos]
-                            mask[:, pos, r.unit] = True
-
-                    def put(t, mask=mask[..., None], val=captured[nm]):
-                        return torch.where(mask, val, t)
-
-                    hooks[nm] = put
-                logits = fast.forward_rows(state, rows_prompt, [rec_layers[0]] * (k * n), p0, hooks, readout)
-        values[chunk] = metric(logits, rows_prompt).reshape(k, n).cpu()
+            logits = run.logits(chunk, rows_prompt)
+        values[chunk] = metric(logits, rows_prompt).reshape(len(chunk), n).cpu()
     # a sender set that precedes no receiver changes nothing: report the base values exactly (the resumed
     # run differs from the full base forward only by float rounding, ~1e-8)
     values[noop] = base_values
