@@ -165,6 +165,27 @@ def evaluate_masks(
     >>> torch.equal(a.per_prompt, b.per_prompt), (b.evaluations, b.forwards) == (a.evaluations, a.forwards)
     (True, True)
     """
+    sets = _check_mask_args(components, masks, chunk_size, chunks)
+    start = time.perf_counter()
+    uniq, inverse = torch.unique(masks, dim=0, return_inverse=True)
+    run_rows = [r for r in range(len(uniq)) if bool(uniq[r].any())]
+    engine = dict(source=source, intervention=intervention, answers=answers, clean=clean, method=method,
+                  batch_size=batch_size, memory_budget=memory_budget)
+    if not run_rows:  # only the base run: one variant that patches nothing is impossible, so patch and read base
+        run = run_patches(model, base, [sets[0]], metric, progress=progress, **engine)
+        per = run.base_values[None].repeat(len(uniq), 1)[inverse]
+        return MaskValues(per.mean(1).double(), per, 0, 0, time.perf_counter() - start)
+    inputs = _inputs_key(base, source, sets, intervention) if chunks is not None else None
+    parts = _mask_chunks(model, base, sets, metric, uniq, run_rows, chunk_size, chunks, chunk_group, inputs, progress,
+                         engine)
+    per = _join_chunks(parts, len(uniq), run_rows, chunk_group)[inverse]
+    forwards = sum(int(p["forwards"][0]) for p in parts)
+    return MaskValues(per.mean(1).double(), per, len(run_rows), forwards, time.perf_counter() - start)
+
+
+def _check_mask_args(components: Sequence[Component], masks: Tensor, chunk_size: object,
+                     chunks: object) -> list[tuple[Site, ...]]:
+    """:func:`evaluate_masks`'s argument checks; returns the components' site sets."""
     sets = _site_sets(components)
     if masks.ndim != 2 or masks.shape[1] != len(sets) or masks.dtype != torch.bool:
         raise InteractionError(
@@ -176,22 +197,22 @@ def evaluate_masks(
     if chunks is not None and not isinstance(chunks, ChunkStore):
         raise InteractionError(f"chunks must have load_chunk(group, index) and save_chunk(group, index, tensors) (a "
                                f"RunStore or mechpatch.chunks.MemoryChunks); got {type(chunks).__name__}")
-    start = time.perf_counter()
-    uniq, inverse = torch.unique(masks, dim=0, return_inverse=True)
-    run_rows = [r for r in range(len(uniq)) if bool(uniq[r].any())]
-    engine = dict(source=source, intervention=intervention, answers=answers, clean=clean, method=method,
-                  batch_size=batch_size, memory_budget=memory_budget)
-    if not run_rows:  # only the base run: one variant that patches nothing is impossible, so patch and read base
-        run = run_patches(model, base, [sets[0]], metric, progress=progress, **engine)
-        per = run.base_values[None].repeat(len(uniq), 1)[inverse]
-        return MaskValues(per.mean(1).double(), per, 0, 0, time.perf_counter() - start)
+    return sets
+
+
+def _mask_chunks(
+    model: object, base: object, sets: list[tuple[Site, ...]], metric: object, uniq: Tensor, run_rows: list[int],
+    chunk_size: Optional[int], chunks: Optional[ChunkStore], chunk_group: str, inputs: Optional[Tensor],
+    progress: Optional[bool], engine: dict,
+) -> list[dict]:
+    """The distinct non-empty masks ``uniq[run_rows]`` in chunks of ``chunk_size``, one engine call each: each
+    chunk loaded from ``chunks`` (and checked) when saved there, else run (and saved)."""
     size = chunk_size or len(run_rows)
     bounds = list(range(0, len(run_rows), size))
     several = len(bounds) > 1
     bar = progress_bar(total=len(run_rows), desc="masks", unit="mask",
                        enabled=several and (progress if progress is not None else len(bounds) > 2))
     parts = []
-    inputs = _inputs_key(base, source, sets, intervention) if chunks is not None else None
     for k, lo in enumerate(bounds):
         rows = run_rows[lo:lo + size]
         part = chunks.load_chunk(chunk_group, k) if chunks is not None else None
@@ -207,6 +228,14 @@ def evaluate_masks(
         parts.append(part)
         bar.update(len(rows))
     bar.close()
+    return parts
+
+
+def _join_chunks(parts: list[dict], n_uniq: int, run_rows: list[int], chunk_group: str) -> Tensor:
+    """Values [distinct mask, prompt]: the chunks' for the masks ``run_rows``, the base run's for the empty mask.
+
+    Refuses chunks whose unpatched base values differ (computed on other prompts, weights or device).
+    """
     base_values = parts[0]["base"]
     for k, part in enumerate(parts):
         if part["base"].shape != base_values.shape or not torch.equal(part["base"], base_values):
@@ -214,11 +243,9 @@ def evaluate_masks(
                                   "were computed on other prompts, weights or device; start afresh (another store, "
                                   "or --force)")
     # values keep the engine's dtype: the model's precision (float64 stays float64; see metrics.value_dtype)
-    per = base_values[None].repeat(len(uniq), 1)
+    per = base_values[None].repeat(n_uniq, 1)
     per[torch.tensor(run_rows)] = torch.cat([p["values"].to(per.dtype) for p in parts])
-    per = per[inverse]
-    forwards = sum(int(p["forwards"][0]) for p in parts)
-    return MaskValues(per.mean(1).double(), per, len(run_rows), forwards, time.perf_counter() - start)
+    return per
 
 
 def _inputs_key(base: object, source: object, sets: list[tuple[Site, ...]], intervention: Intervention) -> Tensor:
@@ -270,11 +297,21 @@ def _fit_model(
                                                 "heldout_masks": 0 if test is None else test[0].n_masks})
 
 
-def _check_common(direction: str, holdout: float, backend: str = "mechpatch") -> None:
+def _check_common(direction: str, holdout: float, backend: str, design: str) -> None:
+    """The argument checks of :func:`find_interactions` and :func:`find_function_interactions`."""
     check_direction(direction)
     check_choice("backend", backend, BACKENDS)
     if not 0.0 <= holdout < 1.0:
         raise InteractionError(f"holdout must be a fraction in [0, 1), got {holdout!r}")
+    check_choice("design", design, [d for d in DESIGNS if d in ("bernoulli", "antithetic")])
+
+
+def _fit_settings(settings: Optional[FitSettings], max_order: int, seed: int) -> FitSettings:
+    """``settings`` (default: FitSettings(max_order, seed)) with ``max_order``."""
+    settings = settings or FitSettings(max_order=max_order, seed=seed)
+    if settings.max_order != max_order:
+        settings = FitSettings(**{**settings.__dict__, "max_order": max_order})
+    return settings
 
 
 def find_function_interactions(
@@ -304,11 +341,8 @@ def find_function_interactions(
     >>> [(i.label, i.kind, round(i.effect, 3)) for i in m.top(1)], round(m.r2, 3)
     ([('A x B', 'redundancy', -1.0)], 1.0)
     """
-    _check_common(direction, holdout, backend)
-    check_choice("design", design, [d for d in DESIGNS if d in ("bernoulli", "antithetic")])
-    settings = settings or FitSettings(max_order=max_order, seed=seed)
-    if settings.max_order != max_order:
-        settings = FitSettings(**{**settings.__dict__, "max_order": max_order})
+    _check_common(direction, holdout, backend, design)
+    settings = _fit_settings(settings, max_order, seed)
     labels = tuple(str(x) for x in labels) if labels is not None else tuple(f"c{i}" for i in range(n_components))
     if len(labels) != n_components:
         raise InteractionError(f"{len(labels)} labels for {n_components} components")
@@ -362,6 +396,20 @@ def _spex_model(values_of: Callable[[Tensor], Tensor], n_masks: int, holdout: fl
 def _with_cost(m: InteractionModel, evaluations: int, forwards: Optional[int], seconds: float) -> InteractionModel:
     return InteractionModel(m.components, m.moebius, m.direction, m.higher_is_better, m.method, m.order, m.r2,
                             evaluations, forwards, round(seconds, 3), m.fourier, m.info)
+
+
+def _counted_values(model: object, base: object, components: Sequence[Component], metric: object,
+                    chunk_group: str, engine: dict) -> tuple[Callable[[Tensor], Tensor], list[int]]:
+    """A value function of masks [mask, component] running :func:`evaluate_masks` (call ``i`` in chunk group
+    ``chunk_group-i``), and its running counts [evaluations, forwards, calls]."""
+    spent = [0, 0, 0]  # evaluations, forwards, calls
+
+    def values_of(masks: Tensor) -> Tensor:
+        r = evaluate_masks(model, base, components, masks, metric, chunk_group=f"{chunk_group}-{spent[2]}", **engine)
+        spent[0], spent[1], spent[2] = spent[0] + r.evaluations, spent[1] + r.forwards, spent[2] + 1
+        return r.values
+
+    return values_of, spent
 
 
 def find_interactions(
@@ -422,34 +470,22 @@ def find_interactions(
     Returns:
         :class:`InteractionModel` with held-out ``r2``, ``evaluations`` and ``forwards``.
     """
-    _check_common(direction, holdout, backend)
-    check_choice("design", design, [d for d in DESIGNS if d in ("bernoulli", "antithetic")])
+    _check_common(direction, holdout, backend, design)
     if direction == "denoise" and source is None and getattr(intervention, "reference", None) is None:
         raise InteractionError("direction='denoise' restores components from the clean run: pass it as source=")
-    settings = settings or FitSettings(max_order=max_order, seed=seed)
-    if settings.max_order != max_order:
-        settings = FitSettings(**{**settings.__dict__, "max_order": max_order})
+    settings = _fit_settings(settings, max_order, seed)
     labels = component_labels(components)
     start = time.perf_counter()
     better = _higher_is_better(metric, higher_is_better)
-    stored = dict(chunk_size=chunk_size, chunks=chunks)
+    engine = dict(source=source, intervention=intervention, answers=answers, clean=_clean(metric, clean, direction),
+                  method=method, batch_size=batch_size, memory_budget=memory_budget, progress=progress,
+                  chunk_size=chunk_size, chunks=chunks)
     if backend == "spex":
-        def values_of(masks: Tensor) -> Tensor:
-            r = evaluate_masks(model, base, components, masks, metric, source=source, intervention=intervention,
-                               answers=answers, clean=_clean(metric, clean, direction), method=method,
-                               batch_size=batch_size, memory_budget=memory_budget, progress=progress,
-                               chunk_group=f"{chunk_group}-{spent[2]}", **stored)
-            spent[0], spent[1], spent[2] = spent[0] + r.evaluations, spent[1] + r.forwards, spent[2] + 1
-            return r.values
-
-        spent = [0, 0, 0]  # evaluations, forwards, calls
+        values_of, spent = _counted_values(model, base, components, metric, chunk_group, engine)
         out = _spex_model(values_of, n_masks, holdout, design, keep, max_order, seed, labels, direction, better)
         return _with_cost(out, spent[0], spent[1], time.perf_counter() - start)
     d = make_design(design, len(labels), n_masks, keep=keep, seed=seed)
-    run = evaluate_masks(model, base, components, d.masks, metric, source=source, intervention=intervention,
-                         answers=answers, clean=_clean(metric, clean, direction), method=method,
-                         batch_size=batch_size, memory_budget=memory_budget, progress=progress, chunk_group=chunk_group,
-                         **stored)
+    run = evaluate_masks(model, base, components, d.masks, metric, chunk_group=chunk_group, **engine)
     out = _fit_split(d, run.values, holdout, seed, labels, settings, direction, better)
     return _with_cost(out, run.evaluations, run.forwards, time.perf_counter() - start)
 
