@@ -352,6 +352,57 @@ def _load_tokenizer(source: Any) -> Any:
     return tok
 
 
+def _bridge_from_module(source: nn.Module, architecture: Optional[str], tokenizer: Any,
+                        name: Optional[str]) -> tuple[Any, str]:
+    """A TransformerBridge wrapping an in-memory Hugging Face module, and its display name."""
+    from transformer_lens.model_bridge.sources import build_bridge_from_module
+
+    hf_config = getattr(source, "config", None)
+    if hf_config is None:
+        raise ModelLoadError(
+            f"in-memory module {type(source).__name__} has no .config; pass a Hugging Face "
+            "PreTrainedModel, a TransformerBridgeConfig, or a TransformerBridge"
+        )
+    arch = architecture or (getattr(hf_config, "architectures", None) or [type(source).__name__])[0]
+    try:
+        bridge = build_bridge_from_module(source, arch, hf_config=hf_config, tokenizer=tokenizer)
+    except Exception as err:
+        raise ModelLoadError(f"TransformerLens cannot wrap a {arch} module: {err}") from err
+    return bridge, name or arch
+
+
+def _bridge_from_path(path: str, dev: torch.device, dt: torch.dtype, tokenizer: Any,
+                      name: Optional[str]) -> tuple[Any, str]:
+    """A TransformerBridge loaded from a Hugging Face name or a local directory, and its display name."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if os.path.isdir(path):
+        if tokenizer is None:
+            present = [f for f in TOKENIZER_FILES if os.path.exists(os.path.join(path, f))]
+            if not present:
+                raise TokenizerError(
+                    f"directory {path!r} has no tokenizer files (looked for {choices(TOKENIZER_FILES)}); "
+                    "TransformerLens would silently use an empty vocabulary. Save the tokenizer there "
+                    "(tokenizer.save_pretrained) or pass tokenizer=<tokenizer or its directory>"
+                )
+            tokenizer = _load_tokenizer(path)
+    elif os.path.sep in path and not os.path.exists(path) and path.startswith((".", "/")):
+        raise ModelLoadError(f"no such model directory: {path!r}")
+    from transformer_lens.model_bridge.sources import tl_legacy
+
+    # NeelNanda/*, ArthurConmy/* (attn-only-4l, ...) are TransformerLens-format repos, not HF models
+    legacy = not os.path.isdir(path) and path.startswith(tl_legacy.TL_LEGACY_PREFIXES)
+    boot = tl_legacy.boot if legacy else TransformerBridge.boot_transformers
+    try:
+        bridge = boot(path, device=str(dev), dtype=dt, tokenizer=tokenizer)
+    except (OSError, ValueError, KeyError, NotImplementedError) as err:
+        raise ModelLoadError(
+            f"could not load {path!r} through TransformerLens ({type(err).__name__}: {err}). A hub name "
+            "needs network access or a populated Hugging Face cache; a directory needs config.json and weights"
+        ) from err
+    return bridge, name or os.path.basename(path.rstrip("/")) or path
+
+
 def load_model(
     source: Any,
     *,
@@ -400,47 +451,9 @@ def load_model(
             bridge.tokenizer = tokenizer
         label = name or "native"
     elif isinstance(source, nn.Module):
-        from transformer_lens.model_bridge.sources import build_bridge_from_module
-
-        hf_config = getattr(source, "config", None)
-        if hf_config is None:
-            raise ModelLoadError(
-                f"in-memory module {type(source).__name__} has no .config; pass a Hugging Face "
-                "PreTrainedModel, a TransformerBridgeConfig, or a TransformerBridge"
-            )
-        arch = architecture or (getattr(hf_config, "architectures", None) or [type(source).__name__])[0]
-        try:
-            bridge = build_bridge_from_module(source, arch, hf_config=hf_config, tokenizer=tokenizer)
-        except Exception as err:
-            raise ModelLoadError(f"TransformerLens cannot wrap a {arch} module: {err}") from err
-        label = name or arch
+        bridge, label = _bridge_from_module(source, architecture, tokenizer, name)
     elif isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if os.path.isdir(path):
-            if tokenizer is None:
-                present = [f for f in TOKENIZER_FILES if os.path.exists(os.path.join(path, f))]
-                if not present:
-                    raise TokenizerError(
-                        f"directory {path!r} has no tokenizer files (looked for {choices(TOKENIZER_FILES)}); "
-                        "TransformerLens would silently use an empty vocabulary. Save the tokenizer there "
-                        "(tokenizer.save_pretrained) or pass tokenizer=<tokenizer or its directory>"
-                    )
-                tokenizer = _load_tokenizer(path)
-        elif os.path.sep in path and not os.path.exists(path) and path.startswith((".", "/")):
-            raise ModelLoadError(f"no such model directory: {path!r}")
-        from transformer_lens.model_bridge.sources import tl_legacy
-
-        # NeelNanda/*, ArthurConmy/* (attn-only-4l, ...) are TransformerLens-format repos, not HF models
-        legacy = not os.path.isdir(path) and path.startswith(tl_legacy.TL_LEGACY_PREFIXES)
-        boot = tl_legacy.boot if legacy else TransformerBridge.boot_transformers
-        try:
-            bridge = boot(path, device=str(dev), dtype=dt, tokenizer=tokenizer)
-        except (OSError, ValueError, KeyError, NotImplementedError) as err:
-            raise ModelLoadError(
-                f"could not load {path!r} through TransformerLens ({type(err).__name__}: {err}). A hub name "
-                "needs network access or a populated Hugging Face cache; a directory needs config.json and weights"
-            ) from err
-        label = name or os.path.basename(path.rstrip("/")) or path
+        bridge, label = _bridge_from_path(os.fspath(source), dev, dt, tokenizer, name)
     else:
         raise ModelLoadError(
             f"cannot load a model from {type(source).__name__}; valid sources: a Hugging Face name or "
