@@ -17,6 +17,7 @@ from typing import Optional
 
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
+from torch import Tensor
 
 from mechpatch.circuit.components import CircuitError, Node
 from mechpatch.circuit.graph import ComponentGraph
@@ -87,11 +88,40 @@ def graph_figure(
     key = scores.abs().nan_to_num(nan=-1.0)
     order = [i for i in key.argsort(descending=True, stable=True).tolist() if bool(chosen[i])]
     shown, left_out = order[:max_edges], max(0, len(order) - max_edges)
-    edges = graph.edges
-    finite = [abs(float(scores[i])) for i in shown if math.isfinite(float(scores[i]))]
-    top = max(finite, default=0.0) or 1.0
 
     fig = go.Figure()
+    kinds_drawn, nodes = _draw_edges(fig, graph, columns, shown, scores, in_circuit)
+    for kind in sorted(kinds_drawn, key=lambda k: "qkv".index(k) if k else 3):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=INPUT_NAMES[kind],
+                                 line=dict(color="#444444", width=2, dash=DASH[kind])))
+    for node in (_all_nodes(graph) if not circuit_only else graph.nodes_in_circuit):
+        nodes.setdefault(node)
+    _draw_nodes(fig, graph, columns, nodes)
+    spec = graph.spec
+    ticks = {0: "input", columns[Node("logits").stage]: "logits"}
+    for layer in range(spec.n_layers):
+        ticks[columns[2 * layer + 1]] = f"L{layer} attn"
+        if spec.has_mlp:
+            ticks[columns[2 * layer + 2]] = f"L{layer} mlp"
+    about = ", ".join(f"{graph.meta[k]}" for k in ("method", "metric") if k in graph.meta)
+    default = (f"{graph.model or spec.architecture}: {len(shown)} {'circuit ' if circuit_only else ''}edges"
+               + (f" ({about})" if about else "") + (f"; {left_out} weaker edges not drawn" if left_out else ""))
+    fig.update_layout(title=title if title is not None else default, template="plotly_white", hovermode="closest",
+                      legend=dict(title="input reached"), height=max(350, 60 * spec.n_heads * (graph.n_pos or 1)))
+    fig.update_xaxes(tickvals=sorted(ticks), ticktext=[ticks[k] for k in sorted(ticks)], showgrid=False, zeroline=False)
+    fig.update_yaxes(visible=False)
+    return fig
+
+
+def _draw_edges(fig: go.Figure, graph: ComponentGraph, columns: dict[int, int], shown: list[int], scores: Tensor,
+                in_circuit: Tensor) -> tuple[list[Optional[str]], dict[Node, None]]:
+    """Add one curve per edge ``shown`` and the trace of their midpoints (hover text, colour bar) to ``fig``.
+
+    Returns the inputs the edges reach (in the order first drawn) and their end nodes (an ordered set).
+    """
+    finite = [abs(float(scores[i])) for i in shown if math.isfinite(float(scores[i]))]
+    top = max(finite, default=0.0) or 1.0
+    edges = graph.edges
     mid_x, mid_y, mid_text, mid_score = [], [], [], []
     kinds_drawn: list[Optional[str]] = []
     nodes: dict[Node, None] = {}
@@ -119,15 +149,11 @@ def graph_figure(
         marker=dict(size=7, opacity=0.35, color=mid_score, colorscale="RdBu", reversescale=True, cmid=0.0,
                     showscale=bool(finite), colorbar=dict(title="edge score")),
     ))
-    for kind in sorted(kinds_drawn, key=lambda k: "qkv".index(k) if k else 3):
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=INPUT_NAMES[kind],
-                                 line=dict(color="#444444", width=2, dash=DASH[kind])))
-    if not circuit_only:
-        for node in _all_nodes(graph):
-            nodes.setdefault(node)
-    else:
-        for node in graph.nodes_in_circuit:
-            nodes.setdefault(node)
+    return kinds_drawn, nodes
+
+
+def _draw_nodes(fig: go.Figure, graph: ComponentGraph, columns: dict[int, int], nodes: dict[Node, None]) -> None:
+    """Add the trace of ``nodes`` (labelled markers coloured by kind, hover: the node's score) to ``fig``."""
     node_scores = graph.node_scores
     xs, ys, labels, hover, colours = [], [], [], [], []
     for node in nodes:
@@ -141,20 +167,6 @@ def graph_figure(
     fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers+text", text=labels, textposition="top center",
                              hovertext=hover, hoverinfo="text", showlegend=False, name="nodes",
                              marker=dict(size=14, color=colours, line=dict(color="#333333", width=1))))
-    spec = graph.spec
-    ticks = {0: "input", columns[Node("logits").stage]: "logits"}
-    for layer in range(spec.n_layers):
-        ticks[columns[2 * layer + 1]] = f"L{layer} attn"
-        if spec.has_mlp:
-            ticks[columns[2 * layer + 2]] = f"L{layer} mlp"
-    about = ", ".join(f"{graph.meta[k]}" for k in ("method", "metric") if k in graph.meta)
-    default = (f"{graph.model or spec.architecture}: {len(shown)} {'circuit ' if circuit_only else ''}edges"
-               + (f" ({about})" if about else "") + (f"; {left_out} weaker edges not drawn" if left_out else ""))
-    fig.update_layout(title=title if title is not None else default, template="plotly_white", hovermode="closest",
-                      legend=dict(title="input reached"), height=max(350, 60 * spec.n_heads * (graph.n_pos or 1)))
-    fig.update_xaxes(tickvals=sorted(ticks), ticktext=[ticks[k] for k in sorted(ticks)], showgrid=False, zeroline=False)
-    fig.update_yaxes(visible=False)
-    return fig
 
 
 def _all_nodes(graph: ComponentGraph) -> list[Node]:
