@@ -273,6 +273,33 @@ def read_mib(source: Union[Mapping[str, Any], str, os.PathLike], spec: ModelSpec
         CircuitError: the file's ``cfg`` does not match ``spec`` (layers, heads, d_model), says
             ``parallel_attn_mlp``, or names an edge or node that is not MIB's.
     """
+    data = _mib_data(source, spec)
+    lay = graph_layout(spec)
+    if not spec.has_mlp:
+        raise UnsupportedSiteError("MIB (EAP-IG) graphs always have MLP nodes; this spec is attention-only")
+    rep = spec.n_heads // spec.n_kv_heads
+    total = torch.zeros(lay.shape, dtype=torch.float64)
+    count = torch.zeros(lay.shape, dtype=torch.int64)
+    circuit = torch.zeros(lay.shape, dtype=torch.int64)  # heads of a group whose edge is in the circuit
+    flat: list[int] = []
+    values: list[float] = []
+    member: list[bool] = []
+    for name, info in data["edges"].items():
+        flat.append(lay.flat(lay.label_index(_mib_edge_label(name, spec, rep))))
+        score = info.get("score")
+        values.append(math.nan if score is None else float(score))
+        member.append(bool(info.get("in_graph", False)))
+    index, values_t = torch.tensor(flat, dtype=torch.long), torch.tensor(values, dtype=torch.float64)
+    scored = ~values_t.isnan()
+    total.view(-1).index_add_(0, index[scored], values_t[scored])
+    count.view(-1).index_add_(0, index[scored], torch.ones(int(scored.sum()), dtype=torch.int64))
+    circuit.view(-1).index_add_(0, index, torch.tensor(member, dtype=torch.int64))
+    scores = torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, math.nan))
+    return MibCircuit(scores, circuit > 0, _mib_node_scores(data, lay, spec))
+
+
+def _mib_data(source: Union[Mapping[str, Any], str, os.PathLike], spec: ModelSpec) -> Mapping[str, Any]:
+    """MIB circuit JSON (given, or read from a file), checked to be a MIB file for a model of shape ``spec``."""
     if isinstance(source, Mapping):
         data = source
     else:
@@ -289,48 +316,38 @@ def read_mib(source: Union[Mapping[str, Any], str, os.PathLike], spec: ModelSpec
     if cfg.get("parallel_attn_mlp"):
         raise CircuitError("the MIB file is for a model with parallel attention and MLP; mechpatch's graph has "
                            "sequential blocks")
-    lay = graph_layout(spec)
-    if not spec.has_mlp:
-        raise UnsupportedSiteError("MIB (EAP-IG) graphs always have MLP nodes; this spec is attention-only")
-    rep = spec.n_heads // spec.n_kv_heads
-    total = torch.zeros(lay.shape, dtype=torch.float64)
-    count = torch.zeros(lay.shape, dtype=torch.int64)
-    circuit = torch.zeros(lay.shape, dtype=torch.int64)  # heads of a group whose edge is in the circuit
-    flat: list[int] = []
-    values: list[float] = []
-    member: list[bool] = []
-    for name, info in data["edges"].items():
-        m = _MIB_EDGE.match(name)
-        if m is None:
-            raise CircuitError(f"{name!r} is not a MIB edge name; valid forms: 'input->a0.h1<q>', 'a0.h1->m0', "
-                               "'m3->a4.h2<k>', 'm11->logits'")
-        sender = name.split("->")[0]
-        if sender == "input":
-            s_label = "input"
-        elif m["sm"] is not None:
-            s_label = f"L{m['sm']}.mlp"
+    return data
+
+
+def _mib_edge_label(name: str, spec: ModelSpec, rep: int) -> str:
+    """mechpatch's label of the MIB edge ``name`` (``"a0.h1->a2.h3<q>"`` -> ``"L0H1->L2H3.q"``); a GQA model's
+    k/v inputs are its head groups' (``rep`` heads per group)."""
+    m = _MIB_EDGE.match(name)
+    if m is None:
+        raise CircuitError(f"{name!r} is not a MIB edge name; valid forms: 'input->a0.h1<q>', 'a0.h1->m0', "
+                           "'m3->a4.h2<k>', 'm11->logits'")
+    sender = name.split("->")[0]
+    if sender == "input":
+        s_label = "input"
+    elif m["sm"] is not None:
+        s_label = f"L{m['sm']}.mlp"
+    else:
+        s_label = f"L{m['sl']}H{m['sh']}"
+    if m["rm"] is not None:
+        r_label = f"L{m['rm']}.mlp"
+    elif m["rl"] is not None:
+        head = int(m["rh"])
+        if spec.is_gqa and m["inp"] in "kv":
+            r_label = f"L{m['rl']}G{head // rep}.{m['inp']}"
         else:
-            s_label = f"L{m['sl']}H{m['sh']}"
-        if m["rm"] is not None:
-            r_label = f"L{m['rm']}.mlp"
-        elif m["rl"] is not None:
-            head = int(m["rh"])
-            if spec.is_gqa and m["inp"] in "kv":
-                r_label = f"L{m['rl']}G{head // rep}.{m['inp']}"
-            else:
-                r_label = f"L{m['rl']}H{head}.{m['inp']}"
-        else:
-            r_label = "logits"
-        flat.append(lay.flat(lay.label_index(f"{s_label}->{r_label}")))
-        score = info.get("score")
-        values.append(math.nan if score is None else float(score))
-        member.append(bool(info.get("in_graph", False)))
-    index, values_t = torch.tensor(flat, dtype=torch.long), torch.tensor(values, dtype=torch.float64)
-    scored = ~values_t.isnan()
-    total.view(-1).index_add_(0, index[scored], values_t[scored])
-    count.view(-1).index_add_(0, index[scored], torch.ones(int(scored.sum()), dtype=torch.int64))
-    circuit.view(-1).index_add_(0, index, torch.tensor(member, dtype=torch.int64))
-    scores = torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, math.nan))
+            r_label = f"L{m['rl']}H{head}.{m['inp']}"
+    else:
+        r_label = "logits"
+    return f"{s_label}->{r_label}"
+
+
+def _mib_node_scores(data: Mapping[str, Any], lay: Any, spec: ModelSpec) -> dict[str, float]:
+    """Node label -> score of the MIB file's scored nodes (NaN scores left out)."""
     node_scores = {}
     mib_to_label = {_mib_node(n): n.label for n in lay.senders}
     for name, info in data.get("nodes", {}).items():
@@ -342,7 +359,7 @@ def read_mib(source: Union[Mapping[str, Any], str, os.PathLike], spec: ModelSpec
         score = info.get("score")
         if score is not None and not math.isnan(float(score)):
             node_scores[mib_to_label[name]] = float(score)
-    return MibCircuit(scores, circuit > 0, node_scores)
+    return node_scores
 
 
 __all__ = ["INPUT_COLOURS", "MibCircuit", "read_mib", "to_dot", "to_mib", "to_networkx"]
