@@ -33,12 +33,12 @@ import torch  # noqa: E402
 from mechpatch import load_model, zoo  # noqa: E402
 from mechpatch.attribution import agreement, attribute, edge_attribution, verify  # noqa: E402
 from mechpatch.attribution.plot import scatter_figure  # noqa: E402
-from mechpatch.cache import PromptPair  # noqa: E402
 from mechpatch.circuit.edges import edge_patch, layout  # noqa: E402
 from mechpatch.config import load_config  # noqa: E402
 from mechpatch.errors import MechpatchError  # noqa: E402
 from mechpatch.patching import sweep  # noqa: E402
 from mechpatch.patching.metrics import LogitDiff  # noqa: E402
+from mechpatch.prompts import PromptPair  # noqa: E402
 from mechpatch.report import write_json, write_report  # noqa: E402
 from mechpatch.tasks import make_task  # noqa: E402
 

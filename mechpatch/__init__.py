@@ -5,7 +5,7 @@ but for one import at the end: :mod:`mechpatch.display`, the output layer, which
 notebook display (their figures come from the plotting modules, imported only when one is shown).
 """
 
-from mechpatch.cache import PromptPair, SiteCache, cache_activations, make_pair
+from mechpatch.cache import SiteCache, cache_activations
 from mechpatch.errors import (
     DeviceError,
     EmptyInputError,
@@ -20,6 +20,7 @@ from mechpatch.errors import (
     UnsupportedSiteError,
 )
 from mechpatch.model import HookedModel, load_model
+from mechpatch.prompts import PromptPair, make_pair
 from mechpatch.sites import (
     Attn,
     Embed,

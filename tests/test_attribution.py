@@ -9,13 +9,13 @@ import torch
 from mechpatch import zoo
 from mechpatch.attribution import AttributionError, agreement, atp, attribute, edge_attribution, verify
 from mechpatch.attribution.verify import binomial_upper_bound
-from mechpatch.cache import PromptPair
 from mechpatch.circuit.discovery import DISCOVERY, discover
 from mechpatch.circuit.edges import edge_patch, layout
 from mechpatch.errors import SiteOutOfRangeError
 from mechpatch.model import load_model
 from mechpatch.patching import Interpolate, Mean, Replace, Resample, Zero, run_patches, sweep
 from mechpatch.patching.metrics import KLDivergence
+from mechpatch.prompts import PromptPair
 from mechpatch.sites import Attn, Embed, Head, HeadResult, Key, Mlp, Neuron, Pattern, PosEmbed, Query, Resid, Value
 from mechpatch.tasks import make_task
 from tests.conftest import _gpt2_hf, native_config, perturb

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mechpatch.cache import cache_activations, estimate_cache_bytes, make_pair, parse_bytes
+from mechpatch.cache import cache_activations, estimate_cache_bytes, parse_bytes
 from mechpatch.errors import (
     EmptyInputError,
     GatedHookError,
@@ -11,6 +11,7 @@ from mechpatch.errors import (
     SiteOutOfRangeError,
     TokenizerError,
 )
+from mechpatch.prompts import make_pair
 from mechpatch.sites import (
     Attn,
     Embed,

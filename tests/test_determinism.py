@@ -16,10 +16,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from mechpatch.cache import make_pair
 from mechpatch.circuit.edges import edge_patch, layout
 from mechpatch.cli import main
 from mechpatch.patching import Mean, run_patches, sweep
+from mechpatch.prompts import make_pair
 from mechpatch.sites import Head, Mlp, Resid
 from tests.conftest import native_config, perturb
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mechpatch.cache import make_pair
 from mechpatch.circuit.discovery import acdc
 from mechpatch.interactions import InteractionModel
 from mechpatch.patching import sweep
 from mechpatch.patching.metrics import KLDivergence
+from mechpatch.prompts import make_pair
 from mechpatch.runs.sweep import SweepRun
 from tests.runs.test_report_browser import check, chromium, render  # noqa: F401  (chromium: a fixture)
 

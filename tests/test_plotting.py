@@ -5,9 +5,9 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from mechpatch.cache import make_pair
 from mechpatch.patching import sweep
 from mechpatch.plotting import heatmap, patch_heatmap
+from mechpatch.prompts import make_pair
 
 
 def test_importing_the_engine_does_not_import_plotly():

@@ -39,7 +39,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from mechpatch.attribution.base import AtpRun, AttributionError, AttributionResult
-from mechpatch.cache import DEFAULT_MEMORY_BUDGET, GRADIENT_BUDGET_SHARE, PromptPair
+from mechpatch.cache import DEFAULT_MEMORY_BUDGET, GRADIENT_BUDGET_SHARE
 from mechpatch.errors import choices
 from mechpatch.model import HookedModel, hook_shape
 from mechpatch.patching import fast
@@ -51,6 +51,7 @@ from mechpatch.patching.plan import PatchPlan, compile_plan
 from mechpatch.patching.results import PatchResult
 from mechpatch.patching.interventions import check_direction
 from mechpatch.patching.sweeps import Grid, make_grid
+from mechpatch.prompts import PromptPair
 from mechpatch.sites import Attn, Head, HeadResult, Key, Mlp, Neuron, Pattern, Query, Site, Value
 
 BACKENDS = ("auto", "functional", "bridge")

@@ -20,9 +20,9 @@ import torch
 from torch import Tensor
 
 from mechpatch.attribution.base import AttributionError, AttributionResult
-from mechpatch.cache import PromptPair
 from mechpatch.model import HookedModel
 from mechpatch.patching.engine import run_patches
+from mechpatch.prompts import PromptPair
 
 
 @dataclass(frozen=True)

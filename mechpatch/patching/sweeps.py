@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 
-from mechpatch.cache import PromptPair
 from mechpatch.errors import (
     EmptyInputError,
     InvalidArgumentError,
@@ -34,6 +33,7 @@ from mechpatch.patching.engine import run_patches
 from mechpatch.patching.interventions import Intervention, Replace, check_direction
 from mechpatch.patching.metrics import Metric, as_metric
 from mechpatch.patching.results import PatchResult
+from mechpatch.prompts import PromptPair
 from mechpatch.sites import (
     Attn,
     Head,

@@ -327,8 +327,8 @@ def _plan(cfg: SweepConfig, model: Any, store: RunStore) -> tuple[RunPlan, _Prep
 def _probe(cfg: SweepConfig, model: Any, cell: tuple, batch: Any, metric: Any, method: str) -> None:
     """Run one cell on (at most) two prompts through the engine, as the sweep will: the metric, the
     intervention and the engine method are checked on real outputs before anything is written."""
-    from mechpatch.cache import PromptPair
     from mechpatch.patching.sweeps import Grid, sweep
+    from mechpatch.prompts import PromptPair
 
     pair, k = batch.pair, min(2, batch.pair.n_prompts)
     small = PromptPair(pair.clean[:k], pair.corrupted[:k], None if pair.answers is None else pair.answers[:k])
@@ -347,7 +347,7 @@ def _resolve_method(model: Any, method: str) -> str:
 
 def _prompts(cfg: SweepConfig, model: Any) -> tuple[list[Any], Any, dict[str, Any]]:
     """The prompt batches (TaskBatch-like: ``.pair``, ``.seq_len``), the metric, and a description."""
-    from mechpatch.cache import make_pair
+    from mechpatch.prompts import make_pair
 
     if cfg.task is not None:
         from mechpatch.runs.plan import build_task

@@ -13,10 +13,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechpatch.cache import PromptPair
 from mechpatch.errors import EmptyInputError, MechpatchError, ShapeMismatchError, choices
 from mechpatch.model import HookedModel
 from mechpatch.patching.metrics import Metric, Readout
+from mechpatch.prompts import PromptPair
 
 
 class TaskError(MechpatchError, ValueError):

@@ -5,7 +5,6 @@ import random
 import pytest
 import torch
 
-from mechpatch.cache import make_pair
 from mechpatch.errors import (
     EmptyInputError,
     InvalidArgumentError,
@@ -28,6 +27,7 @@ from mechpatch.patching import (
     sweep,
 )
 from mechpatch.patching.fast import FastPathUnavailable
+from mechpatch.prompts import make_pair
 from mechpatch.sites import Attn, Embed, Head, HeadResult, Key, Mlp, Neuron, Pattern, PosEmbed, Query, Resid, Value
 
 TOL = dict(atol=1e-5, rtol=1e-5)

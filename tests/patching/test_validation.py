@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-from mechpatch.cache import PromptPair
 from mechpatch.errors import (
     EmptyInputError,
     InvalidArgumentError,
@@ -18,6 +17,7 @@ from mechpatch.patching import Grid, Interpolate, LogitDiff, make_grid, run_patc
 from mechpatch.patching.metrics import TokenLogProb
 from mechpatch.patching.paths import path_patch
 from mechpatch.patching.plan import _mask_index
+from mechpatch.prompts import PromptPair
 from mechpatch.sites import Head, Mlp, Query, Resid
 from tests.conftest import _gpt2_hf, native_config, perturb
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from mechpatch.cache import make_pair
 from mechpatch.patching import LogitDiff, run_patches
+from mechpatch.prompts import make_pair
 from mechpatch.sites import Head, Key, Mlp, Resid, Value
 
 pytestmark = pytest.mark.slow
