@@ -33,7 +33,8 @@ import torch  # noqa: E402
 from mechpatch import load_model, zoo  # noqa: E402
 from mechpatch.attribution import agreement, attribute, edge_attribution, verify  # noqa: E402
 from mechpatch.attribution.plot import scatter_figure  # noqa: E402
-from mechpatch.circuit.edges import edge_patch, layout  # noqa: E402
+from mechpatch.circuit.components import graph_layout  # noqa: E402
+from mechpatch.circuit.edges import edge_patch  # noqa: E402
 from mechpatch.config import load_config  # noqa: E402
 from mechpatch.errors import MechpatchError  # noqa: E402
 from mechpatch.patching import sweep  # noqa: E402
@@ -123,7 +124,7 @@ def compare_nodes(model, pair, metric, kinds, top_k):
 
 def compare_edges(model, pair, metric, sample, steps, top_k, seed):
     """Exact single-edge ablations (every edge, or a uniform sample) and EAP / EAP-IG scores."""
-    lay = layout(model)
+    lay = graph_layout(model.spec)
     edges = lay.edges
     if sample and sample < len(edges):
         edges = random.Random(seed).sample(edges, sample)
@@ -137,7 +138,7 @@ def compare_edges(model, pair, metric, sample, steps, top_k, seed):
     if len(edges) < lay.n_edges:
         out["seconds"]["exact (every edge, extrapolated)"] = round(exact_seconds * lay.n_edges / len(edges), 1)
     panels = {}
-    labels = [f"{s}->{r}" for s, r in edges]
+    labels = [e.label for e in edges]
     for name, ig in EDGE_METHODS.items():
         t = time.perf_counter()
         att = edge_attribution(model, pair.clean, metric, source=pair.corrupted, answers=pair.answers, ig=ig,

@@ -147,7 +147,7 @@ def main(argv=None) -> int:
             "circuit logit diff (every other edge ablated, exact)":
                 f"{kept:.3f} (full model {full:.3f}, corrupted {base:.3f}: "
                 f"{(kept - base) / (full - base):.0%} recovered)",
-            "circuit's strongest edges": ", ".join(f"{s}->{r}" for s, r in sorted(
+            "circuit's strongest edges": ", ".join(e.label for e in sorted(
                 res.edges, key=lambda e: -abs(res.scores[e]))[:10]),
             "discovery seconds": round(res.seconds, 1),
         })

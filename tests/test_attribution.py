@@ -10,7 +10,8 @@ from mechpatch import zoo
 from mechpatch.attribution import AttributionError, agreement, atp, attribute, edge_attribution, verify
 from mechpatch.attribution.verify import binomial_upper_bound
 from mechpatch.circuit.discovery import DISCOVERY, discover
-from mechpatch.circuit.edges import edge_patch, layout
+from mechpatch.circuit.components import as_edge, graph_layout
+from mechpatch.circuit.edges import edge_patch
 from mechpatch.errors import SiteOutOfRangeError
 from mechpatch.model import load_model
 from mechpatch.patching import Interpolate, Mean, Replace, Resample, Zero, run_patches, sweep
@@ -150,7 +151,7 @@ def test_agrees_with_transformer_lens(gpt2):
                else f"L{r.layer}H{r.head}.{r.kind[0]}")
         key = (sender[w.kind].format(layer=w.layer, head=w.head), rec)
         totals[key] = totals.get(key, 0.0) + v
-    eap = edge_attribution(gpt2, corr, "logit_diff", source=clean, answers=answers).edge_scores()
+    eap = _by_labels(edge_attribution(gpt2, corr, "logit_diff", source=clean, answers=answers).edge_scores())
     assert set(totals) == set(eap)
     for e, v in eap.items():
         assert math.isclose(v, totals[e], rel_tol=1e-4, abs_tol=2e-5), (e, v, totals[e])
@@ -215,7 +216,7 @@ def test_grad_drop_definition(gpt2, attn_only):
     last layer keep |AtP| (dropping layer 0 does not touch them, dropping their own layer is excluded)."""
     base, src, answers = _data(seed=5)
     r = atp(attn_only, base, [Head(0, h) for h in range(4)], "logit_diff", source=src, answers=answers, grad_drop=True)
-    eap = edge_attribution(attn_only, base, "logit_diff", source=src, answers=answers).edge_scores()
+    eap = _by_labels(edge_attribution(attn_only, base, "logit_diff", source=src, answers=answers).edge_scores())
     direct = torch.tensor([abs(eap[(f"L0H{h}", "logits")]) for h in range(4)])
     assert float(direct.max()) > 0.05
     torch.testing.assert_close(r.scores, direct, atol=1e-5, rtol=1e-4)
@@ -223,7 +224,7 @@ def test_grad_drop_definition(gpt2, attn_only):
 
     sites = [Mlp(0), Head(1, 2), Mlp(1), Resid(1, "post")]
     r = atp(gpt2, base, sites, "logit_diff", source=src, answers=answers, grad_drop=True)
-    eap = edge_attribution(gpt2, base, "logit_diff", source=src, answers=answers).edge_scores()
+    eap = _by_labels(edge_attribution(gpt2, base, "logit_diff", source=src, answers=answers).edge_scores())
     torch.testing.assert_close(r.scores[0], torch.tensor(abs(eap[("L0.mlp", "logits")])), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(r.scores[1:], r.estimates[1:].mean(1).abs(), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(r.dropped[0, 1:], r.estimates[1:].mean(1), atol=1e-6, rtol=1e-5)
@@ -277,9 +278,18 @@ def test_binomial_bound():
 # ----------------------------------------------------------------------------- EAP and EAP-IG
 
 
+def layout(model):
+    return graph_layout(model.spec)
+
+
+def _by_labels(scores):
+    """Edge -> score as (sender label, receiver label) -> score, the form TransformerLens's and the tests' keys take."""
+    return {(e.sender.label, e.receiver_label): v for e, v in scores.items()}
+
+
 def _edge_sample(lay, k, seed, later_only=True):
     """Random edges; ``later_only`` keeps receivers with more than one sender (layer >= 1, or logits)."""
-    edges = [e for e in lay.edges if not later_only or lay.receiver_layer[lay.receivers.index(e[1])] >= 1]
+    edges = [e for e in lay.edges if not later_only or lay.receiver_layer[lay.receiver_index(e.receiver, e.input)] >= 1]
     return random.Random(seed).sample(edges, k)
 
 
@@ -309,9 +319,9 @@ def test_eap_ig_completeness(gqa, ig):
     heads) as the path gets finer."""
     base, src, answers = _data(seed=8)
     lay = layout(gqa)
-    groups = {"input": [e for e in lay.edges if e[0] == "input"]}
+    groups = {"input": [e for e in lay.edges if e.sender.label == "input"]}
     if ig == "activations":
-        groups["L0 heads"] = [e for e in lay.edges if e[0].startswith("L0H")]
+        groups["L0 heads"] = [e for e in lay.edges if e.sender.label.startswith("L0H")]
     exact = edge_patch(gqa, base, list(groups.values()), "logit_diff", source=src, answers=answers)
     change = (exact.values - exact.base_values).mean(1)
     errors = []
@@ -346,7 +356,7 @@ def test_eap_on_gqa_and_attention_only(gqa, attn_only):
             assert bool((e.scores[~e.layout.valid] == 0).all()) and e.scores.abs().sum() > 0
             g = e.graph(model.spec, top_n=5)
             assert len(g.in_circuit_edges()) == 5 and g.meta["method"] == e.method
-    assert "L1G1.k" in layout(gqa).receivers
+    assert "L1G1.k" in layout(gqa).receiver_labels
 
 
 def test_edge_attribution_batching_and_ablations(gpt2):
@@ -367,7 +377,7 @@ def test_discovery_registry(induction):
     for name, kw in (("eap", {}), ("eap-ig", {"steps": 3}), ("eap", {"verify": True})):
         res = discover(name, model, batch.clean, metric, source=batch.corrupted, top_n=30, **kw)
         assert len(res.edges) == 30 and len(res.scores) == res.layout.n_edges
-        assert ("L0H2", "L1H0.k") in res.edges and ("L1H0", "logits") in res.edges  # the induction circuit
+        assert as_edge("L0H2->L1H0.k") in res.edges and as_edge("L1H0->logits") in res.edges  # the induction circuit
         final[name + ("+verify" if kw.get("verify") else "")] = res.final_metric
         if kw.get("verify"):
             assert len(res.meta["exact"]) == 60 and res.evaluations == 61
@@ -453,8 +463,7 @@ def test_per_position_eap_is_the_first_order_term_of_position_resolved_edge_patc
     scores = per.edge_scores()
     assert len(scores) == seq * layout(f64).n_edges
     rng = random.Random(2)
-    edges = [(f"{s}@{p}", f"{r}@{p}") for s, r in _edge_sample(layout(f64), 12, seed=3)
-             for p in [rng.randrange(seq)]]
+    edges = [e.at(p) for e in _edge_sample(layout(f64), 12, seed=3) for p in [rng.randrange(seq)]]
     eps = 1e-3
     values = [edge_patch(f64, base, [[e] for e in edges], "logit_diff", source=src, answers=answers,
                          alpha=sign * eps).values.double().mean(1) for sign in (1, -1)]
@@ -472,7 +481,7 @@ def test_position_resolved_discovery(induction):
     model, batch, metric = induction
     seq = batch.clean.shape[1]
     res = discover("eap", model, batch.clean, metric, source=batch.corrupted, top_n=40, per_position=True)
-    assert len(res.edges) == 40 and all("@" in s and "@" in r for s, r in res.edges)
+    assert len(res.edges) == 40 and all("@" in s and "@" in r for s, r in _by_labels(dict.fromkeys(res.edges)))
     assert len(res.scores) == seq * res.layout.n_edges
     again = float(circuit_metric(model, batch.clean, [list(res.edges)], metric, source=batch.corrupted)[0])
     assert res.final_metric == pytest.approx(again, abs=1e-5)
@@ -480,5 +489,5 @@ def test_position_resolved_discovery(induction):
     assert graph.n_pos == seq and len(graph.in_circuit_edges()) == 40
     # the induction head's logits edges at the positions the metric reads are kept; at the others they score 0
     read = set(metric.positions)
-    assert {f"L1H0@{p}" for p in read} & {s for s, r in res.edges if r.startswith("logits")}
-    assert all(v == 0 for (s, r), v in res.scores.items() if r.startswith("logits@") and int(r[7:]) not in read)
+    assert {f"L1H0@{p}" for p in read} & {s for s, r in _by_labels(dict.fromkeys(res.edges)) if r.startswith("logits")}
+    assert all(v == 0 for (s, r), v in _by_labels(res.scores).items() if r.startswith("logits@") and int(r[7:]) not in read)

@@ -16,7 +16,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from mechpatch.circuit.edges import edge_patch, layout
+from mechpatch.circuit.components import graph_layout
+from mechpatch.circuit.edges import edge_patch
 from mechpatch.cli import main
 from mechpatch.patching import Mean, run_patches, sweep
 from mechpatch.prompts import make_pair
@@ -82,7 +83,7 @@ def _run_patches(model, pair):
 
 def _edge_patch(model, pair):
     rng = random.Random(0)
-    edges = layout(model).edges
+    edges = graph_layout(model.spec).edges
     sets = [[], [rng.choice(edges)]] + [rng.sample(edges, 6) for _ in range(6)]
     run = edge_patch(model, pair.clean, sets, "logit_diff", source=pair.corrupted, answers=pair.answers,
                      progress=False)

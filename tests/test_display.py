@@ -74,7 +74,7 @@ def test_discovery_table_reports_the_search(results):
     assert f"full {found.full_metric:.4g} -&gt; circuit {found.final_metric:.4g}" in page
     assert page.count("<tr><td>") == 3 and f"... and {len(found.edges) - 3} more circuit edges" in page
     strongest = max(found.edges, key=lambda e: abs(found.scores[e]))
-    assert page.index(f"{strongest[0]}-&gt;{strongest[1]}") < page.index("... and")
+    assert page.index(strongest.label.replace(">", "&gt;")) < page.index("... and")
 
 
 def test_ipython_display_outside_a_kernel_shows_text_only(results, monkeypatch):

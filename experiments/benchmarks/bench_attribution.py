@@ -35,7 +35,8 @@ import torch  # noqa: E402
 
 from mechpatch import load_model, zoo  # noqa: E402
 from mechpatch.attribution import agreement, atp, edge_attribution  # noqa: E402
-from mechpatch.circuit.edges import edge_patch, layout  # noqa: E402
+from mechpatch.circuit.components import graph_layout  # noqa: E402
+from mechpatch.circuit.edges import edge_patch  # noqa: E402
 from mechpatch.patching import run_patches  # noqa: E402
 from mechpatch.patching.metrics import LogitDiff  # noqa: E402
 from mechpatch.patching.sweeps import make_grid  # noqa: E402
@@ -86,7 +87,7 @@ def bench_nodes(model, clean, corrupted, answers, metric):
 
 
 def bench_edges(model, clean, corrupted, answers, metric, sample):
-    lay = layout(model)
+    lay = graph_layout(model.spec)
     edges = lay.edges
     if sample and sample < len(edges):
         edges = random.Random(0).sample(edges, sample)

@@ -35,7 +35,8 @@ from torch import Tensor
 from mechpatch.attribution.base import AttributionError
 from mechpatch.attribution.nodes import grad_ready
 from mechpatch.cache import DEFAULT_MEMORY_BUDGET, GRADIENT_BUDGET_SHARE, parse_bytes
-from mechpatch.circuit.edges import EdgeLayout, edge_patch, layout, make_runner
+from mechpatch.circuit.components import Edge, GraphLayout, graph_layout
+from mechpatch.circuit.edges import edge_patch, make_runner
 from mechpatch.circuit.edges import _setup as edge_setup
 from mechpatch.errors import choices
 from mechpatch.model import HookedModel
@@ -56,7 +57,7 @@ class EdgeAttribution:
     """
 
     scores: Float[Tensor, "*pos sender receiver"]  # [pos, sender, receiver] with per_position
-    layout: EdgeLayout
+    layout: GraphLayout
     base_values: Float[Tensor, " prompt"]
     method: str  # "eap", "eap-ig-inputs", "eap-ig-activations"
     metric: str
@@ -71,17 +72,13 @@ class EdgeAttribution:
         """Positions of position-resolved scores (``per_position=True``), else None."""
         return int(self.scores.shape[0]) if self.scores.ndim == 3 else None
 
-    def edge_scores(self) -> dict[tuple[str, str], float]:
-        """Every edge (sender, receiver) -> its score, in the layout's edge order (position-resolved: labels
-        ``@p``, position-major as :class:`~mechpatch.circuit.components.GraphLayout` orders them)."""
-        lay = self.layout
-        idx = torch.nonzero(lay.valid.T).tolist()
-        if self.n_pos is None:
-            return {(lay.senders[s], lay.receivers[r]): float(self.scores[s, r]) for r, s in idx}
-        return {(f"{lay.senders[s]}@{p}", f"{lay.receivers[r]}@{p}"): float(self.scores[p, s, r])
-                for p in range(self.n_pos) for r, s in idx}
+    def edge_scores(self) -> dict[Edge, float]:
+        """Every edge -> its score, in the layout's edge order (position-resolved: edges at each position,
+        position-major as :class:`~mechpatch.circuit.components.GraphLayout` orders them)."""
+        lay = graph_layout(self.layout.spec, self.n_pos)
+        return dict(zip(lay.edges, self.scores.reshape(-1)[lay.flat_indices()].tolist()))
 
-    def ranked(self, absolute: bool = True) -> list[tuple[str, str]]:
+    def ranked(self, absolute: bool = True) -> list[Edge]:
         """Edges best first (by |score|, or by signed score with ``absolute=False``)."""
         scores = self.edge_scores()
         return sorted(scores, key=lambda e: abs(scores[e]) if absolute else scores[e], reverse=True)
@@ -146,13 +143,13 @@ def _split_forward(fm: F_.FunctionalModel, resid: Tensor, readout: Readout, prob
     return logits, outs, probes
 
 
-def _stage_of_sender(lay: EdgeLayout, fm: F_.FunctionalModel) -> list[int]:
+def _stage_of_sender(lay: GraphLayout, fm: F_.FunctionalModel) -> list[int]:
     """Stage index (see :func:`_stages`) of each sender."""
     out = []
     for s, layer in zip(lay.senders, lay.sender_layer):
         if layer < 0:
             out.append(0)
-        elif s.endswith(".mlp"):
+        elif s.kind == "mlp":
             out.append(2 + 2 * layer)
         else:
             out.append(1 + (layer if fm.attn_only else 2 * layer))
@@ -226,7 +223,7 @@ def edge_attribution(
         raise AttributionError(
             "KL divergence to the base run is at its minimum there: its gradient is zero, so plain EAP scores every "
             "edge 0; use EAP-IG (ig='inputs' or 'activations'), or a task metric such as logit_diff")
-    lay = layout(model)
+    lay = graph_layout(model.spec)
     n, seq = base_t.shape
     if batch_size is None:
         budget = parse_bytes(memory_budget) or int(DEFAULT_MEMORY_BUDGET * GRADIENT_BUDGET_SHARE)
@@ -272,7 +269,7 @@ def _check_args(ig: Optional[str], steps: Any, batch_size: Any) -> None:
         raise AttributionError(f"batch_size must be a positive int or None; got {batch_size!r}")
 
 
-def _row_bytes(model: HookedModel, lay: EdgeLayout, seq: int) -> int:
+def _row_bytes(model: HookedModel, lay: GraphLayout, seq: int) -> int:
     """Transient memory of one row (a prompt at one path point) of a forward+backward pass."""
     s = model.spec
     elem = torch.tensor([], dtype=model.dtype).element_size()
@@ -284,7 +281,7 @@ def _row_bytes(model: HookedModel, lay: EdgeLayout, seq: int) -> int:
 class _Passes:
     """The forwards and backwards of one edge attribution, counted."""
 
-    def __init__(self, fm: F_.FunctionalModel, lay: EdgeLayout, readout: Readout, metric: Metric, batch_size: int,
+    def __init__(self, fm: F_.FunctionalModel, lay: GraphLayout, readout: Readout, metric: Metric, batch_size: int,
                  dtype: torch.dtype) -> None:
         self.fm, self.lay, self.readout, self.metric = fm, lay, readout, metric
         self.batch_size, self.dtype, self.passes = batch_size, dtype, 0
@@ -387,7 +384,7 @@ def _discover(model: HookedModel, base: Any, metric: Any, *, source: Any, ablati
         forwards += run.forwards
         effect = dict(zip(cands, exact))
         kept = select(sorted(cands, key=lambda e: abs(effect[e]), reverse=True), effect)
-        meta["exact"] = {f"{s}->{r}": v for (s, r), v in effect.items()}
+        meta["exact"] = {e.label: v for e, v in effect.items()}
     else:
         kept = chosen
     kept_set = set(kept)

@@ -236,6 +236,9 @@ def _parse(text: str, what: str, forms: str) -> tuple[Node, Optional[str]]:
     if not isinstance(text, str):
         raise TypeError(f"a {what} label must be a string, not {type(text).__name__} {text!r}")
     m = _LABEL_RE.match(text.strip())
+    base, at, pos = text.strip().partition("@")
+    if m is None and at and _LABEL_RE.match(base) and not pos.isdigit():
+        raise UnknownSiteKindError(f"{text!r}: a position is '@' and a non-negative integer (e.g. 'L1H0.k@3')")
     if m is None:
         raise UnknownSiteKindError(f"cannot parse {what} {text!r}; valid forms: {forms}")
     pos = None if m["pos"] is None else int(m["pos"])
@@ -377,9 +380,37 @@ class GraphLayout:
             elif node.kind == "mlp":
                 self.feeds_same[r, self._s_of[node]] = True
         self.logits_index = R - 1
+        #: layer of each sender (``input``: -1) and of each receiver input (``logits``: n_layers)
+        self.sender_layer: tuple[int, ...] = tuple(-1 if n.layer is None else n.layer for n in senders)
+        self.receiver_layer: tuple[int, ...] = tuple(L if n.layer is None else n.layer for n, _ in receivers)
+        self._first_receiver = {(n.layer, inp or n.kind): i for i, (n, inp) in reversed(list(enumerate(receivers)))}
         #: [receiver]: whether a receiver input belongs to one head (a query, or k/v without GQA)
         self.head_port = torch.tensor([n.kind == "head" for n, _ in receivers])
         self._edges: Optional[tuple[Edge, ...]] = None
+
+    def receiver_span(self, layer: int, input: str) -> slice:
+        """The receiver indices of one layer's query (``"q"``), key (``"k"``) or value (``"v"``) inputs, its MLP
+        (``"mlp"``), or the logits (``"logits"``, any layer)."""
+        if input == "logits":
+            return slice(self.logits_index, self.logits_index + 1)
+        units = {"q": self.spec.n_heads, "k": self.spec.n_kv_heads, "v": self.spec.n_kv_heads, "mlp": 1}[input]
+        first = self._first_receiver[(layer, input)]
+        return slice(first, first + units)
+
+    def sender_span(self, layer: int, kind: str) -> slice:
+        """The sender indices of one layer's heads (``"head"``) or its MLP (``"mlp"``)."""
+        first = self._s_of[Node("head", layer, 0)]
+        return slice(first, first + self.spec.n_heads) if kind == "head" else slice(first + self.spec.n_heads,
+                                                                                    first + self.spec.n_heads + 1)
+
+    def locate(self, edge: EdgeLike) -> tuple[int, int, Optional[int]]:
+        """(sender index, receiver index, position or None) of an edge given at any position, or at none; its
+        nodes are checked against this model's shape (this layout's own ``n_pos`` aside)."""
+        e = as_edge(edge)
+        base = graph_layout(self.spec) if self.n_pos is not None else self
+        s = base.sender_index(e.sender.at(None))
+        r = base.receiver_index(e.receiver.at(None), e.input)
+        return s, r, e.pos
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -38,7 +38,8 @@ from torch import Tensor
 
 from mechpatch._progress import progress_bar
 from mechpatch.chunks import CheckpointError, ChunkStore
-from mechpatch.circuit.edges import EdgeError, EdgeLayout, make_runner
+from mechpatch.circuit.components import Edge, GraphLayout
+from mechpatch.circuit.edges import EdgeError, make_runner
 from mechpatch.circuit.result import DiscoveryResult
 from mechpatch.errors import choices
 from mechpatch.model import HookedModel
@@ -56,12 +57,12 @@ def _lower_is_better(metric: Metric) -> bool:
     return metric.name in LOWER_IS_BETTER or isinstance(metric, (KLDivergence, Loss))
 
 
-def _search_key(lay: EdgeLayout, metric: str, ablation: str) -> Tensor:
+def _search_key(lay: GraphLayout, metric: str, ablation: str) -> Tensor:
     """SHA-256 (as uint8 [32]) of what an ACDC state is about: the edge layout, the metric and the ablation."""
     import hashlib
     import json
 
-    digest = hashlib.sha256(json.dumps([list(lay.senders), list(lay.receivers), metric, ablation]).encode())
+    digest = hashlib.sha256(json.dumps([list(lay.sender_labels), list(lay.receiver_labels), metric, ablation]).encode())
     digest.update(lay.valid.to("cpu", torch.bool).contiguous().numpy().tobytes())
     return torch.frombuffer(bytearray(digest.digest()), dtype=torch.uint8)
 
@@ -172,7 +173,9 @@ def acdc(
     lay = runner.lay
     n_s, n_r = len(lay.senders), len(lay.receivers)
     removed = torch.zeros(n_s, n_r, dtype=torch.bool)
-    scores: dict[tuple[str, str], float] = {}
+    scores: dict[Edge, float] = {}
+    edge_of = {(s, r): e for e, s, r in zip(lay.edges, lay.edge_senders.tolist(), lay.edge_receivers.tolist())}
+    index_of = {e: sr for sr, e in edge_of.items()}
     sign = 1.0 if lower else -1.0
     counters = {"forwards": 0, "rows": 0}
 
@@ -190,21 +193,12 @@ def acdc(
 
     current = float(runner.base_values.mean())
     full_metric = current
-    # sender node -> receiver indices it feeds; a head node's receivers are its q, k and v inputs
-    node_of_receiver = [r.rsplit(".", 1)[0] if r[-2:] in (".q", ".k", ".v") else r for r in lay.receivers]
-    sender_index = {s: i for i, s in enumerate(lay.senders)}
     spec = model.spec
-    group = spec.n_heads // spec.n_kv_heads
+    owners_of = lay.feeds_same | lay.feeds_kv  # [receiver, sender]: the nodes whose input a receiver input is
 
     def receiver_senders(r: int) -> list[int]:
         """Sender nodes whose output a receiver input belongs to (a GQA k/v input serves a group of heads)."""
-        node = node_of_receiver[r]
-        if node in sender_index:
-            return [sender_index[node]]
-        if "G" in node:  # L{l}G{g}: the heads of group g
-            layer, g = node[1:].split("G")
-            return [sender_index[f"L{layer}H{h}"] for h in range(int(g) * group, (int(g) + 1) * group)]
-        return []  # logits
+        return torch.nonzero(owners_of[r]).flatten().tolist()
 
     order = list(range(n_r - 1, -1, -1))
     first, seconds_before = 0, 0.0  # the next position in order, and the time earlier attempts took
@@ -224,7 +218,7 @@ def acdc(
             for r in order[:first]:  # the order the search scored them in: receivers, then senders, latest first
                 for s in range(n_s - 1, -1, -1):
                     if scored[s, r]:
-                        scores[(lay.senders[s], lay.receivers[r])] = float(saved[s, r])
+                        scores[edge_of[(s, r)]] = float(saved[s, r])
     last_save, save_cost = time.perf_counter(), 0.0
 
     def save(position: int) -> None:
@@ -232,9 +226,9 @@ def acdc(
         t = time.perf_counter()
         values = torch.full((n_s, n_r), math.nan, dtype=torch.float64)
         scored = torch.zeros(n_s, n_r, dtype=torch.bool)
-        for (s, r), v in scores.items():
-            values[sender_index[s], receiver_index[r]] = v
-            scored[sender_index[s], receiver_index[r]] = True
+        for e, v in scores.items():
+            values[index_of[e]] = v
+            scored[index_of[e]] = True
         chunks.save_chunk(CHECKPOINT_GROUP, 0, {
             **fixed, "removed": removed.clone(), "scores": values, "scored": scored,
             "current": torch.tensor([current], dtype=torch.float64), "next": torch.tensor([position]),
@@ -243,7 +237,6 @@ def acdc(
         last_save = time.perf_counter()
         save_cost = last_save - t
 
-    receiver_index = {r: i for i, r in enumerate(lay.receivers)}
     for position in progress_bar(range(first, len(order)), total=len(order), initial=first,
                                  desc=f"ACDC ({search})", unit="receiver",
                                  enabled=progress if progress is not None else True):
@@ -264,7 +257,7 @@ def acdc(
                 m[cands[i], r] = True
                 v = float(evaluate(m[None], 0)[0])
                 damage = sign * (v - current)
-                scores[(lay.senders[cands[i]], lay.receivers[r])] = damage
+                scores[edge_of[(cands[i], r)]] = damage
                 if damage < tau:
                     removed[cands[i], r] = True
                     current = v
@@ -281,7 +274,7 @@ def acdc(
             hit = True
             for j, s in enumerate(chunk):
                 damage = sign * (float(vals[j]) - current)
-                scores[(lay.senders[s], lay.receivers[r])] = damage
+                scores[edge_of[(s, r)]] = damage
                 i += 1
                 remove = damage < tau
                 if remove:
@@ -294,7 +287,7 @@ def acdc(
     if chunks is not None and first < len(order):
         save(len(order))
     kept_mask = lay.valid & ~removed
-    kept = tuple((lay.senders[int(s)], lay.receivers[int(r)]) for r, s in torch.nonzero(kept_mask.T))
+    kept = tuple(edge_of[(int(s), int(r))] for r, s in torch.nonzero(kept_mask.T))
     for e in lay.edges:
         scores.setdefault(e, float("nan"))
     return DiscoveryResult(

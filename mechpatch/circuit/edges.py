@@ -29,135 +29,55 @@ from torch import Tensor
 
 from mechpatch._progress import progress_bar
 from mechpatch.cache import as_tokens
-from mechpatch.circuit.components import CircuitError
-from mechpatch.errors import EmptyInputError, ShapeMismatchError, choices
+from mechpatch.circuit.components import CircuitError, EdgeLike, GraphLayout, as_edge, graph_layout
+from mechpatch.errors import EmptyInputError, MechpatchError, ShapeMismatchError, choices
 from mechpatch.model import HookedModel
 from mechpatch.patching import fast
 from mechpatch.patching import functional as F_
 from mechpatch.patching.metrics import Metric, Readout, as_metric, readout_positions
 
 ABLATIONS = ("corrupted", "zero", "mean")
-#: an edge: (sender, receiver) labels, or "sender->receiver"; position-resolved with "@p" at both ends
-EdgeLike = Union[tuple[str, str], str]
 
 
 class EdgeError(CircuitError):
     """An unknown edge, a sender that does not precede its receiver, or a bad ablation setting."""
 
 
-@dataclass(frozen=True)
-class EdgeLayout:
-    """Senders and receivers of a model's edge graph, in topological order, and which pairs are edges.
-
-    Senders: ``input``, then per layer its heads (``L{l}H{h}``) and its MLP (``L{l}.mlp``). Receivers:
-    per layer each head's ``.q``, each key/value input's ``.k`` and ``.v`` (per head, or per group in
-    GQA models), the MLP (``L{l}.mlp``), then ``logits``. ``valid[s, r]`` says whether s precedes r.
-    """
-
-    senders: tuple[str, ...]
-    receivers: tuple[str, ...]
-    valid: Bool[Tensor, "sender receiver"]
-    sender_layer: tuple[int, ...]  # -1 for input
-    receiver_layer: tuple[int, ...]  # n_layers for logits
-
-    @property
-    def edges(self) -> list[tuple[str, str]]:
-        """Every edge (sender, receiver), receivers in topological order, senders in order within each."""
-        idx = torch.nonzero(self.valid.T)
-        return [(self.senders[int(s)], self.receivers[int(r)]) for r, s in idx]
-
-    @property
-    def n_edges(self) -> int:
-        return int(self.valid.sum())
-
-    def mask(self, edges: Sequence[EdgeLike]) -> Bool[Tensor, "sender receiver"]:
-        """The [sender, receiver] boolean mask of ``edges`` (pairs of labels, or "s->r" strings)."""
-        m = torch.zeros(self.valid.shape, dtype=torch.bool)
-        for s, r, pos in self.parse(edges):
-            if pos is not None:
-                raise EdgeError(f"{self.senders[s]}@{pos}->{self.receivers[r]}@{pos} is position-resolved; use "
-                                "position_mask (or edge_patch, which takes both)")
-            m[s, r] = True
-        return m
-
-    def position_mask(self, edges: Sequence[EdgeLike], n_pos: int) -> Bool[Tensor, "pos sender receiver"]:
-        """The [pos, sender, receiver] mask of ``edges``: an edge labelled ``@p`` at both ends
-        (``L0H2@3->L1H0.k@3``) is marked at position p only, an edge without positions at every position."""
-        m = torch.zeros(n_pos, *self.valid.shape, dtype=torch.bool)
-        for s, r, pos in self.parse(edges):
-            if pos is not None and pos >= n_pos:
-                raise EdgeError(f"{self.senders[s]}@{pos}->{self.receivers[r]}@{pos}: position {pos} is out of "
-                                f"range for prompts of {n_pos} tokens (valid: 0..{n_pos - 1})")
-            m[slice(None) if pos is None else pos, s, r] = True
-        return m
-
-    def parse(self, edges: Sequence[EdgeLike]) -> list[tuple[int, int, Optional[int]]]:
-        """(sender index, receiver index, position or None) of each edge, validated."""
-        s_idx = {s: i for i, s in enumerate(self.senders)}
-        r_idx = {r: i for i, r in enumerate(self.receivers)}
-        out = []
-        for e in edges:
-            s, r = e.split("->") if isinstance(e, str) else e
-            (s, ps), (r, pr) = _split_pos(s), _split_pos(r)
-            if ps != pr:
-                raise EdgeError(f"{e!r}: both ends of an edge are at one position (the residual stream is per "
-                                "position); got sender @%s, receiver @%s" % (ps, pr))
-            if s not in s_idx:
-                raise EdgeError(f"unknown sender {s!r}; valid: {choices(self.senders[:8])}, ...")
-            if r not in r_idx:
-                raise EdgeError(f"unknown receiver {r!r}; valid: {choices(self.receivers[:8])}, ...")
-            if not self.valid[s_idx[s], r_idx[r]]:
-                raise EdgeError(f"{s} does not precede {r}: not an edge")
-            out.append((s_idx[s], r_idx[r], ps))
-        return out
+def locate(lay: GraphLayout, edge: EdgeLike, n_pos: Optional[int] = None) -> tuple[int, int, Optional[int]]:
+    """(sender index, receiver index, position or None) of ``edge`` in ``lay``; a bad edge raises :class:`EdgeError`
+    naming it (``n_pos``: the prompts' length, which a position must be below)."""
+    try:
+        e = as_edge(edge)
+    except (MechpatchError, TypeError) as exc:
+        raise EdgeError(str(exc)) from exc
+    try:
+        lay.sender_index(e.sender.at(None))
+    except MechpatchError as exc:
+        raise EdgeError(f"{e.label}: unknown sender {e.sender.base_label!r}: {exc}") from exc
+    try:
+        s, r, pos = lay.locate(e)
+    except MechpatchError as exc:
+        raise EdgeError(f"{e.label}: unknown receiver {e.receiver.port_label(e.input)!r}: {exc}") from exc
+    if pos is not None and n_pos is not None and pos >= n_pos:
+        raise EdgeError(f"{e.label}: position {pos} is out of range for prompts of {n_pos} tokens "
+                        f"(valid: 0..{n_pos - 1})")
+    return s, r, pos
 
 
-def has_positions(edges: Sequence[EdgeLike]) -> bool:
-    """Whether any of ``edges`` is position-resolved (``@p`` in its label); a string check, no validation."""
-    return any("@" in (e if isinstance(e, str) else e[0]) for e in edges)
-
-
-def _split_pos(label: str) -> tuple[str, Optional[int]]:
-    """``"L1H0.k@3"`` -> ``("L1H0.k", 3)``; no ``@``: position None."""
-    base, at, pos = label.strip().partition("@")
-    if not at:
-        return base, None
-    if not pos.isdigit():
-        raise EdgeError(f"{label!r}: a position is '@' and a non-negative integer (e.g. 'L1H0.k@3')")
-    return base, int(pos)
-
-
-def layout(model: HookedModel) -> EdgeLayout:
-    """The edge layout of ``model`` (see :class:`EdgeLayout`)."""
-    spec = model.spec
-    L, H, G = spec.n_layers, spec.n_heads, spec.n_kv_heads
-    has_mlp = not spec.attn_only
-    senders, s_layer, s_is_mlp = ["input"], [-1], [False]
-    receivers, r_layer, r_is_mlp = [], [], []
-    kv = [f"H{h}" for h in range(H)] if G == H else [f"G{g}" for g in range(G)]
-    for layer in range(L):
-        senders += [f"L{layer}H{h}" for h in range(H)]
-        s_layer += [layer] * H
-        s_is_mlp += [False] * H
-        recs = [f"L{layer}H{h}.q" for h in range(H)] + [f"L{layer}{u}.k" for u in kv] + [f"L{layer}{u}.v" for u in kv]
-        receivers += recs
-        r_layer += [layer] * len(recs)
-        r_is_mlp += [False] * len(recs)
-        if has_mlp:
-            senders.append(f"L{layer}.mlp")
-            s_layer.append(layer)
-            s_is_mlp.append(True)
-            receivers.append(f"L{layer}.mlp")
-            r_layer.append(layer)
-            r_is_mlp.append(True)
-    receivers.append("logits")
-    r_layer.append(L)
-    r_is_mlp.append(False)
-    sl, rl = torch.tensor(s_layer), torch.tensor(r_layer)
-    smlp, rmlp = torch.tensor(s_is_mlp), torch.tensor(r_is_mlp)
-    # a head sender of layer l feeds the same layer's MLP; an MLP sender only later layers
-    valid = (sl[:, None] < rl[None, :]) | ((sl[:, None] == rl[None, :]) & rmlp[None, :] & ~smlp[:, None])
-    return EdgeLayout(tuple(senders), tuple(receivers), valid, tuple(s_layer), tuple(r_layer))
+def edge_masks(lay: GraphLayout, edge_sets: Sequence[Sequence[EdgeLike]], n_pos: int
+               ) -> Union[Bool[Tensor, "variant sender receiver"], Bool[Tensor, "variant pos sender receiver"]]:
+    """Sets of edges as masks [variant, sender, receiver] of ``lay``, or [variant, pos, sender, receiver] over prompts
+    of ``n_pos`` tokens when any edge is position-resolved (marked at its position only; the others at every one)."""
+    located = [[locate(lay, e, n_pos) for e in es] for es in edge_sets]
+    resolved = any(pos is not None for es in located for _, _, pos in es)
+    m = torch.zeros(len(located), *((n_pos,) if resolved else ()), *lay.valid.shape, dtype=torch.bool)
+    for v, es in enumerate(located):
+        for s, r, pos in es:
+            if resolved:
+                m[v, slice(None) if pos is None else pos, s, r] = True
+            else:
+                m[v, s, r] = True
+    return m
 
 
 @dataclass(frozen=True)
@@ -175,7 +95,7 @@ class EdgeRun:
 class _Runner:
     """Cached base run + ablated sender outputs; evaluates chunks of masks."""
 
-    def __init__(self, model: HookedModel, lay: EdgeLayout, base: Tensor, source: Optional[Tensor],
+    def __init__(self, model: HookedModel, lay: GraphLayout, base: Tensor, source: Optional[Tensor],
                  ablation: str, metric: Metric, readout: Readout, alpha: float = 1.0) -> None:
         self.fm = fast.weights(model)
         self.lay, self.base, self.metric, self.readout = lay, base, metric, readout
@@ -201,13 +121,13 @@ class _Runner:
         self.src_sum: dict[tuple[int, bool], Tensor] = {}
         for layer in range(fm.n_layers + 1):
             for s_i, s_layer in enumerate(lay.sender_layer):
-                if s_layer == layer - 1 and lay.senders[s_i].endswith(".mlp") or (layer == 0 and s_i == 0):
+                if s_layer == layer - 1 and lay.senders[s_i].kind == "mlp" or (layer == 0 and s_i == 0):
                     total = total + src_out[s_i]
             self.src_sum[(layer, False)] = total.clone()  # receivers of layer `layer`'s heads (or logits)
             if layer < fm.n_layers:
                 lw = fm.layers[layer]
                 heads = sum(src_out[i] for i, sl in enumerate(lay.sender_layer)
-                            if sl == layer and not lay.senders[i].endswith(".mlp"))
+                            if sl == layer and lay.senders[i].kind == "head")
                 total = total + heads + (lw.b_O if lw.b_O is not None else 0)
                 self.src_sum[(layer, True)] = total.clone()  # the same layer's MLP input
         self.n_in = lay.valid.sum(0)  # senders per receiver
@@ -218,7 +138,6 @@ class _Runner:
         With ``keep``, also every sender's output and each layer's input residual (unablated runs only).
         """
         fm, lay = self.fm, self.lay
-        H, G = fm.n_heads, fm.n_kv_heads
         n_s = len(lay.senders)
         cur: list[Optional[Tensor]] = [None] * n_s
         if start == 0:
@@ -250,25 +169,15 @@ class _Runner:
                 x = torch.where(full, exact, x)
             return x
 
-        first = {kind: lay.receivers.index(name) for kind, name in (("q", "L0H0.q"), ("logits", "logits"))}
-        per_layer = (first["logits"] - first["q"]) // max(1, fm.n_layers)  # receivers of one layer
-        span = {"q": (0, H), "k": (H, H + G), "v": (H + G, H + 2 * G), "mlp": (H + 2 * G, H + 2 * G + 1)}
-        heads = [lay.senders.index(f"L{layer}H0") for layer in range(fm.n_layers)]
-
         def read(layer: int, kind: str, x: Tensor) -> Optional[Tensor]:
-            if kind == "logits":
-                r0, r1 = first["logits"], first["logits"] + 1
-            else:
-                lo, hi = span[kind]
-                r0, r1 = first["q"] + layer * per_layer + lo, first["q"] + layer * per_layer + hi
-            return inputs(slice(r0, r1), (layer, kind == "mlp"), x)
+            return inputs(lay.receiver_span(layer, kind), (layer, kind == "mlp"), x)
 
         def write(layer: int, kind: str, out: Tensor) -> Tensor:
             if kind == "heads":
-                for h in range(H):
-                    cur[heads[layer] + h] = out[:, :, h]
+                for h, s in enumerate(range(*lay.sender_span(layer, "head").indices(n_s))):
+                    cur[s] = out[:, :, h]
             else:
-                cur[heads[layer] + H] = out
+                cur[lay.sender_span(layer, "mlp").start] = out
             return out
 
         resid_keep: Optional[list[Tensor]] = [] if keep else None
@@ -281,7 +190,7 @@ class _Runner:
         return logits, None, None
 
 
-def _as_masks(lay: EdgeLayout, edge_sets, n_pos: int) -> Union[Bool[Tensor, "variant sender receiver"],
+def _as_masks(lay: GraphLayout, edge_sets, n_pos: int) -> Union[Bool[Tensor, "variant sender receiver"],
                                                                 Bool[Tensor, "variant pos sender receiver"]]:
     """Edge sets as masks: [variant, sender, receiver], or [variant, pos, sender, receiver] when any edge is
     position-resolved (labels with ``@p``, or 4-d tensors)."""
@@ -298,9 +207,7 @@ def _as_masks(lay: EdgeLayout, edge_sets, n_pos: int) -> Union[Bool[Tensor, "var
     sets = [list(s) for s in edge_sets]
     if not sets:
         return torch.zeros(0, S, R, dtype=torch.bool)
-    if any(has_positions(es) for es in sets):
-        return torch.stack([lay.position_mask(es, n_pos) for es in sets])
-    return torch.stack([lay.mask(es) for es in sets])
+    return edge_masks(lay, sets, n_pos)
 
 
 def _setup(model, base, source, ablation, metric, answers, error: type = EdgeError):
@@ -342,11 +249,12 @@ def edge_patch(
     Args:
         model: a model the fast path supports (GPT-2, Llama, native TransformerLens; float32/64).
         base: the prompts run (the clean ones, for circuit discovery).
-        edge_sets: per variant, the ablated edges as (sender, receiver) labels or "s->r" strings, or
-            boolean masks [variant, sender, receiver] in :func:`layout` order. Position-resolved edges
-            (``"L0H2@3->L1H0.k@3"``, or masks [variant, pos, sender, receiver] over the prompt's positions)
-            are ablated at that position only: the receiver reads the sender's ablated output there and its
-            current output elsewhere. An edge without positions is ablated at every position.
+        edge_sets: per variant, the ablated edges: :class:`~mechpatch.circuit.components.Edge` values, labels
+            ``"s->r"`` or (sender, receiver) label pairs; or boolean masks [variant, sender, receiver] in
+            ``graph_layout(model.spec)`` order. Position-resolved edges (``"L0H2@3->L1H0.k@3"``, or masks
+            [variant, pos, sender, receiver] over the prompt's positions) are ablated at that position only: the
+            receiver reads the sender's ablated output there and its current output elsewhere. An edge without
+            positions is ablated at every position.
         metric: a Metric or name; KL divergence compares with the unablated base run.
         source: the corrupted prompts (for ``ablation="corrupted"``).
         ablation: "corrupted" (the sender's output on ``source``), "zero", or "mean" (over the base prompts).
@@ -363,7 +271,7 @@ def edge_patch(
     if (edge_sets.shape[0] if isinstance(edge_sets, Tensor) else len(edge_sets)) == 0:
         raise EmptyInputError("no edge sets given: give at least one set of edges to ablate (an empty set, [[]], "
                               "is the unablated run)")
-    lay = layout(model)
+    lay = graph_layout(model.spec)
     # check the edge sets against the prompts before running anything
     n_pos = runner.base.shape[1] if runner is not None else as_tokens(model, base).shape[1]
     masks = _as_masks(lay, edge_sets, n_pos)
@@ -398,12 +306,11 @@ def make_runner(model, base, metric, *, source=None, ablation="corrupted", answe
     base_t, src_t, metric, positions = _setup(model, base, source, ablation, metric, answers)
     readout = Readout(positions, None)
     with torch.inference_mode():
-        runner = _Runner(model, layout(model), base_t, src_t, ablation, metric, readout, float(alpha))
+        runner = _Runner(model, graph_layout(model.spec), base_t, src_t, ablation, metric, readout, float(alpha))
         prompt = torch.arange(base_t.shape[0], device=base_t.device)
         runner.metric = metric.bind(clean_logits=runner.base_logits)
         runner.base_values = runner.metric(runner.base_logits, prompt).cpu()
     return runner
 
 
-__all__ = ["ABLATIONS", "EdgeError", "EdgeLayout", "EdgeRun", "edge_patch", "has_positions",
-           "layout", "make_runner"]
+__all__ = ["ABLATIONS", "EdgeError", "EdgeRun", "edge_masks", "edge_patch", "locate", "make_runner"]

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from mechpatch.cache import as_tokens
-from mechpatch.circuit.edges import EdgeError, edge_patch, has_positions, layout, make_runner
+from mechpatch.circuit.components import EdgeLike, graph_layout
+from mechpatch.circuit.edges import EdgeError, edge_masks, edge_patch, locate, make_runner
 from mechpatch.model import HookedModel
 from mechpatch.patching.metrics import Metric
 
@@ -64,23 +65,16 @@ def _trapezoid(x: Sequence[float], y: Sequence[float]) -> float:
     return float(sum((x[i + 1] - x[i]) * (y[i] + y[i + 1]) / 2 for i in range(len(x) - 1)))
 
 
-def circuit_metric(model: HookedModel, base: Tensor, circuits: Sequence[Sequence[tuple[str, str]]], metric: Union[Metric, str],
+def circuit_metric(model: HookedModel, base: Tensor, circuits: Sequence[Sequence[EdgeLike]], metric: Union[Metric, str],
                    *, source: Optional[Tensor] = None, ablation: str = "corrupted", answers: Optional[Tensor] = None,
                    runner: Any = None) -> Tensor:
     """Mean metric of each circuit (every edge outside it ablated), one batched pass.
 
     Circuits of position-resolved edges (``L0H2@3->L1H0.k@3``) keep each edge at its position only: every
     edge at every other position is ablated."""
-    lay = layout(model)
-    if any(has_positions(list(c)) for c in circuits):
-        n_pos = as_tokens(model, base).shape[-1]
-        masks = lay.valid.expand(len(circuits), n_pos, *lay.valid.shape).clone()
-        for i, c in enumerate(circuits):
-            masks[i] &= ~lay.position_mask(list(c), n_pos)
-    else:
-        masks = torch.ones(len(circuits), *lay.valid.shape, dtype=torch.bool) & lay.valid
-        for i, c in enumerate(circuits):
-            masks[i] &= ~lay.mask(list(c))
+    lay = graph_layout(model.spec)
+    kept = edge_masks(lay, circuits, as_tokens(model, base).shape[-1])
+    masks = lay.valid.expand_as(kept) & ~kept
     run = edge_patch(model, base, masks, metric, source=source, ablation=ablation, answers=answers, runner=runner)
     return run.values.mean(1)
 
@@ -88,7 +82,7 @@ def circuit_metric(model: HookedModel, base: Tensor, circuits: Sequence[Sequence
 def faithfulness_curve(
     model: HookedModel,
     base: Tensor,
-    scores: Mapping[Union[tuple[str, str], str], float],
+    scores: Mapping[EdgeLike, float],
     metric: Union[Metric, str],
     *,
     source: Optional[Tensor] = None,
@@ -100,37 +94,35 @@ def faithfulness_curve(
     """Faithfulness of the top-scoring circuits at each size (fraction of all edges; at least one edge).
 
     Args:
-        scores: edge -> score, edges as (sender, receiver) or "sender->receiver" (e.g. a DiscoveryResult's
-            ``scores`` or a ComponentGraph's ``edge_scores()``); edges missing or NaN rank last. Position-resolved
+        scores: edge -> score, edges as Edge values, "sender->receiver" labels or (sender, receiver) pairs (e.g. a
+            DiscoveryResult's ``scores`` or a ComponentGraph's ``edge_scores()``); edges missing or NaN rank last. Position-resolved
             edges (``@p``) rank edges per position. An edge the model does not have is an error.
         absolute: rank edges by |score| (MIB's default) rather than by signed score.
     """
     sizes = tuple(float(s) for s in sizes)
     if not sizes or any(not 0 < s <= 1 for s in sizes) or list(sizes) != sorted(sizes):
         raise EdgeError(f"sizes must be increasing fractions in (0, 1]; got {sizes}")
-    lay = layout(model)
-    edges = lay.edges
-    scores = {(tuple(x.strip() for x in e.split("->", 1)) if isinstance(e, str) else tuple(e)): v
-              for e, v in scores.items()}
-    if has_positions(list(scores)):
-        n_pos = as_tokens(model, base).shape[-1]
-        edges = [(f"{s}@{p}", f"{r}@{p}") for p in range(n_pos) for s, r in edges]
-    unknown = set(scores) - set(edges)
-    if unknown:
-        first = min(unknown)
-        raise EdgeError(f"the scores name {len(unknown)} edge(s) this model's graph does not have, e.g. "
-                        f"{first[0]}->{first[1]} (edges look like 'L0H2->L1H0.k', position-resolved "
-                        f"'L0H2@3->L1H0.k@3' at positions 0..{as_tokens(model, base).shape[-1] - 1})")
+    n_pos = as_tokens(model, base).shape[-1]
+    lay = graph_layout(model.spec)
+    given = {locate(lay, e, n_pos): v for e, v in scores.items()}  # (sender, receiver, pos): every edge checked
+    resolved = any(pos is not None for _, _, pos in given)
+    if resolved and any(pos is None for _, _, pos in given):
+        raise EdgeError("the scores mix position-resolved edges ('@p') with edges at no position; give one kind")
+    pairs = list(zip(lay.edge_senders.tolist(), lay.edge_receivers.tolist()))
+    keys = [(s, r, p) for p in (range(n_pos) if resolved else [None]) for s, r in pairs]  # the canonical edge order
 
-    def key(e):
-        s = scores.get(e, float("nan"))
-        return -math.inf if s is None or math.isnan(s) else (abs(s) if absolute else s)
+    def key(k):
+        v = given.get(k)
+        return -math.inf if v is None or math.isnan(v) else (abs(v) if absolute else v)
 
-    ranked = sorted(edges, key=key, reverse=True)
-    counts = [max(1, math.ceil(s * len(edges))) for s in sizes]
-    circuits = [ranked[:k] for k in counts] + [[], list(edges)]
+    ranked = sorted(keys, key=key, reverse=True)
+    counts = [max(1, math.ceil(s * len(keys))) for s in sizes]
+    kept = torch.zeros(len(counts) + 2, *((n_pos,) if resolved else ()), *lay.valid.shape, dtype=torch.bool)
+    for i, k in enumerate(counts + [0, len(keys)]):  # each size, then the empty circuit and the full model
+        for s, r, p in ranked[:k]:
+            kept[(i, p, s, r) if resolved else (i, s, r)] = True
     runner = make_runner(model, base, metric, source=source, ablation=ablation, answers=answers)
-    values = circuit_metric(model, base, circuits, metric, runner=runner)
+    values = edge_patch(model, base, lay.valid.expand_as(kept) & ~kept, metric, runner=runner).values.mean(1)
     m_empty, m_full = float(values[-2]), float(values[-1])
     if m_full == m_empty:
         raise EdgeError("the full model and the empty circuit score the same on this metric: faithfulness is undefined")

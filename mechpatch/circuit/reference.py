@@ -12,7 +12,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechpatch.circuit.edges import EdgeError, EdgeLike, _setup, layout
+from mechpatch.circuit.components import EdgeLike, graph_layout
+from mechpatch.circuit.edges import _setup, locate
 from mechpatch.model import HookedModel
 from mechpatch.patching import fast
 from mechpatch.patching import functional as F_
@@ -35,7 +36,7 @@ def edge_patch_reference(
     everywhere) plus the biases; one head at a time. For testing :func:`edge_patch`."""
     base_t, src_t, metric, positions = _setup(model, base, source, ablation, metric, answers)
     fm = fast.weights(model)
-    lay = layout(model)
+    lay = graph_layout(model.spec)
     n, seq = base_t.shape
     H, G = fm.n_heads, fm.n_kv_heads
     pos_t = torch.arange(seq)
@@ -97,13 +98,12 @@ def edge_patch_reference(
         rows = []
         for es in edge_sets:
             ablated: dict[tuple[str, str], Tensor] = {}
-            for s_i, r_i, pos in lay.parse(list(es)):  # validates
-                at = ablated.setdefault((lay.senders[s_i], lay.receivers[r_i]), torch.zeros(seq, dtype=torch.bool))
+            for s_i, r_i, pos in [locate(lay, e, seq) for e in es]:  # validates
+                key = (lay.sender_labels[s_i], lay.receiver_labels[r_i])
+                at = ablated.setdefault(key, torch.zeros(seq, dtype=torch.bool))
                 if pos is None:
                     at[:] = True
                 else:
-                    if pos >= seq:
-                        raise EdgeError(f"position {pos} is out of range for prompts of {seq} tokens")
                     at[pos] = True
             logits, _ = run(base_t, ablated, abl_out)
             rows.append(metric(logits, torch.arange(n)).cpu())

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from mechpatch.circuit.edges import EdgeLayout
+from mechpatch.circuit.components import Edge, GraphLayout
 
 
 @dataclass(frozen=True)
@@ -17,9 +17,9 @@ class DiscoveryResult:
     was never evaluated), and what the search cost."""
 
     method: str
-    edges: tuple[tuple[str, str], ...]
-    scores: dict[tuple[str, str], float]
-    layout: EdgeLayout
+    edges: tuple[Edge, ...]
+    scores: dict[Edge, float]
+    layout: GraphLayout
     metric: str
     ablation: str
     params: dict[str, Any]
@@ -65,7 +65,7 @@ class DiscoveryResult:
         order = sorted(self.edges, key=lambda e: -abs(score[e]) if math.isfinite(score[e]) else math.inf)
         shown = order[:rows]
         edges = html_table(["circuit edge (by |score|)", "score"],
-                           [(f"{s}->{r}", f"{score[(s, r)]:.6g}") for s, r in shown])
+                           [(e.label, f"{score[e]:.6g}") for e in shown])
         more = len(self.edges) - len(shown)
         return (f"<p>{html.escape(repr(self))}</p><table>{head}</table>{edges}"
                 + (f"<p>... and {more} more circuit edges</p>" if more > 0 else ""))

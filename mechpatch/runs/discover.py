@@ -111,10 +111,10 @@ def plan_discover(cfg: DiscoverConfig, model: Any = None) -> Any:
 
 
 def _plan(cfg: DiscoverConfig, model: Any, b: Any, store: Any) -> Any:
-    from mechpatch.circuit.edges import layout
+    from mechpatch.circuit.components import graph_layout
     from mechpatch.runs.plan import RunPlan, check_memory, prompt_bytes, store_status
 
-    n_edges = layout(model).n_edges
+    n_edges = graph_layout(model.spec).n_edges
     n_pos = b.seq_len if cfg.per_position else 1
     memory = 3 * b.n_prompts * prompt_bytes(model, b.seq_len)  # EAP keeps gradients beside the activations
     check_memory(memory, f"discovery on {b.n_prompts} prompts of {b.seq_len} tokens")
@@ -161,16 +161,17 @@ def _run(cfg: DiscoverConfig, store: Any, say: Any, model: Any, task: Any, b: An
     summary: dict[str, Any] = {
         "model": repr(model), "task": repr(task), "method": res.method, "metric": res.metric, "ablation": cfg.ablation,
         "tau": cfg.tau, "per_position": cfg.per_position, "edges_total": len(res.scores), "edges_kept": len(res.edges),
-        "circuit": [f"{s}->{r}" for s, r in res.edges], "full_metric": res.full_metric,
+        "circuit": [e.label for e in res.edges], "full_metric": res.full_metric,
         "circuit_metric": res.final_metric, "forwards": res.forwards, "evaluations": res.evaluations,
         "discovery_seconds": round(res.seconds, 2),
         "faithfulness": dict(zip(map(str, curve.sizes), curve.faithfulness)),
         "CPR": curve.cpr, "CMD": curve.cmd, "outputs": outputs,
     }
     if cfg.model.startswith("tracr-"):
+        from mechpatch.circuit.components import as_edge
         from mechpatch.zoo.tracr import ground_truth_edges
 
-        truth = {(e["sender"], e["receiver"]) for e in ground_truth_edges(cfg.model)}
+        truth = {as_edge(e) for e in ground_truth_edges(cfg.model)}
         kept = set(res.edges)
         summary["ground_truth"] = {"edges": len(truth), "roc_auc": graph.roc_auc(truth),
                                    "precision": len(kept & truth) / max(1, len(kept)),

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mechpatch import zoo
+from mechpatch.circuit.components import as_edge
 from mechpatch.circuit.discovery import DISCOVERY, acdc, discover
 from mechpatch.circuit.edges import EdgeError, edge_patch
 from mechpatch.patching.metrics import KLDivergence
@@ -28,7 +29,7 @@ def test_acdc_recovers_tracr_ground_truth(name, search):
     model = zoo.load(name)
     task = make_task(name, model)
     (b,) = task.batches
-    truth = {(e["sender"], e["receiver"]) for e in ground_truth_edges(name)}
+    truth = {as_edge(e) for e in ground_truth_edges(name)}
     res = acdc(model, b.clean, task.metric, ablation="zero", tau=1e-4, search=search, progress=False)
     assert set(res.edges) == truth
     assert _auc(res.scores, truth) == 1.0  # ACDC's published edge AUC for both: 1.000
@@ -44,8 +45,8 @@ def test_acdc_finds_the_induction_circuit():
     task = make_task("induction", model, n=16, block=10, seed=0)
     (b,) = task.batches
     res = acdc(model, b.clean, task.metric, source=b.corrupted, tau=0.05, progress=False)
-    assert ("L0H2", "L1H0.k") in res.edges  # previous-token head -> induction head, via keys
-    assert ("L1H0", "logits") in res.edges
+    assert as_edge("L0H2->L1H0.k") in res.edges  # previous-token head -> induction head, via keys
+    assert as_edge("L1H0->logits") in res.edges
     assert len(res.edges) < res.layout.n_edges
     assert res.final_metric > res.full_metric - 0.5  # the circuit keeps most of the behaviour
 

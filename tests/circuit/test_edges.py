@@ -5,7 +5,8 @@ import random
 import pytest
 import torch
 
-from mechpatch.circuit.edges import EdgeError, edge_patch, layout
+from mechpatch.circuit.components import graph_layout
+from mechpatch.circuit.edges import EdgeError, edge_masks, edge_patch
 from mechpatch.circuit.reference import edge_patch_reference
 from mechpatch.patching import run_patches
 from mechpatch.patching.metrics import KLDivergence, LogitDiff
@@ -19,12 +20,21 @@ def _pair(seed=3, n=3, seq=6):
     return base, src, torch.randint(1, 100, (n, 2), generator=g)
 
 
+def layout(model):
+    return graph_layout(model.spec)
+
+
+def _pairs(lay):
+    """Every edge as a (sender label, receiver label) pair, one of the forms edge_patch takes."""
+    return [(e.sender.label, e.receiver_label) for e in lay.edges]
+
+
 def _random_sets(lay, k, seed):
     rng = random.Random(seed)
     edges = lay.edges
     sets = [[], [rng.choice(edges)]]
     sets += [rng.sample(edges, rng.randint(2, 12)) for _ in range(k)]
-    sets.append([e for e in edges if e[1] == "logits"])
+    sets.append([e for e in edges if e.receiver_label == "logits"])
     return sets
 
 
@@ -34,8 +44,8 @@ def test_layout_counts(gpt2, gqa, attn_only):
         lay = layout(model)
         kv = s.n_kv_heads
         mlp = 0 if s.attn_only else 1
-        assert len(lay.senders) == 1 + s.n_layers * (s.n_heads + mlp)
-        assert len(lay.receivers) == s.n_layers * (s.n_heads + 2 * kv + mlp) + 1
+        assert len(lay.sender_labels) == 1 + s.n_layers * (s.n_heads + mlp)
+        assert len(lay.receiver_labels) == s.n_layers * (s.n_heads + 2 * kv + mlp) + 1
         # independent count: each receiver's senders
         count = 0
         for layer in range(s.n_layers):
@@ -43,7 +53,7 @@ def test_layout_counts(gpt2, gqa, attn_only):
             count += before * (s.n_heads + 2 * kv) + (before + s.n_heads) * mlp
         count += len(lay.senders)
         assert lay.n_edges == count == len(lay.edges)
-    assert "L1G0.k" in layout(gqa).receivers and "L1H3.k" in layout(gpt2).receivers
+    assert "L1G0.k" in layout(gqa).receiver_labels and "L1H3.k" in layout(gpt2).receiver_labels
 
 
 @pytest.mark.parametrize("ablation", ["corrupted", "zero", "mean"])
@@ -75,7 +85,7 @@ def test_all_outgoing_edges_equal_node_patching(gpt2):
     base, src, answers = _pair(seed=5)
     lay = layout(gpt2)
     metric = LogitDiff(answers=answers)
-    sets = [[e for e in lay.edges if e[0] == name] for name in ("L0H1", "L1H3", "L0.mlp")]
+    sets = [[e for e in lay.edges if e.sender.label == name] for name in ("L0H1", "L1H3", "L0.mlp")]
     run = edge_patch(gpt2, base, sets, metric, source=src)
     node = run_patches(gpt2, base, [Head(0, 1), Head(1, 3), Mlp(0)], metric, source=src, method="reference")
     torch.testing.assert_close(run.values, node.values, atol=1e-5, rtol=1e-5)
@@ -123,7 +133,7 @@ def test_partial_ablation_interpolates(gpt2):
 
 
 def _at(edge, pos):
-    s, r = edge
+    s, r = edge if isinstance(edge, tuple) else (edge.sender.label, edge.receiver_label)
     return f"{s}@{pos}->{r}@{pos}"
 
 
@@ -135,11 +145,11 @@ def _random_positional_sets(lay, k, seq, seed):
     for _ in range(k):
         chosen = rng.sample(edges, rng.randint(2, 10))
         sets.append([_at(e, p) for e in chosen for p in rng.sample(range(seq), rng.randint(1, seq))]
-                    + [f"{s}->{r}" for s, r in rng.sample(edges, rng.randint(0, 2))])
+                    + [e.label for e in rng.sample(edges, rng.randint(0, 2))])
     # a receiver with every input ablated at one position (its exact sum there), and at every position
     r = "L1H2.q"
-    sets.append([_at(e, 3) for e in edges if e[1] == r])
-    sets.append([_at(e, p) for e in edges if e[1] == r for p in range(seq)])
+    sets.append([_at(e, 3) for e in edges if e.receiver_label == r])
+    sets.append([_at(e, p) for e in edges if e.receiver_label == r for p in range(seq)])
     return sets
 
 
@@ -171,7 +181,7 @@ def test_an_edge_at_every_position_is_the_unresolved_edge(gpt2):
     torch.testing.assert_close(last.values[0], whole.values[1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(last.values[1], last.base_values, atol=1e-6, rtol=0)
     # masks in the dense [variant, pos, sender, receiver] form give the same values
-    dense = torch.stack([lay.position_mask([_at(e, p) for p in range(seq)], seq) for e in edges])
+    dense = edge_masks(lay, [[_at(e, p) for p in range(seq)] for e in edges], seq)
     torch.testing.assert_close(edge_patch(gpt2, base, dense, metric, source=src).values, every.values)
 
 
@@ -186,7 +196,9 @@ def test_bad_position_resolved_edges(gpt2):
         edge_patch(gpt2, base, [[f"L0H1@{seq}->L1H0.k@{seq}"]], metric, source=src)
     with pytest.raises(EdgeError, match="non-negative integer"):
         edge_patch(gpt2, base, [["L0H1@x->L1H0.k@x"]], metric, source=src)
-    with pytest.raises(EdgeError, match="position_mask"):
+    from mechpatch.circuit.components import CircuitError
+
+    with pytest.raises(CircuitError, match="not position-resolved"):  # a dense mask of the graph has no pos axis
         lay.mask(["L0H1@1->L1H0.k@1"])
     from mechpatch.circuit.edges import _as_masks
     from mechpatch.errors import ShapeMismatchError

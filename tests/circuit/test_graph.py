@@ -140,17 +140,25 @@ def test_tracr_ground_truth_parses_into_edges(name):
     assert theirs == {(e.sender.label, e.receiver_label) for e in all_edges(spec)}
 
 
-def test_layout_equals_the_edge_patching_layout():
-    import mechpatch.circuit.edges as edges_mod
-    from mechpatch.model import HookedModel
-
+def test_spans_name_the_inputs_the_forward_reads_and_the_outputs_it_writes():
+    """Edge patching and EAP read each layer's receiver inputs and write its senders' outputs by span of the one
+    layout (there is no second layout whose order must match): the spans hold exactly the labelled units."""
     for spec in SPECS:
-        shell = HookedModel.__new__(HookedModel)  # layout() reads only the spec
-        shell.spec = spec
-        theirs = edges_mod.layout(shell)
-        ours = graph_layout(spec)
-        assert theirs.senders == ours.sender_labels and theirs.receivers == ours.receiver_labels
-        assert torch.equal(theirs.valid, ours.valid)
+        lay = graph_layout(spec)
+        kv = "G" if spec.is_gqa else "H"
+        for layer in range(spec.n_layers):
+            assert lay.receiver_labels[lay.receiver_span(layer, "q")] == tuple(
+                f"L{layer}H{h}.q" for h in range(spec.n_heads))
+            for inp in ("k", "v"):
+                assert lay.receiver_labels[lay.receiver_span(layer, inp)] == tuple(
+                    f"L{layer}{kv}{g}.{inp}" for g in range(spec.n_kv_heads))
+            assert lay.sender_labels[lay.sender_span(layer, "head")] == tuple(
+                f"L{layer}H{h}" for h in range(spec.n_heads))
+            if spec.has_mlp:
+                assert lay.receiver_labels[lay.receiver_span(layer, "mlp")] == (f"L{layer}.mlp",)
+                assert lay.sender_labels[lay.sender_span(layer, "mlp")] == (f"L{layer}.mlp",)
+        assert lay.receiver_labels[lay.receiver_span(spec.n_layers, "logits")] == ("logits",)
+        assert lay.sender_layer[0] == -1 and lay.receiver_layer[-1] == spec.n_layers
 
 
 def test_mask_round_trip():
