@@ -6,7 +6,7 @@ Re-exports the user-facing names only. Node attribution (:mod:`~mechpatch.attrib
 loop (:mod:`~mechpatch.attribution.verify`) runs the exact engine on the best-ranked cells and bounds what
 was missed; :func:`agreement` compares an approximation with exact effects.
 
-Circuit discovery from EAP scores (:func:`~mechpatch.attribution.edges.eap`, ``eap_ig``) is reached through
+Circuit discovery from EAP scores (:func:`~mechpatch.circuit.eap.eap`, ``eap_ig``) is reached through
 :func:`mechpatch.circuit.discover` (``"eap"``, ``"eap-ig"``).
 """
 

@@ -36,7 +36,6 @@ from mechpatch.attribution.base import AttributionError
 from mechpatch.attribution.nodes import grad_ready
 from mechpatch.cache import DEFAULT_MEMORY_BUDGET, GRADIENT_BUDGET_SHARE, parse_bytes
 from mechpatch.circuit.components import Edge, GraphLayout, graph_layout
-from mechpatch.circuit.edges import edge_patch, make_runner
 from mechpatch.circuit.edges import _setup as edge_setup
 from mechpatch.errors import choices
 from mechpatch.model import HookedModel
@@ -45,7 +44,6 @@ from mechpatch.patching import functional as F_
 from mechpatch.patching.metrics import KLDivergence, Metric, Readout, value_dtype
 
 IG_MODES = ("inputs", "activations")
-DEFAULT_TOP_N = 100  # edges kept when neither top_n nor tau is given
 
 
 @dataclass(frozen=True)
@@ -345,126 +343,4 @@ class _Passes:
         return total / len(points)
 
 
-# ----------------------------------------------------------------------------- discovery: rank, take top-n, verify
-
-
-def _discover(model: HookedModel, base: Any, metric: Any, *, source: Any, ablation: str, answers: Any,
-              ig: Optional[str], steps: int, top_n: Optional[int], tau: Optional[float], verify: bool,
-              n_verify: Optional[int], batch_size: Optional[int], memory_budget: Any, exact_batch_size: int,
-              per_position: bool = False) -> Any:
-    from mechpatch.circuit.result import DiscoveryResult
-    from mechpatch.circuit.faithfulness import circuit_metric
-
-    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
-        raise AttributionError(f"top_n must be a non-negative int or None; got {top_n!r}")
-    if tau is not None and (isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau)):
-        raise AttributionError(f"tau must be a finite number or None; got {tau!r}")
-    limit = top_n if top_n is not None else (None if tau is not None else DEFAULT_TOP_N)
-    start = time.time()
-    att = edge_attribution(model, base, metric, source=source, ablation=ablation, answers=answers, ig=ig, steps=steps,
-                           batch_size=batch_size, memory_budget=memory_budget, per_position=per_position)
-    ranked = att.ranked()
-
-    def select(edges: list, value: dict) -> list:
-        """Edges (ranked best first) whose |value| reaches tau, at most ``limit`` of them."""
-        out = [e for e in edges if tau is None or abs(value[e]) >= tau]
-        return out if limit is None else out[:limit]
-
-    chosen = select(ranked, att.edge_scores())
-    runner = make_runner(model, base, metric, source=source, ablation=ablation, answers=answers)
-    meta: dict[str, Any] = {"attribution_seconds": att.seconds, "attribution_passes": att.passes}
-    evaluations, forwards = 0, att.passes
-    if verify:
-        n_cand = min(len(ranked), 2 * max(1, len(chosen)) if n_verify is None else max(1, int(n_verify)))
-        cands = ranked[:n_cand]
-        run = edge_patch(model, base, [[e] for e in cands], metric, source=source, ablation=ablation, answers=answers,
-                         batch_size=exact_batch_size, runner=runner, progress=False)
-        exact = (run.values.mean(1) - run.base_values.mean()).tolist()
-        evaluations += len(cands)
-        forwards += run.forwards
-        effect = dict(zip(cands, exact))
-        kept = select(sorted(cands, key=lambda e: abs(effect[e]), reverse=True), effect)
-        meta["exact"] = {e.label: v for e, v in effect.items()}
-    else:
-        kept = chosen
-    kept_set = set(kept)
-    kept = [e for e in att.edge_scores() if e in kept_set]  # canonical order
-    final = float(circuit_metric(model, base, [kept], metric, source=source, ablation=ablation, answers=answers,
-                                 runner=runner)[0])
-    evaluations += 1
-    forwards += 1
-    return DiscoveryResult(
-        method=att.method, edges=tuple(kept), scores=att.edge_scores(), layout=att.layout, metric=att.metric,
-        ablation=ablation, params={"top_n": limit, "tau": tau, "steps": att.steps, "verify": verify,
-                                   **({"n_pos": att.n_pos} if per_position else {})}, forwards=forwards,
-        evaluations=evaluations, seconds=time.time() - start, final_metric=final,
-        full_metric=float(att.base_values.mean()), spec=model.spec, model=model.name, meta=meta,
-    )
-
-
-def eap(
-    model: HookedModel,
-    base: Union[Int[Tensor, "batch pos"], Sequence[str]],
-    metric: Union[Metric, str, Callable] = "logit_diff",
-    *,
-    source: Union[Int[Tensor, "batch pos"], Sequence[str], None] = None,
-    ablation: str = "corrupted",
-    answers: Optional[Int[Tensor, "batch answer"]] = None,
-    top_n: Optional[int] = None,
-    tau: Optional[float] = None,
-    verify: bool = False,
-    n_verify: Optional[int] = None,
-    batch_size: Optional[int] = None,
-    memory_budget: Union[int, str, None] = None,
-    exact_batch_size: int = 32,
-    per_position: bool = False,
-) -> Any:
-    """Circuit discovery by EAP: rank every edge by |score|, keep the best, optionally verified exactly.
-
-    The discovery signature of :data:`mechpatch.circuit.discovery.DISCOVERY`. ``scores`` of the result are
-    the EAP scores (estimated metric change when the edge is ablated); ``final_metric`` is the exact metric of
-    the kept circuit with every other edge ablated.
-
-    Args:
-        top_n: keep at most this many edges (default 100 when ``tau`` is not given either).
-        tau: keep the edges whose |score| reaches this (metric units, like ACDC's threshold).
-        verify: ablate the ``n_verify`` best-ranked edges (default twice the selection) one at a time with the
-            exact engine and select by their exact effects instead (``meta["exact"]`` holds them).
-        per_position: rank and keep edges per token position (``L0H2@3->L1H0.k@3``); the circuit is
-            position-resolved, and so is its exact check.
-        batch_size, memory_budget: of the attribution pass (see :func:`edge_attribution`);
-            ``exact_batch_size``: edge sets per exact forward.
-    """
-    return _discover(model, base, metric, source=source, ablation=ablation, answers=answers, ig=None, steps=1,
-                     top_n=top_n, tau=tau, verify=verify, n_verify=n_verify, batch_size=batch_size,
-                     memory_budget=memory_budget, exact_batch_size=exact_batch_size, per_position=per_position)
-
-
-def eap_ig(
-    model: HookedModel,
-    base: Union[Int[Tensor, "batch pos"], Sequence[str]],
-    metric: Union[Metric, str, Callable] = "logit_diff",
-    *,
-    source: Union[Int[Tensor, "batch pos"], Sequence[str], None] = None,
-    ablation: str = "corrupted",
-    answers: Optional[Int[Tensor, "batch answer"]] = None,
-    steps: int = 5,
-    ig: str = "inputs",
-    top_n: Optional[int] = None,
-    tau: Optional[float] = None,
-    verify: bool = False,
-    n_verify: Optional[int] = None,
-    batch_size: Optional[int] = None,
-    memory_budget: Union[int, str, None] = None,
-    exact_batch_size: int = 32,
-    per_position: bool = False,
-) -> Any:
-    """Circuit discovery by EAP-IG (``ig="inputs"`` or ``"activations"``, ``steps`` path points); see :func:`eap`."""
-    if ig not in IG_MODES:
-        raise AttributionError(f"unknown ig mode {ig!r}; valid: {choices(IG_MODES)}")
-    return _discover(model, base, metric, source=source, ablation=ablation, answers=answers, ig=ig, steps=steps,
-                     top_n=top_n, tau=tau, verify=verify, n_verify=n_verify, batch_size=batch_size,
-                     memory_budget=memory_budget, exact_batch_size=exact_batch_size, per_position=per_position)
-
-
-__all__ = ["IG_MODES", "EdgeAttribution", "eap", "eap_ig", "edge_attribution"]
+__all__ = ["IG_MODES", "EdgeAttribution", "edge_attribution"]

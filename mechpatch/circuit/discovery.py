@@ -39,6 +39,7 @@ from torch import Tensor
 from mechpatch._progress import progress_bar
 from mechpatch.chunks import CheckpointError, ChunkStore
 from mechpatch.circuit.components import Edge, GraphLayout
+from mechpatch.circuit.eap import eap, eap_ig
 from mechpatch.circuit.edges import EdgeError, make_runner
 from mechpatch.circuit.result import DiscoveryResult
 from mechpatch.errors import choices
@@ -154,6 +155,29 @@ def acdc(
     ...
     mechpatch.chunks.CheckpointError: the checkpoint was saved by a search with tau=0.0001; this one has tau=0.001...
     """
+    _check_acdc_args(search, tau, batch_size, chunks, checkpoint_seconds)
+    start_time = time.time()
+    metric = as_metric(metric)
+    lower = _lower_is_better(metric) if lower_is_better is None else bool(lower_is_better)
+    runner = make_runner(model, base, metric, source=source, ablation=ablation, answers=answers)
+    st = _AcdcSearch(model, runner, metric, ablation, tau, search, batch_size, lower, chunks, start_time)
+    st.resume(f"metric {metric.name!r}, ablation {ablation!r}")
+    first, order = st.first, st.order
+    for position in progress_bar(range(first, len(order)), total=len(order), initial=first,
+                                 desc=f"ACDC ({search})", unit="receiver",
+                                 enabled=progress if progress is not None else True):
+        if chunks is not None and position > first and (checkpoint_seconds == 0 or (
+                time.perf_counter() - st.last_save >= max(checkpoint_seconds, 20 * st.save_cost))):
+            st.save(position)
+        st.receiver(order[position])
+    if chunks is not None and first < len(order):
+        st.save(len(order))
+    return st.result()
+
+
+def _check_acdc_args(search: object, tau: object, batch_size: object, chunks: object,
+                     checkpoint_seconds: object) -> None:
+    """:func:`acdc`'s argument checks."""
     if search not in SEARCHES:
         raise EdgeError(f"unknown ACDC search {search!r}; valid: {choices(SEARCHES)}")
     if not isinstance(tau, (int, float)) or isinstance(tau, bool) or not math.isfinite(tau):
@@ -166,156 +190,150 @@ def acdc(
     if isinstance(checkpoint_seconds, bool) or not isinstance(checkpoint_seconds, (int, float)) or not (
             0 <= checkpoint_seconds < math.inf):
         raise EdgeError(f"checkpoint_seconds must be a finite number >= 0; got {checkpoint_seconds!r}")
-    start_time = time.time()
-    metric = as_metric(metric)
-    lower = _lower_is_better(metric) if lower_is_better is None else bool(lower_is_better)
-    runner = make_runner(model, base, metric, source=source, ablation=ablation, answers=answers)
-    lay = runner.lay
-    n_s, n_r = len(lay.senders), len(lay.receivers)
-    removed = torch.zeros(n_s, n_r, dtype=torch.bool)
-    scores: dict[Edge, float] = {}
-    edge_of = {(s, r): e for e, s, r in zip(lay.edges, lay.edge_senders.tolist(), lay.edge_receivers.tolist())}
-    index_of = {e: sr for sr, e in edge_of.items()}
-    sign = 1.0 if lower else -1.0
-    counters = {"forwards": 0, "rows": 0}
 
-    def evaluate(masks: Tensor, start: int) -> Tensor:
+
+class _AcdcSearch:
+    """The state of an ACDC search between two receivers (removed edges, scores so far, the current metric,
+    the cost counters, the next receiver), and the steps that change it: see :func:`acdc`."""
+
+    def __init__(self, model: HookedModel, runner: Any, metric: Metric, ablation: str, tau: Union[int, float],
+                 search: str, batch_size: int, lower: bool, chunks: Optional[ChunkStore], start_time: float) -> None:
+        self.model, self.runner, self.metric, self.ablation = model, runner, metric, ablation
+        self.tau, self.search, self.batch_size, self.chunks = tau, search, batch_size, chunks
+        self.start_time = start_time
+        self.lay = lay = runner.lay
+        self.n_s, self.n_r = len(lay.senders), len(lay.receivers)
+        self.removed = torch.zeros(self.n_s, self.n_r, dtype=torch.bool)
+        self.scores: dict[Edge, float] = {}
+        self.edge_of = {(s, r): e for e, s, r in zip(lay.edges, lay.edge_senders.tolist(), lay.edge_receivers.tolist())}
+        self.index_of = {e: sr for sr, e in self.edge_of.items()}
+        self.sign = 1.0 if lower else -1.0
+        self.counters = {"forwards": 0, "rows": 0}
+        self.current = float(runner.base_values.mean())
+        self.full_metric = self.current
+        self.owners_of = lay.feeds_same | lay.feeds_kv  # [receiver, sender]: the nodes whose input a receiver input is
+        self.order = list(range(self.n_r - 1, -1, -1))
+        self.first, self.seconds_before = 0, 0.0  # the next position in order, and the time earlier attempts took
+        self.fixed = {
+            "key": _search_key(lay, metric.name, ablation), "tau": torch.tensor([float(tau)], dtype=torch.float64),
+            "method": torch.tensor([SEARCHES.index(search)]), "batch_size": torch.tensor([batch_size]),
+            "lower_is_better": torch.tensor([lower]),
+            "full_metric": torch.tensor([self.full_metric], dtype=torch.float64)}
+        self.last_save, self.save_cost = time.perf_counter(), 0.0
+
+    def resume(self, about: str) -> None:
+        """Load the state saved in the chunk store, if any (refusing another search's), and start the save clock."""
+        if self.chunks is not None:
+            state = self.chunks.load_chunk(CHECKPOINT_GROUP, 0)
+            if state is not None:
+                _check_checkpoint(state, {**self.fixed, "removed": self.removed}, self.full_metric, about)
+                self.removed = state["removed"].to(torch.bool).clone()
+                self.first, self.seconds_before = int(state["next"][0]), float(state["seconds"][0])
+                self.current = float(state["current"][0])
+                self.counters["forwards"], self.counters["rows"] = (int(x) for x in state["counters"])
+                saved, scored = state["scores"].to(torch.float64), state["scored"].to(torch.bool)
+                for r in self.order[:self.first]:  # the order the search scored them in: receivers, then senders,
+                    for s in range(self.n_s - 1, -1, -1):  # latest first
+                        if scored[s, r]:
+                            self.scores[self.edge_of[(s, r)]] = float(saved[s, r])
+        self.last_save, self.save_cost = time.perf_counter(), 0.0
+
+    def save(self, position: int) -> None:
+        """Save the state (``position``: the next position in the receiver order) to the chunk store."""
+        t = time.perf_counter()
+        values = torch.full((self.n_s, self.n_r), math.nan, dtype=torch.float64)
+        scored = torch.zeros(self.n_s, self.n_r, dtype=torch.bool)
+        for e, v in self.scores.items():
+            values[self.index_of[e]] = v
+            scored[self.index_of[e]] = True
+        self.chunks.save_chunk(CHECKPOINT_GROUP, 0, {
+            **self.fixed, "removed": self.removed.clone(), "scores": values, "scored": scored,
+            "current": torch.tensor([self.current], dtype=torch.float64), "next": torch.tensor([position]),
+            "counters": torch.tensor([self.counters["forwards"], self.counters["rows"]]),
+            "seconds": torch.tensor([self.seconds_before + time.time() - self.start_time], dtype=torch.float64)})
+        self.last_save = time.perf_counter()
+        self.save_cost = self.last_save - t
+
+    def evaluate(self, masks: Tensor, start: Any) -> Tensor:
         """Mean metric per row of masks [k, sender, receiver]."""
+        runner = self.runner
         n = runner.n
         rows_prompt = torch.arange(n, device=runner.base.device).repeat(masks.shape[0])
         m = masks.to(runner.base.device).repeat_interleave(n, dim=0)
         with torch.inference_mode():
             logits, _, _ = runner.forward(runner.base, rows_prompt, m, start)
             vals = runner.metric(logits, rows_prompt).reshape(masks.shape[0], n).mean(1).cpu()
-        counters["forwards"] += 1
-        counters["rows"] += masks.shape[0]
+        self.counters["forwards"] += 1
+        self.counters["rows"] += masks.shape[0]
         return vals
 
-    current = float(runner.base_values.mean())
-    full_metric = current
-    spec = model.spec
-    owners_of = lay.feeds_same | lay.feeds_kv  # [receiver, sender]: the nodes whose input a receiver input is
-
-    def receiver_senders(r: int) -> list[int]:
-        """Sender nodes whose output a receiver input belongs to (a GQA k/v input serves a group of heads)."""
-        return torch.nonzero(owners_of[r]).flatten().tolist()
-
-    order = list(range(n_r - 1, -1, -1))
-    first, seconds_before = 0, 0.0  # the next position in order, and the time earlier attempts took
-    fixed = {"key": _search_key(lay, metric.name, ablation), "tau": torch.tensor([float(tau)], dtype=torch.float64),
-             "method": torch.tensor([SEARCHES.index(search)]), "batch_size": torch.tensor([batch_size]),
-             "lower_is_better": torch.tensor([lower]), "full_metric": torch.tensor([full_metric], dtype=torch.float64)}
-    if chunks is not None:
-        state = chunks.load_chunk(CHECKPOINT_GROUP, 0)
-        if state is not None:
-            _check_checkpoint(state, {**fixed, "removed": removed}, full_metric,
-                              f"metric {metric.name!r}, ablation {ablation!r}")
-            removed = state["removed"].to(torch.bool).clone()
-            first, seconds_before = int(state["next"][0]), float(state["seconds"][0])
-            current = float(state["current"][0])
-            counters["forwards"], counters["rows"] = (int(x) for x in state["counters"])
-            saved, scored = state["scores"].to(torch.float64), state["scored"].to(torch.bool)
-            for r in order[:first]:  # the order the search scored them in: receivers, then senders, latest first
-                for s in range(n_s - 1, -1, -1):
-                    if scored[s, r]:
-                        scores[edge_of[(s, r)]] = float(saved[s, r])
-    last_save, save_cost = time.perf_counter(), 0.0
-
-    def save(position: int) -> None:
-        nonlocal last_save, save_cost
-        t = time.perf_counter()
-        values = torch.full((n_s, n_r), math.nan, dtype=torch.float64)
-        scored = torch.zeros(n_s, n_r, dtype=torch.bool)
-        for e, v in scores.items():
-            values[index_of[e]] = v
-            scored[index_of[e]] = True
-        chunks.save_chunk(CHECKPOINT_GROUP, 0, {
-            **fixed, "removed": removed.clone(), "scores": values, "scored": scored,
-            "current": torch.tensor([current], dtype=torch.float64), "next": torch.tensor([position]),
-            "counters": torch.tensor([counters["forwards"], counters["rows"]]),
-            "seconds": torch.tensor([seconds_before + time.time() - start_time], dtype=torch.float64)})
-        last_save = time.perf_counter()
-        save_cost = last_save - t
-
-    for position in progress_bar(range(first, len(order)), total=len(order), initial=first,
-                                 desc=f"ACDC ({search})", unit="receiver",
-                                 enabled=progress if progress is not None else True):
-        if chunks is not None and position > first and (checkpoint_seconds == 0 or (
-                time.perf_counter() - last_save >= max(checkpoint_seconds, 20 * save_cost))):
-            save(position)
-        r = order[position]
-        cands = [s for s in range(n_s - 1, -1, -1) if lay.valid[s, r]]
-        owners = receiver_senders(r)
+    def receiver(self, r: int) -> None:
+        """Decide every edge into receiver input ``r``, latest sender first."""
+        lay, removed = self.lay, self.removed
+        cands = [s for s in range(self.n_s - 1, -1, -1) if lay.valid[s, r]]
+        # sender nodes whose output this receiver input belongs to (a GQA k/v input serves a group of heads)
+        owners = torch.nonzero(self.owners_of[r]).flatten().tolist()
         if owners and all(not (lay.valid[o] & ~removed[o]).any() for o in owners):
             removed[cands, r] = True  # dangling: the node's output reaches nothing
-            continue
-        start = lay.receiver_layer[r] if search == "batched" else 0
+        elif self.search == "sequential":
+            for s in cands:
+                m = removed.clone()
+                m[s, r] = True
+                v = float(self.evaluate(m[None], 0)[0])
+                self._decide(s, r, v)
+        else:
+            self._batched(r, cands)
+
+    def _decide(self, s: int, r: int, value: float) -> bool:
+        """Score edge (s, r) by its damage when the metric becomes ``value``; remove it if below tau."""
+        damage = self.sign * (value - self.current)
+        self.scores[self.edge_of[(s, r)]] = damage
+        remove = damage < self.tau
+        if remove:
+            self.removed[s, r] = True
+            self.current = value
+        return remove
+
+    def _batched(self, r: int, cands: list[int]) -> None:
+        """The speculative batched search over the candidates of receiver ``r`` (see the module docstring)."""
+        start = min(self.lay.receiver_layer[r], self.model.spec.n_layers - 1)
         i, guess, size = 0, True, 4  # guess: the next candidates will be removed (True) or kept (False)
         while i < len(cands):
-            if search == "sequential":
-                m = removed.clone()
-                m[cands[i], r] = True
-                v = float(evaluate(m[None], 0)[0])
-                damage = sign * (v - current)
-                scores[edge_of[(cands[i], r)]] = damage
-                if damage < tau:
-                    removed[cands[i], r] = True
-                    current = v
-                i += 1
-                continue
             chunk = cands[i:i + size]
-            masks = removed[None].repeat(len(chunk), 1, 1)
+            masks = self.removed[None].repeat(len(chunk), 1, 1)
             for j, s in enumerate(chunk):
                 if guess:
                     masks[j:, s, r] = True  # cumulative: row j ablates chunk[0..j]
                 else:
                     masks[j, s, r] = True  # one each: row j ablates chunk[j] only
-            vals = evaluate(masks, min(start, spec.n_layers - 1))
+            vals = self.evaluate(masks, start)
             hit = True
             for j, s in enumerate(chunk):
-                damage = sign * (float(vals[j]) - current)
-                scores[edge_of[(s, r)]] = damage
                 i += 1
-                remove = damage < tau
-                if remove:
-                    removed[s, r] = True
-                    current = float(vals[j])
+                remove = self._decide(s, r, float(vals[j]))
                 if remove != guess:  # later rows assumed the other outcome: re-batch from the next candidate
                     guess, hit = remove, False
                     break
-            size = min(batch_size, size * 2) if hit else 4
-    if chunks is not None and first < len(order):
-        save(len(order))
-    kept_mask = lay.valid & ~removed
-    kept = tuple(edge_of[(int(s), int(r))] for r, s in torch.nonzero(kept_mask.T))
-    for e in lay.edges:
-        scores.setdefault(e, float("nan"))
-    return DiscoveryResult(
-        method=f"acdc-{search}", edges=kept, scores=scores, layout=lay, metric=metric.name, ablation=ablation,
-        params={"tau": tau}, forwards=counters["forwards"], evaluations=counters["rows"],
-        seconds=seconds_before + time.time() - start_time, final_metric=current, full_metric=full_metric,
-        spec=model.spec, model=model.name,
-    )
+            size = min(self.batch_size, size * 2) if hit else 4
+
+    def result(self) -> DiscoveryResult:
+        """The kept edges (receivers in order, senders in order), every edge's score (NaN: never evaluated)."""
+        lay, model = self.lay, self.model
+        kept_mask = lay.valid & ~self.removed
+        kept = tuple(self.edge_of[(int(s), int(r))] for r, s in torch.nonzero(kept_mask.T))
+        for e in lay.edges:
+            self.scores.setdefault(e, float("nan"))
+        return DiscoveryResult(
+            method=f"acdc-{self.search}", edges=kept, scores=self.scores, layout=lay, metric=self.metric.name,
+            ablation=self.ablation, params={"tau": self.tau}, forwards=self.counters["forwards"],
+            evaluations=self.counters["rows"], seconds=self.seconds_before + time.time() - self.start_time,
+            final_metric=self.current, full_metric=self.full_metric, spec=model.spec, model=model.name,
+        )
 
 
-#: name -> discovery function with the shared signature (model, base, metric, *, source, ablation, ...)
-DISCOVERY: dict[str, Callable[..., DiscoveryResult]] = {"acdc": acdc}
-
-
-def _attribution(name: str) -> Callable[..., DiscoveryResult]:
-    """An entry of mechpatch.attribution.edges, imported when first run (that module imports this package)."""
-
-    def run(*args: Any, **kwargs: Any) -> DiscoveryResult:
-        from mechpatch.attribution import edges
-
-        return getattr(edges, name)(*args, **kwargs)
-
-    run.__name__ = run.__qualname__ = name
-    run.__doc__ = f"See :func:`mechpatch.attribution.edges.{name}` (EAP scores: rank edges, keep the top n, verify exactly)."
-    return run
-
-
-DISCOVERY.update({"eap": _attribution("eap"), "eap-ig": _attribution("eap_ig")})
+#: name -> discovery function with the shared signature (model, base, metric, *, source, ablation, ...): ACDC here,
+#: EAP and EAP-IG (ranking by edge attribution scores) in :mod:`mechpatch.circuit.eap`
+DISCOVERY: dict[str, Callable[..., DiscoveryResult]] = {"acdc": acdc, "eap": eap, "eap-ig": eap_ig}
 
 
 def discover(name: str, model: HookedModel, base: Any, metric: Any = "kl_div", **kwargs: Any) -> DiscoveryResult:

@@ -1,5 +1,5 @@
 """What a circuit discovery returns (:class:`DiscoveryResult`): every algorithm of
-:data:`mechpatch.circuit.DISCOVERY` (ACDC here, EAP and EAP-IG in :mod:`mechpatch.attribution.edges`) gives one.
+:data:`mechpatch.circuit.DISCOVERY` (ACDC in :mod:`mechpatch.circuit.discovery`, EAP and EAP-IG in :mod:`mechpatch.circuit.eap`) gives one.
 
 Its notebook display (the table below, then the circuit figure) is :mod:`mechpatch.display`'s.
 """
