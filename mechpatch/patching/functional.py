@@ -26,7 +26,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Float, Int
 
 Tensor = torch.Tensor
 HookFn = Callable[[Tensor], Optional[Tensor]]
@@ -447,7 +447,7 @@ def mlp(fm: FunctionalModel, L: int, x_ln: Tensor, hk: Hooks = NO_HOOKS) -> Tens
 
 def run_blocks(
     fm: FunctionalModel,
-    resid: Tensor,
+    resid: Float[Tensor, "batch pos d_model"],
     start_layer: int = 0,
     end_layer: Optional[int] = None,
     pos_offset: int = 0,
@@ -500,7 +500,8 @@ def block(
     return resid, kv
 
 
-def embed(fm: FunctionalModel, tokens: Tensor, pos_offset: int = 0, hk: Optional[Hooks] = None) -> Tensor:
+def embed(fm: FunctionalModel, tokens: Int[Tensor, "batch pos"], pos_offset: int = 0,
+          hk: Optional[Hooks] = None) -> Float[Tensor, "batch pos d_model"]:
     x = F.embedding(tokens, fm.W_E)
     if hk is not None and hk.active:
         x = hk("hook_embed", x)
@@ -512,7 +513,8 @@ def embed(fm: FunctionalModel, tokens: Tensor, pos_offset: int = 0, hk: Optional
     return x
 
 
-def unembed(fm: FunctionalModel, resid: Tensor, columns: Optional[Tensor] = None) -> Tensor:
+def unembed(fm: FunctionalModel, resid: Float[Tensor, "batch *pos d_model"],
+            columns: Optional[Int[Tensor, " column"]] = None) -> Float[Tensor, "batch *pos vocab"]:
     """Final norm and unembedding; with ``columns``, only those vocabulary entries (in that order)."""
     x = apply_norm(fm.ln_final, resid)
     if columns is None:
