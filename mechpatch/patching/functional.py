@@ -159,91 +159,80 @@ def extract(bridge) -> FunctionalModel:
     native cfg.eps).
     """
     cfg = bridge.cfg
-    H = cfg.n_heads
-    Hkv = cfg.n_key_value_heads or H
-    dh = cfg.d_head
-    D = cfg.d_model
     cfg_eps = float(getattr(cfg, "eps", 1e-5))
-    layers = []
-    for blk in bridge.blocks:
-        a = blk.attn
-        ln1 = _norm_from_module(_orig(getattr(blk, "ln1", None)), cfg_eps)
-        has_mlp = "mlp" in blk._modules
-        ln2 = _norm_from_module(_orig(getattr(blk, "ln2", None)), cfg_eps) if has_mlp else None
-
-        def d(t):
-            return None if t is None else t.detach().clone()
-
-        lw = LayerWeights(
-            ln1=ln1, ln2=ln2,
-            W_Q=d(a.W_Q), b_Q=d(a.b_Q), W_K=d(a.W_K), b_K=d(a.b_K),
-            W_V=d(a.W_V), b_V=d(a.b_V), W_O=d(a.W_O), b_O=d(a.b_O),
-            W_in=None, b_in=None, W_gate=None, W_out=None, b_out=None,
-        )
-        if has_mlp:
-            m = blk.mlp
-            lw.W_in, lw.b_in, lw.W_out, lw.b_out = d(m.W_in), d(m.b_in), d(m.W_out), d(m.b_out)
-            lw.W_gate = d(m.W_gate) if getattr(cfg, "gated_mlp", False) else None
-        if lw.W_Q.shape != (H, D, dh) or lw.W_K.shape != (Hkv, D, dh) or lw.W_O.shape != (H, dh, D):
-            raise NotImplementedError(
-                f"unexpected attention weight shapes W_Q {tuple(lw.W_Q.shape)}, W_K {tuple(lw.W_K.shape)}, "
-                f"W_O {tuple(lw.W_O.shape)}"
-            )
-        layers.append(lw)
-
-    # embeddings
-    W_E = bridge.W_E.detach().clone()
-    W_pos = None
-    if cfg.positional_embedding_type == "standard":
-        W_pos = bridge.W_pos.detach().clone()
-
-    # rotary tables
-    rot_cos = rot_sin = rot_style = None
-    if cfg.positional_embedding_type == "rotary":
-        rot_mod = getattr(bridge, "rotary_emb", None)
-        if rot_mod is not None:  # HF style: LlamaRotaryEmbedding(x, position_ids) -> (cos, sin)
-            if getattr(cfg, "rotary_adjacent_pairs", False) or getattr(cfg, "rotary_interleaved_cos_sin", False):
-                raise NotImplementedError("adjacent-pair HF rotary not handled")
-            hf_rot = _orig(rot_mod)
-            n = int(cfg.n_ctx)
-            pos = torch.arange(n).unsqueeze(0)
-            x = torch.zeros(1, n, D, dtype=cfg.dtype)
-            cos, sin = hf_rot(x, pos)  # [1, n, rd]  (already * attention_scaling)
-            rot_cos, rot_sin, rot_style = cos[0].clone(), sin[0].clone(), "halves"
-        else:  # TL-native: NativeRotary shared by all NativeAttention modules
-            nat_rot = bridge.original_model.rotary
-            rot_cos = nat_rot.cos_cached.clone()
-            rot_sin = nat_rot.sin_cached.clone()
-            rot_style = "adjacent"
-
-    # attention scale
-    first_attn = _orig(bridge.blocks[0].attn)
-    if hasattr(first_attn, "scaling"):  # HF llama-likes
-        attn_scale = float(first_attn.scaling)
-    elif getattr(cfg, "use_attn_scale", True) and getattr(cfg, "attn_scale", -1.0) > 0:
-        attn_scale = 1.0 / float(cfg.attn_scale)
-    else:
-        attn_scale = dh ** -0.5
-    if getattr(cfg, "scale_attn_by_inverse_layer_idx", False):
-        raise NotImplementedError("scale_attn_by_inverse_layer_idx")
+    layers = [_layer_weights(blk, cfg, cfg_eps) for blk in bridge.blocks]
+    W_pos = bridge.W_pos.detach().clone() if cfg.positional_embedding_type == "standard" else None
+    rot_cos, rot_sin, rot_style = _rotary(bridge, cfg)
     for k in ("attn_scores_soft_cap", "output_logits_soft_cap"):
         if float(getattr(cfg, k, -1.0)) > 0:
             raise NotImplementedError(k)
-
-    ln_final = _norm_from_module(_orig(bridge.ln_final), cfg_eps)
-    W_U = bridge.W_U.detach().clone()
     b_U = bridge.b_U
-    b_U = None if b_U is None else b_U.detach().clone()
-
     fm = FunctionalModel(
-        n_layers=len(layers), d_model=D, n_heads=H, n_kv_heads=Hkv, d_head=dh,
-        attn_only=bool(cfg.attn_only), gated_mlp=bool(getattr(cfg, "gated_mlp", False)),
-        act_fn=cfg.act_fn, attn_scale=attn_scale, W_E=W_E, W_pos=W_pos,
-        rot_cos=rot_cos, rot_sin=rot_sin, rot_style=rot_style, ln_final=ln_final,
-        W_U=W_U, b_U=b_U, layers=layers, causal=getattr(cfg, "attention_dir", "causal") != "bidirectional",
+        n_layers=len(layers), d_model=cfg.d_model, n_heads=cfg.n_heads, n_kv_heads=cfg.n_key_value_heads or cfg.n_heads,
+        d_head=cfg.d_head, attn_only=bool(cfg.attn_only), gated_mlp=bool(getattr(cfg, "gated_mlp", False)),
+        act_fn=cfg.act_fn, attn_scale=_attn_scale(bridge, cfg), W_E=bridge.W_E.detach().clone(), W_pos=W_pos,
+        rot_cos=rot_cos, rot_sin=rot_sin, rot_style=rot_style, ln_final=_norm_from_module(_orig(bridge.ln_final), cfg_eps),
+        W_U=bridge.W_U.detach().clone(), b_U=None if b_U is None else b_U.detach().clone(), layers=layers,
+        causal=getattr(cfg, "attention_dir", "causal") != "bidirectional",
     )
     _finalize(fm)
     return fm
+
+
+def _layer_weights(blk, cfg, cfg_eps: float) -> LayerWeights:
+    """One block's norms, attention and MLP weights in the uniform (TransformerLens) form."""
+    H, Hkv, dh, D = cfg.n_heads, cfg.n_key_value_heads or cfg.n_heads, cfg.d_head, cfg.d_model
+    a = blk.attn
+    has_mlp = "mlp" in blk._modules
+
+    def d(t):
+        return None if t is None else t.detach().clone()
+
+    lw = LayerWeights(
+        ln1=_norm_from_module(_orig(getattr(blk, "ln1", None)), cfg_eps),
+        ln2=_norm_from_module(_orig(getattr(blk, "ln2", None)), cfg_eps) if has_mlp else None,
+        W_Q=d(a.W_Q), b_Q=d(a.b_Q), W_K=d(a.W_K), b_K=d(a.b_K),
+        W_V=d(a.W_V), b_V=d(a.b_V), W_O=d(a.W_O), b_O=d(a.b_O),
+        W_in=None, b_in=None, W_gate=None, W_out=None, b_out=None,
+    )
+    if has_mlp:
+        m = blk.mlp
+        lw.W_in, lw.b_in, lw.W_out, lw.b_out = d(m.W_in), d(m.b_in), d(m.W_out), d(m.b_out)
+        lw.W_gate = d(m.W_gate) if getattr(cfg, "gated_mlp", False) else None
+    if lw.W_Q.shape != (H, D, dh) or lw.W_K.shape != (Hkv, D, dh) or lw.W_O.shape != (H, dh, D):
+        raise NotImplementedError(
+            f"unexpected attention weight shapes W_Q {tuple(lw.W_Q.shape)}, W_K {tuple(lw.W_K.shape)}, "
+            f"W_O {tuple(lw.W_O.shape)}"
+        )
+    return lw
+
+
+def _rotary(bridge, cfg) -> tuple[Optional[Tensor], Optional[Tensor], Optional[str]]:
+    """The rotary tables (cos, sin [n_ctx, rotary_dim]) and their style, or Nones without rotary embeddings."""
+    if cfg.positional_embedding_type != "rotary":
+        return None, None, None
+    rot_mod = getattr(bridge, "rotary_emb", None)
+    if rot_mod is None:  # TL-native: NativeRotary shared by all NativeAttention modules
+        nat_rot = bridge.original_model.rotary
+        return nat_rot.cos_cached.clone(), nat_rot.sin_cached.clone(), "adjacent"
+    # HF style: LlamaRotaryEmbedding(x, position_ids) -> (cos, sin)
+    if getattr(cfg, "rotary_adjacent_pairs", False) or getattr(cfg, "rotary_interleaved_cos_sin", False):
+        raise NotImplementedError("adjacent-pair HF rotary not handled")
+    n = int(cfg.n_ctx)
+    cos, sin = _orig(rot_mod)(torch.zeros(1, n, cfg.d_model, dtype=cfg.dtype), torch.arange(n).unsqueeze(0))
+    return cos[0].clone(), sin[0].clone(), "halves"  # [n, rd], already * attention_scaling
+
+
+def _attn_scale(bridge, cfg) -> float:
+    """The factor scores are multiplied by (1/sqrt(d_head) unless the model says otherwise)."""
+    if getattr(cfg, "scale_attn_by_inverse_layer_idx", False):
+        raise NotImplementedError("scale_attn_by_inverse_layer_idx")
+    first_attn = _orig(bridge.blocks[0].attn)
+    if hasattr(first_attn, "scaling"):  # HF llama-likes
+        return float(first_attn.scaling)
+    if getattr(cfg, "use_attn_scale", True) and getattr(cfg, "attn_scale", -1.0) > 0:
+        return 1.0 / float(cfg.attn_scale)
+    return cfg.d_head ** -0.5
 
 
 def _finalize(fm: FunctionalModel) -> None:
