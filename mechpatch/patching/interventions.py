@@ -19,6 +19,10 @@ sweeps, attribution and interaction search):
 
 - ``"denoise"``: run the corrupted prompts and restore (patch in) components from the clean run;
 - ``"noise"``: run the clean prompts and ablate components (insert the corrupted run's, or zero, mean, ...).
+
+Every entry point that runs the model takes these objects (``intervention=``). Names are for config files and the
+command line only: :data:`BY_NAME` and :func:`from_name` turn them into objects, :func:`describe` turns an object
+back into the name results and checkpoints record.
 """
 
 import math
@@ -29,7 +33,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from mechpatch.errors import InvalidArgumentError, ShapeMismatchError, choices
+from mechpatch.errors import InvalidArgumentError, MechpatchError, ShapeMismatchError, choices
 
 #: ``"denoise"``: patch clean into corrupted; ``"noise"``: corrupted (or an ablation) into clean
 DIRECTIONS = ("denoise", "noise")
@@ -151,3 +155,84 @@ class Interpolate:
 
 Intervention = Union[Replace, Zero, Mean, Resample, Interpolate]
 INTERVENTIONS = (Replace, Zero, Mean, Resample, Interpolate)
+
+#: the valid interventions, as an error message lists them
+CHOICES = "Replace(), Zero(), Mean(reference=None), Resample(seed=0, reference=None), Interpolate(alpha)"
+
+#: the one name -> intervention table of the config files and the command line (``"corrupted"``: the edge-level
+#: configs' name for :class:`Replace`); everything below the config layer takes the objects themselves
+BY_NAME: dict[str, type] = {
+    "replace": Replace, "corrupted": Replace, "zero": Zero, "mean": Mean, "resample": Resample,
+    "interpolate": Interpolate,
+}
+
+
+def from_name(name: str, *, alpha: Optional[float] = None, seed: int = 0) -> Intervention:
+    """The intervention a config file or the command line names (see :data:`BY_NAME`).
+
+    ``alpha`` is :class:`Interpolate`'s (default 0.5), ``seed`` :class:`Resample`'s.
+
+    >>> from_name("corrupted"), from_name("interpolate", alpha=0.25)
+    (Replace(), Interpolate(alpha=0.25, extrapolate=False))
+    >>> from_name("ablate")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mechpatch.errors.InvalidArgumentError: unknown intervention 'ablate'; valid: 'replace', 'corrupted', 'zero', ...
+    """
+    if not isinstance(name, str) or name not in BY_NAME:
+        raise InvalidArgumentError(f"unknown intervention {name!r}; valid: {choices(BY_NAME)}")
+    kind = BY_NAME[name]
+    if alpha is not None and kind is not Interpolate:
+        raise InvalidArgumentError(f"alpha is only used by 'interpolate', not {name!r}")
+    if kind is Interpolate:
+        return Interpolate(0.5 if alpha is None else alpha)
+    if kind is Resample:
+        return Resample(seed=seed)
+    return kind()
+
+
+def describe(intervention: Intervention) -> str:
+    """The name a result or a checkpoint records for ``intervention`` (the edge-level ``ablation`` field).
+
+    The three kinds the edge-level functions always had keep their old names, so checkpoints and result files
+    written before interventions were objects still match.
+
+    >>> [describe(i) for i in (Replace(), Zero(), Mean(), Interpolate(0.5), Resample(seed=3))]
+    ['corrupted', 'zero', 'mean', 'interpolate(0.5)', 'resample(seed=3)']
+    """
+    reference = getattr(intervention, "reference", None) is not None
+    if isinstance(intervention, Replace):
+        return "corrupted"
+    if isinstance(intervention, Zero):
+        return "zero"
+    if isinstance(intervention, Mean):
+        return "mean(reference)" if reference else "mean"
+    if isinstance(intervention, Interpolate):
+        return f"interpolate({intervention.alpha!r})"
+    if isinstance(intervention, Resample):
+        return f"resample(seed={intervention.seed}{', reference' if reference else ''})"
+    raise InvalidArgumentError(f"intervention must be one of {CHOICES}; got {intervention!r}")
+
+
+def check_intervention(intervention: object, error: type[MechpatchError] = InvalidArgumentError) -> Intervention:
+    """Return ``intervention`` if it is an intervention object, else raise ``error`` naming the valid ones.
+
+    >>> check_intervention("zero")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mechpatch.errors.InvalidArgumentError: intervention must be one of Replace(), Zero(), ... got 'zero' (a name, ...
+    >>> from_name("zero") == check_intervention(Zero())
+    True
+    """
+    if isinstance(intervention, INTERVENTIONS):
+        return intervention
+    hint = ""
+    if isinstance(intervention, str) and intervention in BY_NAME:
+        hint = f" (a name, for config files: from_name({intervention!r}) is {from_name(intervention)!r})"
+    raise error(f"intervention must be one of {CHOICES} (an object of mechpatch.patching); got {intervention!r}{hint}")
+
+
+def needs_source(intervention: Intervention) -> bool:
+    """Whether ``intervention`` reads the other run of the pair (``source=``): Replace, Interpolate, and Resample
+    without reference prompts."""
+    return intervention.uses_pair and getattr(intervention, "reference", None) is None
