@@ -34,6 +34,7 @@ from typing import Any, Optional, Union
 from mechpatch.interactions.results import InteractionModel
 from mechpatch.runs.results import model_to_dict
 
+#: the `intervention:` names an interactions config accepts (made objects by patching.interventions.from_name)
 INTERVENTIONS = ("zero", "mean")
 DESIGN_KINDS = ("bernoulli", "antithetic")
 BACKEND_KINDS = ("mechpatch", "spex")
@@ -118,10 +119,10 @@ class InteractionsConfig:
         object.__setattr__(self, "task_args", check_task_args(self.task, self.task_args))
 
     def make_intervention(self) -> Any:
-        """The intervention object this config names."""
-        from mechpatch.patching import Mean, Zero
+        """The intervention object this config names (:func:`~mechpatch.patching.interventions.from_name`)."""
+        from mechpatch.patching.interventions import from_name
 
-        return {"zero": Zero, "mean": Mean}[self.intervention]()
+        return from_name(self.intervention)
 
 
 def resolve_components(spec: Any, components: Union[str, list]) -> list[tuple[Any, ...]]:
@@ -226,11 +227,12 @@ def _run(cfg: InteractionsConfig, store: Any, say: Any, model: Any, task: Any, b
     chunks = CountingChunks(store)
     common = dict(intervention=cfg.make_intervention(), direction="noise", answers=b.answers,
                   progress=False if quiet else None, chunk_size=cfg.chunk_size, chunks=chunks)
-    sparse = find_interactions(model, b.clean, components, task.metric, n_masks=cfg.n_masks, design=cfg.design,
+    sparse = find_interactions(model, b.clean, components, metric=task.metric, n_masks=cfg.n_masks, design=cfg.design,
                                keep=cfg.keep, max_order=cfg.max_order, holdout=cfg.holdout, seed=cfg.seed,
                                backend=cfg.backend, **common)
     say(sparse.summary(10))
-    exact = exhaustive_interactions(model, b.clean, components, task.metric, **common) if cfg.exhaustive else None
+    exact = exhaustive_interactions(model, b.clean, components, metric=task.metric, **common) if cfg.exhaustive \
+        else None
     store.update(chunks_loaded_last_attempt=chunks.loaded, chunks_computed_last_attempt=chunks.saved)
     out = cfg.out_dir
     write_json(os.path.join(out, "interactions.json"), {"sparse": model_to_dict(sparse),

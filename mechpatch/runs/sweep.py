@@ -41,7 +41,7 @@ from torch import Tensor
 
 from mechpatch.errors import ShapeMismatchError
 from mechpatch.patching.engine import METHODS
-from mechpatch.patching.interventions import DIRECTIONS, Interpolate, Intervention, Mean, Replace, Resample, Zero
+from mechpatch.patching.interventions import DIRECTIONS, Intervention, from_name
 from mechpatch.patching.metrics import METRICS
 from mechpatch.patching.results import PatchResult
 from mechpatch.patching.sweeps import SWEEP_KINDS
@@ -50,6 +50,7 @@ from mechpatch.runs.plan import RunPlan
 from mechpatch.runs.results import as_2d, has_normalized, read_result
 from mechpatch.runs.store import RunError, RunStore, read_manifest, slug, verify_finished
 
+#: the `intervention:` names a sweep config accepts (turned into objects by patching.interventions.from_name)
 INTERVENTION_KINDS = ("replace", "zero", "mean", "resample", "interpolate")
 
 
@@ -150,12 +151,8 @@ class SweepConfig:
                 raise ValueError(f"{key} must be a positive integer; got {value}")
 
     def make_intervention(self) -> Intervention:
-        """The intervention object this config names."""
-        if self.intervention == "interpolate":
-            return Interpolate(0.5 if self.alpha is None else self.alpha)
-        if self.intervention == "resample":
-            return Resample(seed=self.seed)
-        return {"replace": Replace, "zero": Zero, "mean": Mean}[self.intervention]()
+        """The intervention object this config names (:func:`~mechpatch.patching.interventions.from_name`)."""
+        return from_name(self.intervention, alpha=self.alpha, seed=self.seed)
 
 
 # ----------------------------------------------------------------------------- the run
