@@ -129,8 +129,8 @@ def compare_edges(model, pair, metric, sample, steps, top_k, seed):
     if sample and sample < len(edges):
         edges = random.Random(seed).sample(edges, sample)
     t = time.perf_counter()
-    run = edge_patch(model, pair.clean, [[e] for e in edges], metric, source=pair.corrupted, answers=pair.answers,
-                     batch_size=32, progress=False)
+    run = edge_patch(model, pair.clean, [[e] for e in edges], metric=metric, source=pair.corrupted,
+                     answers=pair.answers, batch_size=32, progress=False)
     exact_seconds = time.perf_counter() - t
     exact = run.values.mean(1) - run.base_values.mean()
     out = {"n_edges": lay.n_edges, "n_measured": len(edges), "seconds": {"exact": round(exact_seconds, 3)},
@@ -141,7 +141,7 @@ def compare_edges(model, pair, metric, sample, steps, top_k, seed):
     labels = [e.label for e in edges]
     for name, ig in EDGE_METHODS.items():
         t = time.perf_counter()
-        att = edge_attribution(model, pair.clean, metric, source=pair.corrupted, answers=pair.answers, ig=ig,
+        att = edge_attribution(model, pair.clean, metric=metric, source=pair.corrupted, answers=pair.answers, ig=ig,
                                steps=steps)
         out["seconds"][name] = round(time.perf_counter() - t, 3)
         scores = att.edge_scores()

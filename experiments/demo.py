@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     t = time.time()
     results = {}
     for kind in cfg.kinds:
-        results[kind] = sweep(model, pair, kind, progress=True)
+        results[kind] = sweep(model, pair, kind, metric="logit_diff", progress=True)
         write_result(store, kind, results[kind])
         print(results[kind], flush=True)
     sweep_seconds = time.time() - t
@@ -134,8 +134,8 @@ def main(argv=None) -> int:
     if cfg.discovery != "none":
         from mechpatch.circuit import discover, faithfulness_curve
 
-        res = discover(cfg.discovery, model, pair.clean, "logit_diff", source=pair.corrupted, answers=pair.answers,
-                       top_n=cfg.top_n)
+        res = discover(cfg.discovery, model, pair.clean, metric="logit_diff", source=pair.corrupted,
+                       answers=pair.answers, top_n=cfg.top_n)
         print(res, flush=True)
         graph = res.to_graph().with_meta(task="IOI-style (demo prompts)", prompts=pair.n_prompts, config=asdict(cfg))
         graph.to_json(os.path.join(cfg.out_dir, "circuit.json"))
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
         })
         discovered = discovery_sections()[:1]
         if cfg.faithfulness:
-            curve = faithfulness_curve(model, pair.clean, res.scores, "logit_diff", source=pair.corrupted,
+            curve = faithfulness_curve(model, pair.clean, res.scores, metric="logit_diff", source=pair.corrupted,
                                        answers=pair.answers)
             store.write_table("faithfulness", curve_table(curve))
             headline["faithfulness CPR / CMD"] = f"{curve.cpr:.3f} / {curve.cmd:.3f}"

@@ -58,8 +58,8 @@ def direct_effects(model, task: TaskData, batch_size: int) -> torch.Tensor:
     senders = heads(model.spec)
     out = []
     for b in task:
-        run = path_patch(model, b.clean, b.corrupted, senders, "logits", task.metric, answers=b.answers,
-                         batch_size=batch_size, progress=True)
+        run = path_patch(model, b.clean, senders, receivers="logits", metric=task.metric, source=b.corrupted,
+                         answers=b.answers, batch_size=batch_size, progress=True)
         out.append(run.effect)
     return torch.cat(out, dim=1)  # [head, prompt]
 
@@ -72,8 +72,8 @@ def query_path_effects(model, task: TaskData, receivers: list[Head], batch_size:
     for b in task:
         end = b.position("END")
         recs = [Query(r.layer, r.head, pos=end) for r in receivers]
-        run = path_patch(model, b.clean, b.corrupted, senders, recs, task.metric, answers=b.answers,
-                         batch_size=batch_size, progress=True)
+        run = path_patch(model, b.clean, senders, receivers=recs, metric=task.metric, source=b.corrupted,
+                         answers=b.answers, batch_size=batch_size, progress=True)
         out.append(run.effect)
     return senders, torch.cat(out, dim=1)
 

@@ -1,5 +1,6 @@
 """Tiny models built in code (no network): GPT-2 (HF), native attention-only, native GQA, Llama (GQA, RoPE)."""
 
+import contextlib
 import os
 
 import pytest
@@ -30,6 +31,24 @@ def _tiny_tokenizer(directory):
     # An in-memory tokenizer lacks name_or_path, which TransformerLens needs: round-trip through disk.
     fast.save_pretrained(directory)
     return AutoTokenizer.from_pretrained(directory)
+
+
+@pytest.fixture
+def unchecked():
+    """A context in which mechpatch's functions run as a user calls them: without the test suite's jaxtyping/beartype
+    checks (pyproject's --jaxtyping-packages), so that mechpatch's own argument checks are what refuses a wrong type."""
+    import jaxtyping
+
+    @contextlib.contextmanager
+    def context():
+        before = jaxtyping.config.jaxtyping_disable
+        jaxtyping.config.update("jaxtyping_disable", True)
+        try:
+            yield
+        finally:
+            jaxtyping.config.update("jaxtyping_disable", before)
+
+    return context
 
 
 @pytest.fixture(scope="session")

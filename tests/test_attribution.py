@@ -15,6 +15,7 @@ from mechpatch.circuit.edges import edge_patch
 from mechpatch.errors import SiteOutOfRangeError
 from mechpatch.model import load_model
 from mechpatch.patching import Interpolate, Mean, Replace, Resample, Zero, run_patches, sweep
+from mechpatch.patching.interventions import from_name
 from mechpatch.patching.metrics import KLDivergence
 from mechpatch.prompts import PromptPair
 from mechpatch.sites import Attn, Embed, Head, HeadResult, Key, Mlp, Neuron, Pattern, PosEmbed, Query, Resid, Value
@@ -74,10 +75,11 @@ def test_atp_is_the_derivative_of_exact_patching(f64):
     (central difference), i.e. the gradient matches finite differences and the estimate is the first-order term."""
     base, src, answers = _data()
     sites = _sites(f64)
-    est = atp(f64, base, sites, "logit_diff", source=src, answers=answers).estimates
+    est = atp(f64, base, sites, metric="logit_diff", source=src, answers=answers).estimates
     eps = 1e-3
-    up = run_patches(f64, base, sites, "logit_diff", source=src, answers=answers, intervention=Interpolate(eps))
-    down = run_patches(f64, base, sites, "logit_diff", source=src, answers=answers, intervention=Interpolate(-eps, extrapolate=True))
+    up = run_patches(f64, base, sites, metric="logit_diff", source=src, answers=answers, intervention=Interpolate(eps))
+    down = run_patches(f64, base, sites, metric="logit_diff", source=src, answers=answers,
+                       intervention=Interpolate(-eps, extrapolate=True))
     fd = (up.values.double() - down.values.double()) / (2 * eps)
     scale = float(fd.abs().max())
     assert scale > 0.1
@@ -89,8 +91,9 @@ def test_backends_agree(gpt2, llama):
     base, src, answers = _data(seed=2)
     for model in (gpt2, llama):
         sites = [s for s in _sites(model) if not isinstance(s, HeadResult)]
-        a = atp(model, base, sites, "logit_diff", source=src, answers=answers, grad_drop=True, backend="functional")
-        b = atp(model, base, sites, "logit_diff", source=src, answers=answers, grad_drop=True, backend="bridge")
+        a = atp(model, base, sites, metric="logit_diff", source=src, answers=answers, grad_drop=True,
+                backend="functional")
+        b = atp(model, base, sites, metric="logit_diff", source=src, answers=answers, grad_drop=True, backend="bridge")
         torch.testing.assert_close(a.estimates, b.estimates, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(a.dropped, b.dropped, atol=1e-4, rtol=1e-4)
         assert a.backend == "functional" and b.backend == "bridge"
@@ -99,20 +102,20 @@ def test_backends_agree(gpt2, llama):
 def test_interventions_and_batching(gpt2):
     base, src, answers = _data(seed=3, n=4)
     sites = [Head(0, 1), Mlp(1), Resid(1, "pre", pos=2)]
-    full = atp(gpt2, base, sites, "logit_diff", source=src, answers=answers)
+    full = atp(gpt2, base, sites, metric="logit_diff", source=src, answers=answers)
     # linear in the intervention's fraction
-    half = atp(gpt2, base, sites, "logit_diff", source=src, answers=answers, intervention=Interpolate(0.5))
+    half = atp(gpt2, base, sites, metric="logit_diff", source=src, answers=answers, intervention=Interpolate(0.5))
     torch.testing.assert_close(half.estimates, 0.5 * full.estimates, atol=1e-6, rtol=1e-5)
     # one prompt per pass changes nothing
-    one = atp(gpt2, base, sites, "logit_diff", source=src, answers=answers, batch_size=1)
+    one = atp(gpt2, base, sites, metric="logit_diff", source=src, answers=answers, batch_size=1)
     torch.testing.assert_close(one.estimates, full.estimates, atol=1e-6, rtol=1e-5)
     assert one.passes == 4
     # interventions that need no pair; Mean with itself as reference, Resample donors from the pair
     for iv in (Zero(), Mean(), Resample(seed=1), Mean(reference=src)):
-        r = atp(gpt2, base, sites, "logit_diff", source=src, answers=answers, intervention=iv)
+        r = atp(gpt2, base, sites, metric="logit_diff", source=src, answers=answers, intervention=iv)
         assert r.estimates.shape == (3, 4) and torch.isfinite(r.estimates).all()
     # a patch whose source equals the base run estimates exactly zero
-    same = atp(gpt2, base, sites, "logit_diff", source=base, answers=answers)
+    same = atp(gpt2, base, sites, metric="logit_diff", source=base, answers=answers)
     assert float(same.estimates.abs().max()) == 0.0
 
 
@@ -138,7 +141,8 @@ def test_agrees_with_transformer_lens(gpt2):
             return Head(n.layer, n.head, pos=n.position)
         return Mlp(n.layer, pos=n.position)
 
-    ours = atp(gpt2, corr, [site(n) for n in keys], "logit_diff", source=clean, answers=answers).estimates.mean(1)
+    ours = atp(gpt2, corr, [site(n) for n in keys], metric="logit_diff", source=clean,
+               answers=answers).estimates.mean(1)
     theirs = torch.tensor([nodes.node_scores[n] for n in keys], dtype=torch.float32)
     assert float(theirs.abs().max()) > 0.1
     torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-4)
@@ -151,7 +155,7 @@ def test_agrees_with_transformer_lens(gpt2):
                else f"L{r.layer}H{r.head}.{r.kind[0]}")
         key = (sender[w.kind].format(layer=w.layer, head=w.head), rec)
         totals[key] = totals.get(key, 0.0) + v
-    eap = _by_labels(edge_attribution(gpt2, corr, "logit_diff", source=clean, answers=answers).edge_scores())
+    eap = _by_labels(edge_attribution(gpt2, corr, metric="logit_diff", source=clean, answers=answers).edge_scores())
     assert set(totals) == set(eap)
     for e, v in eap.items():
         assert math.isclose(v, totals[e], rel_tol=1e-4, abs_tol=2e-5), (e, v, totals[e])
@@ -188,10 +192,10 @@ def test_qk_fix_is_exact_where_the_softmax_is_the_only_nonlinearity(rotary):
              + [Query(0, h, pos=p) for h in range(4) for p in range(6)]
              + [Key(0, k, pos=p) for k in range(G) for p in range(6)]
              + [(Query(0, 1, pos=3), Key(0, 0, pos=1))])
-    run = run_patches(model, base, sites, "logit_diff", source=src, answers=answers)
+    run = run_patches(model, base, sites, metric="logit_diff", source=src, answers=answers)
     exact = run.values - run.base_values
-    plain = atp(model, base, sites, "logit_diff", source=src, answers=answers).estimates
-    fixed = atp(model, base, sites, "logit_diff", source=src, answers=answers, qk_fix=True).estimates
+    plain = atp(model, base, sites, metric="logit_diff", source=src, answers=answers).estimates
+    fixed = atp(model, base, sites, metric="logit_diff", source=src, answers=answers, qk_fix=True).estimates
     assert float(exact.abs().max()) > 0.05
     torch.testing.assert_close(fixed, exact, atol=1e-5, rtol=1e-5)
     assert float((plain - exact).abs().max()) > 100 * float((fixed - exact).abs().max())
@@ -215,16 +219,17 @@ def test_grad_drop_definition(gpt2, attn_only):
     direct path to the logits, which is EAP's score of its edge to the logits (another code path); sites of the
     last layer keep |AtP| (dropping layer 0 does not touch them, dropping their own layer is excluded)."""
     base, src, answers = _data(seed=5)
-    r = atp(attn_only, base, [Head(0, h) for h in range(4)], "logit_diff", source=src, answers=answers, grad_drop=True)
-    eap = _by_labels(edge_attribution(attn_only, base, "logit_diff", source=src, answers=answers).edge_scores())
+    r = atp(attn_only, base, [Head(0, h) for h in range(4)], metric="logit_diff", source=src, answers=answers,
+            grad_drop=True)
+    eap = _by_labels(edge_attribution(attn_only, base, metric="logit_diff", source=src, answers=answers).edge_scores())
     direct = torch.tensor([abs(eap[(f"L0H{h}", "logits")]) for h in range(4)])
     assert float(direct.max()) > 0.05
     torch.testing.assert_close(r.scores, direct, atol=1e-5, rtol=1e-4)
     assert float((r.scores - r.estimates.mean(1).abs()).abs().max()) > 1e-3  # not plain AtP: indirect paths gone
 
     sites = [Mlp(0), Head(1, 2), Mlp(1), Resid(1, "post")]
-    r = atp(gpt2, base, sites, "logit_diff", source=src, answers=answers, grad_drop=True)
-    eap = _by_labels(edge_attribution(gpt2, base, "logit_diff", source=src, answers=answers).edge_scores())
+    r = atp(gpt2, base, sites, metric="logit_diff", source=src, answers=answers, grad_drop=True)
+    eap = _by_labels(edge_attribution(gpt2, base, metric="logit_diff", source=src, answers=answers).edge_scores())
     torch.testing.assert_close(r.scores[0], torch.tensor(abs(eap[("L0.mlp", "logits")])), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(r.scores[1:], r.estimates[1:].mean(1).abs(), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(r.dropped[0, 1:], r.estimates[1:].mean(1), atol=1e-6, rtol=1e-5)
@@ -297,14 +302,14 @@ def test_eap_is_the_first_order_term_of_edge_patching(f64):
     """Edge patching with the ablated outputs moved only eps of the way (source = clean + eps x (corrupted - clean)):
     the exact metric change per unit eps equals the EAP score, edge by edge."""
     base, src, answers = _data(seed=6)
-    eap = edge_attribution(f64, base, "logit_diff", source=src, answers=answers).edge_scores()
+    eap = edge_attribution(f64, base, metric="logit_diff", source=src, answers=answers).edge_scores()
     lay = layout(f64)
     edges = _edge_sample(lay, 16, seed=1)
     eps = 1e-3
     values = []
     for sign in (1, -1):
-        run = edge_patch(f64, base, [[e] for e in edges], "logit_diff", source=src, answers=answers,
-                         alpha=sign * eps)
+        run = edge_patch(f64, base, [[e] for e in edges], metric="logit_diff", source=src, answers=answers,
+                         intervention=Interpolate(sign * eps, extrapolate=True))
         values.append(run.values.double().mean(1))
     fd = (values[0] - values[1]) / (2 * eps)
     est = torch.tensor([eap[e] for e in edges], dtype=torch.float64)
@@ -322,11 +327,12 @@ def test_eap_ig_completeness(gqa, ig):
     groups = {"input": [e for e in lay.edges if e.sender.label == "input"]}
     if ig == "activations":
         groups["L0 heads"] = [e for e in lay.edges if e.sender.label.startswith("L0H")]
-    exact = edge_patch(gqa, base, list(groups.values()), "logit_diff", source=src, answers=answers)
+    exact = edge_patch(gqa, base, list(groups.values()), metric="logit_diff", source=src, answers=answers)
     change = (exact.values - exact.base_values).mean(1)
     errors = []
     for steps in (2, 32):
-        s = edge_attribution(gqa, base, "logit_diff", source=src, answers=answers, ig=ig, steps=steps).edge_scores()
+        s = edge_attribution(gqa, base, metric="logit_diff", source=src, answers=answers, ig=ig,
+                             steps=steps).edge_scores()
         total = torch.tensor([sum(s[e] for e in es) for es in groups.values()])
         errors.append(float((total - change).abs().max()))
     assert float(change.abs().min()) > 0.1
@@ -336,11 +342,11 @@ def test_eap_ig_completeness(gqa, ig):
 def test_eap_agrees_with_exact_edges_on_the_induction_model(induction):
     model, batch, metric = induction
     lay = layout(model)
-    run = edge_patch(model, batch.clean, [[e] for e in lay.edges], metric, source=batch.corrupted)
+    run = edge_patch(model, batch.clean, [[e] for e in lay.edges], metric=metric, source=batch.corrupted)
     exact = run.values.mean(1) - run.base_values.mean()
     results = {}
     for ig in (None, "inputs", "activations"):
-        s = edge_attribution(model, batch.clean, metric, source=batch.corrupted, ig=ig, steps=5).edge_scores()
+        s = edge_attribution(model, batch.clean, metric=metric, source=batch.corrupted, ig=ig, steps=5).edge_scores()
         results[ig] = agreement(torch.tensor([s[e] for e in lay.edges]), exact, k=10)
     assert results[None].pearson > 0.6  # measured 0.76
     assert results["inputs"].pearson > 0.9 and results["activations"].pearson > 0.9  # 0.97, 0.99
@@ -351,7 +357,8 @@ def test_eap_on_gqa_and_attention_only(gqa, attn_only):
     base, src, answers = _data(seed=9)
     for model in (gqa, attn_only):
         for ig in (None, "inputs", "activations"):
-            e = edge_attribution(model, base, "logit_diff", source=src, answers=answers, ig=ig, steps=3, batch_size=2)
+            e = edge_attribution(model, base, metric="logit_diff", source=src, answers=answers, ig=ig, steps=3,
+                                 batch_size=2)
             assert e.scores.shape == layout(model).valid.shape
             assert bool((e.scores[~e.layout.valid] == 0).all()) and e.scores.abs().sum() > 0
             g = e.graph(model.spec, top_n=5)
@@ -361,12 +368,13 @@ def test_eap_on_gqa_and_attention_only(gqa, attn_only):
 
 def test_edge_attribution_batching_and_ablations(gpt2):
     base, src, answers = _data(seed=10, n=4)
-    a = edge_attribution(gpt2, base, "logit_diff", source=src, answers=answers, ig="inputs", steps=3)
-    b = edge_attribution(gpt2, base, "logit_diff", source=src, answers=answers, ig="inputs", steps=3, batch_size=1)
+    a = edge_attribution(gpt2, base, metric="logit_diff", source=src, answers=answers, ig="inputs", steps=3)
+    b = edge_attribution(gpt2, base, metric="logit_diff", source=src, answers=answers, ig="inputs", steps=3,
+                         batch_size=1)
     torch.testing.assert_close(a.scores, b.scores, atol=1e-5, rtol=1e-4)
     assert b.passes > a.passes
     for ablation in ("zero", "mean"):
-        e = edge_attribution(gpt2, base, "logit_diff", ablation=ablation, answers=answers)
+        e = edge_attribution(gpt2, base, metric="logit_diff", intervention=from_name(ablation), answers=answers)
         assert e.ablation == ablation and torch.isfinite(e.scores).all()
 
 
@@ -375,7 +383,7 @@ def test_discovery_registry(induction):
     assert {"acdc", "eap", "eap-ig"} <= set(DISCOVERY)
     final = {}
     for name, kw in (("eap", {}), ("eap-ig", {"steps": 3}), ("eap", {"verify": True})):
-        res = discover(name, model, batch.clean, metric, source=batch.corrupted, top_n=30, **kw)
+        res = discover(name, model, batch.clean, metric=metric, source=batch.corrupted, top_n=30, **kw)
         assert len(res.edges) == 30 and len(res.scores) == res.layout.n_edges
         assert as_edge("L0H2->L1H0.k") in res.edges and as_edge("L1H0->logits") in res.edges  # the induction circuit
         final[name + ("+verify" if kw.get("verify") else "")] = res.final_metric
@@ -386,48 +394,48 @@ def test_discovery_registry(induction):
     # measured: full model -1.04, no edges -4.19; 30 edges: EAP -2.12, EAP-IG -1.21, EAP verified -1.24
     assert final["eap-ig"] > res.full_metric - 0.5 and final["eap+verify"] > final["eap"] + 0.3
     # a threshold instead of a count (the runners pass ACDC's tau): every edge whose |score| reaches it
-    res = discover("eap-ig", model, batch.clean, metric, source=batch.corrupted, tau=0.05)
+    res = discover("eap-ig", model, batch.clean, metric=metric, source=batch.corrupted, tau=0.05)
     above = {e for e, v in res.scores.items() if abs(v) >= 0.05}
     assert set(res.edges) == above and 0 < len(above) < res.layout.n_edges and res.params["tau"] == 0.05
     # KL divergence to the clean run has no gradient there: plain EAP refuses it, EAP-IG works
     with pytest.raises(AttributionError, match="EAP-IG"):
-        discover("eap", model, batch.clean, "kl_div", source=batch.corrupted)
-    res = discover("eap-ig", model, batch.clean, KLDivergence(positions=(-1,)), source=batch.corrupted, top_n=5)
+        discover("eap", model, batch.clean, metric="kl_div", source=batch.corrupted)
+    res = discover("eap-ig", model, batch.clean, metric=KLDivergence(positions=(-1,)), source=batch.corrupted, top_n=5)
     assert len(res.edges) == 5
 
 
 # ----------------------------------------------------------------------------- errors
 
 
-def test_bad_input(gpt2, induction):
+def test_bad_input(gpt2, induction, unchecked):
     base, src, answers = _data()
     with pytest.raises(AttributionError, match="valid: 'auto', 'functional', 'bridge'"):
-        atp(gpt2, base, [Head(0, 0)], "logit_diff", source=src, answers=answers, backend="gpu")
+        atp(gpt2, base, [Head(0, 0)], metric="logit_diff", source=src, answers=answers, backend="gpu")
     with pytest.raises(AttributionError, match="query/key fix"):
-        atp(gpt2, base, [Query(0, 0)], "logit_diff", source=src, answers=answers, qk_fix=True, backend="bridge")
+        atp(gpt2, base, [Query(0, 0)], metric="logit_diff", source=src, answers=answers, qk_fix=True, backend="bridge")
     with pytest.raises(AttributionError, match="gradient is zero"):
-        atp(gpt2, base, [Head(0, 0)], KLDivergence(), source=src, clean="base")
+        atp(gpt2, base, [Head(0, 0)], metric=KLDivergence(), source=src, clean="base")
     with pytest.raises(AttributionError, match="batch_size"):
-        atp(gpt2, base, [Head(0, 0)], "logit_diff", source=src, answers=answers, batch_size=0)
+        atp(gpt2, base, [Head(0, 0)], metric="logit_diff", source=src, answers=answers, batch_size=0)
     with pytest.raises(ValueError, match="needs source"):
-        atp(gpt2, base, [Head(0, 0)], "logit_diff", answers=answers)
+        atp(gpt2, base, [Head(0, 0)], metric="logit_diff", answers=answers)
     with pytest.raises(ValueError, match="differ in shape"):  # (tensors: jaxtyping catches it first)
-        atp(gpt2, ["When Mary and John went"], [Head(0, 0)], "logit_diff", source=["When Mary and"],
+        atp(gpt2, ["When Mary and John went"], [Head(0, 0)], metric="logit_diff", source=["When Mary and"],
             answers=answers[:1])
     with pytest.raises(SiteOutOfRangeError, match="out of range"):
-        atp(gpt2, base, [Head(5, 0)], "logit_diff", source=src, answers=answers)
+        atp(gpt2, base, [Head(5, 0)], metric="logit_diff", source=src, answers=answers)
     with pytest.raises(AttributionError, match="valid: None"):
-        edge_attribution(gpt2, base, "logit_diff", source=src, answers=answers, ig="outputs")
+        edge_attribution(gpt2, base, metric="logit_diff", source=src, answers=answers, ig="outputs")
     with pytest.raises(AttributionError, match="steps"):
-        edge_attribution(gpt2, base, "logit_diff", source=src, answers=answers, ig="inputs", steps=0)
+        edge_attribution(gpt2, base, metric="logit_diff", source=src, answers=answers, ig="inputs", steps=0)
     with pytest.raises(AttributionError, match="needs source"):
-        edge_attribution(gpt2, base, "logit_diff", answers=answers)
-    with pytest.raises(AttributionError, match="valid: 'corrupted', 'zero', 'mean'"):
-        edge_attribution(gpt2, base, "logit_diff", ablation="resample", answers=answers)
+        edge_attribution(gpt2, base, metric="logit_diff", answers=answers)
+    with unchecked(), pytest.raises(AttributionError, match=r"one of Replace\(\), Zero\(\), Mean"):  # a name
+        edge_attribution(gpt2, base, metric="logit_diff", intervention="resample", answers=answers)
     pair = PromptPair(src, base, answers)
     with pytest.raises(AttributionError, match="valid: 'atp', 'atp\\+qk', 'atp\\+gd', 'atp\\*'"):
-        attribute(gpt2, pair, "head", method="atp**")
-    res = attribute(gpt2, pair, "head", method="atp")
+        attribute(gpt2, pair, "head", metric="logit_diff", method="atp**")
+    res = attribute(gpt2, pair, "head", metric="logit_diff", method="atp")
     with pytest.raises(AttributionError, match="batch_size"):
         verify(gpt2, pair, res, batch_size=0)
     with pytest.raises(AttributionError, match="one shape"):
@@ -456,8 +464,8 @@ def test_per_position_eap_is_the_first_order_term_of_position_resolved_edge_patc
     that position only (central differences of position-resolved edge patching)."""
     base, src, answers = _data(seed=6)
     seq = base.shape[1]
-    whole = edge_attribution(f64, base, "logit_diff", source=src, answers=answers)
-    per = edge_attribution(f64, base, "logit_diff", source=src, answers=answers, per_position=True)
+    whole = edge_attribution(f64, base, metric="logit_diff", source=src, answers=answers)
+    per = edge_attribution(f64, base, metric="logit_diff", source=src, answers=answers, per_position=True)
     assert per.scores.shape == (seq, *whole.scores.shape) and per.n_pos == seq and whole.n_pos is None
     torch.testing.assert_close(per.scores.sum(0), whole.scores, atol=1e-6, rtol=1e-5)
     scores = per.edge_scores()
@@ -465,8 +473,9 @@ def test_per_position_eap_is_the_first_order_term_of_position_resolved_edge_patc
     rng = random.Random(2)
     edges = [e.at(p) for e in _edge_sample(layout(f64), 12, seed=3) for p in [rng.randrange(seq)]]
     eps = 1e-3
-    values = [edge_patch(f64, base, [[e] for e in edges], "logit_diff", source=src, answers=answers,
-                         alpha=sign * eps).values.double().mean(1) for sign in (1, -1)]
+    values = [edge_patch(f64, base, [[e] for e in edges], metric="logit_diff", source=src, answers=answers,
+                         intervention=Interpolate(sign * eps,
+                                                  extrapolate=True)).values.double().mean(1) for sign in (1, -1)]
     fd = (values[0] - values[1]) / (2 * eps)
     est = torch.tensor([scores[e] for e in edges], dtype=torch.float64)
     assert float(fd.abs().max()) > 0.01
@@ -480,10 +489,10 @@ def test_position_resolved_discovery(induction):
 
     model, batch, metric = induction
     seq = batch.clean.shape[1]
-    res = discover("eap", model, batch.clean, metric, source=batch.corrupted, top_n=40, per_position=True)
+    res = discover("eap", model, batch.clean, metric=metric, source=batch.corrupted, top_n=40, per_position=True)
     assert len(res.edges) == 40 and all("@" in s and "@" in r for s, r in _by_labels(dict.fromkeys(res.edges)))
     assert len(res.scores) == seq * res.layout.n_edges
-    again = float(circuit_metric(model, batch.clean, [list(res.edges)], metric, source=batch.corrupted)[0])
+    again = float(circuit_metric(model, batch.clean, [list(res.edges)], metric=metric, source=batch.corrupted)[0])
     assert res.final_metric == pytest.approx(again, abs=1e-5)
     graph = res.to_graph()
     assert graph.n_pos == seq and len(graph.in_circuit_edges()) == 40

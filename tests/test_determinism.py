@@ -76,8 +76,8 @@ def _run_patches(model, pair):
     sites = [Head(0, 1), Head(1, 2), [Head(0, 0), Head(1, 3)], Resid(1, "pre")]
     if not model.spec.attn_only:
         sites.append(Mlp(0))
-    kl = run_patches(model, pair.corrupted, sites, "kl_div", source=pair.clean, clean="source", progress=False)
-    mean = run_patches(model, pair.clean, sites, "loss", intervention=Mean(), progress=False)
+    kl = run_patches(model, pair.corrupted, sites, metric="kl_div", source=pair.clean, clean="source", progress=False)
+    mean = run_patches(model, pair.clean, sites, metric="loss", intervention=Mean(), progress=False)
     return {"kl": kl.values, "kl_base": kl.base_values, "mean": mean.values, "mean_base": mean.base_values}
 
 
@@ -85,7 +85,7 @@ def _edge_patch(model, pair):
     rng = random.Random(0)
     edges = graph_layout(model.spec).edges
     sets = [[], [rng.choice(edges)]] + [rng.sample(edges, 6) for _ in range(6)]
-    run = edge_patch(model, pair.clean, sets, "logit_diff", source=pair.corrupted, answers=pair.answers,
+    run = edge_patch(model, pair.clean, sets, metric="logit_diff", source=pair.corrupted, answers=pair.answers,
                      progress=False)
     return {"values": run.values, "base": run.base_values}
 

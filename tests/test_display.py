@@ -33,12 +33,12 @@ def results(gpt2):
     """name -> (result, figures it shows, text its table must hold)."""
     pair = make_pair(gpt2, torch.tensor([[1, 2, 3, 4, 5, 6]]), torch.tensor([[1, 2, 9, 4, 5, 6]]),
                      answers=torch.tensor([[7, 8]]))
-    resid = sweep(gpt2, pair, "resid_pre")
-    head = sweep(gpt2, pair, "head")
-    by_pos = sweep(gpt2, pair, "head", by_position=True)  # 3 axes: a table, no heatmap
+    resid = sweep(gpt2, pair, "resid_pre", metric="logit_diff")
+    head = sweep(gpt2, pair, "head", metric="logit_diff")
+    by_pos = sweep(gpt2, pair, "head", metric="logit_diff", by_position=True)  # 3 axes: a table, no heatmap
     g = torch.Generator().manual_seed(4)
     base, src = torch.randint(1, 100, (3, 6), generator=g), torch.randint(1, 100, (3, 6), generator=g)
-    found = acdc(gpt2, base, KLDivergence(positions=None), source=src, tau=0.02, progress=False)
+    found = acdc(gpt2, base, metric=KLDivergence(positions=None), source=src, tau=0.02, progress=False)
     assert 0 < len(found.edges) < found.layout.n_edges
     run = SweepRun("out/tiny", {"model": {"name": "tiny-gpt2"}}, {"resid_pre": resid, "head": head})
     inter = InteractionModel(("L0H0", "L0H1", "L1H0", "L1H1"),

@@ -74,15 +74,16 @@ def _every_fast_method(model):
     heads = [Head(0, 0), Head(1, 1)]
     lay_edge = ("L0H0", "L1H1.q")
     return {
-        "run_patches": run_patches(model, base, heads, "logit_diff", source=src, answers=answers,
+        "run_patches": run_patches(model, base, heads, metric="logit_diff", source=src, answers=answers,
                                    method="fast").values,
-        "path_patch": path_patch(model, base, src, [Head(0, 0)], "logits", "logit_diff", answers=answers,
-                                 method="fast").values,
-        "edge_patch": edge_patch(model, base, [[lay_edge]], "logit_diff", source=src, answers=answers).values,
-        "edge_attribution": edge_attribution(model, base, "logit_diff", source=src, answers=answers).scores,
-        "atp_qk_fix": atp(model, base, [Head(1, 0)], "logit_diff", source=src, answers=answers, qk_fix=True).estimates,
-        "interaction_masks": evaluate_masks(model, base, [Head(0, 0), Head(1, 1)], torch.tensor([[True, False]]),
-                                            "logit_diff", source=src, answers=answers, method="fast").values,
+        "path_patch": path_patch(model, base, [Head(0, 0)], receivers="logits", metric="logit_diff", source=src,
+                                 answers=answers, method="fast").values,
+        "edge_patch": edge_patch(model, base, [[lay_edge]], metric="logit_diff", source=src, answers=answers).values,
+        "edge_attribution": edge_attribution(model, base, metric="logit_diff", source=src, answers=answers).scores,
+        "atp_qk_fix": atp(model, base, [Head(1, 0)], metric="logit_diff", source=src, answers=answers,
+                          qk_fix=True).estimates,
+        "interaction_masks": evaluate_masks(model, base, [Head(0, 0), Head(1, 1)], masks=torch.tensor([[True, False]]),
+                                            metric="logit_diff", source=src, answers=answers, method="fast").values,
     }
 
 

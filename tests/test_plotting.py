@@ -20,7 +20,7 @@ def test_patch_heatmap_labels_values_and_noops(gpt2):
     clean = torch.tensor([[1, 2, 3, 4, 5, 6]])
     corrupted = torch.tensor([[1, 2, 9, 4, 5, 6]])
     pair = make_pair(gpt2, clean, corrupted, answers=torch.tensor([[7, 8]]))
-    res = sweep(gpt2, pair, "resid_pre")
+    res = sweep(gpt2, pair, "resid_pre", metric="logit_diff")
     fig = patch_heatmap(res)
     assert isinstance(fig, go.Figure)
     trace = fig.data[0]
@@ -35,7 +35,7 @@ def test_patch_heatmap_labels_values_and_noops(gpt2):
 
 def test_patch_heatmap_refuses_other_shapes(gpt2):
     pair = make_pair(gpt2, torch.tensor([[1, 2, 3]]), torch.tensor([[1, 5, 3]]), answers=torch.tensor([[7, 8]]))
-    res = sweep(gpt2, pair, "head", by_position=True)
+    res = sweep(gpt2, pair, "head", metric="logit_diff", by_position=True)
     with pytest.raises(ValueError, match="2-axis"):
         patch_heatmap(res)
 

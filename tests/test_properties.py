@@ -49,12 +49,12 @@ def test_site_strings_give_a_typed_error_or_the_reference_result(request, name, 
     answers = torch.tensor([[3, 4], [5, 6]])
     try:
         sites = select(model.spec, *texts)
-        fast = run_patches(model, corrupted, [sites], "logit_diff", source=clean, answers=answers, method="auto")
+        fast = run_patches(model, corrupted, [sites], metric="logit_diff", source=clean, answers=answers, method="auto")
     except MechpatchError as err:
         event(f"refused: {type(err).__name__}")
         return  # refused, with a typed error, before any patching
     event("ran")
-    ref = run_patches(model, corrupted, [sites], "logit_diff", source=clean, answers=answers, method="reference")
+    ref = run_patches(model, corrupted, [sites], metric="logit_diff", source=clean, answers=answers, method="reference")
     torch.testing.assert_close(fast.values, ref.values, rtol=1e-5, atol=1e-5)
 
 

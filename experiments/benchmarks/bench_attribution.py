@@ -70,11 +70,12 @@ def bench_nodes(model, clean, corrupted, answers, metric):
     kinds = [k for k in KINDS if not (k == "mlp_out" and model.spec.attn_only)]
     cells = [c for k in kinds for c in make_grid(model, k, clean.shape[1], by_position=True).cells]
     kw = dict(source=corrupted, answers=answers)
-    exact_run, t_exact = timed(lambda: run_patches(model, clean, cells, metric, clean="base", progress=False, **kw))
+    exact_run, t_exact = timed(lambda: run_patches(model, clean, cells, metric=metric, clean="base", progress=False,
+                                                   **kw))
     exact = (exact_run.values - exact_run.base_values[None]).mean(1)
     row = {"count": len(cells), "kinds": kinds, "exact_seconds": round(t_exact, 3)}
     for name, extra in (("atp", {}), ("atp*", {"qk_fix": True, "grad_drop": True})):
-        run, t = timed(lambda: atp(model, clean, cells, metric, clean="base", **kw, **extra))
+        run, t = timed(lambda: atp(model, clean, cells, metric=metric, clean="base", **kw, **extra))
         a = agreement(run.estimates.mean(1), exact, k=10)
         # AtP* ranks by its GradDrop score; its signed estimate is what is compared with the exact effect
         ranked = agreement(run.scores, exact.abs(), k=10) if name == "atp*" else None
@@ -91,7 +92,7 @@ def bench_edges(model, clean, corrupted, answers, metric, sample):
     edges = lay.edges
     if sample and sample < len(edges):
         edges = random.Random(0).sample(edges, sample)
-    run, t_exact = timed(lambda: edge_patch(model, clean, [[e] for e in edges], metric, source=corrupted,
+    run, t_exact = timed(lambda: edge_patch(model, clean, [[e] for e in edges], metric=metric, source=corrupted,
                                             answers=answers, batch_size=32, progress=False))
     exact = run.values.mean(1) - run.base_values.mean()
     full = t_exact * lay.n_edges / len(edges)
@@ -99,7 +100,7 @@ def bench_edges(model, clean, corrupted, answers, metric, sample):
     if len(edges) < lay.n_edges:
         row["exact_seconds_all_edges_extrapolated"] = round(full, 1)
     for name, ig in (("eap", None), ("eap_ig_inputs_5", "inputs")):
-        att, t = timed(lambda: edge_attribution(model, clean, metric, source=corrupted, answers=answers, ig=ig,
+        att, t = timed(lambda: edge_attribution(model, clean, metric=metric, source=corrupted, answers=answers, ig=ig,
                                                 steps=5))
         scores = att.edge_scores()
         a = agreement(torch.tensor([scores[e] for e in edges]), exact, k=10)

@@ -31,6 +31,7 @@ import torch  # noqa: E402
 
 from mechpatch import load_model, zoo  # noqa: E402
 from mechpatch.circuit.discovery import acdc  # noqa: E402
+from mechpatch.patching import Replace  # noqa: E402
 from mechpatch.patching.metrics import KLDivergence  # noqa: E402
 from mechpatch.report import write_json  # noqa: E402
 from mechpatch.tasks import make_induction  # noqa: E402
@@ -49,7 +50,7 @@ def reference_forward_seconds(model, base, source, metric, removed, n):
     the edge sets are ``removed`` plus one random further edge, as the reference's are."""
     from mechpatch.circuit.edges import make_runner
 
-    runner = make_runner(model, base, metric, source=source, ablation="corrupted")
+    runner = make_runner(model, base, metric=metric, source=source, intervention=Replace())
     valid = runner.lay.valid
     g = torch.Generator().manual_seed(0)
     candidates = torch.nonzero(valid & ~removed)
@@ -70,7 +71,7 @@ def reference_forward_seconds(model, base, source, metric, removed, n):
 def bench(name, model, base, source, tau, batch_size, reference_sample=None):
     metric = KLDivergence()  # at the last position, as ACDC's IOI and greater-than runs
     t = time.perf_counter()
-    fast_res = acdc(model, base, metric, source=source, tau=tau, batch_size=batch_size,
+    fast_res = acdc(model, base, metric=metric, source=source, tau=tau, batch_size=batch_size,
                     progress=reference_sample is not None)
     t_fast = time.perf_counter() - t
     if reference_sample:
@@ -95,7 +96,7 @@ def bench(name, model, base, source, tau, batch_size, reference_sample=None):
         print(json.dumps(row), flush=True)
         return row
     t = time.perf_counter()
-    ref = acdc(model, base, metric, source=source, tau=tau, search="sequential", progress=False)
+    ref = acdc(model, base, metric=metric, source=source, tau=tau, search="sequential", progress=False)
     t_ref = time.perf_counter() - t
     row = {
         "model": name, "edges_total": fast_res.layout.n_edges, "prompts": int(base.shape[0]),

@@ -38,10 +38,10 @@ from mechpatch.zoo.redundant_induction import load_redundant_induction  # noqa: 
 
 def bench_model(name, model, base, metric, comps, n_masks, keep, ks=(5, 10, 20)):
     t = time.perf_counter()
-    ex = exhaustive_interactions(model, base, comps, metric, intervention=Mean())
+    ex = exhaustive_interactions(model, base, comps, metric=metric, intervention=Mean())
     t_ex = time.perf_counter() - t
     t = time.perf_counter()
-    sp = find_interactions(model, base, comps, metric, n_masks=n_masks, keep=keep, intervention=Mean(), seed=0)
+    sp = find_interactions(model, base, comps, metric=metric, n_masks=n_masks, keep=keep, intervention=Mean(), seed=0)
     t_sp = time.perf_counter() - t
     row = {
         "setting": name, "components": len(comps), "prompts": int(base.shape[0]),

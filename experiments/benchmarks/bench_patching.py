@@ -107,8 +107,9 @@ def bench_model(model, n_prompts: int, seq_len: int, tl_repeats: int, sweeps=tup
     for name, (kind, by_pos, tl_fn) in SWEEPS.items():
         if name not in sweeps:
             continue
-        sweep(model, pair, kind, by_position=by_pos)  # warm-up (weights extraction, fast-path check)
-        t_ours, res = timed(lambda: sweep(model, pair, kind, by_position=by_pos), repeats=2)
+        sweep(model, pair, kind, metric="logit_diff",
+              by_position=by_pos)  # warm-up (weights extraction, fast-path check)
+        t_ours, res = timed(lambda: sweep(model, pair, kind, metric="logit_diff", by_position=by_pos), repeats=2)
         with torch.inference_mode():
             t_tl, tl_res = timed(lambda: getattr(tlp, tl_fn)(model.bridge, pair.corrupted, clean_cache, tl_metric),
                                  repeats=tl_repeats)

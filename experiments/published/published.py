@@ -214,8 +214,8 @@ def path_effects(
     total, n = torch.zeros(len(senders)), 0
     for b in _batches(task, split_by):
         b = b.to(model.device)
-        run = path_patch(model, b.clean, b.corrupted, senders, receivers(b), task.metric, answers=b.answers,
-                         batch_size=batch_size)
+        run = path_patch(model, b.clean, senders, receivers=receivers(b), metric=task.metric, source=b.corrupted,
+                         answers=b.answers, batch_size=batch_size)
         # a sender set before no receiver cannot change anything: exactly 0, not the float noise of a rerun
         total += torch.where(run.noop[:, None], 0.0, run.effect).sum(1)
         n += b.n_prompts
@@ -234,8 +234,8 @@ def patch_effects(
     sums, n = [], 0
     for b in task:
         b = b.to(model.device)
-        run = run_patches(model, b.clean, cells(b), task.metric, source=b.corrupted, answers=b.answers, clean="base",
-                          batch_size=batch_size)
+        run = run_patches(model, b.clean, cells(b), metric=task.metric, source=b.corrupted, answers=b.answers,
+                          clean="base", batch_size=batch_size)
         sums.append((run.values - run.base_values[None, :]).sum(1).cpu())
         n += b.n_prompts
     return torch.stack(sums).sum(0) / n

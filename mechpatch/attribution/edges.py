@@ -15,8 +15,9 @@ of the residual stream, exactly as edge patching computes it, with a zero probe 
 **EAP-IG** (Hanna et al. 2024) replaces the gradient by its average along a path from the base run to the
 ablated one (``steps`` points ``k / steps``, k = 1..steps, as hannamw/EAP-IG uses them):
 
-- ``ig="inputs"``: the input embeddings move from the base prompts' towards the ablated ones (the corrupted
-  prompts', zero, or the mean) and every receiver's gradient is averaged over those points;
+- ``ig="inputs"``: the input embeddings move from the base prompts' towards the ablated ones (what the
+  ``intervention`` makes of them: the corrupted prompts', zero, the mean, ...) and every receiver's gradient is
+  averaged over those points;
 - ``ig="activations"``: for each sender stage (the embeddings, each layer's attention heads, each MLP) that
   stage's outputs move from base to ablated, and its edges use the receivers' gradient averaged along its own
   path (one batched pass per stage).
@@ -41,6 +42,7 @@ from mechpatch.errors import choices
 from mechpatch.model import HookedModel
 from mechpatch.patching import fast
 from mechpatch.patching import functional as F_
+from mechpatch.patching.interventions import Intervention, Mean, Replace, Resample, Zero, check_intervention, describe
 from mechpatch.patching.metrics import KLDivergence, Metric, Readout, value_dtype
 
 IG_MODES = ("inputs", "activations")
@@ -59,7 +61,7 @@ class EdgeAttribution:
     base_values: Float[Tensor, " prompt"]
     method: str  # "eap", "eap-ig-inputs", "eap-ig-activations"
     metric: str
-    ablation: str
+    ablation: str  # the intervention, as :func:`~mechpatch.patching.interventions.describe` names it ("corrupted", ...)
     steps: int
     passes: int  # batched forward+backward passes
     seconds: float
@@ -154,19 +156,20 @@ def _stage_of_sender(lay: GraphLayout, fm: F_.FunctionalModel) -> list[int]:
     return out
 
 
-def _setup(model: HookedModel, base: Any, source: Any, ablation: str, metric: Any, answers: Any
-           ) -> tuple[Tensor, Optional[Tensor], Metric, Readout]:
-    base_t, src_t, metric, positions = edge_setup(model, base, source, ablation, metric, answers, AttributionError)
-    return base_t, src_t, metric, Readout(positions, metric.columns())
+def _setup(model: HookedModel, base: Any, source: Any, intervention: Any, metric: Any, answers: Any
+           ) -> tuple[Tensor, Optional[Tensor], Optional[Tensor], Metric, Readout]:
+    base_t, src_t, ref_t, metric, positions = edge_setup(model, base, source, intervention, metric, answers,
+                                                         AttributionError)
+    return base_t, src_t, ref_t, metric, Readout(positions, metric.columns())
 
 
 def edge_attribution(
     model: HookedModel,
     base: Union[Int[Tensor, "batch pos"], Sequence[str]],
-    metric: Union[Metric, str, Callable] = "logit_diff",
     *,
+    metric: Union[Metric, str, Callable],
     source: Union[Int[Tensor, "batch pos"], Sequence[str], None] = None,
-    ablation: str = "corrupted",
+    intervention: Intervention = Replace(),
     answers: Optional[Int[Tensor, "batch answer"]] = None,
     ig: Optional[str] = None,
     steps: int = 5,
@@ -180,7 +183,8 @@ def edge_attribution(
         model: a model the functional forward supports (GPT-2, Llama, native; float32/64), as for edge patching.
         base: the prompts run (the clean ones, for circuit discovery).
         metric: a Metric or name; KL divergence compares with the unablated base run (as edge patching does).
-        source, ablation, answers: as :func:`~mechpatch.circuit.edges.edge_patch`.
+        source, intervention, answers: as :func:`~mechpatch.circuit.edges.edge_patch` (the scores estimate
+            ablating an edge with ``intervention``; ``Interpolate(a)`` scales them by ``a``).
         ig: None (plain EAP: gradient on the base run), "inputs" or "activations" (see the module docstring).
         steps: points of the integrated-gradient path (EAP-IG only).
         batch_size: rows per forward+backward (a row is one prompt at one path point); default from ``memory_budget``.
@@ -201,22 +205,22 @@ def edge_attribution(
     ...                               attn_only=True, seed=0)
     >>> model = load_model(cfg, device="cpu")
     >>> base, src, answers = torch.tensor([[1, 2, 3, 4]]), torch.tensor([[1, 5, 3, 6]]), torch.tensor([[7, 8]])
-    >>> eap = edge_attribution(model, base, "logit_diff", source=src, answers=answers)
+    >>> eap = edge_attribution(model, base, metric="logit_diff", source=src, answers=answers)
     >>> eap.scores.shape, eap.layout.n_edges  # 5 senders (input, 4 heads) x 13 receivers (12 q/k/v, logits)
     (torch.Size([5, 13]), 29)
     >>> edge = eap.ranked()[0]
-    >>> run = edge_patch(model, base, [[edge]], "logit_diff", source=src, answers=answers)
+    >>> run = edge_patch(model, base, [[edge]], metric="logit_diff", source=src, answers=answers)
     >>> est, exact = eap.edge_scores()[edge], float(run.values.mean() - run.base_values.mean())
     >>> est * exact > 0  # the first-order estimate and the exact effect of the best-ranked edge agree in sign
     True
     """
     start = time.time()
-    _check_args(ig, steps, batch_size)
+    _check_args(intervention, ig, steps, batch_size)
     reason, fm = fast.resolve(model)
     if reason is not None:
         raise AttributionError(
             f"edge attribution runs mechpatch's functional forward, which cannot run this model: {reason}")
-    base_t, src_t, metric, readout = _setup(model, base, source, ablation, metric, answers)
+    base_t, src_t, ref_t, metric, readout = _setup(model, base, source, intervention, metric, answers)
     if ig is None and isinstance(metric, KLDivergence):
         raise AttributionError(
             "KL divergence to the base run is at its minimum there: its gradient is zero, so plain EAP scores every "
@@ -230,17 +234,14 @@ def edge_attribution(
     # prompts go a chunk at a time (memory does not grow with them); the base run's logits first (what KL divergence
     # compares with) and, for mean ablation, the mean sender outputs
     chunk = max(1, batch_size // (1 if ig is None else steps))
-    base_values, out_mean = run.base_run(base_t, chunk, mean=ablation == "mean")
+    base_values, out_mean = run.base_run(base_t, chunk, mean=isinstance(intervention, Mean) and ref_t is None)
+    ablated = _Ablated(run, intervention, src_t, ref_t, out_mean, n, chunk)
     alphas = [k / steps for k in range(1, steps + 1)]
     scores = torch.zeros(seq, len(lay.senders), len(lay.receivers), dtype=torch.float64, device=base_t.device)
     for lo in range(0, n, chunk):
         idx = torch.arange(lo, min(n, lo + chunk), device=base_t.device)
         emb, base_out, _ = run.outputs(base_t[idx])
-        if ablation == "corrupted":
-            src_out = run.outputs(src_t[idx])[1]
-        else:
-            src_out = torch.zeros_like(base_out) if ablation == "zero" else out_mean.expand_as(base_out)
-        delta = src_out - base_out
+        delta = ablated.delta(idx, base_out)
         d = delta.to(torch.float64)
         if ig != "activations":
             g = run.grads(idx, emb, base_out, delta, None if ig is None else alphas, None if ig is None else 0)
@@ -254,11 +255,12 @@ def edge_attribution(
     # float64 sums, reported in the model's precision (float64 stays float64; see metrics.value_dtype)
     scores = (scores / n).to(value_dtype(model.dtype)).cpu() * lay.valid
     method = "eap" if ig is None else f"eap-ig-{ig}"
-    return EdgeAttribution(scores, lay, base_values, method, run.metric.name, ablation, 1 if ig is None else steps,
-                           run.passes, time.time() - start)
+    return EdgeAttribution(scores, lay, base_values, method, run.metric.name, describe(intervention),
+                           1 if ig is None else steps, run.passes, time.time() - start)
 
 
-def _check_args(ig: Optional[str], steps: Any, batch_size: Any) -> None:
+def _check_args(intervention: object, ig: Optional[str], steps: Any, batch_size: Any) -> None:
+    check_intervention(intervention, AttributionError)
     if ig is not None and ig not in IG_MODES:
         raise AttributionError(f"unknown ig mode {ig!r}; valid: None (plain EAP), {choices(IG_MODES)}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -341,6 +343,34 @@ class _Passes:
             g = torch.cat([torch.zeros_like(p) if gr is None else gr for p, gr in zip(probes, grads)], 1)
             total += g.reshape(len(pts), len(idx), n_r, seq, D).to(torch.float64).sum(0)
         return total / len(points)
+
+
+class _Ablated:
+    """What ``intervention`` makes of the sender outputs, per chunk of prompts: ``delta(idx, base_out)`` is the
+    ablated minus the base run's outputs [prompt, sender, pos, d_model] of prompts ``idx``."""
+
+    def __init__(self, run: "_Passes", intervention: Intervention, src_t: Optional[Tensor], ref_t: Optional[Tensor],
+                 out_mean: Optional[Tensor], n: int, chunk: int) -> None:
+        self.run, self.iv, self.src_t, self.out_mean = run, intervention, src_t, out_mean
+        self.pool, self.donors = src_t, None
+        if isinstance(intervention, Mean) and ref_t is not None:  # the mean over the reference prompts
+            self.out_mean = sum(run.outputs(ref_t[lo:lo + chunk])[1].sum(0, keepdim=True)
+                                for lo in range(0, ref_t.shape[0], chunk)) / ref_t.shape[0]
+        if isinstance(intervention, Resample):  # each prompt's donor, from the source run or the reference prompts
+            self.pool = src_t if ref_t is None else ref_t
+            self.donors = intervention.donors(n, self.pool.shape[0], same_pool=ref_t is None).to(self.pool.device)
+
+    def delta(self, idx: Tensor, base_out: Tensor) -> Tensor:
+        iv = self.iv
+        if isinstance(iv, Zero):
+            src_out = torch.zeros_like(base_out)
+        elif isinstance(iv, Mean):
+            src_out = self.out_mean.expand_as(base_out)
+        elif isinstance(iv, Resample):
+            src_out = self.run.outputs(self.pool[self.donors[idx]])[1]
+        else:  # Replace, Interpolate: the source run's
+            src_out = self.run.outputs(self.src_t[idx])[1]
+        return src_out - base_out if iv.alpha == 1.0 else iv.alpha * (src_out - base_out)
 
 
 __all__ = ["IG_MODES", "EdgeAttribution", "edge_attribution"]

@@ -226,8 +226,8 @@ def atp(
     model: HookedModel,
     base: Union[Int[Tensor, "batch pos"], Sequence[str]],
     variants: Sequence[Union[Site, Sequence[Site]]],
-    metric: Union[Metric, str, Callable],
     *,
+    metric: Union[Metric, str, Callable],
     source: Union[Int[Tensor, "batch pos"], Sequence[str], None] = None,
     intervention: Intervention = Replace(),
     answers: Optional[Int[Tensor, "batch answer"]] = None,
@@ -263,9 +263,9 @@ def atp(
     >>> model = load_model(cfg, device="cpu", dtype="float64")
     >>> base, src = torch.tensor([[1, 2, 3, 4]]), torch.tensor([[1, 5, 3, 6]])
     >>> answers = torch.tensor([[7, 8]])
-    >>> est = atp(model, base, [Head(0, 1), Head(1, 0)], "logit_diff", source=src, answers=answers).estimates
+    >>> est = atp(model, base, [Head(0, 1), Head(1, 0)], metric="logit_diff", source=src, answers=answers).estimates
     >>> eps = 1e-6  # the estimate is the derivative of the exact engine's patch along (source - base)
-    >>> exact = run_patches(model, base, [Head(0, 1), Head(1, 0)], "logit_diff", source=src, answers=answers,
+    >>> exact = run_patches(model, base, [Head(0, 1), Head(1, 0)], metric="logit_diff", source=src, answers=answers,
     ...                     intervention=Interpolate(eps))
     >>> torch.allclose((exact.values - exact.base_values) / eps, est, rtol=1e-3, atol=1e-5)
     True
@@ -433,10 +433,10 @@ def _grad_pass(backend: str, model: HookedModel, fm: Optional[F_.FunctionalModel
 
 
 def atp_star(model: HookedModel, base: Union[Int[Tensor, "batch pos"], Sequence[str]],
-             variants: Sequence[Union[Site, Sequence[Site]]], metric: Union[Metric, str, Callable],
+             variants: Sequence[Union[Site, Sequence[Site]]], *, metric: Union[Metric, str, Callable],
              **kwargs: Any) -> AtpRun:
     """AtP*: :func:`atp` with the query/key fix and GradDrop (the same arguments otherwise)."""
-    return atp(model, base, variants, metric, qk_fix=True, grad_drop=True, **kwargs)
+    return atp(model, base, variants, metric=metric, qk_fix=True, grad_drop=True, **kwargs)
 
 
 def attribute(
@@ -444,7 +444,7 @@ def attribute(
     pair: PromptPair,
     grid: Union[str, Grid, Sequence[Union[Site, Sequence[Site]]]],
     *,
-    metric: Union[Metric, str, Callable] = "logit_diff",
+    metric: Union[Metric, str, Callable],
     direction: str = "denoise",
     intervention: Intervention = Replace(),
     method: str = "atp",
@@ -475,10 +475,10 @@ def attribute(
     >>> model = load_model(cfg, device="cpu")
     >>> pair = PromptPair(torch.tensor([[1, 2, 3, 4], [1, 3, 2, 4]]), torch.tensor([[1, 5, 3, 6], [1, 7, 2, 6]]),
     ...                   torch.tensor([[7, 8], [8, 7]]))
-    >>> res = attribute(model, pair, "head", by_position=True, method="atp*")
+    >>> res = attribute(model, pair, "head", metric="logit_diff", by_position=True, method="atp*")
     >>> res.estimate.values.shape  # layer x head x position x prompt, as sweep(model, pair, "head", by_position=True)
     torch.Size([2, 2, 4, 2])
-    >>> exact = sweep(model, pair, "head", by_position=True)
+    >>> exact = sweep(model, pair, "head", metric="logit_diff", by_position=True)
     >>> agreement(res.effects(), exact.mean() - exact.corrupted.mean()).pearson > 0.7  # measured 0.81
     True
     """
@@ -495,7 +495,7 @@ def attribute(
     metric = as_metric(metric)
     base, source = (pair.corrupted, pair.clean) if direction == "denoise" else (pair.clean, pair.corrupted)
     qk_fix, grad_drop = METHODS[method]
-    run = atp(model, base, grid.cells, metric, source=source, intervention=intervention, answers=pair.answers,
+    run = atp(model, base, grid.cells, metric=metric, source=source, intervention=intervention, answers=pair.answers,
               clean="source" if direction == "denoise" else "base", qk_fix=qk_fix, grad_drop=grad_drop,
               backend=backend, batch_size=batch_size, memory_budget=memory_budget)
     clean_v, corrupted_v = ((run.source_values, run.base_values) if direction == "denoise"

@@ -189,7 +189,8 @@ def verify(
     >>> model = load_model(cfg, device="cpu")
     >>> pair = PromptPair(torch.tensor([[1, 2, 3, 4], [1, 3, 2, 4]]), torch.tensor([[1, 5, 3, 6], [1, 7, 2, 6]]),
     ...                   torch.tensor([[7, 8], [8, 7]]))
-    >>> ver = verify(model, pair, attribute(model, pair, "head", by_position=True), batch_size=4, n_random=8)
+    >>> ver = verify(model, pair, attribute(model, pair, "head", metric="logit_diff", by_position=True), batch_size=4,
+    ...              n_random=8)
     >>> len(ver.verified) + ver.n_unverified, len(ver.sampled) <= 8
     (16, True)
     >>> ver.top[0]  # the largest exact effect found: the last-position output of head L1H0
@@ -208,7 +209,7 @@ def verify(
 
     def exact(ids: list[int]) -> Tensor:
         nonlocal forwards
-        run = run_patches(model, base, [cells[i] for i in ids], ctx["metric"], source=source,
+        run = run_patches(model, base, [cells[i] for i in ids], metric=ctx["metric"], source=source,
                           intervention=ctx["intervention"], answers=pair.answers, clean=clean, method=method,
                           batch_size=len(ids), progress=False)
         forwards += run.forwards

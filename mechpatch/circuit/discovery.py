@@ -1,4 +1,4 @@
-"""Circuit discovery. One signature, one registry: ``DISCOVERY[name](model, base, metric, *, source, ablation, ...)``.
+"""Circuit discovery. One signature, one registry: ``DISCOVERY[name](model, base, *, metric, source, ...)``.
 
 ACDC (Conmy et al. 2023): start from the full edge graph; visit receivers in reverse topological order
 (logits first); for each edge into the receiver (latest sender first), ablate it on top of everything
@@ -23,7 +23,7 @@ replaced each time) after receivers, at most every ``checkpoint_seconds``, and a
 the same store it loads the state and goes on from the next receiver. Scores are stored as float64 (every
 Python float exactly), so a resumed search returns the same edges, the same scores in the same order and
 the same final metric, bit for bit, as one that was never interrupted. A checkpoint of another edge layout,
-metric, ablation, ``tau``, ``search``, ``batch_size`` or orientation, or of other prompts, is refused
+metric, intervention, ``tau``, ``search``, ``batch_size`` or orientation, or of other prompts, is refused
 (:class:`~mechpatch.chunks.CheckpointError`).
 """
 
@@ -40,10 +40,11 @@ from mechpatch._progress import progress_bar
 from mechpatch.chunks import CheckpointError, ChunkStore
 from mechpatch.circuit.components import Edge, GraphLayout
 from mechpatch.circuit.eap import eap, eap_ig
-from mechpatch.circuit.edges import EdgeError, make_runner
+from mechpatch.circuit.edges import EdgeError, EdgeRunner, make_runner
 from mechpatch.circuit.result import DiscoveryResult
 from mechpatch.errors import choices
 from mechpatch.model import HookedModel
+from mechpatch.patching.interventions import Intervention, Replace, check_intervention, describe
 from mechpatch.patching.metrics import KLDivergence, Loss, Metric, as_metric
 
 #: ACDC's search strategies (``acdc(search=...)``; a "method" in mechpatch is a discovery algorithm or an engine path)
@@ -59,7 +60,8 @@ def _lower_is_better(metric: Metric) -> bool:
 
 
 def _search_key(lay: GraphLayout, metric: str, ablation: str) -> Tensor:
-    """SHA-256 (as uint8 [32]) of what an ACDC state is about: the edge layout, the metric and the ablation."""
+    """SHA-256 (as uint8 [32]) of what an ACDC state is about: the edge layout, the metric and the ablation
+    (:func:`~mechpatch.patching.interventions.describe` of the intervention: ``"corrupted"``, ``"zero"``, ...)."""
     import hashlib
     import json
 
@@ -99,10 +101,10 @@ def _check_checkpoint(state: dict[str, Tensor], expect: dict[str, Tensor], full_
 def acdc(
     model: HookedModel,
     base: Union[Int[Tensor, "batch pos"], list],
-    metric: Union[Metric, str] = "kl_div",
     *,
+    metric: Union[Metric, str],
     source: Optional[Tensor] = None,
-    ablation: str = "corrupted",
+    intervention: Intervention = Replace(),
     answers: Optional[Tensor] = None,
     tau: float = 0.01,
     search: str = "batched",
@@ -117,8 +119,9 @@ def acdc(
     Args:
         model: a model the fast path supports.
         base: the clean prompts.
-        metric: KL divergence to the clean run (default), a task metric, or any Metric.
-        source: corrupted prompts (for ``ablation="corrupted"``); "zero" and "mean" need none.
+        metric: KL divergence to the clean run (``"kl_div"``), a task metric, or any Metric.
+        source: corrupted prompts (for ``Replace()``, the default intervention); ``Zero()`` and ``Mean()`` need none.
+        intervention: what a removed edge carries (see :func:`~mechpatch.circuit.edges.edge_patch`).
         tau: remove an edge when its damage is below this (in the metric's units, mean over prompts).
         search: "batched" (cumulative candidate rows, layer-resumed) or "sequential" (one edge per forward
             from the embeddings: the plain algorithm, for reference and benchmarks).
@@ -135,32 +138,34 @@ def acdc(
         :class:`DiscoveryResult` (``seconds`` counts the time of every attempt of a resumed search).
 
     Raises:
-        CheckpointError: the checkpoint holds the state of another search (other layout, metric, ablation,
+        CheckpointError: the checkpoint holds the state of another search (other layout, metric, intervention,
             tau, search, batch_size, orientation or prompts).
 
     >>> from mechpatch import zoo
     >>> from mechpatch.chunks import MemoryChunks
+    >>> from mechpatch.patching import Zero
     >>> from mechpatch.tasks import make_task
     >>> model = zoo.load("tracr-reverse")
     >>> task = make_task("tracr-reverse", model)
     >>> (b,) = task.batches
     >>> store = MemoryChunks()
-    >>> res = acdc(model, b.clean, task.metric, ablation="zero", tau=1e-4, progress=False, chunks=store)
-    >>> again = acdc(model, b.clean, task.metric, ablation="zero", tau=1e-4, progress=False, chunks=store)
+    >>> res = acdc(model, b.clean, metric=task.metric, intervention=Zero(), tau=1e-4, progress=False, chunks=store)
+    >>> again = acdc(model, b.clean, metric=task.metric, intervention=Zero(), tau=1e-4, progress=False, chunks=store)
     >>> again.edges == res.edges, again.forwards == res.forwards  # the second one only read the final state
     (True, True)
-    >>> acdc(model, b.clean, task.metric, ablation="zero", tau=1e-3, progress=False,  # doctest: +ELLIPSIS
+    >>> acdc(model, b.clean, metric=task.metric, intervention=Zero(), tau=1e-3, progress=False,  # doctest: +ELLIPSIS
     ...      chunks=store)
     Traceback (most recent call last):
     ...
     mechpatch.chunks.CheckpointError: the checkpoint was saved by a search with tau=0.0001; this one has tau=0.001...
     """
-    _check_acdc_args(search, tau, batch_size, chunks, checkpoint_seconds)
+    _check_acdc_args(intervention, search, tau, batch_size, chunks, checkpoint_seconds)
     start_time = time.time()
     metric = as_metric(metric)
     lower = _lower_is_better(metric) if lower_is_better is None else bool(lower_is_better)
-    runner = make_runner(model, base, metric, source=source, ablation=ablation, answers=answers)
-    st = _AcdcSearch(model, runner, metric, ablation, tau, search, batch_size, lower, chunks, start_time)
+    prepared = make_runner(model, base, metric=metric, source=source, intervention=intervention, answers=answers)
+    ablation = describe(intervention)
+    st = _AcdcSearch(model, prepared, metric, ablation, tau, search, batch_size, lower, chunks, start_time)
     st.resume(f"metric {metric.name!r}, ablation {ablation!r}")
     first, order = st.first, st.order
     for position in progress_bar(range(first, len(order)), total=len(order), initial=first,
@@ -175,9 +180,10 @@ def acdc(
     return st.result()
 
 
-def _check_acdc_args(search: object, tau: object, batch_size: object, chunks: object,
+def _check_acdc_args(intervention: object, search: object, tau: object, batch_size: object, chunks: object,
                      checkpoint_seconds: object) -> None:
     """:func:`acdc`'s argument checks."""
+    check_intervention(intervention, EdgeError)
     if search not in SEARCHES:
         raise EdgeError(f"unknown ACDC search {search!r}; valid: {choices(SEARCHES)}")
     if not isinstance(tau, (int, float)) or isinstance(tau, bool) or not math.isfinite(tau):
@@ -196,7 +202,7 @@ class _AcdcSearch:
     """The state of an ACDC search between two receivers (removed edges, scores so far, the current metric,
     the cost counters, the next receiver), and the steps that change it: see :func:`acdc`."""
 
-    def __init__(self, model: HookedModel, runner: Any, metric: Metric, ablation: str, tau: Union[int, float],
+    def __init__(self, model: HookedModel, runner: EdgeRunner, metric: Metric, ablation: str, tau: Union[int, float],
                  search: str, batch_size: int, lower: bool, chunks: Optional[ChunkStore], start_time: float) -> None:
         self.model, self.runner, self.metric, self.ablation = model, runner, metric, ablation
         self.tau, self.search, self.batch_size, self.chunks = tau, search, batch_size, chunks
@@ -331,16 +337,17 @@ class _AcdcSearch:
         )
 
 
-#: name -> discovery function with the shared signature (model, base, metric, *, source, ablation, ...): ACDC here,
+#: name -> discovery function with the shared signature (model, base, *, metric, source, intervention, ...): ACDC here,
 #: EAP and EAP-IG (ranking by edge attribution scores) in :mod:`mechpatch.circuit.eap`
 DISCOVERY: dict[str, Callable[..., DiscoveryResult]] = {"acdc": acdc, "eap": eap, "eap-ig": eap_ig}
 
 
-def discover(name: str, model: HookedModel, base: Any, metric: Any = "kl_div", **kwargs: Any) -> DiscoveryResult:
-    """Run discovery algorithm ``name`` (see :data:`DISCOVERY`)."""
+def discover(name: str, model: HookedModel, base: Any, *, metric: Any, **kwargs: Any) -> DiscoveryResult:
+    """Run discovery algorithm ``name`` (see :data:`DISCOVERY`) with its keyword arguments (``source``,
+    ``intervention``, ``answers``, ``tau``, ...)."""
     if name not in DISCOVERY:
         raise EdgeError(f"unknown discovery algorithm {name!r}; valid: {choices(DISCOVERY)}")
-    return DISCOVERY[name](model, base, metric, **kwargs)
+    return DISCOVERY[name](model, base, metric=metric, **kwargs)
 
 
 __all__ = ["CHECKPOINT_GROUP", "DISCOVERY", "SEARCHES", "DiscoveryResult", "acdc", "discover"]

@@ -21,24 +21,26 @@ from mechpatch.circuit.faithfulness import circuit_metric
 from mechpatch.circuit.result import DiscoveryResult
 from mechpatch.errors import choices
 from mechpatch.model import HookedModel
+from mechpatch.patching.interventions import Intervention, Replace, check_intervention, describe
 from mechpatch.patching.metrics import Metric
 
 DEFAULT_TOP_N = 100  # edges kept when neither top_n nor tau is given
 
 
 
-def _discover(model: HookedModel, base: Any, metric: Any, *, source: Any, ablation: str, answers: Any,
+def _discover(model: HookedModel, base: Any, metric: Any, *, source: Any, intervention: Intervention, answers: Any,
               ig: Optional[str], steps: int, top_n: Optional[int], tau: Optional[float], verify: bool,
               n_verify: Optional[int], batch_size: Optional[int], memory_budget: Any, exact_batch_size: int,
               per_position: bool = False) -> DiscoveryResult:
+    check_intervention(intervention, AttributionError)
     if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
         raise AttributionError(f"top_n must be a non-negative int or None; got {top_n!r}")
     if tau is not None and (isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau)):
         raise AttributionError(f"tau must be a finite number or None; got {tau!r}")
     limit = top_n if top_n is not None else (None if tau is not None else DEFAULT_TOP_N)
     start = time.time()
-    att = edge_attribution(model, base, metric, source=source, ablation=ablation, answers=answers, ig=ig, steps=steps,
-                           batch_size=batch_size, memory_budget=memory_budget, per_position=per_position)
+    att = edge_attribution(model, base, metric=metric, source=source, intervention=intervention, answers=answers, ig=ig,
+                           steps=steps, batch_size=batch_size, memory_budget=memory_budget, per_position=per_position)
     ranked = att.ranked()
 
     def select(edges: list, value: dict) -> list:
@@ -47,14 +49,14 @@ def _discover(model: HookedModel, base: Any, metric: Any, *, source: Any, ablati
         return out if limit is None else out[:limit]
 
     chosen = select(ranked, att.edge_scores())
-    runner = make_runner(model, base, metric, source=source, ablation=ablation, answers=answers)
+    prepared = make_runner(model, base, metric=metric, source=source, intervention=intervention, answers=answers)
     meta: dict[str, Any] = {"attribution_seconds": att.seconds, "attribution_passes": att.passes}
     evaluations, forwards = 0, att.passes
     if verify:
         n_cand = min(len(ranked), 2 * max(1, len(chosen)) if n_verify is None else max(1, int(n_verify)))
         cands = ranked[:n_cand]
-        run = edge_patch(model, base, [[e] for e in cands], metric, source=source, ablation=ablation, answers=answers,
-                         batch_size=exact_batch_size, runner=runner, progress=False)
+        run = edge_patch(model, base, [[e] for e in cands], metric=metric, batch_size=exact_batch_size,
+                         prepared=prepared, progress=False)
         exact = (run.values.mean(1) - run.base_values.mean()).tolist()
         evaluations += len(cands)
         forwards += run.forwards
@@ -65,13 +67,12 @@ def _discover(model: HookedModel, base: Any, metric: Any, *, source: Any, ablati
         kept = chosen
     kept_set = set(kept)
     kept = [e for e in att.edge_scores() if e in kept_set]  # canonical order
-    final = float(circuit_metric(model, base, [kept], metric, source=source, ablation=ablation, answers=answers,
-                                 runner=runner)[0])
+    final = float(circuit_metric(model, base, [kept], metric=metric, prepared=prepared)[0])
     evaluations += 1
     forwards += 1
     return DiscoveryResult(
         method=att.method, edges=tuple(kept), scores=att.edge_scores(), layout=att.layout, metric=att.metric,
-        ablation=ablation, params={"top_n": limit, "tau": tau, "steps": att.steps, "verify": verify,
+        ablation=describe(intervention), params={"top_n": limit, "tau": tau, "steps": att.steps, "verify": verify,
                                    **({"n_pos": att.n_pos} if per_position else {})}, forwards=forwards,
         evaluations=evaluations, seconds=time.time() - start, final_metric=final,
         full_metric=float(att.base_values.mean()), spec=model.spec, model=model.name, meta=meta,
@@ -81,10 +82,10 @@ def _discover(model: HookedModel, base: Any, metric: Any, *, source: Any, ablati
 def eap(
     model: HookedModel,
     base: Union[Int[Tensor, "batch pos"], Sequence[str]],
-    metric: Union[Metric, str, Callable] = "logit_diff",
     *,
+    metric: Union[Metric, str, Callable],
     source: Union[Int[Tensor, "batch pos"], Sequence[str], None] = None,
-    ablation: str = "corrupted",
+    intervention: Intervention = Replace(),
     answers: Optional[Int[Tensor, "batch answer"]] = None,
     top_n: Optional[int] = None,
     tau: Optional[float] = None,
@@ -102,6 +103,8 @@ def eap(
     the kept circuit with every other edge ablated.
 
     Args:
+        model, base, metric, source, intervention, answers: as :func:`~mechpatch.circuit.edges.edge_patch` (what a
+            removed edge carries; the attribution estimates that ablation).
         top_n: keep at most this many edges (default 100 when ``tau`` is not given either).
         tau: keep the edges whose |score| reaches this (metric units, like ACDC's threshold).
         verify: ablate the ``n_verify`` best-ranked edges (default twice the selection) one at a time with the
@@ -111,7 +114,7 @@ def eap(
         batch_size, memory_budget: of the attribution pass (see :func:`edge_attribution`);
             ``exact_batch_size``: edge sets per exact forward.
     """
-    return _discover(model, base, metric, source=source, ablation=ablation, answers=answers, ig=None, steps=1,
+    return _discover(model, base, metric, source=source, intervention=intervention, answers=answers, ig=None, steps=1,
                      top_n=top_n, tau=tau, verify=verify, n_verify=n_verify, batch_size=batch_size,
                      memory_budget=memory_budget, exact_batch_size=exact_batch_size, per_position=per_position)
 
@@ -119,10 +122,10 @@ def eap(
 def eap_ig(
     model: HookedModel,
     base: Union[Int[Tensor, "batch pos"], Sequence[str]],
-    metric: Union[Metric, str, Callable] = "logit_diff",
     *,
+    metric: Union[Metric, str, Callable],
     source: Union[Int[Tensor, "batch pos"], Sequence[str], None] = None,
-    ablation: str = "corrupted",
+    intervention: Intervention = Replace(),
     answers: Optional[Int[Tensor, "batch answer"]] = None,
     steps: int = 5,
     ig: str = "inputs",
@@ -138,7 +141,7 @@ def eap_ig(
     """Circuit discovery by EAP-IG (``ig="inputs"`` or ``"activations"``, ``steps`` path points); see :func:`eap`."""
     if ig not in IG_MODES:
         raise AttributionError(f"unknown ig mode {ig!r}; valid: {choices(IG_MODES)}")
-    return _discover(model, base, metric, source=source, ablation=ablation, answers=answers, ig=ig, steps=steps,
+    return _discover(model, base, metric, source=source, intervention=intervention, answers=answers, ig=ig, steps=steps,
                      top_n=top_n, tau=tau, verify=verify, n_verify=n_verify, batch_size=batch_size,
                      memory_budget=memory_budget, exact_batch_size=exact_batch_size, per_position=per_position)
 

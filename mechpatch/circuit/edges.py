@@ -4,10 +4,16 @@ An edge is sender -> receiver input: ``input`` (the embeddings), a head's output
 MLP's output (``L3.mlp``) into a head's query, key or value input (``L5H2.q``, ``L5H2.k``; GQA models
 have one key/value input per group: ``L5G0.k``), an MLP's input (``L5.mlp``) or the ``logits`` (the
 final residual stream). Ablating an edge changes only that receiver's input: it sees the sender's
-*ablated* output (from the corrupted run, zero, or the mean over prompts) instead of its output in the
-current run, exactly as ACDC and MIB define it:
+*ablated* output instead of its output in the current run, exactly as ACDC and MIB define it:
 
     input_r = resid_r - sum over ablated (s, r) of (out_s(current run) - out_s(ablated))
+
+The ablated output is what the ``intervention`` (:mod:`mechpatch.patching.interventions`) makes of the sender's
+output: ``Replace()`` its output on the ``source`` prompts (the corrupted run), ``Zero()``, ``Mean()`` its mean
+over the base prompts (``Mean(reference=tokens)``: over those prompts), ``Resample(seed)`` a donor prompt's output
+(drawn from the source run, or from the reference prompts), ``Interpolate(a)`` the current output moved ``a`` of
+the way to its ``Replace`` value. :class:`EdgeRunner` holds the unablated base run and these ablated outputs; a
+:func:`make_runner` prepares it once for many :func:`edge_patch` calls (``prepared=``).
 
 The residual stream itself is not changed, so components downstream see every change through the
 receivers they read from. Rows of one chunk start at the earliest layer any of their edges enters,
@@ -18,7 +24,6 @@ input is rebuilt by hand as the sum of its senders' outputs (current or ablated,
 plus the biases.
 """
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -30,17 +35,16 @@ from torch import Tensor
 from mechpatch._progress import progress_bar
 from mechpatch.cache import as_tokens
 from mechpatch.circuit.components import CircuitError, EdgeLike, GraphLayout, as_edge, graph_layout
-from mechpatch.errors import EmptyInputError, MechpatchError, ShapeMismatchError, choices
+from mechpatch.errors import EmptyInputError, MechpatchError, ShapeMismatchError
 from mechpatch.model import HookedModel
 from mechpatch.patching import fast
 from mechpatch.patching import functional as F_
+from mechpatch.patching.interventions import Intervention, Replace, check_intervention, needs_source
 from mechpatch.patching.metrics import Metric, Readout, as_metric, readout_positions
-
-ABLATIONS = ("corrupted", "zero", "mean")
 
 
 class EdgeError(CircuitError):
-    """An unknown edge, a sender that does not precede its receiver, or a bad ablation setting."""
+    """An unknown edge, a sender that does not precede its receiver, or a bad intervention setting."""
 
 
 def locate(lay: GraphLayout, edge: EdgeLike, n_pos: Optional[int] = None) -> tuple[int, int, Optional[int]]:
@@ -92,31 +96,59 @@ class EdgeRun:
 # ----------------------------------------------------------------------------- the batched forward
 
 
-class _Runner:
-    """Cached base run + ablated sender outputs; evaluates chunks of masks."""
+class EdgeRunner:
+    """The unablated base run and the ablated sender outputs of one edge-patching setting, prepared once.
+
+    :func:`make_runner` builds it: one unablated forward of the base prompts (cached residual stream, sender outputs
+    and logits) and, where the intervention reads them, one of the source or reference prompts; the ablated output
+    of every sender follows (see the module docstring). :func:`edge_patch` and
+    :func:`~mechpatch.circuit.faithfulness.circuit_metric` take it as ``prepared=`` to evaluate many sets of edges
+    without running those forwards again (ACDC, EAP's verification and the faithfulness curve do).
+
+    Attributes:
+        base: the base prompts' tokens [prompt, pos]; ``n``: their count.
+        intervention: what an ablated edge carries.
+        metric: the metric, bound to its answers and to the unablated base run's logits.
+        base_values: the metric on the unablated base run, per prompt.
+        lay: the :class:`~mechpatch.circuit.components.GraphLayout` the masks are read in.
+    """
 
     def __init__(self, model: HookedModel, lay: GraphLayout, base: Tensor, source: Optional[Tensor],
-                 ablation: str, metric: Metric, readout: Readout, alpha: float = 1.0) -> None:
+                 reference: Optional[Tensor], intervention: Intervention, metric: Metric, readout: Readout) -> None:
         self.fm = fast.weights(model)
         self.lay, self.base, self.metric, self.readout = lay, base, metric, readout
+        self.intervention = intervention
         n = base.shape[0]
         self.n = n
         rows = torch.arange(n, device=base.device)
         logits, base_out, resid = self.forward(base, rows, None, start=0, keep=True)
         self.base_logits, self.base_out, self.base_resid = logits, base_out, resid
-        if ablation == "corrupted":
-            _, src_out, _ = self.forward(source, rows, None, start=0, keep=True)
-        elif ablation == "zero":
-            src_out = [torch.zeros_like(o) for o in base_out]
-        else:  # mean over the base prompts, per position
-            src_out = [o.mean(0, keepdim=True).expand_as(o).clone() for o in base_out]
-        if alpha != 1.0:  # partial ablation: the sender output moved alpha of the way to its ablated value
-            src_out = [b + alpha * (a - b) for b, a in zip(base_out, src_out)]
-        self.src_out = src_out  # per sender [prompt, pos, d_model]
-        # A receiver with every incoming edge ablated reads only ablated outputs (+ biases). Computing that as
-        # resid - sum(current - ablated) leaves rounding residue that a norm would blow up (LN/RMS of ~1e-7
-        # noise is O(1)); such receivers get the exact sum instead, prepared here per receiver stage.
-        fm = self.fm
+        self.base_values: Optional[Tensor] = None  # set by make_runner, once the metric is bound to the base run
+        self.src_out = self._ablated(base_out, source, reference)  # per sender [prompt, pos, d_model]
+        self._exact_sums()
+
+    def _unablated(self, tokens: Tensor) -> list[Tensor]:
+        """Every sender's output [prompt, pos, d_model] on an unablated run of ``tokens``."""
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
+        return self.forward(tokens, rows, None, start=0, keep=True)[1]
+
+    def _ablated(self, base_out: list[Tensor], source: Optional[Tensor], reference: Optional[Tensor]) -> list[Tensor]:
+        """Every sender's ablated output: the intervention's value from the base run's output, the source run's
+        (``other``) and the reference run's, then moved ``alpha`` of the way there (Interpolate)."""
+        iv = self.intervention
+        other = None if source is None else self._unablated(source)
+        ref = None if reference is None else self._unablated(reference)
+        out = [iv.source(b if other is None else other[i], b, None if ref is None else ref[i]).to(b.dtype)
+               for i, b in enumerate(base_out)]
+        if iv.alpha != 1.0:  # partial ablation: the sender output moved alpha of the way to its ablated value
+            out = [b + iv.alpha * (a - b) for b, a in zip(base_out, out)]
+        return out
+
+    def _exact_sums(self) -> None:
+        """A receiver with every incoming edge ablated reads only ablated outputs (+ biases). Computing that as
+        resid - sum(current - ablated) leaves rounding residue that a norm would blow up (LN/RMS of ~1e-7
+        noise is O(1)); such receivers get the exact sum instead, prepared here per receiver stage."""
+        fm, lay, src_out = self.fm, self.lay, self.src_out
         total = torch.zeros_like(src_out[0])
         self.src_sum: dict[tuple[int, bool], Tensor] = {}
         for layer in range(fm.n_layers + 1):
@@ -210,23 +242,31 @@ def _as_masks(lay: GraphLayout, edge_sets, n_pos: int) -> Union[Bool[Tensor, "va
     return edge_masks(lay, sets, n_pos)
 
 
-def _setup(model, base, source, ablation, metric, answers, error: type = EdgeError):
-    """Tokens of the base and source runs, the bound metric and the positions it reads; bad arguments raise
-    ``error`` (the caller's error type)."""
-    if ablation not in ABLATIONS:
-        raise error(f"unknown ablation {ablation!r}; valid: {choices(ABLATIONS)}")
+def _setup(model: HookedModel, base: object, source: object, intervention: object, metric: object, answers: object,
+           error: type[MechpatchError] = EdgeError
+           ) -> tuple[Tensor, Optional[Tensor], Optional[Tensor], Metric, Optional[list[int]]]:
+    """Tokens of the base, source and reference runs (None where the intervention reads none), the bound metric and
+    the positions it reads; bad arguments raise ``error`` (the caller's error type)."""
+    intervention = check_intervention(intervention, error)
     base_t = as_tokens(model, base)
-    src_t = None
-    if ablation == "corrupted":
+    src_t = ref_t = None
+    if needs_source(intervention):
         if source is None:
-            raise error("ablation='corrupted' needs source tokens (the corrupted prompts)")
+            raise error(f"intervention {intervention!r} needs source tokens (source=: the corrupted prompts); "
+                        "Zero() and Mean() need none")
         src_t = as_tokens(model, source)
         if src_t.shape != base_t.shape:
             raise ShapeMismatchError(f"source tokens {tuple(src_t.shape)} and base {tuple(base_t.shape)} must align")
+    if getattr(intervention, "reference", None) is not None:
+        ref_t = as_tokens(model, intervention.reference)
+        if ref_t.shape[1] != base_t.shape[1]:
+            raise ShapeMismatchError(
+                f"{type(intervention).__name__} reference prompts have {ref_t.shape[1]} tokens; the base prompts have "
+                f"{base_t.shape[1]}: positions must align")
     metric = as_metric(metric)
     positions = readout_positions(metric, base_t.shape[1])
     metric = metric.bind(answers=answers, tokens=base_t)
-    return base_t, src_t, metric, positions
+    return base_t, src_t, ref_t, metric, positions
 
 
 def edge_patch(
@@ -234,15 +274,14 @@ def edge_patch(
     base: Union[Int[Tensor, "batch pos"], Sequence[str]],
     edge_sets: Union[Sequence[Sequence[EdgeLike]], Bool[Tensor, "variant sender receiver"],
                      Bool[Tensor, "variant pos sender receiver"]],
-    metric: Union[Metric, str],
     *,
+    metric: Union[Metric, str],
     source: Union[Int[Tensor, "batch pos"], Sequence[str], None] = None,
-    ablation: str = "corrupted",
+    intervention: Intervention = Replace(),
     answers: Optional[Int[Tensor, "batch answer"]] = None,
-    alpha: float = 1.0,
     batch_size: int = 32,
     progress: Optional[bool] = None,
-    runner: Optional[_Runner] = None,
+    prepared: Optional[EdgeRunner] = None,
 ) -> EdgeRun:
     """The metric with each set of edges ablated (one set per row), on the ``base`` prompts.
 
@@ -256,27 +295,33 @@ def edge_patch(
             receiver reads the sender's ablated output there and its current output elsewhere. An edge without
             positions is ablated at every position.
         metric: a Metric or name; KL divergence compares with the unablated base run.
-        source: the corrupted prompts (for ``ablation="corrupted"``).
-        ablation: "corrupted" (the sender's output on ``source``), "zero", or "mean" (over the base prompts).
-        alpha: how far an ablated edge moves the sender's output towards its ablated value (1 = all the way;
-            small values give the first-order regime that edge attribution approximates).
+        source: the corrupted prompts (for ``Replace()``, ``Interpolate(a)`` and ``Resample()`` without reference).
+        intervention: what an ablated edge carries (see the module docstring): ``Replace()`` (the sender's output
+            on ``source``), ``Zero()``, ``Mean()`` (over the base prompts, or ``Mean(reference=tokens)``),
+            ``Resample(seed)``, or ``Interpolate(a)`` (the sender's output moved ``a`` of the way towards its
+            ``source`` value: small ``a`` gives the first-order regime that edge attribution approximates;
+            ``Interpolate(a, extrapolate=True)`` for ``a`` outside [0, 1]).
         batch_size: edge sets per forward pass (each with every prompt).
-        runner: a prepared :func:`make_runner` (its ablation and alpha apply; the other run arguments are ignored).
+        prepared: an :class:`EdgeRunner` from :func:`make_runner` (its base run and intervention apply; the other
+            run arguments are ignored).
 
     Returns:
         :class:`EdgeRun` with ``values[variant, prompt]``.
     """
+    check_intervention(intervention, EdgeError)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise EdgeError(f"batch_size must be a positive int; got {batch_size!r}")
+    if prepared is not None and not isinstance(prepared, EdgeRunner):
+        raise EdgeError(f"prepared must be an EdgeRunner from make_runner; got {type(prepared).__name__}")
     if (edge_sets.shape[0] if isinstance(edge_sets, Tensor) else len(edge_sets)) == 0:
         raise EmptyInputError("no edge sets given: give at least one set of edges to ablate (an empty set, [[]], "
                               "is the unablated run)")
     lay = graph_layout(model.spec)
     # check the edge sets against the prompts before running anything
-    n_pos = runner.base.shape[1] if runner is not None else as_tokens(model, base).shape[1]
+    n_pos = prepared.base.shape[1] if prepared is not None else as_tokens(model, base).shape[1]
     masks = _as_masks(lay, edge_sets, n_pos)
-    if runner is None:
-        runner = make_runner(model, base, metric, source=source, ablation=ablation, answers=answers, alpha=alpha)
+    runner = prepared if prepared is not None else make_runner(model, base, metric=metric, source=source,
+                                                               intervention=intervention, answers=answers)
     masks = masks.to(runner.base.device)
     n = runner.n
     values = torch.empty(masks.shape[0], n, dtype=runner.base_values.dtype)  # the model's precision
@@ -299,18 +344,38 @@ def edge_patch(
     return EdgeRun(values, runner.base_values, len(chunks))
 
 
-def make_runner(model, base, metric, *, source=None, ablation="corrupted", answers=None, alpha: float = 1.0) -> _Runner:
-    """Run and cache the unablated base run (and the ablated sender outputs) once, for many edge_patch calls."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise EdgeError(f"alpha must be a finite number (1 = full ablation); got {alpha!r}")
-    base_t, src_t, metric, positions = _setup(model, base, source, ablation, metric, answers)
+def make_runner(
+    model: HookedModel,
+    base: Union[Int[Tensor, "batch pos"], Sequence[str]],
+    *,
+    metric: Union[Metric, str],
+    source: Union[Int[Tensor, "batch pos"], Sequence[str], None] = None,
+    intervention: Intervention = Replace(),
+    answers: Optional[Int[Tensor, "batch answer"]] = None,
+) -> EdgeRunner:
+    """Run the unablated base run and the ablated sender outputs once, for many :func:`edge_patch` and
+    :func:`~mechpatch.circuit.faithfulness.circuit_metric` calls (their ``prepared=``); arguments as
+    :func:`edge_patch`.
+
+    >>> import torch
+    >>> from mechpatch import zoo
+    >>> from mechpatch.patching import Zero
+    >>> model = zoo.load("induction-2l")
+    >>> base = torch.randint(0, 20, (2, 8), generator=torch.Generator().manual_seed(0))
+    >>> prepared = make_runner(model, base, metric="loss", intervention=Zero())
+    >>> edges = ("L0H0->logits", "L1H1->logits")
+    >>> runs = [edge_patch(model, base, [[e]], metric="loss", prepared=prepared) for e in edges]
+    >>> [tuple(r.values.shape) for r in runs], runs[0].base_values is prepared.base_values  # one base run for both
+    ([(1, 2), (1, 2)], True)
+    """
+    base_t, src_t, ref_t, metric, positions = _setup(model, base, source, intervention, metric, answers)
     readout = Readout(positions, None)
     with torch.inference_mode():
-        runner = _Runner(model, graph_layout(model.spec), base_t, src_t, ablation, metric, readout, float(alpha))
+        runner = EdgeRunner(model, graph_layout(model.spec), base_t, src_t, ref_t, intervention, metric, readout)
         prompt = torch.arange(base_t.shape[0], device=base_t.device)
         runner.metric = metric.bind(clean_logits=runner.base_logits)
         runner.base_values = runner.metric(runner.base_logits, prompt).cpu()
     return runner
 
 
-__all__ = ["ABLATIONS", "EdgeError", "EdgeRun", "edge_masks", "edge_patch", "locate", "make_runner"]
+__all__ = ["EdgeError", "EdgeRun", "EdgeRunner", "edge_masks", "edge_patch", "locate", "make_runner"]

@@ -19,8 +19,9 @@ from torch import Tensor
 
 from mechpatch.cache import as_tokens
 from mechpatch.circuit.components import EdgeLike, graph_layout
-from mechpatch.circuit.edges import EdgeError, edge_masks, edge_patch, locate, make_runner
+from mechpatch.circuit.edges import EdgeError, EdgeRunner, edge_masks, edge_patch, locate, make_runner
 from mechpatch.model import HookedModel
+from mechpatch.patching.interventions import Intervention, Replace, check_intervention
 from mechpatch.patching.metrics import Metric
 
 #: MIB's circuit sizes, as fractions of all edges
@@ -65,17 +66,21 @@ def _trapezoid(x: Sequence[float], y: Sequence[float]) -> float:
     return float(sum((x[i + 1] - x[i]) * (y[i] + y[i + 1]) / 2 for i in range(len(x) - 1)))
 
 
-def circuit_metric(model: HookedModel, base: Tensor, circuits: Sequence[Sequence[EdgeLike]], metric: Union[Metric, str],
-                   *, source: Optional[Tensor] = None, ablation: str = "corrupted", answers: Optional[Tensor] = None,
-                   runner: Any = None) -> Tensor:
-    """Mean metric of each circuit (every edge outside it ablated), one batched pass.
+def circuit_metric(model: HookedModel, base: Tensor, circuits: Sequence[Sequence[EdgeLike]], *,
+                   metric: Union[Metric, str], source: Optional[Tensor] = None,
+                   intervention: Intervention = Replace(), answers: Optional[Tensor] = None,
+                   prepared: Optional[EdgeRunner] = None) -> Tensor:
+    """Mean metric of each circuit (every edge outside it ablated, with ``intervention``), one batched pass.
 
-    Circuits of position-resolved edges (``L0H2@3->L1H0.k@3``) keep each edge at its position only: every
-    edge at every other position is ablated."""
+    Arguments as :func:`~mechpatch.circuit.edges.edge_patch` (``prepared``: an
+    :class:`~mechpatch.circuit.edges.EdgeRunner` from ``make_runner``). Circuits of position-resolved edges
+    (``L0H2@3->L1H0.k@3``) keep each edge at its position only: every edge at every other position is ablated."""
+    check_intervention(intervention, EdgeError)
     lay = graph_layout(model.spec)
     kept = edge_masks(lay, circuits, as_tokens(model, base).shape[-1])
     masks = lay.valid.expand_as(kept) & ~kept
-    run = edge_patch(model, base, masks, metric, source=source, ablation=ablation, answers=answers, runner=runner)
+    run = edge_patch(model, base, masks, metric=metric, source=source, intervention=intervention, answers=answers,
+                     prepared=prepared)
     return run.values.mean(1)
 
 
@@ -83,10 +88,10 @@ def faithfulness_curve(
     model: HookedModel,
     base: Tensor,
     scores: Mapping[EdgeLike, float],
-    metric: Union[Metric, str],
     *,
+    metric: Union[Metric, str],
     source: Optional[Tensor] = None,
-    ablation: str = "corrupted",
+    intervention: Intervention = Replace(),
     answers: Optional[Tensor] = None,
     sizes: Sequence[float] = MIB_SIZES,
     absolute: bool = True,
@@ -94,11 +99,14 @@ def faithfulness_curve(
     """Faithfulness of the top-scoring circuits at each size (fraction of all edges; at least one edge).
 
     Args:
+        metric, source, intervention, answers: as :func:`~mechpatch.circuit.edges.edge_patch` (every edge outside a
+            circuit is ablated with ``intervention``).
         scores: edge -> score, edges as Edge values, "sender->receiver" labels or (sender, receiver) pairs (e.g. a
             DiscoveryResult's ``scores`` or a ComponentGraph's ``edge_scores()``); edges missing or NaN rank last. Position-resolved
             edges (``@p``) rank edges per position. An edge the model does not have is an error.
         absolute: rank edges by |score| (MIB's default) rather than by signed score.
     """
+    check_intervention(intervention, EdgeError)
     sizes = tuple(float(s) for s in sizes)
     if not sizes or any(not 0 < s <= 1 for s in sizes) or list(sizes) != sorted(sizes):
         raise EdgeError(f"sizes must be increasing fractions in (0, 1]; got {sizes}")
@@ -121,8 +129,9 @@ def faithfulness_curve(
     for i, k in enumerate(counts + [0, len(keys)]):  # each size, then the empty circuit and the full model
         for s, r, p in ranked[:k]:
             kept[(i, p, s, r) if resolved else (i, s, r)] = True
-    runner = make_runner(model, base, metric, source=source, ablation=ablation, answers=answers)
-    values = edge_patch(model, base, lay.valid.expand_as(kept) & ~kept, metric, runner=runner).values.mean(1)
+    prepared = make_runner(model, base, metric=metric, source=source, intervention=intervention, answers=answers)
+    values = edge_patch(model, base, lay.valid.expand_as(kept) & ~kept, metric=metric,
+                        prepared=prepared).values.mean(1)
     m_empty, m_full = float(values[-2]), float(values[-1])
     if m_full == m_empty:
         raise EdgeError("the full model and the empty circuit score the same on this metric: faithfulness is undefined")

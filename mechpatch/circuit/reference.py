@@ -17,24 +17,24 @@ from mechpatch.circuit.edges import _setup, locate
 from mechpatch.model import HookedModel
 from mechpatch.patching import fast
 from mechpatch.patching import functional as F_
+from mechpatch.patching.interventions import Intervention, Interpolate, Mean, Replace, Zero
 from mechpatch.patching.metrics import Metric
-
 
 
 def edge_patch_reference(
     model: HookedModel,
     base: Int[Tensor, "batch pos"],
     edge_sets: Sequence[Sequence[EdgeLike]],
-    metric: Union[Metric, str],
     *,
+    metric: Union[Metric, str],
     source: Optional[Int[Tensor, "batch pos"]] = None,
-    ablation: str = "corrupted",
+    intervention: Intervention = Replace(),
     answers: Optional[Int[Tensor, "batch answer"]] = None,
 ) -> Float[Tensor, "variant prompt"]:
     """Slow edge patching: per edge set, each receiver's input is the sum, built by hand, of every
     preceding sender's output (its ablated output where the edge is ablated, at the edge's position or
-    everywhere) plus the biases; one head at a time. For testing :func:`edge_patch`."""
-    base_t, src_t, metric, positions = _setup(model, base, source, ablation, metric, answers)
+    everywhere) plus the biases; one head at a time. For testing :func:`edge_patch` (same arguments)."""
+    base_t, src_t, ref_t, metric, positions = _setup(model, base, source, intervention, metric, answers)
     fm = fast.weights(model)
     lay = graph_layout(model.spec)
     n, seq = base_t.shape
@@ -88,12 +88,9 @@ def edge_patch_reference(
 
     with torch.inference_mode():
         clean_logits, base_out = run(base_t, {}, None)
-        if ablation == "corrupted":
-            _, abl_out = run(src_t, {}, None)
-        elif ablation == "zero":
-            abl_out = {s: torch.zeros_like(o) for s, o in base_out.items()}
-        else:
-            abl_out = {s: o.mean(0, keepdim=True).expand_as(o) for s, o in base_out.items()}
+        src_out = None if src_t is None else run(src_t, {}, None)[1]
+        ref_out = None if ref_t is None else run(ref_t, {}, None)[1]
+        abl_out = _ablated_outputs(intervention, base_out, src_out, ref_out)
         metric = metric.bind(clean_logits=clean_logits)
         rows = []
         for es in edge_sets:
@@ -108,6 +105,24 @@ def edge_patch_reference(
             logits, _ = run(base_t, ablated, abl_out)
             rows.append(metric(logits, torch.arange(n)).cpu())
     return torch.stack(rows)
+
+
+def _ablated_outputs(iv: Intervention, base_out: dict[str, Tensor], src_out: Optional[dict[str, Tensor]],
+                     ref_out: Optional[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Each sender's ablated output, written out per kind of intervention."""
+    if isinstance(iv, Replace):
+        return src_out
+    if isinstance(iv, Zero):
+        return {s: torch.zeros_like(o) for s, o in base_out.items()}
+    if isinstance(iv, Mean):
+        over = base_out if ref_out is None else ref_out
+        return {s: over[s].mean(0, keepdim=True).expand_as(o) for s, o in base_out.items()}
+    if isinstance(iv, Interpolate):
+        return {s: o + iv.alpha * (src_out[s] - o) for s, o in base_out.items()}
+    pool = src_out if ref_out is None else ref_out  # Resample (the one kind left): a donor prompt's output
+    n, n_pool = next(iter(base_out.values())).shape[0], next(iter(pool.values())).shape[0]
+    donors = iv.donors(n, n_pool, same_pool=ref_out is None)
+    return {s: pool[s][donors] for s in base_out}
 
 
 __all__ = ["edge_patch_reference"]

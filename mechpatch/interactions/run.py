@@ -117,9 +117,9 @@ def evaluate_masks(
     model: object,
     base: Union[Int[Tensor, "batch pos"], Sequence[str]],
     components: Sequence[Component],
+    *,
     masks: Bool[Tensor, "mask component"],
     metric: Union[Metric, str, Callable],
-    *,
     source: Union[Int[Tensor, "batch pos"], Sequence[str], None] = None,
     intervention: Intervention = Zero(),
     answers: Optional[Int[Tensor, "batch answer"]] = None,
@@ -158,10 +158,10 @@ def evaluate_masks(
     >>> model = zoo.load("induction-2l")
     >>> tokens, store = torch.randint(0, 20, (2, 8), generator=torch.Generator().manual_seed(0)), MemoryChunks()
     >>> masks = torch.tensor([[True, False], [False, True], [True, True], [False, False]])
-    >>> a = evaluate_masks(model, tokens, heads(model.spec)[:2], masks, "loss", chunk_size=2, chunks=store)
+    >>> a = evaluate_masks(model, tokens, heads(model.spec)[:2], masks=masks, metric="loss", chunk_size=2, chunks=store)
     >>> sorted(store.chunks)
     [('masks', 0), ('masks', 1)]
-    >>> b = evaluate_masks(model, tokens, heads(model.spec)[:2], masks, "loss", chunk_size=2, chunks=store)
+    >>> b = evaluate_masks(model, tokens, heads(model.spec)[:2], masks=masks, metric="loss", chunk_size=2, chunks=store)
     >>> torch.equal(a.per_prompt, b.per_prompt), (b.evaluations, b.forwards) == (a.evaluations, a.forwards)
     (True, True)
     """
@@ -172,7 +172,7 @@ def evaluate_masks(
     engine = dict(source=source, intervention=intervention, answers=answers, clean=clean, method=method,
                   batch_size=batch_size, memory_budget=memory_budget)
     if not run_rows:  # only the base run: one variant that patches nothing is impossible, so patch and read base
-        run = run_patches(model, base, [sets[0]], metric, progress=progress, **engine)
+        run = run_patches(model, base, [sets[0]], metric=metric, progress=progress, **engine)
         per = run.base_values[None].repeat(len(uniq), 1)[inverse]
         return MaskValues(per.mean(1).double(), per, 0, 0, time.perf_counter() - start)
     inputs = _inputs_key(base, source, sets, intervention) if chunks is not None else None
@@ -220,7 +220,7 @@ def _mask_chunks(
             _check_chunk(part, uniq[rows], inputs, chunk_group, k)
         else:
             variants = [tuple(s for i in uniq[r].nonzero().flatten().tolist() for s in sets[i]) for r in rows]
-            run = run_patches(model, base, variants, metric, progress=False if several else progress, **engine)
+            run = run_patches(model, base, variants, metric=metric, progress=False if several else progress, **engine)
             part = {"masks": uniq[rows].clone(), "values": run.values, "base": run.base_values,
                     "forwards": torch.tensor([run.forwards])}
             if chunks is not None:
@@ -405,7 +405,8 @@ def _counted_values(model: object, base: object, components: Sequence[Component]
     spent = [0, 0, 0]  # evaluations, forwards, calls
 
     def values_of(masks: Tensor) -> Tensor:
-        r = evaluate_masks(model, base, components, masks, metric, chunk_group=f"{chunk_group}-{spent[2]}", **engine)
+        r = evaluate_masks(model, base, components, masks=masks, metric=metric,
+                           chunk_group=f"{chunk_group}-{spent[2]}", **engine)
         spent[0], spent[1], spent[2] = spent[0] + r.evaluations, spent[1] + r.forwards, spent[2] + 1
         return r.values
 
@@ -416,9 +417,9 @@ def find_interactions(
     model: object,
     base: Union[Int[Tensor, "batch pos"], Sequence[str]],
     components: Sequence[Component],
+    *,
     metric: Union[Metric, str, Callable],
     n_masks: int = 1000,
-    *,
     source: Union[Int[Tensor, "batch pos"], Sequence[str], None] = None,
     intervention: Intervention = Zero(),
     direction: str = "noise",
@@ -485,7 +486,7 @@ def find_interactions(
         out = _spex_model(values_of, n_masks, holdout, design, keep, max_order, seed, labels, direction, better)
         return _with_cost(out, spent[0], spent[1], time.perf_counter() - start)
     d = make_design(design, len(labels), n_masks, keep=keep, seed=seed)
-    run = evaluate_masks(model, base, components, d.masks, metric, chunk_group=chunk_group, **engine)
+    run = evaluate_masks(model, base, components, masks=d.masks, metric=metric, chunk_group=chunk_group, **engine)
     out = _fit_split(d, run.values, holdout, seed, labels, settings, direction, better)
     return _with_cost(out, run.evaluations, run.forwards, time.perf_counter() - start)
 
@@ -494,9 +495,9 @@ def exhaustive_interactions(
     model: object,
     base: Union[Int[Tensor, "batch pos"], Sequence[str]],
     components: Sequence[Component],
+    *,
     metric: Union[Metric, str, Callable],
     order: int = 2,
-    *,
     source: Union[Int[Tensor, "batch pos"], Sequence[str], None] = None,
     intervention: Intervention = Zero(),
     direction: str = "noise",
@@ -520,9 +521,9 @@ def exhaustive_interactions(
     labels = component_labels(components)
     start = time.perf_counter()
     d = make_design("exhaustive", len(labels), order=order)
-    run = evaluate_masks(model, base, components, d.masks, metric, source=source, intervention=intervention,
-                         answers=answers, clean=_clean(metric, clean, direction), method=method,
-                         batch_size=batch_size, memory_budget=memory_budget, progress=progress,
+    run = evaluate_masks(model, base, components, masks=d.masks, metric=metric, source=source,
+                         intervention=intervention, answers=answers, clean=_clean(metric, clean, direction),
+                         method=method, batch_size=batch_size, memory_budget=memory_budget, progress=progress,
                          chunk_size=chunk_size, chunks=chunks, chunk_group=chunk_group)
     better = _higher_is_better(metric, higher_is_better)
     moebius = exhaustive_moebius(d.masks, run.values)

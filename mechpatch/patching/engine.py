@@ -29,7 +29,7 @@ from mechpatch._progress import progress_bar
 from mechpatch.cache import DEFAULT_MEMORY_BUDGET, as_tokens, parse_bytes
 from mechpatch.errors import InvalidArgumentError, ShapeMismatchError, choices
 from mechpatch.model import HookedModel
-from mechpatch.patching.interventions import INTERVENTIONS, Intervention, Replace
+from mechpatch.patching.interventions import Intervention, Replace, check_intervention
 from mechpatch.patching.metrics import Metric, Readout, as_metric, readout_positions
 from mechpatch.patching.plan import PatchPlan, apply_mask, compile_plan
 from mechpatch.patching import fast
@@ -241,10 +241,7 @@ def _check_patch_args(
     _check_batch_size(batch_size, "or None (sized from memory_budget)", error)
     if clean not in (None, "source", "base"):
         raise error(f"clean must be 'source', 'base' or None; got {clean!r}")
-    if not isinstance(intervention, INTERVENTIONS):
-        raise error(
-            f"intervention must be one of {choices(c.__name__ for c in INTERVENTIONS)} (an instance), got {intervention!r}"
-        )
+    check_intervention(intervention, error)
     budget = parse_bytes(memory_budget) or default_budget
     base_t = as_tokens(model, base)
     src_t = None
@@ -357,8 +354,8 @@ def run_patches(
     model: HookedModel,
     base: Union[Int[Tensor, "batch pos"], Sequence[str]],
     variants: Sequence[Union[Site, Sequence[Site]]],
-    metric: Union[Metric, str, Callable],
     *,
+    metric: Union[Metric, str, Callable],
     source: Union[Int[Tensor, "batch pos"], Sequence[str], None] = None,
     intervention: Intervention = Replace(),
     answers: Optional[Int[Tensor, "batch answer"]] = None,

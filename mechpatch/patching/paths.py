@@ -131,11 +131,11 @@ def _delta(model: HookedModel, group: tuple[Sender, ...], before: int, base: dic
 def path_patch(
     model: HookedModel,
     base: Union[Int[Tensor, "batch pos"], Sequence[str]],
-    source: Union[Int[Tensor, "batch pos"], Sequence[str]],
     senders: Sequence[Union[Sender, Sequence[Sender]]],
+    *,
     receivers: Union[str, Sequence[Site]],
     metric: Union[Metric, str],
-    *,
+    source: Union[Int[Tensor, "batch pos"], Sequence[str]],
     answers: Optional[Int[Tensor, "batch answer"]] = None,
     method: str = "auto",
     batch_size: int = 16,
@@ -146,11 +146,11 @@ def path_patch(
     Args:
         model: the model.
         base: the run being patched (the IOI paper's p_IOI, for noising).
-        source: the run the senders' outputs come from (p_ABC).
         senders: one entry per row: a Head/Mlp or a set of them patched together.
         receivers: ``"logits"`` (the senders' direct effect) or Query/Key/Value sites, optionally at
             positions (e.g. ``Query(9, 9, pos=END)``).
         metric: as in :func:`~mechpatch.patching.engine.run_patches`; KL divergence compares with the base run.
+        source: the run the senders' outputs come from (p_ABC); path patching always replaces (no intervention).
         method: "fast" (mechpatch's functional forward: the receivers' inputs are computed from the cached
             residual stream at the receiver layer only, and the patched run resumes at the first receiver
             layer from the first patched position, with cached keys/values), "hooks" (bridge forwards:
@@ -472,11 +472,11 @@ def _path_patch_fast(fm, model, base_t, src_t, sets, recs, metric, readout, batc
 def path_patch_reference(
     model: HookedModel,
     base: Int[Tensor, "batch pos"],
-    source: Int[Tensor, "batch pos"],
     senders: Sequence[Union[Sender, Sequence[Sender]]],
+    *,
     receivers: Union[str, Sequence[Site]],
     metric: Union[Metric, str],
-    *,
+    source: Int[Tensor, "batch pos"],
     answers: Optional[Int[Tensor, "batch answer"]] = None,
 ) -> Float[Tensor, "variant prompt"]:
     """Slow, literal path patching: per sender set, one forward with every head's z and every MLP's output

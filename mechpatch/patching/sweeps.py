@@ -208,7 +208,7 @@ def sweep(
     pair: PromptPair,
     grid: Union[str, Grid, Sequence[Union[Site, Sequence[Site]]]],
     *,
-    metric: Union[Metric, str, Callable] = "logit_diff",
+    metric: Union[Metric, str, Callable],
     direction: str = "denoise",
     intervention: Intervention = Replace(),
     by_position: Optional[bool] = None,
@@ -254,7 +254,7 @@ def sweep(
     base, source = (pair.corrupted, pair.clean) if direction == "denoise" else (pair.clean, pair.corrupted)
 
     run = run_patches(
-        model, base, grid.cells, metric, source=source, intervention=intervention, answers=pair.answers,
+        model, base, grid.cells, metric=metric, source=source, intervention=intervention, answers=pair.answers,
         clean="source" if direction == "denoise" else "base", method=method, batch_size=batch_size,
         memory_budget=memory_budget, progress=progress,
     )

@@ -34,6 +34,7 @@ from mechpatch.runs.common import (
 )
 from mechpatch.runs.store import read_manifest
 
+#: the `ablation:` names a discover config accepts (turned into objects by patching.interventions.from_name)
 ABLATIONS = ("corrupted", "zero", "mean")
 
 
@@ -130,10 +131,12 @@ def _plan(cfg: DiscoverConfig, model: Any, b: Any, store: Any) -> Any:
 def _run(cfg: DiscoverConfig, store: Any, say: Any, model: Any, task: Any, b: Any, plan: Any, start: float,
          quiet: bool) -> dict[str, Any]:
     from mechpatch.circuit import discover, faithfulness_curve
+    from mechpatch.patching.interventions import from_name, needs_source
     from mechpatch.report import write_json, write_text
 
     metric = task.metric if cfg.metric == "task" else "kl_div"
-    source = b.corrupted if cfg.ablation == "corrupted" else None
+    intervention = from_name(cfg.ablation)  # the config's name ("corrupted", "zero", "mean") -> the object
+    source = b.corrupted if needs_source(intervention) else None
     kwargs: dict[str, Any] = {}
     if cfg.method == "acdc":  # the only search long enough to checkpoint; EAP is one gradient pass
         from mechpatch.circuit.discovery import CHECKPOINT_GROUP
@@ -143,7 +146,7 @@ def _run(cfg: DiscoverConfig, store: Any, say: Any, model: Any, task: Any, b: An
         kwargs["chunks"] = store
     if cfg.per_position:
         kwargs["per_position"] = True
-    res = discover(cfg.method, model, b.clean, metric, source=source, ablation=cfg.ablation, tau=cfg.tau,
+    res = discover(cfg.method, model, b.clean, metric=metric, source=source, intervention=intervention, tau=cfg.tau,
                    answers=b.answers, **kwargs)
     say(res)
     out = cfg.out_dir
@@ -156,7 +159,7 @@ def _run(cfg: DiscoverConfig, store: Any, say: Any, model: Any, task: Any, b: An
         outputs.append("circuit_mib.json")
     except MechpatchError as exc:  # attention-only models have no MIB form
         say(f"no MIB export: {exc}")
-    curve = faithfulness_curve(model, b.clean, res.scores, metric, source=source, ablation=cfg.ablation,
+    curve = faithfulness_curve(model, b.clean, res.scores, metric=metric, source=source, intervention=intervention,
                                answers=b.answers)
     summary: dict[str, Any] = {
         "model": repr(model), "task": repr(task), "method": res.method, "metric": res.metric, "ablation": cfg.ablation,

@@ -9,6 +9,7 @@ from mechpatch import zoo
 from mechpatch.circuit.components import as_edge
 from mechpatch.circuit.discovery import DISCOVERY, acdc, discover
 from mechpatch.circuit.edges import EdgeError, edge_patch
+from mechpatch.patching import Zero
 from mechpatch.patching.metrics import KLDivergence
 from mechpatch.tasks import make_task
 
@@ -30,13 +31,13 @@ def test_acdc_recovers_tracr_ground_truth(name, search):
     task = make_task(name, model)
     (b,) = task.batches
     truth = {as_edge(e) for e in ground_truth_edges(name)}
-    res = acdc(model, b.clean, task.metric, ablation="zero", tau=1e-4, search=search, progress=False)
+    res = acdc(model, b.clean, metric=task.metric, intervention=Zero(), tau=1e-4, search=search, progress=False)
     assert set(res.edges) == truth
     assert _auc(res.scores, truth) == 1.0  # ACDC's published edge AUC for both: 1.000
     assert res.final_metric < 1e-4
     # the circuit alone reproduces the outputs: ablate every other edge
     others = [e for e in res.layout.edges if e not in truth]
-    run = edge_patch(model, b.clean, [others], task.metric, ablation="zero")
+    run = edge_patch(model, b.clean, [others], metric=task.metric, intervention=Zero())
     assert float(run.values.max()) < 1e-6
 
 
@@ -44,7 +45,7 @@ def test_acdc_finds_the_induction_circuit():
     model = zoo.load("induction-2l")
     task = make_task("induction", model, n=16, block=10, seed=0)
     (b,) = task.batches
-    res = acdc(model, b.clean, task.metric, source=b.corrupted, tau=0.05, progress=False)
+    res = acdc(model, b.clean, metric=task.metric, source=b.corrupted, tau=0.05, progress=False)
     assert as_edge("L0H2->L1H0.k") in res.edges  # previous-token head -> induction head, via keys
     assert as_edge("L1H0->logits") in res.edges
     assert len(res.edges) < res.layout.n_edges
@@ -58,8 +59,8 @@ def test_batched_equals_sequential(fixture, request):
     base = torch.randint(1, 100, (3, 6), generator=g)
     src = torch.randint(1, 100, (3, 6), generator=g)
     kw = dict(source=src, tau=0.02, progress=False)
-    a = acdc(model, base, KLDivergence(positions=None), search="batched", batch_size=16, **kw)
-    b = acdc(model, base, KLDivergence(positions=None), search="sequential", **kw)
+    a = acdc(model, base, metric=KLDivergence(positions=None), search="batched", batch_size=16, **kw)
+    b = acdc(model, base, metric=KLDivergence(positions=None), search="sequential", **kw)
     assert a.edges == b.edges and 0 < len(a.edges) < a.layout.n_edges
     assert a.forwards < b.forwards
     for e, s in b.scores.items():
@@ -69,16 +70,17 @@ def test_batched_equals_sequential(fixture, request):
 def test_registry_and_errors(attn_only):
     base = torch.randint(1, 100, (2, 5))
     assert "acdc" in DISCOVERY
-    res = discover("acdc", attn_only, base, "kl_div", ablation="zero", tau=0.5, progress=False)
+    res = discover("acdc", attn_only, base, metric="kl_div", intervention=Zero(), tau=0.5, progress=False)
     assert res.method == "acdc-batched"
     with pytest.raises(EdgeError, match="valid: 'acdc'"):
-        discover("magic", attn_only, base)
+        discover("magic", attn_only, base, metric="kl_div")
     with pytest.raises(EdgeError, match="unknown ACDC search 'fast'; valid: 'batched', 'sequential'"):
-        acdc(attn_only, base, ablation="zero", search="fast")
-    res = discover("acdc", attn_only, base, "kl_div", ablation="zero", tau=0.5, search="sequential", progress=False)
+        acdc(attn_only, base, metric="kl_div", intervention=Zero(), search="fast")
+    res = discover("acdc", attn_only, base, metric="kl_div", intervention=Zero(), tau=0.5, search="sequential",
+                   progress=False)
     assert res.method == "acdc-sequential"
     with pytest.raises(EdgeError, match="tau"):
-        acdc(attn_only, base, ablation="zero", tau=float("nan"))
+        acdc(attn_only, base, metric="kl_div", intervention=Zero(), tau=float("nan"))
 
 
 def test_result_as_component_graph_keeps_scores_and_circuit(tmp_path):
@@ -88,7 +90,7 @@ def test_result_as_component_graph_keeps_scores_and_circuit(tmp_path):
     model = zoo.load("tracr-xproportion")
     task = make_task("tracr-xproportion", model)
     (b,) = task.batches
-    res = acdc(model, b.clean, task.metric, ablation="zero", tau=1e-4, progress=False)
+    res = acdc(model, b.clean, metric=task.metric, intervention=Zero(), tau=1e-4, progress=False)
     graph = res.to_graph()
     truth = [(e["sender"], e["receiver"]) for e in ground_truth_edges("tracr-xproportion")]
     assert graph.roc_auc(truth) == 1.0

@@ -11,6 +11,7 @@ import mechpatch.circuit.discovery as discovery
 from mechpatch import zoo
 from mechpatch.chunks import CheckpointError, MemoryChunks
 from mechpatch.circuit.discovery import CHECKPOINT_GROUP, acdc
+from mechpatch.patching import Zero
 from mechpatch.tasks import make_task
 from tests.stores import DiesAfter, Killed
 
@@ -60,23 +61,23 @@ def _same(a, b):
 def test_interrupted_search_resumes_to_the_same_result(induction, count_forwards, search):
     model, task, b = induction
     kw = dict(source=b.corrupted, tau=0.1, search=search, progress=False)  # tau: some nodes left dangling
-    ref = acdc(model, b.clean, task.metric, **kw)
+    ref = acdc(model, b.clean, metric=task.metric, **kw)
     assert 0 < len(ref.edges) < ref.layout.n_edges and any(math.isnan(s) for s in ref.scores.values())
     n_receivers = len(ref.layout.receivers)
 
     store = DiesAfter(3)  # dies after 3 receivers' checkpoints, then again 5 saves into the second attempt
     with pytest.raises(Killed):
-        acdc(model, b.clean, task.metric, chunks=store, checkpoint_seconds=0.0, **kw)
+        acdc(model, b.clean, metric=task.metric, chunks=store, checkpoint_seconds=0.0, **kw)
     first = store.load_chunk(CHECKPOINT_GROUP, 0)
     assert 0 < int(first["next"][0]) < n_receivers
     store = DiesAfter(5, store.chunks)
     with pytest.raises(Killed):
-        acdc(model, b.clean, task.metric, chunks=store, checkpoint_seconds=0.0, **kw)
+        acdc(model, b.clean, metric=task.metric, chunks=store, checkpoint_seconds=0.0, **kw)
     state = store.load_chunk(CHECKPOINT_GROUP, 0)
     assert int(first["next"][0]) < int(state["next"][0]) < n_receivers
 
     count_forwards[0] = 0
-    res = acdc(model, b.clean, task.metric, chunks=store, checkpoint_seconds=0.0, **kw)
+    res = acdc(model, b.clean, metric=task.metric, chunks=store, checkpoint_seconds=0.0, **kw)
     _same(res, ref)
     # it went on from the checkpoint: only the forwards the saved state had not yet made
     assert count_forwards[0] == ref.forwards - int(state["counters"][0]) < ref.forwards
@@ -84,18 +85,18 @@ def test_interrupted_search_resumes_to_the_same_result(induction, count_forwards
     assert int(final["next"][0]) == n_receivers
 
     count_forwards[0] = 0  # a finished checkpoint: no forward at all (beyond the unablated run)
-    _same(acdc(model, b.clean, task.metric, chunks=store, **kw), ref)
+    _same(acdc(model, b.clean, metric=task.metric, chunks=store, **kw), ref)
     assert count_forwards[0] == 0
 
 
 def test_checkpoint_is_saved_only_when_due(induction):
     model, task, b = induction
     store = DiesAfter(10 ** 6)
-    acdc(model, b.clean, task.metric, source=b.corrupted, tau=0.05, progress=False, chunks=store,
+    acdc(model, b.clean, metric=task.metric, source=b.corrupted, tau=0.05, progress=False, chunks=store,
          checkpoint_seconds=3600.0)
     assert store.saves == 1  # only the final state
     every = DiesAfter(10 ** 6)
-    acdc(model, b.clean, task.metric, source=b.corrupted, tau=0.05, progress=False, chunks=every,
+    acdc(model, b.clean, metric=task.metric, source=b.corrupted, tau=0.05, progress=False, chunks=every,
          checkpoint_seconds=0.0)
     assert every.saves > 10
 
@@ -104,7 +105,7 @@ def test_checkpoint_of_another_search_is_refused(induction, gpt2):
     model, task, b = induction
     kw = dict(source=b.corrupted, progress=False)
     store = MemoryChunks()
-    acdc(model, b.clean, task.metric, tau=0.05, chunks=store, **kw)
+    acdc(model, b.clean, metric=task.metric, tau=0.05, chunks=store, **kw)
     saved = dict(store.chunks)
 
     def refused(match, *args, **kwargs):
@@ -112,25 +113,27 @@ def test_checkpoint_of_another_search_is_refused(induction, gpt2):
         with pytest.raises(CheckpointError, match=match):
             acdc(*args, chunks=store, **kwargs)
 
-    refused("tau=0.05; this one has tau=0.1", model, b.clean, task.metric, tau=0.1, **kw)
-    refused("search='batched'; this one has search='sequential'", model, b.clean, task.metric, tau=0.05,
+    refused("tau=0.05; this one has tau=0.1", model, b.clean, metric=task.metric, tau=0.1, **kw)
+    refused("search='batched'; this one has search='sequential'", model, b.clean, metric=task.metric, tau=0.05,
             search="sequential", **kw)
-    refused("batch_size=64; this one has batch_size=8", model, b.clean, task.metric, tau=0.05, batch_size=8, **kw)
-    refused("another edge layout, metric or ablation", model, b.clean, "kl_div", tau=0.05, **kw)
-    refused("another edge layout, metric or ablation", model, b.clean, task.metric, tau=0.05, progress=False,
-            ablation="zero")
+    refused("batch_size=64; this one has batch_size=8", model, b.clean, metric=task.metric, tau=0.05, batch_size=8,
+            **kw)
+    refused("another edge layout, metric or ablation", model, b.clean, metric="kl_div", tau=0.05, **kw)
+    refused("another edge layout, metric or ablation", model, b.clean, metric=task.metric, tau=0.05, progress=False,
+            intervention=Zero())
     other = make_task("induction", model, n=8, block=6, seed=1).batches[0]
-    refused("other prompts or weights", model, other.clean, task.metric, tau=0.05, source=other.corrupted,
+    refused("other prompts or weights", model, other.clean, metric=task.metric, tau=0.05, source=other.corrupted,
             progress=False)
     base = torch.randint(1, 100, (2, 5))
-    refused(r"edge layout of 9 senders x 25 receivers; this search has \d+ x \d+", gpt2, base, "kl_div",
-            ablation="zero", progress=False)
+    refused(r"edge layout of 9 senders x 25 receivers; this search has \d+ x \d+", gpt2, base, metric="kl_div",
+            intervention=Zero(), progress=False)
     store.chunks = {(CHECKPOINT_GROUP, 0): {"values": torch.zeros(3)}}
     with pytest.raises(CheckpointError, match="not an ACDC state: it lacks"):
-        acdc(model, b.clean, task.metric, tau=0.05, chunks=store, **kw)
+        acdc(model, b.clean, metric=task.metric, tau=0.05, chunks=store, **kw)
 
 
 def test_checkpoint_arguments_are_checked(attn_only):
     base = torch.randint(1, 100, (2, 5))
     with pytest.raises(ValueError, match="checkpoint_seconds"):
-        acdc(attn_only, base, ablation="zero", chunks=MemoryChunks(), checkpoint_seconds=-1.0, progress=False)
+        acdc(attn_only, base, metric="kl_div", intervention=Zero(), chunks=MemoryChunks(), checkpoint_seconds=-1.0,
+             progress=False)

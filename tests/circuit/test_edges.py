@@ -8,7 +8,9 @@ import torch
 from mechpatch.circuit.components import graph_layout
 from mechpatch.circuit.edges import EdgeError, edge_masks, edge_patch
 from mechpatch.circuit.reference import edge_patch_reference
-from mechpatch.patching import run_patches
+from mechpatch.errors import InvalidArgumentError
+from mechpatch.patching import Interpolate, Zero, run_patches
+from mechpatch.patching.interventions import from_name
 from mechpatch.patching.metrics import KLDivergence, LogitDiff
 
 
@@ -62,8 +64,9 @@ def test_equals_hand_rebuilt_reference(any_model, ablation):
     lay = layout(any_model)
     sets = _random_sets(lay, 10, seed=["corrupted", "zero", "mean"].index(ablation))
     metric = LogitDiff(answers=answers)
-    run = edge_patch(any_model, base, sets, metric, source=src, ablation=ablation, batch_size=4)
-    ref = edge_patch_reference(any_model, base, sets, metric, source=src, ablation=ablation)
+    iv = from_name(ablation)  # "corrupted" is Replace()
+    run = edge_patch(any_model, base, sets, metric=metric, source=src, intervention=iv, batch_size=4)
+    ref = edge_patch_reference(any_model, base, sets, metric=metric, source=src, intervention=iv)
     torch.testing.assert_close(run.values, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(run.values[0], run.base_values, atol=1e-5, rtol=1e-5)
     assert (run.values[2:] - run.base_values).abs().amax() > 1e-3
@@ -72,9 +75,9 @@ def test_equals_hand_rebuilt_reference(any_model, ablation):
 def test_unablated_reference_is_the_bridge(any_model):
     """The by-hand reference itself reproduces the model (KL to the bridge's own logits ~ 0)."""
     base, _, _ = _pair()
-    ref = edge_patch_reference(any_model, base, [[]], KLDivergence(positions=None), ablation="zero")
+    ref = edge_patch_reference(any_model, base, [[]], metric=KLDivergence(positions=None), intervention=Zero())
     assert float(ref.abs().max()) < 1e-6
-    run = edge_patch(any_model, base, [[("input", "logits")]], KLDivergence(positions=None), ablation="zero")
+    run = edge_patch(any_model, base, [[("input", "logits")]], metric=KLDivergence(positions=None), intervention=Zero())
     assert float(run.values.min()) > 1e-3
 
 
@@ -86,8 +89,8 @@ def test_all_outgoing_edges_equal_node_patching(gpt2):
     lay = layout(gpt2)
     metric = LogitDiff(answers=answers)
     sets = [[e for e in lay.edges if e.sender.label == name] for name in ("L0H1", "L1H3", "L0.mlp")]
-    run = edge_patch(gpt2, base, sets, metric, source=src)
-    node = run_patches(gpt2, base, [Head(0, 1), Head(1, 3), Mlp(0)], metric, source=src, method="reference")
+    run = edge_patch(gpt2, base, sets, metric=metric, source=src)
+    node = run_patches(gpt2, base, [Head(0, 1), Head(1, 3), Mlp(0)], metric=metric, source=src, method="reference")
     torch.testing.assert_close(run.values, node.values, atol=1e-5, rtol=1e-5)
 
 
@@ -96,40 +99,41 @@ def test_batch_size_and_masks_do_not_change_values(llama):
     lay = layout(llama)
     sets = _random_sets(lay, 6, seed=1)
     metric = LogitDiff(answers=answers)
-    a = edge_patch(llama, base, sets, metric, source=src, batch_size=1)
-    b = edge_patch(llama, base, torch.stack([lay.mask(s) for s in sets]), metric, source=src, batch_size=50)
+    a = edge_patch(llama, base, sets, metric=metric, source=src, batch_size=1)
+    b = edge_patch(llama, base, torch.stack([lay.mask(s) for s in sets]), metric=metric, source=src, batch_size=50)
     torch.testing.assert_close(a.values, b.values, atol=1e-5, rtol=1e-5)
     assert a.forwards == len(sets) and b.forwards == 1
 
 
-def test_bad_edges(gpt2):
+def test_bad_edges(gpt2, unchecked):
     base, src, answers = _pair()
     metric = LogitDiff(answers=answers)
     with pytest.raises(EdgeError, match="not an edge"):
-        edge_patch(gpt2, base, [[("L1H0", "L0H1.q")]], metric, source=src)
+        edge_patch(gpt2, base, [[("L1H0", "L0H1.q")]], metric=metric, source=src)
     with pytest.raises(EdgeError, match="unknown sender"):
-        edge_patch(gpt2, base, [[("L9H0", "logits")]], metric, source=src)
-    with pytest.raises(EdgeError, match="valid: 'corrupted', 'zero', 'mean'"):
-        edge_patch(gpt2, base, [[]], metric, ablation="resample")
+        edge_patch(gpt2, base, [[("L9H0", "logits")]], metric=metric, source=src)
+    with unchecked(), pytest.raises(EdgeError, match=r"one of Replace\(\), Zero\(\), Mean"):  # a name, not an object
+        edge_patch(gpt2, base, [[]], metric=metric, intervention="resample")
     with pytest.raises(EdgeError, match="needs source"):
-        edge_patch(gpt2, base, [[]], metric)
+        edge_patch(gpt2, base, [[]], metric=metric)
 
 
 def test_partial_ablation_interpolates(gpt2):
-    """alpha moves ablated senders part of the way; alpha=1 is full ablation, and a fully ablated receiver
-    (layer-0 inputs read only the embeddings) follows alpha too."""
+    """Interpolate(alpha) moves ablated senders part of the way; alpha=1 is full ablation, and a fully ablated
+    receiver (layer-0 inputs read only the embeddings) follows alpha too."""
     base, src, answers = _pair(seed=9)
     metric = LogitDiff(answers=answers)
     sets = [[("input", "L0H1.q")], [("L0H2", "L1H0.k")], [("L1.mlp", "logits")]]
-    full = edge_patch(gpt2, base, sets, metric, source=src)
-    one = edge_patch(gpt2, base, sets, metric, source=src, alpha=1.0)
+    full = edge_patch(gpt2, base, sets, metric=metric, source=src)
+    one = edge_patch(gpt2, base, sets, metric=metric, source=src, intervention=Interpolate(1.0))
     torch.testing.assert_close(full.values, one.values)
-    half = edge_patch(gpt2, base, sets, metric, source=src, alpha=0.5)
+    half = edge_patch(gpt2, base, sets, metric=metric, source=src, intervention=Interpolate(0.5))
     assert not torch.allclose(half.values, full.values)
-    tiny = edge_patch(gpt2, base, sets, metric, source=src, alpha=1e-4)
+    tiny = edge_patch(gpt2, base, sets, metric=metric, source=src, intervention=Interpolate(1e-4))
     torch.testing.assert_close(tiny.values, tiny.base_values.expand_as(tiny.values), atol=1e-2, rtol=0)
-    with pytest.raises(EdgeError, match="alpha"):
-        edge_patch(gpt2, base, sets, metric, source=src, alpha=float("inf"))
+    with pytest.raises(InvalidArgumentError, match="alpha"):  # (Interpolate refuses it, before edge_patch runs)
+        edge_patch(gpt2, base, sets, metric=metric, source=src,
+                   intervention=Interpolate(float("inf"), extrapolate=True))
 
 
 def _at(edge, pos):
@@ -160,8 +164,9 @@ def test_position_resolved_edges_equal_reference(any_model, ablation):
     lay = layout(any_model)
     sets = _random_positional_sets(lay, 8, seq, seed=["corrupted", "zero", "mean"].index(ablation))
     metric = LogitDiff(answers=answers)
-    run = edge_patch(any_model, base, sets, metric, source=src, ablation=ablation, batch_size=3)
-    ref = edge_patch_reference(any_model, base, sets, metric, source=src, ablation=ablation)
+    iv = from_name(ablation)  # "corrupted" is Replace()
+    run = edge_patch(any_model, base, sets, metric=metric, source=src, intervention=iv, batch_size=3)
+    ref = edge_patch_reference(any_model, base, sets, metric=metric, source=src, intervention=iv)
     torch.testing.assert_close(run.values, ref, atol=1e-5, rtol=1e-5)
     assert (run.values - run.base_values).abs().amax(1).gt(1e-4).sum() >= len(sets) // 2
 
@@ -174,15 +179,15 @@ def test_an_edge_at_every_position_is_the_unresolved_edge(gpt2):
     lay = layout(gpt2)
     metric = LogitDiff(answers=answers)  # reads the last position
     edges = [("L0H1", "L1H2.k"), ("L1.mlp", "logits"), ("input", "L1.mlp")]
-    whole = edge_patch(gpt2, base, [[e] for e in edges], metric, source=src)
-    every = edge_patch(gpt2, base, [[_at(e, p) for p in range(seq)] for e in edges], metric, source=src)
+    whole = edge_patch(gpt2, base, [[e] for e in edges], metric=metric, source=src)
+    every = edge_patch(gpt2, base, [[_at(e, p) for p in range(seq)] for e in edges], metric=metric, source=src)
     torch.testing.assert_close(every.values, whole.values, atol=1e-5, rtol=1e-5)
-    last = edge_patch(gpt2, base, [[_at(edges[1], seq - 1)], [_at(edges[1], 0)]], metric, source=src)
+    last = edge_patch(gpt2, base, [[_at(edges[1], seq - 1)], [_at(edges[1], 0)]], metric=metric, source=src)
     torch.testing.assert_close(last.values[0], whole.values[1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(last.values[1], last.base_values, atol=1e-6, rtol=0)
     # masks in the dense [variant, pos, sender, receiver] form give the same values
     dense = edge_masks(lay, [[_at(e, p) for p in range(seq)] for e in edges], seq)
-    torch.testing.assert_close(edge_patch(gpt2, base, dense, metric, source=src).values, every.values)
+    torch.testing.assert_close(edge_patch(gpt2, base, dense, metric=metric, source=src).values, every.values)
 
 
 def test_bad_position_resolved_edges(gpt2):
@@ -191,11 +196,11 @@ def test_bad_position_resolved_edges(gpt2):
     metric = LogitDiff(answers=answers)
     lay = layout(gpt2)
     with pytest.raises(EdgeError, match="both ends of an edge are at one position"):
-        edge_patch(gpt2, base, [["L0H1@2->L1H0.k@3"]], metric, source=src)
+        edge_patch(gpt2, base, [["L0H1@2->L1H0.k@3"]], metric=metric, source=src)
     with pytest.raises(EdgeError, match=f"valid: 0..{seq - 1}"):
-        edge_patch(gpt2, base, [[f"L0H1@{seq}->L1H0.k@{seq}"]], metric, source=src)
+        edge_patch(gpt2, base, [[f"L0H1@{seq}->L1H0.k@{seq}"]], metric=metric, source=src)
     with pytest.raises(EdgeError, match="non-negative integer"):
-        edge_patch(gpt2, base, [["L0H1@x->L1H0.k@x"]], metric, source=src)
+        edge_patch(gpt2, base, [["L0H1@x->L1H0.k@x"]], metric=metric, source=src)
     from mechpatch.circuit.components import CircuitError
 
     with pytest.raises(CircuitError, match="not position-resolved"):  # a dense mask of the graph has no pos axis
@@ -216,13 +221,13 @@ def test_no_edge_sets_is_refused_like_run_patches(gpt2, monkeypatch):
     base, src, answers = _pair()
     monkeypatch.setattr("mechpatch.circuit.edges.make_runner", lambda *a, **k: pytest.fail("ran before refusing"))
     with pytest.raises(EmptyInputError, match="no edge sets given"):
-        edge_patch(gpt2, base, [], LogitDiff(answers=answers), source=src)
+        edge_patch(gpt2, base, [], metric=LogitDiff(answers=answers), source=src)
     with pytest.raises(EmptyInputError, match="no edge sets given"):
-        edge_patch(gpt2, base, torch.zeros(0, *layout(gpt2).valid.shape, dtype=torch.bool), LogitDiff(answers=answers),
-                   source=src)
+        edge_patch(gpt2, base, torch.zeros(0, *layout(gpt2).valid.shape, dtype=torch.bool),
+                   metric=LogitDiff(answers=answers), source=src)
     # a bad edge is refused before the runner's forward passes too
     with pytest.raises(EdgeError, match=r"position 6 is out of range for prompts of 6 tokens"):
-        edge_patch(gpt2, base, [[("L0H1@6", "L1H0.q@6")]], LogitDiff(answers=answers), source=src)
+        edge_patch(gpt2, base, [[("L0H1@6", "L1H0.q@6")]], metric=LogitDiff(answers=answers), source=src)
 
 
 def test_metric_positions_do_not_wrap(gpt2):
@@ -230,9 +235,9 @@ def test_metric_positions_do_not_wrap(gpt2):
 
     base, src, answers = _pair()
     with pytest.raises(SiteOutOfRangeError, match=r"metric 'logit_diff' position 6 is outside the prompt of 6 tokens"):
-        edge_patch(gpt2, base, [[]], LogitDiff(answers=answers, positions=(6,)), source=src)
+        edge_patch(gpt2, base, [[]], metric=LogitDiff(answers=answers, positions=(6,)), source=src)
     with pytest.raises(SiteOutOfRangeError, match=r"metric 'logit_diff' position -7"):
-        edge_patch_reference(gpt2, base, [[]], LogitDiff(answers=answers, positions=(-7,)), source=src)
+        edge_patch_reference(gpt2, base, [[]], metric=LogitDiff(answers=answers, positions=(-7,)), source=src)
 
 
 def test_float64_models_give_float64_values(tokenizer):
@@ -243,8 +248,8 @@ def test_float64_models_give_float64_values(tokenizer):
     model = load_model(_gpt2_hf(), tokenizer=tokenizer, device="cpu", dtype="float64")
     base, src, answers = _pair()
     sets = _random_sets(layout(model), 3, seed=1)
-    run = edge_patch(model, base, sets, LogitDiff(answers=answers), source=src)
+    run = edge_patch(model, base, sets, metric=LogitDiff(answers=answers), source=src)
     assert run.values.dtype == run.base_values.dtype == torch.float64
-    ref = edge_patch_reference(model, base, sets, LogitDiff(answers=answers), source=src)
+    ref = edge_patch_reference(model, base, sets, metric=LogitDiff(answers=answers), source=src)
     assert ref.dtype == torch.float64
     torch.testing.assert_close(run.values, ref, atol=1e-9, rtol=1e-9)  # far below float32's resolution

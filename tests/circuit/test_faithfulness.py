@@ -7,6 +7,7 @@ from mechpatch import zoo
 from mechpatch.circuit.components import as_edge, graph_layout
 from mechpatch.circuit.edges import EdgeError
 from mechpatch.circuit.faithfulness import FaithfulnessCurve, circuit_metric, faithfulness_curve
+from mechpatch.patching import Mean, Zero
 from mechpatch.tasks import make_task
 
 
@@ -18,7 +19,7 @@ def test_tracr_ground_truth_circuit_is_fully_faithful():
     (b,) = task.batches
     truth = [as_edge(e) for e in ground_truth_edges("tracr-reverse")]
     scores = {e: (1.0 if e in truth else 0.01) for e in graph_layout(model.spec).edges}
-    curve = faithfulness_curve(model, b.clean, scores, task.metric, ablation="zero")
+    curve = faithfulness_curve(model, b.clean, scores, metric=task.metric, intervention=Zero())
     n_all = graph_layout(model.spec).n_edges
     for size, k, f in zip(curve.sizes, curve.n_edges, curve.faithfulness):
         if k >= len(truth):
@@ -40,8 +41,8 @@ def test_circuit_metric_matches_single_runs(attn_only):
     base = torch.randint(1, 100, (2, 5), generator=torch.Generator().manual_seed(0))
     lay = graph_layout(attn_only.spec)
     circuits = [lay.edges[:10], lay.edges[5:40] + tuple(e for e in lay.edges if e.receiver_label == "logits"), []]
-    both = circuit_metric(attn_only, base, circuits, "kl_div", ablation="mean")
-    one = torch.cat([circuit_metric(attn_only, base, [c], "kl_div", ablation="mean") for c in circuits])
+    both = circuit_metric(attn_only, base, circuits, metric="kl_div", intervention=Mean())
+    one = torch.cat([circuit_metric(attn_only, base, [c], metric="kl_div", intervention=Mean()) for c in circuits])
     torch.testing.assert_close(both, one, atol=1e-6, rtol=1e-6)
     assert abs(float(both[-1]) - float(both[1])) > 1e-3 and float(both.min()) >= 0  # KL; the circuits differ
 
@@ -49,7 +50,7 @@ def test_circuit_metric_matches_single_runs(attn_only):
 def test_bad_sizes(attn_only):
     base = torch.randint(1, 100, (2, 5))
     with pytest.raises(EdgeError, match="fractions"):
-        faithfulness_curve(attn_only, base, {}, "kl_div", ablation="zero", sizes=(0.5, 0.1))
+        faithfulness_curve(attn_only, base, {}, metric="kl_div", intervention=Zero(), sizes=(0.5, 0.1))
 
 
 def test_position_resolved_circuits(attn_only):
@@ -62,11 +63,11 @@ def test_position_resolved_circuits(attn_only):
     edges = lay.edges[5:40] + tuple(e for e in lay.edges if e.receiver_label == "logits")  # reaching the logits
     at_all = [e.at(p) for e in edges for p in range(seq)]
     at_last = [e.at(seq - 1) for e in edges]
-    values = circuit_metric(attn_only, base, [edges, at_all, at_last], "kl_div", ablation="mean")
+    values = circuit_metric(attn_only, base, [edges, at_all, at_last], metric="kl_div", intervention=Mean())
     torch.testing.assert_close(values[1], values[0], atol=1e-6, rtol=1e-6)
     assert abs(float(values[2] - values[0])) > 1e-4
     scores = {e.at(p): float(i + p) for i, e in enumerate(lay.edges) for p in range(seq)}
-    curve = faithfulness_curve(attn_only, base, scores, "kl_div", ablation="mean", sizes=(0.1, 0.5, 1.0))
+    curve = faithfulness_curve(attn_only, base, scores, metric="kl_div", intervention=Mean(), sizes=(0.1, 0.5, 1.0))
     assert curve.n_edges[-1] == seq * lay.n_edges and curve.faithfulness[-1] == pytest.approx(1.0, abs=1e-5)
 
 
@@ -77,10 +78,10 @@ def test_scores_as_labels_or_pairs_and_unknown_edges(attn_only):
     lay = graph_layout(attn_only.spec)
     pairs = {(e.sender.label, e.receiver_label): float((7 * i) % 11) for i, e in enumerate(lay.edges)}
     labels = {f"{s}->{r}": v for (s, r), v in pairs.items()}
-    a = faithfulness_curve(attn_only, base, pairs, "kl_div", ablation="mean", sizes=(0.2, 0.6))
-    b = faithfulness_curve(attn_only, base, labels, "kl_div", ablation="mean", sizes=(0.2, 0.6))
-    c = faithfulness_curve(attn_only, base, {as_edge(e): v for e, v in pairs.items()}, "kl_div", ablation="mean",
-                           sizes=(0.2, 0.6))
+    a = faithfulness_curve(attn_only, base, pairs, metric="kl_div", intervention=Mean(), sizes=(0.2, 0.6))
+    b = faithfulness_curve(attn_only, base, labels, metric="kl_div", intervention=Mean(), sizes=(0.2, 0.6))
+    c = faithfulness_curve(attn_only, base, {as_edge(e): v for e, v in pairs.items()}, metric="kl_div",
+                           intervention=Mean(), sizes=(0.2, 0.6))
     assert a.faithfulness == b.faithfulness == c.faithfulness
     with pytest.raises(EdgeError, match="L0H9->logits"):
-        faithfulness_curve(attn_only, base, {**labels, "L0H9->logits": 1.0}, "kl_div", ablation="mean")
+        faithfulness_curve(attn_only, base, {**labels, "L0H9->logits": 1.0}, metric="kl_div", intervention=Mean())

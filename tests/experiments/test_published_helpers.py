@@ -82,7 +82,7 @@ def test_effects_are_prompt_weighted_means_over_batches(attn_only):
     got = patch_effects(attn_only, task, lambda b: sites)
     sums = []
     for b in task:
-        run = run_patches(attn_only, b.clean, sites, task.metric, source=b.corrupted, answers=b.answers,
+        run = run_patches(attn_only, b.clean, sites, metric=task.metric, source=b.corrupted, answers=b.answers,
                           method="reference")
         sums.append((run.values - run.base_values).sum(1))
     torch.testing.assert_close(got, sum(sums) / 5, atol=1e-5, rtol=1e-5)
@@ -94,8 +94,8 @@ def test_effects_are_prompt_weighted_means_over_batches(attn_only):
     sums = []
     for b in task:
         for part in by_position(b, "S2"):
-            run = path_patch(attn_only, part.clean, part.corrupted, sites, receivers(part), task.metric,
-                             answers=part.answers)
+            run = path_patch(attn_only, part.clean, sites, receivers=receivers(part), metric=task.metric,
+                             source=part.corrupted, answers=part.answers)
             sums.append(run.effect.sum(1))
     want = sum(sums) / 5
     want[2:] = 0.0  # layer-1 heads reach no layer-1 query: exactly zero

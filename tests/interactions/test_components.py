@@ -33,24 +33,24 @@ def test_repeated_components_are_refused(attn_only, base, no_engine, call):
     comps = [Head(1, 0), Head(1, 0), Head(1, 1), Head(0, 0)]
     with pytest.raises(InteractionError, match=r"components are repeated: L1H0 \(components 0 and 1\)"):
         if call == "find":
-            find_interactions(attn_only, base, comps, "loss", n_masks=50)
+            find_interactions(attn_only, base, comps, metric="loss", n_masks=50)
         elif call == "exhaustive":
-            exhaustive_interactions(attn_only, base, comps, "loss")
+            exhaustive_interactions(attn_only, base, comps, metric="loss")
         else:
-            evaluate_masks(attn_only, base, comps, torch.ones(3, 4, dtype=torch.bool), "loss")
+            evaluate_masks(attn_only, base, comps, masks=torch.ones(3, 4, dtype=torch.bool), metric="loss")
 
 
 def test_repeated_site_sets_are_refused_in_any_order(attn_only, base, no_engine):
     comps = [(Head(0, 0), Head(0, 1)), Head(1, 2), [Head(0, 1), Head(0, 0)], Head(1, 2)]
     with pytest.raises(InteractionError, match=r"L0H0\+L0H1 = L0H1\+L0H0 \(components 0 and 2\); L1H2 \(components 1 "
                                                r"and 3\); give each component once"):
-        find_interactions(attn_only, base, comps, "loss", n_masks=50)
+        find_interactions(attn_only, base, comps, metric="loss", n_masks=50)
 
 
 def test_distinct_components_are_accepted(attn_only, base):
     """The same head at different positions, or inside different sets, is not a repeat."""
     comps = [Head(1, 0, pos=5), Head(1, 0, pos=4), (Head(1, 0), Head(1, 1))]
-    r = evaluate_masks(attn_only, base, comps, torch.eye(3, dtype=torch.bool), "loss")
+    r = evaluate_masks(attn_only, base, comps, masks=torch.eye(3, dtype=torch.bool), metric="loss")
     assert r.values.shape == (3,)
 
 
@@ -79,9 +79,9 @@ def test_float64_mask_values_stay_float64(base):
     perturb(model.bridge, 5)
     comps = heads(model.spec)[:3]
     masks = torch.tensor([[True, False, False], [True, True, False], [False, False, False]])
-    r = evaluate_masks(model, base, comps, masks, "loss")
+    r = evaluate_masks(model, base, comps, masks=masks, metric="loss")
     assert r.per_prompt.dtype == torch.float64
-    exact = run_module.run_patches(model, base, [[comps[0]], [comps[0], comps[1]]], "loss",
+    exact = run_module.run_patches(model, base, [[comps[0]], [comps[0], comps[1]]], metric="loss",
                                    intervention=run_module.Zero())
     assert torch.equal(r.per_prompt[:2], exact.values)  # the engine's float64 values, not rounded to float32
     assert torch.equal(r.per_prompt[2], exact.base_values)

@@ -40,10 +40,10 @@ def test_masks_equal_one_variant_per_forward(gpt2, intervention):
     base, source = tokens(gpt2), tokens(gpt2, seed=1)
     comps = [Head(0, 1), [Head(1, 0), Head(1, 2)], Mlp(0)]  # a site set is one component
     masks = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 1, 1], [1, 1, 1], [0, 1, 1]], dtype=torch.bool)
-    got = evaluate_masks(gpt2, base, comps, masks, "loss", source=source, intervention=intervention)
+    got = evaluate_masks(gpt2, base, comps, masks=masks, metric="loss", source=source, intervention=intervention)
     assert got.evaluations == 3  # empty mask free, duplicate run once
     variants = [[Head(0, 1)], [Head(1, 0), Head(1, 2), Mlp(0)], [Head(0, 1), Head(1, 0), Head(1, 2), Mlp(0)]]
-    ref = run_patches(gpt2, base, variants, "loss", source=source, intervention=intervention, method="reference")
+    ref = run_patches(gpt2, base, variants, metric="loss", source=source, intervention=intervention, method="reference")
     assert torch.allclose(got.per_prompt[0], ref.base_values, atol=1e-5)
     assert torch.allclose(got.per_prompt[1:4], ref.values, atol=1e-4)
     assert torch.equal(got.per_prompt[4], got.per_prompt[2])
@@ -53,11 +53,11 @@ def test_masks_equal_one_variant_per_forward(gpt2, intervention):
 def test_exhaustive_is_inclusion_exclusion_of_measured_sets(attn_only):
     base = tokens(attn_only)
     comps = heads(attn_only.spec, layers=[1])
-    ex = exhaustive_interactions(attn_only, base, comps, "loss", intervention=Mean())
+    ex = exhaustive_interactions(attn_only, base, comps, metric="loss", intervention=Mean())
     assert ex.evaluations == 4 + 6 and ex.forwards >= 1 and not ex.higher_is_better  # loss: lower is better
-    v = lambda sites: float(run_patches(attn_only, base, [sites], "loss", intervention=Mean(),
+    v = lambda sites: float(run_patches(attn_only, base, [sites], metric="loss", intervention=Mean(),
                                         method="reference").values.mean())
-    base_value = float(run_patches(attn_only, base, [comps[0]], "loss", intervention=Mean()).base_values.mean())
+    base_value = float(run_patches(attn_only, base, [comps[0]], metric="loss", intervention=Mean()).base_values.mean())
     pair = v([comps[0], comps[2]]) - v([comps[0]]) - v([comps[2]]) + base_value
     assert ex.effect("L1H0", "L1H2") == pytest.approx(pair, abs=1e-4)
     assert ex.effect(1) == pytest.approx(v([comps[1]]) - base_value, abs=1e-4)
@@ -69,19 +69,19 @@ def test_inputs_are_checked(attn_only):
     base = tokens(attn_only)
     comps = heads(attn_only.spec, layers=[0])
     with pytest.raises(InteractionError, match=r"masks must be a bool tensor \[mask, 4\]"):
-        evaluate_masks(attn_only, base, comps, torch.zeros(2, 3, dtype=torch.bool), "loss")
+        evaluate_masks(attn_only, base, comps, masks=torch.zeros(2, 3, dtype=torch.bool), metric="loss")
     with pytest.raises(InteractionError, match="non-empty sequence of sites"):
-        evaluate_masks(attn_only, base, [], torch.zeros(2, 0, dtype=torch.bool), "loss")
+        evaluate_masks(attn_only, base, [], masks=torch.zeros(2, 0, dtype=torch.bool), metric="loss")
     with pytest.raises(InteractionError, match="pass it as source="):
-        find_interactions(attn_only, base, comps, "loss", direction="denoise", intervention=Replace())
+        find_interactions(attn_only, base, comps, metric="loss", direction="denoise", intervention=Replace())
     with pytest.raises(InteractionError, match="valid: 'bernoulli', 'antithetic'"):
-        find_interactions(attn_only, base, comps, "loss", design="exhaustive")
+        find_interactions(attn_only, base, comps, metric="loss", design="exhaustive")
 
 
 def test_kl_metric_is_lower_is_better(attn_only):
     base = tokens(attn_only, n=3)
     comps = heads(attn_only.spec)
-    m = find_interactions(attn_only, base, comps, KLDivergence(), n_masks=120, keep=0.7)
+    m = find_interactions(attn_only, base, comps, metric=KLDivergence(), n_masks=120, keep=0.7)
     assert not m.higher_is_better and m.r2 is not None and m.evaluations <= 120
 
 
@@ -91,8 +91,8 @@ def test_redundant_induction_heads_found_and_match_exhaustive(redundant):
     exhaustive ranking of the strongest pairs."""
     model, batch, metric = redundant
     comps = heads(model.spec)
-    ex = exhaustive_interactions(model, batch.clean, comps, metric, intervention=Mean())
-    sp = find_interactions(model, batch.clean, comps, metric, n_masks=800, keep=0.8, intervention=Mean(), seed=0)
+    ex = exhaustive_interactions(model, batch.clean, comps, metric=metric, intervention=Mean())
+    sp = find_interactions(model, batch.clean, comps, metric=metric, n_masks=800, keep=0.8, intervention=Mean(), seed=0)
     print(ex.summary(8), "\n", sp.summary(8))
     l1 = [(i, j) for i in range(8, 16) for j in range(i + 1, 16)]
     assert all(ex.moebius[p] < 0 for p in l1)  # the ground truth: all 28 layer-1 pairs are backups

@@ -60,8 +60,8 @@ def test_engine_path_matches_exhaustive_patching(attn_only):
     g = torch.Generator().manual_seed(0)
     base = torch.randint(1, attn_only.spec.d_vocab, (4, 8), generator=g)
     comps = heads(attn_only.spec)
-    ex = exhaustive_interactions(attn_only, base, comps, "loss", intervention=Mean())
-    sp = find_interactions(attn_only, base, comps, "loss", n_masks=1200, intervention=Mean(), backend="spex")
+    ex = exhaustive_interactions(attn_only, base, comps, metric="loss", intervention=Mean())
+    sp = find_interactions(attn_only, base, comps, metric="loss", n_masks=1200, intervention=Mean(), backend="spex")
     print(sp.summary(6), sp.info, sp.evaluations, sp.forwards)
     assert sp.components == ex.components and not sp.higher_is_better and sp.forwards >= 1
     assert sp.evaluations <= 1200

@@ -61,8 +61,10 @@ def test_every_sweep_kind_equals_the_reference(any_model, method):
     pair = make_test_pair(any_model)
     for kind in kinds_for(any_model):
         for by_position in (False, True):
-            ref = sweep(any_model, pair, kind, by_position=by_position, method="reference", progress=False)
-            got = sweep(any_model, pair, kind, by_position=by_position, method=method, batch_size=5)
+            ref = sweep(any_model, pair, kind, metric="logit_diff", by_position=by_position, method="reference",
+                        progress=False)
+            got = sweep(any_model, pair, kind, metric="logit_diff", by_position=by_position, method=method,
+                        batch_size=5)
             torch.testing.assert_close(got.values, ref.values, **TOL, msg=f"{kind} by_position={by_position}")
             assert torch.equal(got.noop, ref.noop)
 
@@ -101,19 +103,19 @@ def test_random_site_sets_per_row_equal_the_reference(any_model, intervention):
         sites = {_random_site(any_model, rng, pair.seq_len) for _ in range(rng.randint(1, 4))}
         variants.append(sorted(sites, key=str))
     metric = LogitDiff(answers=pair.answers)
-    ref = run_patches(any_model, pair.corrupted, variants, metric, source=pair.clean, intervention=intervention,
+    ref = run_patches(any_model, pair.corrupted, variants, metric=metric, source=pair.clean, intervention=intervention,
                       method="reference", progress=False)
     for method in ("fast", "hooks"):
-        got = run_patches(any_model, pair.corrupted, variants, metric, source=pair.clean, intervention=intervention,
-                          method=method, batch_size=7)
+        got = run_patches(any_model, pair.corrupted, variants, metric=metric, source=pair.clean,
+                          intervention=intervention, method=method, batch_size=7)
         torch.testing.assert_close(got.values, ref.values, **TOL, msg=method)
         assert torch.equal(got.noop, ref.noop)
 
 
 def test_batched_equals_one_at_a_time(gqa):
     pair = make_test_pair(gqa, n=4)
-    one = sweep(gqa, pair, "head", by_position=True, batch_size=1)
-    many = sweep(gqa, pair, "head", by_position=True, batch_size=1000)
+    one = sweep(gqa, pair, "head", metric="logit_diff", by_position=True, batch_size=1)
+    many = sweep(gqa, pair, "head", metric="logit_diff", by_position=True, batch_size=1000)
     torch.testing.assert_close(one.values, many.values, **TOL)
     executed = int((~one.noop).sum())  # no-op cells need no forward pass (their value is the base run's)
     assert 0 < executed < 2 * 4 * 7
@@ -127,14 +129,14 @@ def test_noops_are_reported(gpt2):
     attention has mixed positions, it differs at every position from 3 on.
     """
     pair = make_test_pair(gpt2, corrupt=(3,))
-    res = sweep(gpt2, pair, "resid_pre")
+    res = sweep(gpt2, pair, "resid_pre", metric="logit_diff")
     expected = torch.tensor([[1, 1, 1, 0, 1, 1, 1], [1, 1, 1, 0, 0, 0, 0]], dtype=torch.bool)
     assert torch.equal(res.noop, expected)
     torch.testing.assert_close(res.values[expected], res.corrupted.expand(int(expected.sum()), -1), **TOL)
     assert "no-op cells=9" in repr(res)
     df = res.to_dataframe()
     assert df["noop"].sum() == 9 * pair.n_prompts
-    interp0 = run_patches(gpt2, pair.corrupted, [Head(1, 0)], LogitDiff(answers=pair.answers), source=pair.clean,
+    interp0 = run_patches(gpt2, pair.corrupted, [Head(1, 0)], metric=LogitDiff(answers=pair.answers), source=pair.clean,
                           intervention=Interpolate(0.0))
     assert interp0.noop.all()
 
@@ -145,7 +147,7 @@ def test_denoising_everything_restores_clean_and_noising_restores_corrupted(any_
     torch.testing.assert_close(res.values[0], res.clean, **TOL)
     torch.testing.assert_close(res.normalized(), torch.ones(1), **TOL)
     last = any_model.spec.n_layers - 1
-    res = sweep(any_model, pair, [Resid(last, "post")], direction="noise")
+    res = sweep(any_model, pair, [Resid(last, "post")], metric="logit_diff", direction="noise")
     torch.testing.assert_close(res.values[0], res.corrupted, **TOL)
     torch.testing.assert_close(res.normalized(), torch.zeros(1), **TOL)
 
@@ -155,9 +157,10 @@ def test_interventions_have_the_values_they_promise(gpt2):
     site = [Head(1, 2)]
     metric = LogitDiff(answers=pair.answers)
     kw = dict(source=pair.clean, method="reference")
-    replace = run_patches(gpt2, pair.corrupted, [site], metric, intervention=Replace(), **kw)
-    torch.testing.assert_close(run_patches(gpt2, pair.corrupted, [site], metric, intervention=Interpolate(1.0), **kw).values,
-                               replace.values)
+    replace = run_patches(gpt2, pair.corrupted, [site], metric=metric, intervention=Replace(), **kw)
+    torch.testing.assert_close(
+        run_patches(gpt2, pair.corrupted, [site], metric=metric, intervention=Interpolate(1.0), **kw).values,
+        replace.values)
 
     def zero_hook(act, hook):
         act = act.clone()
@@ -166,7 +169,7 @@ def test_interventions_have_the_values_they_promise(gpt2):
 
     logits = gpt2.bridge.run_with_hooks(pair.corrupted, fwd_hooks=[("blocks.1.attn.hook_z", zero_hook)])
     expected = (logits[:, -1].gather(1, pair.answers[:, :1]) - logits[:, -1].gather(1, pair.answers[:, 1:]))[:, 0]
-    got = run_patches(gpt2, pair.corrupted, [site], metric, intervention=Zero(), method="fast")
+    got = run_patches(gpt2, pair.corrupted, [site], metric=metric, intervention=Zero(), method="fast")
     torch.testing.assert_close(got.values[0], expected, **TOL)
     # mean over a reference set equals replacing with that mean by hand
     ref_tokens = torch.randint(1, 100, (5, pair.seq_len), generator=torch.Generator().manual_seed(3))
@@ -180,7 +183,8 @@ def test_interventions_have_the_values_they_promise(gpt2):
 
     logits = gpt2.bridge.run_with_hooks(pair.corrupted, fwd_hooks=[("blocks.1.attn.hook_z", mean_hook)])
     expected = (logits[:, -1].gather(1, pair.answers[:, :1]) - logits[:, -1].gather(1, pair.answers[:, 1:]))[:, 0]
-    got = run_patches(gpt2, pair.corrupted, [site], metric, intervention=Mean(reference=ref_tokens), method="fast")
+    got = run_patches(gpt2, pair.corrupted, [site], metric=metric, intervention=Mean(reference=ref_tokens),
+                      method="fast")
     torch.testing.assert_close(got.values[0], expected, **TOL)
     donors = Resample(seed=0).donors(4, 4, same_pool=True)
     assert not torch.equal(donors, torch.arange(4)) and (donors != torch.arange(4)).all()
@@ -217,30 +221,30 @@ def test_bad_metrics_are_typed_errors(gpt2):
 def test_bad_input_is_a_typed_error(gpt2, attn_only):
     pair = make_test_pair(gpt2)
     with pytest.raises(SiteOutOfRangeError, match="layer 5"):
-        sweep(gpt2, pair, [Head(5, 0)])
+        sweep(gpt2, pair, [Head(5, 0)], metric="logit_diff")
     with pytest.raises(SiteOutOfRangeError, match="position 9 is outside the prompt of 7 tokens"):
-        sweep(gpt2, pair, [Head(0, 0, pos=9)])
+        sweep(gpt2, pair, [Head(0, 0, pos=9)], metric="logit_diff")
     with pytest.raises(ShapeMismatchError, match="differ in shape"):  # (tensors: jaxtyping catches it first)
-        run_patches(gpt2, ["Mary and John went"], [Head(0, 0)], "logit_diff", source=["Mary and John"])
+        run_patches(gpt2, ["Mary and John went"], [Head(0, 0)], metric="logit_diff", source=["Mary and John"])
     with pytest.raises(ShapeMismatchError, match="needs source tokens"):
-        run_patches(gpt2, pair.corrupted, [Head(0, 0)], LogitDiff(answers=pair.answers))
+        run_patches(gpt2, pair.corrupted, [Head(0, 0)], metric=LogitDiff(answers=pair.answers))
     with pytest.raises(EmptyInputError):
-        sweep(gpt2, pair, [])
+        sweep(gpt2, pair, [], metric="logit_diff")
     with pytest.raises(EmptyInputError):
-        run_patches(gpt2, pair.corrupted, [[]], "logit_diff", source=pair.clean)
+        run_patches(gpt2, pair.corrupted, [[]], metric="logit_diff", source=pair.clean)
     with pytest.raises(UnknownSiteKindError, match="valid: 'resid_pre'"):
-        sweep(gpt2, pair, "heads")
+        sweep(gpt2, pair, "heads", metric="logit_diff")
     with pytest.raises(InvalidArgumentError, match="valid: 'denoise', 'noise'"):
-        sweep(gpt2, pair, "head", direction="denoising")
+        sweep(gpt2, pair, "head", metric="logit_diff", direction="denoising")
     with pytest.raises(InvalidArgumentError, match="valid: 'auto', 'fast'"):
-        sweep(gpt2, pair, "head", method="quick")
+        sweep(gpt2, pair, "head", metric="logit_diff", method="quick")
     # ours (InvalidArgumentError), or the runtime type checker's (a TypeError) under the test hook
     with pytest.raises((InvalidArgumentError, TypeError), match="intervention"):
-        run_patches(gpt2, pair.corrupted, [Head(0, 0)], "logit_diff", source=pair.clean, intervention=Zero)
+        run_patches(gpt2, pair.corrupted, [Head(0, 0)], metric="logit_diff", source=pair.clean, intervention=Zero)
     from mechpatch.errors import UnsupportedSiteError
 
     with pytest.raises(UnsupportedSiteError):
-        sweep(attn_only, make_test_pair(attn_only), "mlp_out")
+        sweep(attn_only, make_test_pair(attn_only), "mlp_out", metric="logit_diff")
 
 
 def test_fast_path_refuses_what_it_cannot_hold_exactly(tokenizer):
@@ -250,8 +254,8 @@ def test_fast_path_refuses_what_it_cannot_hold_exactly(tokenizer):
     model = load_model(_gpt2_hf(), tokenizer=tokenizer, device="cpu", dtype="bfloat16")
     pair = make_test_pair(model)
     with pytest.raises(FastPathUnavailable, match="bfloat16"):
-        sweep(model, pair, [Head(0, 0)], method="fast")
-    res = sweep(model, pair, [Head(0, 0)])  # auto falls back to the bridge-hooks path
+        sweep(model, pair, [Head(0, 0)], metric="logit_diff", method="fast")
+    res = sweep(model, pair, [Head(0, 0)], metric="logit_diff")  # auto falls back to the bridge-hooks path
     assert res.meta["method"] == "hooks"
 
 
@@ -259,7 +263,7 @@ def test_cuda_out_of_memory_halves_the_chunk_and_loses_nothing(gqa, monkeypatch)
     from mechpatch.patching import fast
 
     pair = make_test_pair(gqa)
-    expected = sweep(gqa, pair, "head", by_position=True)
+    expected = sweep(gqa, pair, "head", metric="logit_diff", by_position=True)
     real = fast.run_chunk
     sizes = []
 
@@ -271,7 +275,7 @@ def test_cuda_out_of_memory_halves_the_chunk_and_loses_nothing(gqa, monkeypatch)
         return real(*args)
 
     monkeypatch.setattr(fast, "run_chunk", flaky)
-    got = sweep(gqa, pair, "head", by_position=True, batch_size=56)
+    got = sweep(gqa, pair, "head", metric="logit_diff", by_position=True, batch_size=56)
     torch.testing.assert_close(got.values, expected.values, **TOL)
     executed = int((~expected.noop).sum())  # no-op cells are not run
     assert sizes[0] == executed > 5 and sum(s for s in sizes if s <= 5) == executed
@@ -279,7 +283,7 @@ def test_cuda_out_of_memory_halves_the_chunk_and_loses_nothing(gqa, monkeypatch)
 
 def test_result_labels_and_dataframe(gpt2):
     pair = make_test_pair(gpt2)
-    res = sweep(gpt2, pair, "head", by_position=True)
+    res = sweep(gpt2, pair, "head", metric="logit_diff", by_position=True)
     assert res.axes == ("layer", "head", "pos") and res.grid_shape == (2, 4, 7)
     assert res.labels[0] == ("L0", "L1") and res.labels[1][3] == "H3"
     assert res.labels[2][0].startswith("0:")  # position labels carry the token

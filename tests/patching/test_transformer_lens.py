@@ -54,7 +54,7 @@ def test_equal_to_transformer_lens(request, model_name, function):
     _, clean_cache = model.bridge.run_with_cache(pair.clean)
     with torch.inference_mode():
         expected = getattr(tlp, function)(model.bridge, pair.corrupted, clean_cache, _tl_metric(pair.answers))
-    ours = sweep(model, pair, kind, by_position=by_position)
+    ours = sweep(model, pair, kind, metric="logit_diff", by_position=by_position)
     got = ours.mean()
     if perm is not None:
         got = got.permute(*perm)

@@ -57,7 +57,7 @@ def test_sweep_positions_outside_the_prompt_are_refused(gpt2, no_forward, positi
     no_forward(gpt2)
     with pytest.raises(SiteOutOfRangeError, match=rf"position {bad} is outside the prompt of 7 tokens "
                                                   r"\(valid: 0\.\.6, or -7\.\.-1 from the end\)"):
-        sweep(gpt2, pair, "resid_pre", positions=positions)
+        sweep(gpt2, pair, "resid_pre", metric="logit_diff", positions=positions)
 
 
 def test_negative_positions_count_from_the_end_and_are_labelled_by_their_index(gpt2):
@@ -65,8 +65,8 @@ def test_negative_positions_count_from_the_end_and_are_labelled_by_their_index(g
     assert grid.labels[1] == ("0", "6", "4")
     assert [c[0].pos for c in grid.cells[:3]] == [(0,), (6,), (4,)]
     pair = _pair(gpt2)
-    a = sweep(gpt2, pair, "resid_pre", positions=[-1, -3])
-    b = sweep(gpt2, pair, "resid_pre", positions=[6, 4])
+    a = sweep(gpt2, pair, "resid_pre", metric="logit_diff", positions=[-1, -3])
+    b = sweep(gpt2, pair, "resid_pre", metric="logit_diff", positions=[6, 4])
     assert a.labels == b.labels
     assert torch.equal(a.values, b.values)  # the same patches: the same computation
 
@@ -75,20 +75,20 @@ def test_negative_positions_count_from_the_end_and_are_labelled_by_their_index(g
 def test_duplicate_positions_are_refused(gpt2, no_forward, positions, match):
     no_forward(gpt2)
     with pytest.raises(InvalidArgumentError, match=match):
-        sweep(gpt2, _pair(gpt2), "head", by_position=True, positions=positions)
+        sweep(gpt2, _pair(gpt2), "head", metric="logit_diff", by_position=True, positions=positions)
 
 
 def test_sweep_layers_are_checked(gpt2, no_forward):
     no_forward(gpt2)
     pair = _pair(gpt2)
     with pytest.raises(InvalidArgumentError, match=r"layers \[1\] are given more than once"):
-        sweep(gpt2, pair, "head", layers=[1, 0, 1])
+        sweep(gpt2, pair, "head", metric="logit_diff", layers=[1, 0, 1])
     with pytest.raises(SiteOutOfRangeError, match=r"layer 5 is out of range; the model has 2 layers \(valid: 0\.\.1\)"):
-        sweep(gpt2, pair, "resid_pre", layers=[5])
+        sweep(gpt2, pair, "resid_pre", metric="logit_diff", layers=[5])
     with pytest.raises(EmptyInputError, match="positions is empty"):
-        sweep(gpt2, pair, "resid_pre", positions=[])
+        sweep(gpt2, pair, "resid_pre", metric="logit_diff", positions=[])
     with pytest.raises(InvalidArgumentError, match="shape a named sweep kind"):
-        sweep(gpt2, pair, [Head(0, 0)], positions=[1])
+        sweep(gpt2, pair, [Head(0, 0)], metric="logit_diff", positions=[1])
 
 
 def test_plan_and_hook_points_do_not_wrap_positions(gpt2):
@@ -106,9 +106,10 @@ def test_metric_positions_do_not_wrap(gpt2, no_forward):
     no_forward(gpt2)
     metric = LogitDiff(answers=pair.answers, positions=(50,))
     with pytest.raises(SiteOutOfRangeError, match=r"metric 'logit_diff' position 50 is outside the prompt of 7"):
-        run_patches(gpt2, pair.corrupted, [Head(0, 0)], metric, source=pair.clean)
+        run_patches(gpt2, pair.corrupted, [Head(0, 0)], metric=metric, source=pair.clean)
     with pytest.raises(SiteOutOfRangeError, match=r"metric 'logit_diff' position 50"):
-        path_patch(gpt2, pair.corrupted, pair.clean, [Head(0, 0)], [Query(1, 0, pos=-1)], metric)
+        path_patch(gpt2, pair.corrupted, [Head(0, 0)], receivers=[Query(1, 0, pos=-1)], metric=metric,
+                   source=pair.clean)
     with pytest.raises(SiteOutOfRangeError, match=r"metric 'token_logprob' position 9"):
         TokenLogProb(positions=(9,), tokens=pair.clean).compute(torch.zeros(2, 1, 100), torch.arange(2))
 
@@ -119,9 +120,10 @@ def test_attribution_positions_do_not_wrap(gpt2, no_forward):
     pair = _pair(gpt2)
     no_forward(gpt2)
     with pytest.raises(SiteOutOfRangeError, match=r"position 9 is outside the prompt of 7 tokens"):
-        atp(gpt2, pair.corrupted, [Head(0, 0, pos=9)], "logit_diff", source=pair.clean, answers=pair.answers)
+        atp(gpt2, pair.corrupted, [Head(0, 0, pos=9)], metric="logit_diff", source=pair.clean, answers=pair.answers)
     with pytest.raises(SiteOutOfRangeError, match=r"metric 'logit_diff' position 7"):
-        atp(gpt2, pair.corrupted, [Head(0, 0)], LogitDiff(positions=(7,)), source=pair.clean, answers=pair.answers)
+        atp(gpt2, pair.corrupted, [Head(0, 0)], metric=LogitDiff(positions=(7,)), source=pair.clean,
+            answers=pair.answers)
 
 
 # ----------------------------------------------------------------------------- typed errors, before any work
@@ -131,15 +133,15 @@ def test_bad_choices_name_the_valid_ones(gpt2, no_forward):
     pair = _pair(gpt2)
     no_forward(gpt2)
     with pytest.raises(InvalidArgumentError, match="unknown direction 'denoising'; valid: 'denoise', 'noise'"):
-        sweep(gpt2, pair, "head", direction="denoising")
-    for call in (lambda m: sweep(gpt2, pair, "head", method=m),
-                 lambda m: run_patches(gpt2, pair.corrupted, [Head(0, 0)], "logit_diff", source=pair.clean,
+        sweep(gpt2, pair, "head", metric="logit_diff", direction="denoising")
+    for call in (lambda m: sweep(gpt2, pair, "head", metric="logit_diff", method=m),
+                 lambda m: run_patches(gpt2, pair.corrupted, [Head(0, 0)], metric="logit_diff", source=pair.clean,
                                        answers=pair.answers, method=m)):
         with pytest.raises(InvalidArgumentError,
                            match="unknown method 'fastest'; valid: 'auto', 'fast', 'hooks', 'reference'"):
             call("fastest")
     with pytest.raises(InvalidArgumentError, match="clean must be 'source', 'base' or None"):
-        run_patches(gpt2, pair.corrupted, [Head(0, 0)], "kl_div", source=pair.clean, clean="clean")
+        run_patches(gpt2, pair.corrupted, [Head(0, 0)], metric="kl_div", source=pair.clean, clean="clean")
 
 
 @pytest.mark.parametrize("batch_size", [0, -3, True])
@@ -147,10 +149,10 @@ def test_batch_size_must_be_a_positive_int(gpt2, no_forward, batch_size):
     pair = _pair(gpt2)
     no_forward(gpt2)
     with pytest.raises(InvalidArgumentError, match="batch_size must be a positive int or None"):
-        sweep(gpt2, pair, "head", batch_size=batch_size)
+        sweep(gpt2, pair, "head", metric="logit_diff", batch_size=batch_size)
     with pytest.raises(InvalidArgumentError, match="batch_size must be a positive int"):
-        path_patch(gpt2, pair.corrupted, pair.clean, [Head(0, 0)], "logits", "logit_diff", answers=pair.answers,
-                   batch_size=batch_size)
+        path_patch(gpt2, pair.corrupted, [Head(0, 0)], receivers="logits", metric="logit_diff", source=pair.clean,
+                   answers=pair.answers, batch_size=batch_size)
 
 
 @pytest.mark.parametrize("budget", ["lots", "2 parsecs", "0", "0.1", "-1GB", "...", 0, -5])
@@ -158,7 +160,7 @@ def test_memory_budget_is_checked_before_running(gpt2, no_forward, budget):
     pair = _pair(gpt2)
     no_forward(gpt2)
     with pytest.raises(InvalidArgumentError, match="memory budget"):
-        sweep(gpt2, pair, "head", memory_budget=budget)
+        sweep(gpt2, pair, "head", metric="logit_diff", memory_budget=budget)
 
 
 @pytest.mark.parametrize("alpha", [2.0, -0.1, 1.0001, float("nan"), float("inf"), -float("inf")])
@@ -187,9 +189,11 @@ def test_path_patch_empty_senders_and_receivers(gpt2, no_forward):
     pair = _pair(gpt2)
     no_forward(gpt2)
     with pytest.raises(EmptyInputError, match="no sender sets"):
-        path_patch(gpt2, pair.corrupted, pair.clean, [], "logits", "logit_diff", answers=pair.answers)
+        path_patch(gpt2, pair.corrupted, [], receivers="logits", metric="logit_diff", source=pair.clean,
+                   answers=pair.answers)
     with pytest.raises(EmptyInputError, match="no receivers"):
-        path_patch(gpt2, pair.corrupted, pair.clean, [Head(0, 0)], [], "logit_diff", answers=pair.answers)
+        path_patch(gpt2, pair.corrupted, [Head(0, 0)], receivers=[], metric="logit_diff", source=pair.clean,
+                   answers=pair.answers)
 
 
 # ----------------------------------------------------------------------------- the model's precision
@@ -227,15 +231,15 @@ def test_float64_models_give_float64_results(gpt2_f64, method, metric):
 
 def test_float64_run_patches_and_path_patch(native_f64):
     pair = _pair(native_f64, seed=4)
-    run = run_patches(native_f64, pair.corrupted, [Head(0, 1), Mlp(1), Resid(1, pos=2)], "logit_diff",
+    run = run_patches(native_f64, pair.corrupted, [Head(0, 1), Mlp(1), Resid(1, pos=2)], metric="logit_diff",
                       source=pair.clean, answers=pair.answers)
     assert run.values.dtype == run.base_values.dtype == run.source_values.dtype == torch.float64
     senders = [Head(0, 1), [Head(0, 0), Mlp(0)], Head(1, 2)]
     runs = {}
     for method in ("fast", "hooks"):
         for receivers in ("logits", [Query(1, 3, pos=-1)]):
-            pp = path_patch(native_f64, pair.corrupted, pair.clean, senders, receivers, "logit_diff",
-                            answers=pair.answers, method=method)
+            pp = path_patch(native_f64, pair.corrupted, senders, receivers=receivers, metric="logit_diff",
+                            source=pair.clean, answers=pair.answers, method=method)
             assert pp.values.dtype == pp.base_values.dtype == torch.float64
             runs[method, str(receivers)] = pp.values
     # the two methods agree far below float32's resolution
@@ -245,7 +249,7 @@ def test_float64_run_patches_and_path_patch(native_f64):
 
 def test_float32_models_still_give_float32(gpt2):
     pair = _pair(gpt2)
-    res = sweep(gpt2, pair, "head")
+    res = sweep(gpt2, pair, "head", metric="logit_diff")
     assert res.values.dtype == res.clean.dtype == torch.float32
 
 
@@ -254,10 +258,10 @@ def test_float64_attribution(gpt2_f64):
     from mechpatch.attribution.nodes import atp
 
     pair = _pair(gpt2_f64)
-    run = atp(gpt2_f64, pair.corrupted, [Head(0, 0), Head(1, 1)], "logit_diff", source=pair.clean,
+    run = atp(gpt2_f64, pair.corrupted, [Head(0, 0), Head(1, 1)], metric="logit_diff", source=pair.clean,
               answers=pair.answers, grad_drop=True)
     assert run.estimates.dtype == run.scores.dtype == run.dropped.dtype == run.base_values.dtype == torch.float64
-    eap = edge_attribution(gpt2_f64, pair.clean, "logit_diff", source=pair.corrupted, answers=pair.answers)
+    eap = edge_attribution(gpt2_f64, pair.clean, metric="logit_diff", source=pair.corrupted, answers=pair.answers)
     assert eap.scores.dtype == eap.base_values.dtype == torch.float64
     assert math.isfinite(float(eap.scores.abs().sum()))
 
@@ -270,11 +274,11 @@ def test_an_activation_the_fast_path_lacks_falls_back_to_hooks():
 
     model = native_model(3, "solu-ln", attn_only=False, d_mlp=64, act_fn="solu_ln")
     pair = _pair(model)
-    run = run_patches(model, pair.corrupted, [Head(0, 1), Mlp(1)], "logit_diff", source=pair.clean,
+    run = run_patches(model, pair.corrupted, [Head(0, 1), Mlp(1)], metric="logit_diff", source=pair.clean,
                       answers=pair.answers)
     assert run.method == "hooks"
     with pytest.raises(FastPathUnavailable, match="unsupported act_fn 'solu_ln'"):
-        run_patches(model, pair.corrupted, [Head(0, 1)], "logit_diff", source=pair.clean, answers=pair.answers,
+        run_patches(model, pair.corrupted, [Head(0, 1)], metric="logit_diff", source=pair.clean, answers=pair.answers,
                     method="fast")
 
 
@@ -283,11 +287,11 @@ def test_positions_without_a_position_axis_are_refused_not_ignored(gpt2, no_forw
     no_forward(gpt2)
     pair = _pair(gpt2)
     with pytest.raises(InvalidArgumentError, match=r"positions=\[3\] would be ignored: a 'head' sweep .*by_position=True"):
-        sweep(gpt2, pair, "head", positions=[3])
+        sweep(gpt2, pair, "head", metric="logit_diff", positions=[3])
     with pytest.raises(InvalidArgumentError, match=r"'resid_pre' sweep with by_position=False has no position axis"):
-        sweep(gpt2, pair, "resid_pre", by_position=False, positions=[3])
+        sweep(gpt2, pair, "resid_pre", metric="logit_diff", by_position=False, positions=[3])
     with pytest.raises(InvalidArgumentError, match="'neuron' sweep"):
-        sweep(gpt2, pair, "neuron", positions=[3])
+        sweep(gpt2, pair, "neuron", metric="logit_diff", positions=[3])
     assert make_grid(gpt2, "q", 7, by_position=True, positions=[3]).shape == (2, 4, 1)
     # make_grid itself leaves them unused: a sweep config's one positions list shapes each kind that has the axis
     assert make_grid(gpt2, "head", 7, positions=[3]).shape == (2, 4)

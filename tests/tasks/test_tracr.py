@@ -47,7 +47,7 @@ def test_zero_ablating_every_head_breaks_reverse(reverse):
     """Reverse needs its attention heads; zero-ablating one changes the output (metric > 0) on some prompt."""
     task = make_task("tracr-reverse", reverse)
     (b,) = task.batches
-    run = run_patches(reverse, b.clean, [Head(layer, 0) for layer in range(4)], task.metric, intervention=Zero(),
+    run = run_patches(reverse, b.clean, [Head(layer, 0) for layer in range(4)], metric=task.metric, intervention=Zero(),
                       clean="base")
     assert run.values.shape == (4, 6)
     assert (run.values.amax(1) > 1e-3).sum() >= 2
@@ -71,12 +71,13 @@ def test_fast_path_handles_bidirectional_attention(reverse):
     task = make_task("tracr-reverse", reverse)
     (b,) = task.batches
     variants = [[Head(1, 0, pos=3)], [Resid(2, "pre", pos=[2, 3])], [Mlp(0, pos=3)], [Head(3, 0, pos=1)]]
-    ref = run_patches(reverse, b.clean, variants, task.metric, source=b.corrupted, clean="base", method="reference")
-    got = run_patches(reverse, b.clean, variants, task.metric, source=b.corrupted, clean="base", method="fast")
+    ref = run_patches(reverse, b.clean, variants, metric=task.metric, source=b.corrupted, clean="base",
+                      method="reference")
+    got = run_patches(reverse, b.clean, variants, metric=task.metric, source=b.corrupted, clean="base", method="fast")
     torch.testing.assert_close(got.values, ref.values, atol=1e-5, rtol=1e-5)
     assert (ref.values.amax(1) > 1e-3).any()
     senders = [Head(0, 0), Mlp(0), Head(1, 0), Mlp(1)]
     recs = [Query(2, 0, pos=3)]
-    pp = path_patch(reverse, b.clean, b.corrupted, senders, recs, task.metric, method="fast")
-    pref = path_patch_reference(reverse, b.clean, b.corrupted, senders, recs, task.metric)
+    pp = path_patch(reverse, b.clean, senders, receivers=recs, metric=task.metric, source=b.corrupted, method="fast")
+    pref = path_patch_reference(reverse, b.clean, senders, receivers=recs, metric=task.metric, source=b.corrupted)
     torch.testing.assert_close(pp.values, pref, atol=1e-5, rtol=1e-5)

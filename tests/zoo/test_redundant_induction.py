@@ -60,7 +60,7 @@ def test_each_induction_head_alone_is_minor_all_together_are_not(model, task):
     (b,) = task.batches
     comps = heads(model.spec, layers=[1])
     masks = torch.cat([make_design("one_out", 8).masks, torch.ones(1, 8, dtype=torch.bool)])
-    run = evaluate_masks(model, b.clean, comps, masks, task.metric, intervention=Mean())
+    run = evaluate_masks(model, b.clean, comps, masks=masks, metric=task.metric, intervention=Mean())
     base, singles, together = run.values[0], run.values[1:9] - run.values[0], run.values[9] - run.values[0]
     print(f"base {base:.3f}; one head: {singles.tolist()}; all eight: {together:.3f}")
     assert together < -2.0  # the induction behaviour is gone (log-prob drops by > 2 nats)

@@ -39,8 +39,8 @@ def test_fast_path_is_exact_on_the_real_model(smollm2):
     )
     variants = [[Head(20, 3)], [Key(17, 1, pos=[4, 10])], [Value(23, 2), Mlp(5, pos=10)], [Resid(12, "mid", pos=10)]]
     metric = LogitDiff(answers=pair.answers)
-    ref = run_patches(smollm2, pair.corrupted, variants, metric, source=pair.clean, method="reference")
-    got = run_patches(smollm2, pair.corrupted, variants, metric, source=pair.clean, method="fast")
+    ref = run_patches(smollm2, pair.corrupted, variants, metric=metric, source=pair.clean, method="reference")
+    got = run_patches(smollm2, pair.corrupted, variants, metric=metric, source=pair.clean, method="fast")
     torch.testing.assert_close(got.values, ref.values, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(ref.values, ref.base_values.expand_as(ref.values))  # the patches do something
 
@@ -75,8 +75,10 @@ def test_path_patching_is_exact_on_the_real_model(smollm2):
     end = b.position("END")
     senders = [Head(20, 0), Head(19, 2), (Head(10, 1), Mlp(12)), Head(23, 3)]
     recs = [Query(23, 0, pos=end), Query(23, 3, pos=end)]
-    fast_run = path_patch(smollm2, b.clean, b.corrupted, senders, recs, task.metric, answers=b.answers, method="fast")
-    ref = path_patch_reference(smollm2, b.clean, b.corrupted, senders, recs, task.metric, answers=b.answers)
+    fast_run = path_patch(smollm2, b.clean, senders, receivers=recs, metric=task.metric, source=b.corrupted,
+                          answers=b.answers, method="fast")
+    ref = path_patch_reference(smollm2, b.clean, senders, receivers=recs, metric=task.metric, source=b.corrupted,
+                               answers=b.answers)
     torch.testing.assert_close(fast_run.values, ref, atol=1e-4, rtol=1e-4)
     assert fast_run.noop.tolist() == [False, False, False, True]
     assert float(fast_run.effect[0].abs().max()) > 1e-3
