@@ -106,7 +106,7 @@ def compare_nodes(model, pair, metric, kinds, top_k):
         groups += [kind] * len(res.sites)
         for m in NODE_METHODS:
             t = time.perf_counter()
-            att = attribute(model, pair, kind, metric=metric, by_position=True, direction="noise", method=m)
+            att = attribute(model, pair, kind, metric=metric, by_position=True, direction="noise", estimator=m)
             seconds[m] += time.perf_counter() - t
             est[m].append(att.effects().reshape(-1))
             if kind == "head" and m == "atp*":

@@ -207,9 +207,9 @@ def test_qk_fix_improves_key_sites_on_the_induction_model(induction):
     ex = sweep(model, batch.pair, "k", metric=metric, by_position=True, direction="noise")
     exact = ex.mean() - float(ex.clean.mean())
     plain = agreement(attribute(model, batch.pair, "k", metric=metric, by_position=True, direction="noise",
-                                method="atp").effects(), exact)
+                                estimator="atp").effects(), exact)
     fixed = agreement(attribute(model, batch.pair, "k", metric=metric, by_position=True, direction="noise",
-                                method="atp+qk").effects(), exact)
+                                estimator="atp+qk").effects(), exact)
     assert fixed.pearson > 0.9 and fixed.pearson > plain.pearson + 0.1  # measured 0.94 vs 0.69
     assert fixed.top_k_overlap > plain.top_k_overlap  # measured 0.8 vs 0.4
 
@@ -248,7 +248,7 @@ def test_verification_finds_the_true_top_site(induction):
     model, batch, metric = induction
     pair = batch.pair
     exact, eff = _exact_effects(model, pair, "k", metric)
-    res = attribute(model, pair, "k", metric=metric, by_position=True, direction="noise", method="atp*")
+    res = attribute(model, pair, "k", metric=metric, by_position=True, direction="noise", estimator="atp*")
     ver = verify(model, pair, res, batch_size=8, n_random=24)
     true_top = int(eff.abs().argmax())
     label, value = ver.top
@@ -267,7 +267,7 @@ def test_verification_bound_flags_a_missed_effect(induction):
     verification loop then stops without them, and its random sample says so: its bound on missed cells is >= 1."""
     model, batch, metric = induction
     exact, eff = _exact_effects(model, batch.pair, "head", metric)
-    res = attribute(model, batch.pair, "head", metric=metric, by_position=True, direction="noise", method="atp*")
+    res = attribute(model, batch.pair, "head", metric=metric, by_position=True, direction="noise", estimator="atp*")
     ver = verify(model, batch.pair, res, batch_size=8, n_random=24)
     true_top = int(eff.abs().argmax())
     assert exact.sites[true_top][0].layer == 0 and true_top not in ver.verified
@@ -434,8 +434,8 @@ def test_bad_input(gpt2, induction, unchecked):
         edge_attribution(gpt2, base, metric="logit_diff", intervention="resample", answers=answers)
     pair = PromptPair(src, base, answers)
     with pytest.raises(AttributionError, match="valid: 'atp', 'atp\\+qk', 'atp\\+gd', 'atp\\*'"):
-        attribute(gpt2, pair, "head", metric="logit_diff", method="atp**")
-    res = attribute(gpt2, pair, "head", metric="logit_diff", method="atp")
+        attribute(gpt2, pair, "head", metric="logit_diff", estimator="atp**")
+    res = attribute(gpt2, pair, "head", metric="logit_diff", estimator="atp")
     with pytest.raises(AttributionError, match="batch_size"):
         verify(gpt2, pair, res, batch_size=0)
     with pytest.raises(AttributionError, match="one shape"):

@@ -12,10 +12,10 @@ Circuit discovery from EAP scores (:func:`~mechpatch.circuit.eap.eap`, ``eap_ig`
 
 from mechpatch.attribution.base import Agreement, AtpRun, AttributionError, AttributionResult, agreement
 from mechpatch.attribution.edges import EdgeAttribution, edge_attribution
-from mechpatch.attribution.nodes import METHODS, atp, atp_star, attribute
+from mechpatch.attribution.nodes import ESTIMATORS, atp, atp_star, attribute
 from mechpatch.attribution.verify import Verification, verify
 
 __all__ = [
-    "METHODS", "Agreement", "AtpRun", "AttributionError", "AttributionResult", "EdgeAttribution", "Verification",
+    "ESTIMATORS", "Agreement", "AtpRun", "AttributionError", "AttributionResult", "EdgeAttribution", "Verification",
     "agreement", "atp", "atp_star", "attribute", "edge_attribution", "verify",
 ]

@@ -21,6 +21,25 @@ ablated one (``steps`` points ``k / steps``, k = 1..steps, as hannamw/EAP-IG use
 - ``ig="activations"``: for each sender stage (the embeddings, each layer's attention heads, each MLP) that
   stage's outputs move from base to ablated, and its edges use the receivers' gradient averaged along its own
   path (one batched pass per stage).
+
+An example (a tiny random model; the estimate and the exact effect of the best-ranked edge):
+
+>>> import torch
+>>> from transformer_lens.config import TransformerBridgeConfig
+>>> from mechpatch import load_model
+>>> from mechpatch.circuit import edge_patch
+>>> cfg = TransformerBridgeConfig(d_model=16, d_head=4, n_heads=2, n_layers=2, n_ctx=8, d_vocab=20,
+...                               attn_only=True, seed=0)
+>>> model = load_model(cfg, device="cpu")
+>>> base, src, answers = torch.tensor([[1, 2, 3, 4]]), torch.tensor([[1, 5, 3, 6]]), torch.tensor([[7, 8]])
+>>> eap = edge_attribution(model, base, metric="logit_diff", source=src, answers=answers)
+>>> eap.scores.shape, eap.layout.n_edges  # 5 senders (input, 4 heads) x 13 receivers (12 q/k/v, logits)
+(torch.Size([5, 13]), 29)
+>>> edge = eap.ranked()[0]
+>>> run = edge_patch(model, base, [[edge]], metric="logit_diff", source=src, answers=answers)
+>>> est, exact = eap.edge_scores()[edge], float(run.values.mean() - run.base_values.mean())
+>>> est * exact > 0  # the first-order estimate and the exact effect of the best-ranked edge agree in sign
+True
 """
 
 import math
@@ -196,23 +215,6 @@ def edge_attribution(
 
     Returns:
         :class:`EdgeAttribution`.
-
-    >>> import torch
-    >>> from transformer_lens.config import TransformerBridgeConfig
-    >>> from mechpatch import load_model
-    >>> from mechpatch.circuit import edge_patch
-    >>> cfg = TransformerBridgeConfig(d_model=16, d_head=4, n_heads=2, n_layers=2, n_ctx=8, d_vocab=20,
-    ...                               attn_only=True, seed=0)
-    >>> model = load_model(cfg, device="cpu")
-    >>> base, src, answers = torch.tensor([[1, 2, 3, 4]]), torch.tensor([[1, 5, 3, 6]]), torch.tensor([[7, 8]])
-    >>> eap = edge_attribution(model, base, metric="logit_diff", source=src, answers=answers)
-    >>> eap.scores.shape, eap.layout.n_edges  # 5 senders (input, 4 heads) x 13 receivers (12 q/k/v, logits)
-    (torch.Size([5, 13]), 29)
-    >>> edge = eap.ranked()[0]
-    >>> run = edge_patch(model, base, [[edge]], metric="logit_diff", source=src, answers=answers)
-    >>> est, exact = eap.edge_scores()[edge], float(run.values.mean() - run.base_values.mean())
-    >>> est * exact > 0  # the first-order estimate and the exact effect of the best-ranked edge agree in sign
-    True
     """
     start = time.time()
     _check_args(intervention, ig, steps, batch_size)

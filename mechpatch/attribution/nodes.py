@@ -55,14 +55,14 @@ from mechpatch.prompts import PromptPair
 from mechpatch.sites import Attn, Head, HeadResult, Key, Mlp, Neuron, Pattern, Query, Site, Value
 
 BACKENDS = ("auto", "functional", "bridge")
-#: method name -> (query/key fix, GradDrop)
-METHODS: dict[str, tuple[bool, bool]] = {"atp": (False, False), "atp+qk": (True, False), "atp+gd": (False, True),
+#: estimator name -> (query/key fix, GradDrop)
+ESTIMATORS: dict[str, tuple[bool, bool]] = {"atp": (False, False), "atp+qk": (True, False), "atp+gd": (False, True),
                                          "atp*": (True, True)}
 _IN_BLOCK = (Attn, Mlp, Head, HeadResult, Query, Key, Value, Pattern, Neuron)
 
 
 def _method_name(qk_fix: bool, grad_drop: bool) -> str:
-    return {v: k for k, v in METHODS.items()}[(bool(qk_fix), bool(grad_drop))]
+    return {v: k for k, v in ESTIMATORS.items()}[(bool(qk_fix), bool(grad_drop))]
 
 
 def grad_ready(fm: F_.FunctionalModel) -> F_.FunctionalModel:
@@ -105,7 +105,7 @@ def resolve_backend(model: HookedModel, backend: str, need_functional: bool = Fa
         why = f"this model does not support: {reason}" if reason else f"backend={backend!r} does not use"
         raise AttributionError(
             f"the AtP* query/key fix recomputes attention patterns from mechpatch's functional forward, which {why}; "
-            "use qk_fix=False (method='atp' or 'atp+gd') or backend='functional'"
+            "use qk_fix=False (estimator 'atp' or 'atp+gd') or backend='functional'"
         )
     return backend, (grad_ready(fm) if backend == "functional" else None)
 
@@ -447,7 +447,7 @@ def attribute(
     metric: Union[Metric, str, Callable],
     direction: str = "denoise",
     intervention: Intervention = Replace(),
-    method: str = "atp",
+    estimator: str = "atp",
     by_position: Optional[bool] = None,
     layers: Optional[Sequence[int]] = None,
     positions: Optional[Sequence[int]] = None,
@@ -459,7 +459,8 @@ def attribute(
 
     Args:
         model, pair, grid, metric, direction, intervention, by_position, layers, positions: as ``sweep``.
-        method: "atp", "atp+qk" (query/key fix), "atp+gd" (GradDrop) or "atp*" (both).
+        estimator: "atp", "atp+qk" (query/key fix), "atp+gd" (GradDrop) or "atp*" (both) (:data:`ESTIMATORS`;
+            ``method`` in mechpatch is the engine path: "auto", "fast", "hooks", "reference").
         backend, batch_size, memory_budget: see :func:`atp`.
 
     Returns:
@@ -475,15 +476,15 @@ def attribute(
     >>> model = load_model(cfg, device="cpu")
     >>> pair = PromptPair(torch.tensor([[1, 2, 3, 4], [1, 3, 2, 4]]), torch.tensor([[1, 5, 3, 6], [1, 7, 2, 6]]),
     ...                   torch.tensor([[7, 8], [8, 7]]))
-    >>> res = attribute(model, pair, "head", metric="logit_diff", by_position=True, method="atp*")
+    >>> res = attribute(model, pair, "head", metric="logit_diff", by_position=True, estimator="atp*")
     >>> res.estimate.values.shape  # layer x head x position x prompt, as sweep(model, pair, "head", by_position=True)
     torch.Size([2, 2, 4, 2])
     >>> exact = sweep(model, pair, "head", metric="logit_diff", by_position=True)
     >>> agreement(res.effects(), exact.mean() - exact.corrupted.mean()).pearson > 0.7  # measured 0.81
     True
     """
-    if method not in METHODS:
-        raise AttributionError(f"unknown attribution method {method!r}; valid: {choices(METHODS)}")
+    if estimator not in ESTIMATORS:
+        raise AttributionError(f"unknown estimator {estimator!r}; valid: {choices(ESTIMATORS)}")
     check_direction(direction)
     if not isinstance(pair, PromptPair):
         raise AttributionError(f"pair must be a PromptPair (see mechpatch.make_pair), got {type(pair).__name__}")
@@ -494,7 +495,7 @@ def attribute(
         grid = Grid.of(grid)
     metric = as_metric(metric)
     base, source = (pair.corrupted, pair.clean) if direction == "denoise" else (pair.clean, pair.corrupted)
-    qk_fix, grad_drop = METHODS[method]
+    qk_fix, grad_drop = ESTIMATORS[estimator]
     run = atp(model, base, grid.cells, metric=metric, source=source, intervention=intervention, answers=pair.answers,
               clean="source" if direction == "denoise" else "base", qk_fix=qk_fix, grad_drop=grad_drop,
               backend=backend, batch_size=batch_size, memory_budget=memory_budget)
@@ -511,4 +512,4 @@ def attribute(
     return AttributionResult(estimate, run.scores.reshape(grid.shape), run, context)
 
 
-__all__ = ["BACKENDS", "METHODS", "atp", "atp_star", "attribute", "resolve_backend"]
+__all__ = ["BACKENDS", "ESTIMATORS", "atp", "atp_star", "attribute", "resolve_backend"]
