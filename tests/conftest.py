@@ -66,6 +66,15 @@ def perturb(module, seed):
     return module
 
 
+def edge_pair(seed=3, n=3, seq=6):
+    """Base prompts, source prompts differing at positions 1-3, and answer tokens (the edge-patching tests' data)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randint(1, 100, (n, seq), generator=g)
+    src = base.clone()
+    src[:, 1:4] = torch.randint(1, 100, (n, 3), generator=g)
+    return base, src, torch.randint(1, 100, (n, 2), generator=g)
+
+
 def _gpt2_hf(seed=0):
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -31,6 +31,7 @@ from mechpatch.patching.metrics import LogitDiff
 from mechpatch.patching.paths import path_patch, path_patch_reference
 from mechpatch.prompts import PromptPair
 from mechpatch.sites import Head
+from tests.conftest import edge_pair as _pair
 
 #: every entry point that runs the model: its positional parameters and its default intervention (None: it takes no
 #: ``intervention``, or passes it on through ``**kwargs``)
@@ -100,14 +101,6 @@ def test_inventory_is_complete():
 
 
 # ----------------------------------------------------------------------------- interventions at the edge level
-
-
-def _pair(seed=3, n=3, seq=6):
-    g = torch.Generator().manual_seed(seed)
-    base = torch.randint(1, 100, (n, seq), generator=g)
-    src = base.clone()
-    src[:, 1:4] = torch.randint(1, 100, (n, 3), generator=g)
-    return base, src, torch.randint(1, 100, (n, 2), generator=g)
 
 
 def _sets(model):

@@ -29,7 +29,7 @@ from mechpatch._progress import progress_bar
 from mechpatch.cache import DEFAULT_MEMORY_BUDGET, as_tokens, parse_bytes
 from mechpatch.errors import InvalidArgumentError, ShapeMismatchError, choices
 from mechpatch.model import HookedModel
-from mechpatch.patching.interventions import Intervention, Replace, check_intervention
+from mechpatch.patching.interventions import Intervention, Replace, check_intervention, needs_source
 from mechpatch.patching.metrics import Metric, Readout, as_metric, readout_positions
 from mechpatch.patching.plan import PatchPlan, apply_mask, compile_plan
 from mechpatch.patching import fast
@@ -252,7 +252,7 @@ def _check_patch_args(
                 f"source tokens {tuple(src_t.shape)} and base tokens {tuple(base_t.shape)} differ in shape; "
                 "patching needs the same prompts count and aligned positions"
             )
-    elif intervention.uses_pair and getattr(intervention, "reference", None) is None:
+    elif needs_source(intervention):
         raise ShapeMismatchError(f"{type(intervention).__name__} needs source tokens (the other run of the pair)")
     if clean == "source" and src_t is None:
         raise ShapeMismatchError("clean='source' but no source tokens were given")

@@ -12,14 +12,7 @@ from mechpatch.errors import InvalidArgumentError
 from mechpatch.patching import Interpolate, Zero, run_patches
 from mechpatch.patching.interventions import from_name
 from mechpatch.patching.metrics import KLDivergence, LogitDiff
-
-
-def _pair(seed=3, n=3, seq=6):
-    g = torch.Generator().manual_seed(seed)
-    base = torch.randint(1, 100, (n, seq), generator=g)
-    src = base.clone()
-    src[:, 1:4] = torch.randint(1, 100, (n, 3), generator=g)
-    return base, src, torch.randint(1, 100, (n, 2), generator=g)
+from tests.conftest import edge_pair as _pair
 
 
 def layout(model):
