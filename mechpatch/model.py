@@ -126,6 +126,10 @@ ARCHITECTURE_TABLES: Mapping[str, Mapping[str, HookSpec]] = {
     "TransformerLensNative": {},
 }
 
+#: Hook kinds whose writes a TransformerLens 4.3 bridge silently drops on an architecture (measured: halving the
+#: tensor in a hook leaves the logits unchanged). mechpatch's own forward applies them; the hook-based methods refuse.
+BRIDGE_IGNORES_WRITES: Mapping[str, tuple[str, ...]] = {"GPTJForCausalLM": ("pattern",)}
+
 _SIZES = {
     "d_model": lambda s: s.d_model,
     "d_head": lambda s: s.d_head,
@@ -207,6 +211,7 @@ def _spec_from_cfg(cfg: Any) -> ModelSpec:
         positional=str(getattr(cfg, "positional_embedding_type", "standard")),
         normalization=str(getattr(cfg, "normalization_type", "LN")),
         architecture=str(getattr(cfg, "architecture", None) or "unknown"),
+        parallel=bool(getattr(cfg, "parallel_attn_mlp", False)),
     )
 
 

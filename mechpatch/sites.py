@@ -58,6 +58,9 @@ class ModelSpec:
     positional: str = "standard"
     normalization: str = "LN"
     architecture: str = "unknown"
+    #: attention and MLP read the same residual stream (GPT-NeoX, GPT-J): there is no resid_mid, and a layer's heads
+    #: do not reach its own MLP
+    parallel: bool = False
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
@@ -306,6 +309,11 @@ class Resid(Site):
             raise UnsupportedSiteError(
                 f"{self.label}: attention-only models have no resid_mid (resid_post follows attention "
                 "directly); use 'pre' or 'post'"
+            )
+        if self.stage == "mid" and spec.parallel:
+            raise UnsupportedSiteError(
+                f"{self.label}: {spec.architecture} runs attention and MLP in parallel on the same residual stream, "
+                "so there is no resid_mid; use 'pre' or 'post' (or attn_out / mlp_out)"
             )
 
 

@@ -38,7 +38,7 @@ def _softmax_calls(tree: ast.AST) -> list[int]:
         if isinstance(node, ast.Call):
             f = node.func
             name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
-            if name in ("softmax", "log_softmax"):
+            if name in ("softmax", "log_softmax", "scaled_dot_product_attention"):
                 lines.append(node.lineno)
     return lines
 
@@ -100,6 +100,9 @@ def test_every_fast_method_attends_through_the_one_forward(llama, monkeypatch):
         return allowed / allowed.sum(-1, keepdim=True)
 
     fast.resolve(llama)  # the fast path's one check against the bridge is done (uniform attention would fail it)
+    # the fused kernel computes attention_pattern's function where no pattern is read or written (held equal in
+    # tests/patching/test_architectures.py); turned off, every method must come through the explicit door
+    monkeypatch.setattr(functional, "FUSED", False)
     monkeypatch.setattr(functional, "attention_pattern", uniform)
     after = _every_fast_method(llama)
     assert calls["n"] > 0

@@ -219,9 +219,11 @@ def edge_attribution(
     start = time.time()
     _check_args(intervention, ig, steps, batch_size)
     reason, fm = fast.resolve(model)
+    reason = reason or F_.split_unsupported(fm)
     if reason is not None:
         raise AttributionError(
-            f"edge attribution runs mechpatch's functional forward, which cannot run this model: {reason}")
+            f"edge attribution runs mechpatch's functional forward, which cannot run this model ({model.spec.architecture}): "
+            f"{reason}")
     base_t, src_t, ref_t, metric, readout = _setup(model, base, source, intervention, metric, answers)
     if ig is None and isinstance(metric, KLDivergence):
         raise AttributionError(

@@ -161,49 +161,41 @@ def _linear(plan: PatchPlan, name: str, delta: Tensor, grad: Tensor) -> Tensor:
     return mask.flatten(1).to(torch.float64) @ contrib.flatten(1).T
 
 
-def _rotate(fm: F_.FunctionalModel, x: Tensor) -> Tensor:
-    """Apply the model's RoPE to pre-rotation queries/keys x [..., pos, head, d_head] (identity without RoPE)."""
-    if fm.rot_cos is None:
-        return x
-    seq = x.shape[-3]
-    pos = torch.arange(seq, device=x.device)
-    flat = x.reshape(-1, *x.shape[-3:])
-    return F_.rope(flat, fm.rot_cos[pos], fm.rot_sin[pos], fm.rot_style).reshape(x.shape)
-
-
-def _pattern(fm: F_.FunctionalModel, q: Tensor, k: Tensor) -> Tensor:
-    """Attention pattern [..., head, query, key] from rotated q [..., pos, head, dh] and k [..., pos, kv_head, dh]."""
+def _pattern(fm: F_.FunctionalModel, layer: int, q: Tensor, k: Tensor) -> Tensor:
+    """Layer ``layer``'s attention pattern [..., head, query, key] from its ``hook_q`` values q [..., pos, head, dh]
+    and ``hook_k`` values k [..., pos, kv_head, dh] (q/k norms and RoPE applied here)."""
     lead = q.shape[:-3]
-    flat = lambda x: x.reshape(-1, *x.shape[-3:]).transpose(1, 2)  # [N, unit, pos, dh]
+    flat = lambda x: x.reshape(-1, *x.shape[-3:])  # [N, pos, unit, dh]
     k = k.expand(*lead, *k.shape[-3:])
-    pattern = F_.attention_pattern(fm, flat(q), flat(k))
+    q, k = F_.finish_qk(fm, layer, flat(q), flat(k), torch.arange(q.shape[-3], device=q.device))
+    pattern = F_.attention_pattern(fm, q.transpose(1, 2), k.transpose(1, 2), layer=layer)
     return pattern.reshape(*lead, *pattern.shape[1:])
 
 
-def _qk_patterns(fm: F_.FunctionalModel, plan: PatchPlan, layer: int, q_rot: Tensor, k_rot: Tensor,
+def _qk_patterns(fm: F_.FunctionalModel, plan: PatchPlan, layer: int, q_base: Tensor, k_base: Tensor,
                  delta: dict[str, Tensor], budget: int) -> list[tuple[Tensor, Tensor]]:
     """Chunks of (variant ids, pattern change [variant, prompt, head, query, key]) for the variants that patch
     queries or keys of ``layer``: the pattern recomputed exactly with the patched queries/keys."""
     qn, kn = f"blocks.{layer}.attn.hook_q", f"blocks.{layer}.attn.hook_k"
     mq = plan.hooks[qn].mask if qn in plan.hooks else None
     mk = plan.hooks[kn].mask if kn in plan.hooks else None
-    touched = torch.zeros(plan.n_variants, dtype=torch.bool, device=q_rot.device)
+    touched = torch.zeros(plan.n_variants, dtype=torch.bool, device=q_base.device)
     for m in (mq, mk):
         if m is not None:
             touched |= m.flatten(1).any(1)
     ids = torch.nonzero(touched).flatten()
-    base = _pattern(fm, q_rot, k_rot)
-    n, seq, heads = q_rot.shape[0], q_rot.shape[1], fm.n_heads
-    per_variant = n * heads * seq * seq * q_rot.element_size() * 6 + 1
+    base = _pattern(fm, layer, q_base, k_base)
+    n, seq, heads = q_base.shape[0], q_base.shape[1], fm.n_heads
+    per_variant = n * heads * seq * seq * q_base.element_size() * 6 + 1
     out = []
     for chunk in torch.split(ids, max(1, budget // per_variant)):
-        q = q_rot.expand(len(chunk), *q_rot.shape)
-        k = k_rot.expand(len(chunk), *k_rot.shape)
+        q = q_base.expand(len(chunk), *q_base.shape)
+        k = k_base.expand(len(chunk), *k_base.shape)
         if mq is not None:
-            q = q + _rotate(fm, mq[chunk][:, None].to(q_rot.dtype) * delta[qn][None])
+            q = q + mq[chunk][:, None].to(q_base.dtype) * delta[qn][None]
         if mk is not None:
-            k = k + _rotate(fm, mk[chunk][:, None].to(k_rot.dtype) * delta[kn][None])
-        out.append((chunk, _pattern(fm, q, k) - base))
+            k = k + mk[chunk][:, None].to(k_base.dtype) * delta[kn][None]
+        out.append((chunk, _pattern(fm, layer, q, k) - base))
     return out
 
 
@@ -392,8 +384,7 @@ def _grad_pass(backend: str, model: HookedModel, fm: Optional[F_.FunctionalModel
     record: dict[str, Tensor] = {}
     wanted_records = set()
     for layer in qk_layers:
-        rot = "rot_" if fm.rot_cos is not None else ""
-        wanted_records |= {f"blocks.{layer}.attn.hook_{rot}q", f"blocks.{layer}.attn.hook_{rot}k"}
+        wanted_records |= {f"blocks.{layer}.attn.hook_q", f"blocks.{layer}.attn.hook_k"}
 
     def make(name: str) -> Callable[[Tensor], Tensor]:
         d, p, keep = drop.get(name), probes.get(name), name in wanted_records
@@ -422,11 +413,10 @@ def _grad_pass(backend: str, model: HookedModel, fm: Optional[F_.FunctionalModel
         for gi in range(groups):
             out[gi] += _linear(plan, nm, d, g[gi * c:(gi + 1) * c]).cpu()
     for layer in qk_layers:
-        rot = "rot_" if fm.rot_cos is not None else ""
-        q_rot, k_rot = record[f"blocks.{layer}.attn.hook_{rot}q"], record[f"blocks.{layer}.attn.hook_{rot}k"]
+        q_pre, k_pre = record[f"blocks.{layer}.attn.hook_q"], record[f"blocks.{layer}.attn.hook_k"]
         d_sub = {k: v[idx_cpu] for k, v in delta.items() if k.startswith(f"blocks.{layer}.attn.hook_")}
         gp = grads[f"blocks.{layer}.attn.hook_pattern"]
-        for ids, dpat in _qk_patterns(fm, plan, layer, q_rot, k_rot, d_sub, budget):
+        for ids, dpat in _qk_patterns(fm, plan, layer, q_pre, k_pre, d_sub, budget):
             for gi in range(groups):
                 out[gi][ids.cpu()] += (dpat * gp[gi * c:(gi + 1) * c][None]).sum((2, 3, 4)).to(torch.float64).cpu()
     return out

@@ -365,6 +365,10 @@ class GraphLayout:
         s_stage = torch.tensor([n.stage for n in senders])
         r_stage = torch.tensor([n.stage for n, _ in receivers])
         self.valid: Bool[Tensor, "sender receiver"] = s_stage[:, None] < r_stage[None, :]
+        if spec.parallel and spec.has_mlp:  # a layer's MLP reads the residual stream its heads read, not their output
+            for layer in range(L):
+                heads = [self._s_of[Node("head", layer, h)] for h in range(H)]
+                self.valid[heads, self._r_of[(Node("mlp", layer), None)]] = False
         r_idx, s_idx = torch.nonzero(self.valid.T, as_tuple=True)  # receiver-major, senders in order
         self.edge_senders, self.edge_receivers = s_idx, r_idx
         # which sender nodes each receiver input feeds: q and MLP inputs at their own position, k/v across positions
@@ -410,6 +414,11 @@ class GraphLayout:
         base = graph_layout(self.spec) if self.n_pos is not None else self
         s = base.sender_index(e.sender.at(None))
         r = base.receiver_index(e.receiver.at(None), e.input)
+        if not bool(base.valid[s, r]):
+            raise CircuitError(
+                f"{e.label} is not an edge of {self.spec.architecture}: its attention and MLP run in parallel on the "
+                "same residual stream, so a layer's heads do not reach its own MLP"
+            )
         return s, r, e.pos
 
     @property

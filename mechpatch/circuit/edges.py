@@ -115,7 +115,7 @@ class EdgeRunner:
 
     def __init__(self, model: HookedModel, lay: GraphLayout, base: Tensor, source: Optional[Tensor],
                  reference: Optional[Tensor], intervention: Intervention, metric: Metric, readout: Readout) -> None:
-        self.fm = fast.weights(model)
+        self.fm = fast.split_weights(model)
         self.lay, self.base, self.metric, self.readout = lay, base, metric, readout
         self.intervention = intervention
         n = base.shape[0]
@@ -160,8 +160,10 @@ class EdgeRunner:
                 lw = fm.layers[layer]
                 heads = sum(src_out[i] for i, sl in enumerate(lay.sender_layer)
                             if sl == layer and lay.senders[i].kind == "head")
+                before = total
                 total = total + heads + (lw.b_O if lw.b_O is not None else 0)
-                self.src_sum[(layer, True)] = total.clone()  # the same layer's MLP input
+                # the same layer's MLP input (in a parallel block, the heads' input)
+                self.src_sum[(layer, True)] = (before if fm.parallel else total).clone()
         self.n_in = lay.valid.sum(0)  # senders per receiver
 
     def forward(self, tokens: Tensor, rows_prompt: Tensor, mask: Optional[Tensor], start: int, keep: bool = False):

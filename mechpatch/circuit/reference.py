@@ -35,7 +35,7 @@ def edge_patch_reference(
     preceding sender's output (its ablated output where the edge is ablated, at the edge's position or
     everywhere) plus the biases; one head at a time. For testing :func:`edge_patch` (same arguments)."""
     base_t, src_t, ref_t, metric, positions = _setup(model, base, source, intervention, metric, answers)
-    fm = fast.weights(model)
+    fm = fast.split_weights(model)
     lay = graph_layout(model.spec)
     n, seq = base_t.shape
     H, G = fm.n_heads, fm.n_kv_heads
@@ -67,19 +67,22 @@ def edge_patch_reference(
                 q, k, v = xq @ lw.W_Q[h], xk @ lw.W_K[g], xv @ lw.W_V[g]
                 if lw.b_Q is not None:
                     q, k, v = q + lw.b_Q[h], k + lw.b_K[g], v + lw.b_V[g]
-                if fm.rot_cos is not None:
-                    cos, sin = fm.rot_cos[pos_t], fm.rot_sin[pos_t]
-                    q = F_.rope(q[:, :, None], cos, sin, fm.rot_style)[:, :, 0]
-                    k = F_.rope(k[:, :, None], cos, sin, fm.rot_style)[:, :, 0]
+                # q/k norms and RoPE (one head: a head axis of 1)
+                q, k = (t[:, :, 0] for t in F_.finish_qk(fm, layer, q[:, :, None], k[:, :, None], pos_t))
                 scores = q @ k.transpose(1, 2) * fm.attn_scale
                 if fm.causal:
-                    scores = scores.masked_fill(torch.ones(seq, seq, dtype=torch.bool).triu(1), float("-inf"))
+                    i, j = torch.meshgrid(pos_t, pos_t, indexing="ij")
+                    hidden = (j > i) | ((i - j >= lw.window) if lw.window is not None else False)
+                    scores = scores.masked_fill(hidden, float("-inf"))
                 zs.append(scores.softmax(-1) @ v)
+            if fm.parallel and not fm.attn_only:  # the MLP reads what the heads read
+                x = F_.apply_norm(lw.ln2, rebuild(f"L{layer}.mlp", layer, False))
+                outs[f"L{layer}.mlp"] = F_.mlp(fm, layer, x)
             for h in range(H):
                 outs[f"L{layer}H{h}"] = zs[h] @ lw.W_O[h]
             if lw.b_O is not None:
                 biases.append((layer, False, lw.b_O))
-            if not fm.attn_only:
+            if not fm.attn_only and not fm.parallel:
                 x = F_.apply_norm(lw.ln2, rebuild(f"L{layer}.mlp", layer, True))
                 outs[f"L{layer}.mlp"] = F_.mlp(fm, layer, x)
         final = rebuild("logits", fm.n_layers, False)

@@ -27,8 +27,8 @@ from torch import Tensor
 from mechpatch._progress import progress_bar
 
 from mechpatch.cache import DEFAULT_MEMORY_BUDGET, as_tokens, parse_bytes
-from mechpatch.errors import InvalidArgumentError, ShapeMismatchError, choices
-from mechpatch.model import HookedModel
+from mechpatch.errors import InvalidArgumentError, ShapeMismatchError, UnsupportedSiteError, choices
+from mechpatch.model import BRIDGE_IGNORES_WRITES, HookedModel
 from mechpatch.patching.interventions import Intervention, Replace, check_intervention, needs_source
 from mechpatch.patching.metrics import Metric, Readout, as_metric, readout_positions
 from mechpatch.patching.plan import PatchPlan, apply_mask, compile_plan
@@ -49,6 +49,7 @@ class PatchRun:
     source_values: Optional[Float[Tensor, " prompt"]]  # ... and on the unpatched source run
     method: str
     forwards: int  # forward passes (chunks) run
+    fallback_reason: Optional[str] = None  # method "auto" ran "hooks": why the fast path could not run this model
 
 
 def _run_cache(
@@ -280,17 +281,30 @@ def _bind_clean(
     return metric, base_values, source_values
 
 
-def _resolve_method(model: HookedModel, method: str) -> tuple[str, Any]:
-    """The method to run (``"auto"``: fast where the architecture is supported, else hooks) and, for the fast
-    method, the model's functional weights (None otherwise)."""
-    fm = None
+def _check_bridge_writes(model: HookedModel, plan: PatchPlan) -> None:
+    """Refuse, before any work, patches the bridge would silently drop (a hook whose writes it ignores)."""
+    ignored = BRIDGE_IGNORES_WRITES.get(model.spec.architecture, ())
+    for v in plan.variants:
+        for s in v:
+            if s.hook_kind in ignored:
+                raise UnsupportedSiteError(
+                    f"{s.label}: TransformerLens's {model.spec.architecture} bridge ignores writes to its "
+                    f"{s.hook_kind} hook, so method='hooks'/'reference' would patch nothing; use method='fast' "
+                    "(mechpatch's own forward applies it)"
+                )
+
+
+def _resolve_method(model: HookedModel, method: str) -> tuple[str, Any, Optional[str]]:
+    """The method to run (``"auto"``: fast where the architecture is supported, else hooks), for the fast
+    method the model's functional weights (None otherwise), and why "auto" fell back to hooks (or None)."""
+    fm, reason = None, None
     if method in ("auto", "fast"):
         reason, fm = fast.resolve(model)
         if method == "auto":
             method = "fast" if reason is None else "hooks"
         elif reason is not None:
             raise fast.FastPathUnavailable(f"method='fast' is not available: {reason}; use method='hooks' or 'auto'")
-    return method, fm
+    return method, fm, reason
 
 
 def _prepare_runs(
@@ -395,7 +409,9 @@ def run_patches(
     plan = compile_plan(model, [v if not isinstance(v, Site) else (v,) for v in variants], base_t.shape[1])
     n_prompts, seq_len = base_t.shape
     positions = readout_positions(metric, seq_len)
-    method, fm = _resolve_method(model, method)
+    method, fm, fallback = _resolve_method(model, method)
+    if method in ("hooks", "reference"):
+        _check_bridge_writes(model, plan)
     metric = metric.bind(answers=answers, tokens=base_t)
     readout = Readout(positions, metric.columns())
     with model.gates([s for v in plan.variants for s in v]):
@@ -419,4 +435,4 @@ def run_patches(
         values[noop] = base_values
         done = _run_chunks(method, model, plan, base_t, runs, intervention.alpha, metric, readout, fast_state, order,
                            batch_size, progress, values)
-    return PatchRun(values, noop, noop_sites, base_values, source_values, method, done)
+    return PatchRun(values, noop, noop_sites, base_values, source_values, method, done, fallback)

@@ -20,8 +20,15 @@ from mechpatch.patching.metrics import Metric, Readout
 from mechpatch.patching.plan import PatchPlan, apply_mask
 
 #: Architectures whose functional forward has been verified against the bridge in the tests.
-VERIFIED_ARCHITECTURES = ("GPT2LMHeadModel", "LlamaForCausalLM", "TransformerLensNative")
-_CHECK_TOL = {torch.float32: 1e-4, torch.float64: 1e-9}
+VERIFIED_ARCHITECTURES = (
+    "GPT2LMHeadModel", "LlamaForCausalLM", "TransformerLensNative", "GPTNeoXForCausalLM", "GPTJForCausalLM",
+    "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MistralForCausalLM",
+    "Olmo2ForCausalLM",
+)
+#: How far the functional forward's logits may be from the bridge's on the check batch, relative to the logits' scale.
+#: Low precision rounds differently in each implementation (fused projections, fused attention): the bound is a few
+#: units of the format's resolution, far below what a wrong weight, norm or rotation gives (order 1).
+_CHECK_TOL = {torch.float32: 1e-4, torch.float64: 1e-9, torch.bfloat16: 6e-2, torch.float16: 1e-2}
 
 
 class FastPathUnavailable(MechpatchError, NotImplementedError):
@@ -54,7 +61,7 @@ def resolve(model: HookedModel) -> tuple[Optional[str], Optional[F_.FunctionalMo
     if arch not in VERIFIED_ARCHITECTURES:
         reason = f"architecture {arch} is not verified for the fast path (verified: {', '.join(VERIFIED_ARCHITECTURES)})"
     elif model.dtype not in _CHECK_TOL:
-        reason = f"the fast path is held to the bridge in float32/float64 only; this model runs in {model.dtype}"
+        reason = f"the fast path is held to the bridge in {', '.join(map(str, _CHECK_TOL))} only; this model runs in {model.dtype}"
     else:
         try:
             fm = F_.extract(model.bridge)
@@ -80,6 +87,15 @@ def weights(model: HookedModel) -> F_.FunctionalModel:
     reason, fm = resolve(model)
     if reason is not None:
         raise FastPathUnavailable(f"method='fast' is not available: {reason}; use method='hooks' or 'auto'")
+    return fm
+
+
+def split_weights(model: HookedModel) -> F_.FunctionalModel:
+    """:func:`weights` for the per-receiver forward of edge-level methods (FastPathUnavailable where it cannot run)."""
+    fm = weights(model)
+    reason = F_.split_unsupported(fm)
+    if reason is not None:
+        raise FastPathUnavailable(f"edge-level methods are not available for {model.spec.architecture}: {reason}")
     return fm
 
 

@@ -8,18 +8,31 @@ the tests) with two savings the engine needs:
 - recompute only positions >= p, attending to cached (post-RoPE) keys/values of positions < p.
 
 Weights come from the bridge's per-block accessors (``attn.W_Q`` ... ``mlp.W_out``), which on a
-default bridge are the raw Hugging Face / native weights (nothing folded). Verified architectures:
+default bridge are the raw Hugging Face / native weights (nothing folded). Verified architectures
+(``fast.VERIFIED_ARCHITECTURES``; each tested on random-weight models from its Hugging Face config class):
 GPT-2 (learned positions, ``gelu_new``), TransformerLens-native (LN/RMS/pre-norms, standard or rotary
-with adjacent-pair RoPE, MHA or GQA, attention-only or MLP, gated MLP) and Llama (RMSNorm, rotate-half
-RoPE, GQA, SwiGLU). Anything else raises NotImplementedError at :func:`extract`, and the engine
-additionally checks the logits against the bridge once per model before trusting this path.
+with adjacent-pair RoPE, MHA or GQA, attention-only or MLP, gated MLP), Llama (RMSNorm, rotate-half
+RoPE, GQA, SwiGLU, Llama 3 RoPE scaling), GPT-NeoX/Pythia (parallel attention and MLP, partial rotary),
+GPT-J (parallel block with one norm, interleaved partial rotary), Gemma 2/3 (``1 + w`` RMSNorm before and
+after each sublayer, GeGLU, soft-capping, sliding windows, scaled embeddings, per-layer-type RoPE), Qwen 2.5
+(q/k/v biases), Qwen 3 (per-head q/k norms), Mistral (sliding window) and OLMo 2 (post-norms only, q/k norms
+over all heads). Anything else raises NotImplementedError at :func:`extract`, and the engine additionally
+checks the logits against the bridge once per model before trusting this path.
+
+Attention is computed by ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels on GPU) where
+nothing reads or writes a layer's scores or pattern, and by the explicit softmax of
+:func:`attention_pattern` otherwise; both apply the same mask (causal, sliding window, cached prefix).
 
 Traps worth knowing (measured): native rotary models use adjacent-pair RoPE although
 ``cfg.rotary_adjacent_pairs`` is False; GPT-2's ``gelu_new`` is the tanh approximation while native
 ``"gelu"`` is exact; the GPT-2 and Llama bridges fill masked scores with ``finfo.min``; ``hook_q/k``
-are pre-RoPE; per-head ``hook_result`` excludes ``b_O``; the Llama ``hook_post`` is silu(gate) * up.
+are pre-RoPE and pre-q/k-norm; per-head ``hook_result`` excludes ``b_O``; the Llama ``hook_post`` is
+silu(gate) * up; ``hook_attn_out``/``hook_mlp_out`` fire after Gemma's and OLMo 2's post-norms; parallel
+blocks have no ``hook_resid_mid``; the GPT-J bridge ignores writes to ``hook_pattern``/``hook_attn_scores``
+and the GPT-J and Pythia bridges writes to ``hook_rot_q``/``hook_rot_k``.
 """
 
+import inspect
 from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Optional
@@ -40,6 +53,9 @@ class Norm:
     w: Optional[Tensor]
     b: Optional[Tensor]
     eps: float
+    #: RMS only: multiply by the weight in float32 before casting back (Gemma's ``1 + w`` and OLMo 2) rather than
+    #: casting first and multiplying in the model's dtype (Llama); equal in float32, not in bfloat16
+    float_weight: bool = False
 
 
 @dataclass
@@ -60,6 +76,14 @@ class LayerWeights:
     W_gate: Optional[Tensor]  # [D, M]  (gated MLP only; act is applied to this branch)
     W_out: Optional[Tensor]  # [M, D]
     b_out: Optional[Tensor]
+    ln1_post: Optional[Norm] = None  # norm of the attention output before it joins the residual (Gemma, OLMo 2)
+    ln2_post: Optional[Norm] = None  # norm of the MLP output before it joins the residual
+    q_norm: Optional[Norm] = None  # RMSNorm of the queries before RoPE (Qwen 3, Gemma 3, OLMo 2)
+    k_norm: Optional[Norm] = None
+    qk_norm_per_head: bool = True  # q/k norms over each head's d_head (Qwen 3, Gemma 3) or all heads at once (OLMo 2)
+    window: Optional[int] = None  # sliding window: a query sees the last ``window`` positions (itself included)
+    rot_cos: Optional[Tensor] = None  # [n_ctx, rotary_dim] this layer's RoPE tables (Gemma 3 differs per layer type)
+    rot_sin: Optional[Tensor] = None
     # fused/flat forms for F.linear (built by _finalize)
     Wqkv: Optional[Tensor] = None  # [(H+2Hkv)*dh, D]
     bqkv: Optional[Tensor] = None
@@ -82,19 +106,30 @@ class FunctionalModel:
     attn_scale: float  # scores = q.k * attn_scale   (= 1/sqrt(d_head) normally)
     W_E: Tensor  # [V, D]
     W_pos: Optional[Tensor]  # [n_ctx, D] (standard pos only)
-    rot_cos: Optional[Tensor]  # [n_ctx, rotary_dim]
-    rot_sin: Optional[Tensor]
-    rot_style: Optional[str]  # "halves" (HF llama rotate_half) | "adjacent" (TL-native)
+    rot_style: Optional[str]  # "halves" (HF llama rotate_half) | "adjacent" (TL-native, GPT-J); tables per layer
     ln_final: Norm
     W_U: Tensor  # [D, V]
     b_U: Optional[Tensor]  # [V]
     layers: list[LayerWeights]
     W_U_rows: Optional[Tensor] = None  # [V, D] contiguous, for F.linear (built by _finalize)
     causal: bool = True  # False: bidirectional attention (tracr's compiled models); no KV-cache resumption
+    parallel: bool = False  # attention and MLP both read the block's input (GPT-NeoX, GPT-J)
+    embed_scale: Optional[Tensor] = None  # token embeddings are multiplied by this scalar (Gemma: sqrt(d_model))
+    attn_softcap: Optional[float] = None  # scores -> cap * tanh(scores / cap) before the mask (Gemma 2)
+    logit_softcap: Optional[float] = None  # logits -> cap * tanh(logits / cap) (Gemma 2)
+
+    @property
+    def rotary(self) -> bool:
+        return self.rot_style is not None
 
     @property
     def rotary_dim(self) -> int:
-        return 0 if self.rot_cos is None else self.rot_cos.shape[-1]
+        return 0 if self.layers[0].rot_cos is None else self.layers[0].rot_cos.shape[-1]
+
+    @property
+    def post_norms(self) -> bool:
+        """Whether a norm sits between a sublayer's output and the residual stream (per-head outputs do not add up)."""
+        return any(lw.ln1_post is not None or lw.ln2_post is not None for lw in self.layers)
 
 
 def _act(name: str) -> Callable[[Tensor], Tensor]:
@@ -118,6 +153,7 @@ def _act(name: str) -> Callable[[Tensor], Tensor]:
 
 def _norm_from_module(mod: Optional[torch.nn.Module], cfg_eps: float) -> Norm:
     """Describe the wrapped (HF / native) norm module behind a NormalizationBridge."""
+    mod = getattr(mod, "original_component", mod)  # a bridge wrapper the bridge put in the HF module's place
     if mod is None or isinstance(mod, torch.nn.Identity):
         return Norm(None, None, None, 0.0)
     name = type(mod).__name__
@@ -137,9 +173,11 @@ def _norm_from_module(mod: Optional[torch.nn.Module], cfg_eps: float) -> Norm:
     if name == "NativeRMSNormPre":
         return Norm("RMSPre", None, None, float(eps))
     if "RMS" in name.upper():
-        if getattr(mod, "offset", None) or "Gemma" in name:
+        if "Gemma" in name:  # x * (1 + w), in float32, then cast
+            return Norm("RMS", None if w is None else 1.0 + w.float(), None, float(eps), float_weight=True)
+        if getattr(mod, "offset", None):
             raise NotImplementedError(f"RMSNorm with weight offset ({name}) not handled")
-        return Norm("RMS", w, None, float(eps))
+        return Norm("RMS", w, None, float(eps), float_weight="Olmo" in name)
     raise NotImplementedError(f"unknown norm module {name}")
 
 
@@ -156,30 +194,41 @@ def extract(bridge) -> FunctionalModel:
     Uses the bridge's own per-block accessors (attn.W_Q/W_K/W_V/W_O, b_*, mlp.W_in/
     W_gate/W_out) -- these are raw (unfolded) HF/native weights on a default bridge.
     Norm eps is read off the wrapped module (HF GPT-2 LN 1e-5, Llama rms_norm_eps 1e-6,
-    native cfg.eps).
+    native cfg.eps). What the architecture adds (parallel blocks, post-norms, q/k norms,
+    sliding windows, soft-capping, scaled embeddings) is read off the wrapped Hugging Face
+    modules and config.
     """
     cfg = bridge.cfg
+    hf_cfg = getattr(getattr(bridge, "original_model", None), "config", None)
     cfg_eps = float(getattr(cfg, "eps", 1e-5))
-    layers = [_layer_weights(blk, cfg, cfg_eps) for blk in bridge.blocks]
+    layers = [_layer_weights(blk, cfg, hf_cfg, cfg_eps) for blk in bridge.blocks]
     W_pos = bridge.W_pos.detach().clone() if cfg.positional_embedding_type == "standard" else None
-    rot_cos, rot_sin, rot_style = _rotary(bridge, cfg)
-    for k in ("attn_scores_soft_cap", "output_logits_soft_cap"):
-        if float(getattr(cfg, k, -1.0)) > 0:
-            raise NotImplementedError(k)
+    rot_style = _rotary(bridge, cfg, layers)
     b_U = bridge.b_U
+    embed_mod = _orig(bridge.embed)
+    embed_scale = getattr(embed_mod, "embed_scale", None)  # Gemma's scaled word embedding
     fm = FunctionalModel(
         n_layers=len(layers), d_model=cfg.d_model, n_heads=cfg.n_heads, n_kv_heads=cfg.n_key_value_heads or cfg.n_heads,
         d_head=cfg.d_head, attn_only=bool(cfg.attn_only), gated_mlp=bool(getattr(cfg, "gated_mlp", False)),
         act_fn=cfg.act_fn, attn_scale=_attn_scale(bridge, cfg), W_E=bridge.W_E.detach().clone(), W_pos=W_pos,
-        rot_cos=rot_cos, rot_sin=rot_sin, rot_style=rot_style, ln_final=_norm_from_module(_orig(bridge.ln_final), cfg_eps),
+        rot_style=rot_style, ln_final=_norm_from_module(_orig(bridge.ln_final), cfg_eps),
         W_U=bridge.W_U.detach().clone(), b_U=None if b_U is None else b_U.detach().clone(), layers=layers,
         causal=getattr(cfg, "attention_dir", "causal") != "bidirectional",
+        parallel=bool(getattr(cfg, "parallel_attn_mlp", False)),
+        embed_scale=None if embed_scale is None else embed_scale.detach().to(bridge.W_E.dtype).clone(),
+        attn_softcap=_cap(hf_cfg, "attn_logit_softcapping") or _cap(cfg, "attn_scores_soft_cap"),
+        logit_softcap=_cap(hf_cfg, "final_logit_softcapping") or _cap(cfg, "output_logits_soft_cap"),
     )
     _finalize(fm)
     return fm
 
 
-def _layer_weights(blk, cfg, cfg_eps: float) -> LayerWeights:
+def _cap(cfg, key: str) -> Optional[float]:
+    value = getattr(cfg, key, None)
+    return float(value) if value is not None and float(value) > 0 else None
+
+
+def _layer_weights(blk, cfg, hf_cfg, cfg_eps: float) -> LayerWeights:
     """One block's norms, attention and MLP weights in the uniform (TransformerLens) form."""
     H, Hkv, dh, D = cfg.n_heads, cfg.n_key_value_heads or cfg.n_heads, cfg.d_head, cfg.d_model
     a = blk.attn
@@ -188,13 +237,31 @@ def _layer_weights(blk, cfg, cfg_eps: float) -> LayerWeights:
     def d(t):
         return None if t is None else t.detach().clone()
 
+    def norm(key: str) -> Optional[Norm]:
+        return _norm_from_module(_orig(getattr(blk, key, None)), cfg_eps) if key in blk._modules else None
+
+    ln1 = norm("ln1") or Norm(None, None, None, 0.0)
     lw = LayerWeights(
-        ln1=_norm_from_module(_orig(getattr(blk, "ln1", None)), cfg_eps),
-        ln2=_norm_from_module(_orig(getattr(blk, "ln2", None)), cfg_eps) if has_mlp else None,
+        ln1=ln1,
+        # GPT-J's parallel block has one norm that both attention and MLP read
+        ln2=(norm("ln2") or (ln1 if getattr(cfg, "parallel_attn_mlp", False) else Norm(None, None, None, 0.0)))
+        if has_mlp else None,
         W_Q=d(a.W_Q), b_Q=d(a.b_Q), W_K=d(a.W_K), b_K=d(a.b_K),
         W_V=d(a.W_V), b_V=d(a.b_V), W_O=d(a.W_O), b_O=d(a.b_O),
         W_in=None, b_in=None, W_gate=None, W_out=None, b_out=None,
+        ln1_post=norm("ln1_post"), ln2_post=norm("ln2_post"),
     )
+    hf_attn = _orig(a)
+    for which in ("q_norm", "k_norm"):
+        mod = getattr(hf_attn, which, None)
+        if mod is not None and not isinstance(mod, torch.nn.Identity):
+            n = _norm_from_module(mod, cfg_eps)
+            setattr(lw, which, n)
+            lw.qk_norm_per_head = n.w is None or n.w.shape[-1] == dh
+    if hasattr(hf_attn, "sliding_window"):  # Gemma 2/3, Qwen 2/3: per layer type
+        lw.window = hf_attn.sliding_window
+    elif hf_cfg is not None and getattr(hf_cfg, "model_type", "") == "mistral":  # Mistral: every layer
+        lw.window = getattr(hf_cfg, "sliding_window", None)
     if has_mlp:
         m = blk.mlp
         lw.W_in, lw.b_in, lw.W_out, lw.b_out = d(m.W_in), d(m.b_in), d(m.W_out), d(m.b_out)
@@ -207,20 +274,41 @@ def _layer_weights(blk, cfg, cfg_eps: float) -> LayerWeights:
     return lw
 
 
-def _rotary(bridge, cfg) -> tuple[Optional[Tensor], Optional[Tensor], Optional[str]]:
-    """The rotary tables (cos, sin [n_ctx, rotary_dim]) and their style, or Nones without rotary embeddings."""
+def _rotary(bridge, cfg, layers: list[LayerWeights]) -> Optional[str]:
+    """Fill each layer's rotary tables (cos, sin [n_ctx, rotary_dim]); return their style (None without RoPE)."""
     if cfg.positional_embedding_type != "rotary":
-        return None, None, None
-    rot_mod = getattr(bridge, "rotary_emb", None)
-    if rot_mod is None:  # TL-native: NativeRotary shared by all NativeAttention modules
-        nat_rot = bridge.original_model.rotary
-        return nat_rot.cos_cached.clone(), nat_rot.sin_cached.clone(), "adjacent"
-    # HF style: LlamaRotaryEmbedding(x, position_ids) -> (cos, sin)
-    if getattr(cfg, "rotary_adjacent_pairs", False) or getattr(cfg, "rotary_interleaved_cos_sin", False):
-        raise NotImplementedError("adjacent-pair HF rotary not handled")
+        return None
     n = int(cfg.n_ctx)
-    cos, sin = _orig(rot_mod)(torch.zeros(1, n, cfg.d_model, dtype=cfg.dtype), torch.arange(n).unsqueeze(0))
-    return cos[0].clone(), sin[0].clone(), "halves"  # [n, rd], already * attention_scaling
+    rot_mod = getattr(bridge, "rotary_emb", None)
+    hf_attn = _orig(bridge.blocks[0].attn)
+    if rot_mod is None and hasattr(hf_attn, "embed_positions"):  # GPT-J: [sin | cos] halves, interleaved pairs
+        rd = hf_attn.embed_positions.shape[-1]
+        sincos = hf_attn.embed_positions[:n]
+        sin, cos = sincos[:, : rd // 2].repeat_interleave(2, -1), sincos[:, rd // 2:].repeat_interleave(2, -1)
+        style = "adjacent"
+        tables = {None: (cos, sin)}
+    elif rot_mod is None:  # TL-native: NativeRotary shared by all NativeAttention modules
+        nat_rot = bridge.original_model.rotary
+        tables = {None: (nat_rot.cos_cached.clone(), nat_rot.sin_cached.clone())}
+        style = "adjacent"
+    else:  # HF style: RotaryEmbedding(x, position_ids[, layer_type]) -> (cos, sin), already * attention_scaling
+        if getattr(cfg, "rotary_adjacent_pairs", False) or getattr(cfg, "rotary_interleaved_cos_sin", False):
+            raise NotImplementedError("adjacent-pair HF rotary not handled")
+        hf_rot = _orig(rot_mod)
+        x, ids = torch.zeros(1, n, cfg.d_model), torch.arange(n).unsqueeze(0)
+        types = getattr(bridge.original_model.config, "layer_types", None)
+        if "layer_type" in inspect.signature(hf_rot.forward).parameters and types:  # Gemma 3: a base per layer type
+            tables = {t: tuple(c[0].clone() for c in hf_rot(x, ids, t)) for t in set(types)}
+        else:
+            cos, sin = hf_rot(x, ids)
+            tables = {None: (cos[0].clone(), sin[0].clone())}
+            types = None
+        style = "halves"
+    dtype = layers[0].W_Q.dtype  # computed in float32, used in the model's dtype (as Hugging Face does)
+    tables = {t: (c.to(dtype), s.to(dtype)) for t, (c, s) in tables.items()}
+    for i, lw in enumerate(layers):
+        lw.rot_cos, lw.rot_sin = tables[types[i] if rot_mod is not None and types else None]
+    return style
 
 
 def _attn_scale(bridge, cfg) -> float:
@@ -228,8 +316,10 @@ def _attn_scale(bridge, cfg) -> float:
     if getattr(cfg, "scale_attn_by_inverse_layer_idx", False):
         raise NotImplementedError("scale_attn_by_inverse_layer_idx")
     first_attn = _orig(bridge.blocks[0].attn)
-    if hasattr(first_attn, "scaling"):  # HF llama-likes
+    if hasattr(first_attn, "scaling"):  # HF llama-likes (Gemma: query_pre_attn_scalar ** -0.5)
         return float(first_attn.scaling)
+    if hasattr(first_attn, "scale_attn"):  # GPT-J divides by sqrt(d_head)
+        return 1.0 / float(first_attn.scale_attn)
     if getattr(cfg, "use_attn_scale", True) and getattr(cfg, "attn_scale", -1.0) > 0:
         return 1.0 / float(cfg.attn_scale)
     return cfg.d_head ** -0.5
@@ -275,8 +365,12 @@ def apply_norm(n: Norm, x: Tensor) -> Tensor:
         return x / (x.pow(2).mean(-1, keepdim=True) + n.eps).sqrt()
     # RMS (HF LlamaRMSNorm / NativeRMSNorm): fp32 variance, x * rsqrt(var + eps), then * w
     xf = x.float()
-    y = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + n.eps)).to(x.dtype)
-    return y if n.kind == "RMSPre" or n.w is None else n.w * y
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + n.eps)
+    if n.kind == "RMSPre" or n.w is None:
+        return y.to(x.dtype)
+    if n.float_weight:
+        return (y * n.w.float()).to(x.dtype)
+    return n.w * y.to(x.dtype)
 
 
 def rope(
@@ -310,6 +404,10 @@ class Hooks:
         self.cache = cache
         self.active = bool(self.fns) or cache is not None
 
+    def wants(self, name: str) -> bool:
+        """Whether the tensor ``name`` is read or written (so it must be computed, not fused away)."""
+        return self.cache is not None or name in self.fns
+
     def __call__(self, name: str, t: Tensor) -> Tensor:
         fn = self.fns.get(name)
         if fn is not None:
@@ -338,13 +436,14 @@ def attention_pattern(
     """
     B, H, S, dh = q.shape
     Hkv, T = k.shape[1], k.shape[2]
-    P = T - S
     # GQA without materialising repeat_interleave: query head h uses kv head h // (H // Hkv)
     qg = q.reshape(B, Hkv, (H // Hkv) * S, dh)
     scores = torch.matmul(qg, k.transpose(-1, -2)).view(B, H, S, T) * fm.attn_scale
-    if fm.causal and (S > 1 or P == 0):
-        mask = torch.ones(S, T, dtype=torch.bool, device=q.device).triu_(P + 1)
-        scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
+    if fm.attn_softcap is not None:
+        scores = torch.tanh(scores / fm.attn_softcap) * fm.attn_softcap
+    hidden = _hidden_keys(fm, layer, S, T, q.device)
+    if hidden is not None:
+        scores = scores.masked_fill(hidden, torch.finfo(scores.dtype).min)
     pre = f"blocks.{layer}.attn."
     if hk.active:
         scores = hk(pre + "hook_attn_scores", scores)
@@ -354,15 +453,69 @@ def attention_pattern(
     return pattern
 
 
+def _hidden_keys(fm: FunctionalModel, layer: int, S: int, T: int, device: torch.device) -> Optional[Tensor]:
+    """[S, T] True where the last ``S`` of ``T`` positions may not attend (later keys; keys out of a sliding window),
+    or None where every query sees every key."""
+    window = fm.layers[layer].window
+    if not fm.causal or (S == 1 and window is None):
+        return None
+    P = T - S
+    hidden = torch.ones(S, T, dtype=torch.bool, device=device).triu_(P + 1)
+    if window is not None and T > window:
+        hidden |= torch.ones(S, T, dtype=torch.bool, device=device).tril_(P - window)
+    return hidden
+
+
+#: Use fused scaled-dot-product attention where no pattern or score is read or written (the tests turn it off to show
+#: that every method's attention goes through :func:`attention_pattern` otherwise).
+FUSED = True
+
+
 def attend(
     fm: FunctionalModel, q: Float[Tensor, "batch head query d_head"], k: Float[Tensor, "batch kv_head key d_head"],
     v: Float[Tensor, "batch kv_head key d_head"], hk: Hooks = NO_HOOKS, layer: int = 0,
 ) -> Float[Tensor, "batch query head d_head"]:
-    """Each head's mix of values ``z`` (TransformerLens's ``hook_z``) under :func:`attention_pattern`."""
+    """Each head's mix of values ``z`` (TransformerLens's ``hook_z``) under :func:`attention_pattern`.
+
+    Where nothing reads or writes the layer's scores or pattern and the model has no score soft-capping, the same
+    numbers come from ``torch.nn.functional.scaled_dot_product_attention`` with the same mask (fused kernels on GPU).
+    """
     B, H, S, dh = q.shape
     Hkv, T = k.shape[1], k.shape[2]
+    pre = f"blocks.{layer}.attn."
+    if FUSED and fm.attn_softcap is None and not (hk.wants(pre + "hook_pattern") or hk.wants(pre + "hook_attn_scores")):
+        hidden = _hidden_keys(fm, layer, S, T, q.device)
+        z = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=None if hidden is None else ~hidden, scale=fm.attn_scale, enable_gqa=H != Hkv,
+        )
+        return z.transpose(1, 2)
     pattern = attention_pattern(fm, q, k, hk, layer)
     return torch.matmul(pattern.view(B, Hkv, (H // Hkv) * S, T), v).view(B, H, S, dh).transpose(1, 2)
+
+
+def finish_qk(
+    fm: FunctionalModel, L: int, q: Float[Tensor, "*batch pos head d_head"], k: Float[Tensor, "*batch pos kv_head d_head"],
+    positions: Int[Tensor, " pos"], hk: Hooks = NO_HOOKS,
+) -> tuple[Float[Tensor, "*batch pos head d_head"], Float[Tensor, "*batch pos kv_head d_head"]]:
+    """Queries and keys as layer ``L``'s attention scores them: from ``hook_q``/``hook_k`` through the q/k norms and
+    RoPE at absolute ``positions`` (``hook_rot_q``/``hook_rot_k`` fire on the result)."""
+    lw = fm.layers[L]
+    if lw.q_norm is not None:
+        q, k = _qk_norm(lw, lw.q_norm, q), _qk_norm(lw, lw.k_norm, k)
+    if lw.rot_cos is not None:
+        cos, sin = lw.rot_cos[positions], lw.rot_sin[positions]
+        q = rope(q, cos, sin, fm.rot_style)
+        k = rope(k, cos, sin, fm.rot_style)
+        if hk.active:
+            q = hk(f"blocks.{L}.attn.hook_rot_q", q)
+            k = hk(f"blocks.{L}.attn.hook_rot_k", k)
+    return q, k
+
+
+def _qk_norm(lw: LayerWeights, n: Norm, x: Tensor) -> Tensor:
+    if lw.qk_norm_per_head:
+        return apply_norm(n, x)
+    return apply_norm(n, x.flatten(-2)).view(x.shape)  # OLMo 2: one norm over every head
 
 
 def attention(
@@ -383,13 +536,7 @@ def attention(
         q = hk(pre + "hook_q", q)
         k = hk(pre + "hook_k", k)
         v = hk(pre + "hook_v", v)
-    if fm.rot_cos is not None:
-        cos, sin = fm.rot_cos[positions], fm.rot_sin[positions]
-        q = rope(q, cos, sin, fm.rot_style)
-        k = rope(k, cos, sin, fm.rot_style)
-        if hk.active:
-            q = hk(pre + "hook_rot_q", q)
-            k = hk(pre + "hook_rot_k", k)
+    q, k = finish_qk(fm, L, q, k, positions, hk)
     kh = k.transpose(1, 2)  # [B, Hkv, S, dh]
     vh = v.transpose(1, 2)
     if past is not None:
@@ -473,14 +620,25 @@ def block(
     lw = fm.layers[L]
     if hk.active:
         resid = hk(f"blocks.{L}.hook_resid_pre", resid)
-    a, kv = attention(fm, L, apply_norm(lw.ln1, resid), positions, past, hk, want_kv)
+    x_ln = apply_norm(lw.ln1, resid)
+    a, kv = attention(fm, L, x_ln, positions, past, hk, want_kv)
+    if lw.ln1_post is not None:
+        a = apply_norm(lw.ln1_post, a)
     if hk.active:
         a = hk(f"blocks.{L}.hook_attn_out", a)
-    resid = resid + a
-    if not fm.attn_only:
+    if fm.parallel:  # attention and MLP both read the block's input (GPT-J: through the same norm)
+        m = mlp(fm, L, x_ln if lw.ln2 is lw.ln1 else apply_norm(lw.ln2, resid), hk)
+        if hk.active:
+            m = hk(f"blocks.{L}.hook_mlp_out", m)
+        resid = resid + a + m
+    else:
+        resid = resid + a
+    if not fm.attn_only and not fm.parallel:
         if hk.active:
             resid = hk(f"blocks.{L}.hook_resid_mid", resid)
         m = mlp(fm, L, apply_norm(lw.ln2, resid), hk)
+        if lw.ln2_post is not None:
+            m = apply_norm(lw.ln2_post, m)
         if hk.active:
             m = hk(f"blocks.{L}.hook_mlp_out", m)
         resid = resid + m
@@ -492,6 +650,8 @@ def block(
 def embed(fm: FunctionalModel, tokens: Int[Tensor, "batch pos"], pos_offset: int = 0,
           hk: Optional[Hooks] = None) -> Float[Tensor, "batch pos d_model"]:
     x = F.embedding(tokens, fm.W_E)
+    if fm.embed_scale is not None:
+        x = x * fm.embed_scale
     if hk is not None and hk.active:
         x = hk("hook_embed", x)
     if fm.W_pos is not None:
@@ -507,8 +667,12 @@ def unembed(fm: FunctionalModel, resid: Float[Tensor, "batch *pos d_model"],
     """Final norm and unembedding; with ``columns``, only those vocabulary entries (in that order)."""
     x = apply_norm(fm.ln_final, resid)
     if columns is None:
-        return F.linear(x, fm.W_U_rows, fm.b_U)
-    return F.linear(x, fm.W_U_rows[columns], None if fm.b_U is None else fm.b_U[columns])
+        logits = F.linear(x, fm.W_U_rows, fm.b_U)
+    else:
+        logits = F.linear(x, fm.W_U_rows[columns], None if fm.b_U is None else fm.b_U[columns])
+    if fm.logit_softcap is not None:
+        logits = torch.tanh(logits / fm.logit_softcap) * fm.logit_softcap
+    return logits
 
 
 def forward(
@@ -560,11 +724,20 @@ def unit_qkv(
     v = torch.einsum("rgpd,gde->rpge", nv.expand(R, G, S, D), lw.W_V)
     if lw.b_Q is not None:
         q, k, v = q + lw.b_Q, k + lw.b_K, v + lw.b_V
-    if fm.rot_cos is not None:
-        positions = torch.arange(S, device=xq.device)
-        cos, sin = fm.rot_cos[positions], fm.rot_sin[positions]
-        q, k = rope(q, cos, sin, fm.rot_style), rope(k, cos, sin, fm.rot_style)
+    q, k = finish_qk(fm, L, q, k, torch.arange(S, device=xq.device))
     return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+
+def split_unsupported(fm: FunctionalModel) -> Optional[str]:
+    """Why :func:`run_split` cannot run this model (None where it can).
+
+    Edges need each sender's output to add into the residual stream that receivers read; a norm between the
+    attention sum and the residual stream (Gemma 2/3, OLMo 2) makes the heads' contributions inseparable.
+    """
+    if fm.post_norms:
+        return ("a norm sits between the attention/MLP outputs and the residual stream (post-norms), so single heads' "
+                "contributions do not add up and edges between components are not defined by subtraction")
+    return None
 
 
 def run_split(
@@ -581,6 +754,9 @@ def run_split(
     """
     R, S, D = resid.shape
     H, G = fm.n_heads, fm.n_kv_heads
+    reason = split_unsupported(fm)
+    if reason is not None:
+        raise NotImplementedError(reason)
 
     def inputs(layer: int, kind: str, units: int, x: Tensor) -> Tensor:
         got = None if read is None else read(layer, kind, x.expand(R, units, S, D))
@@ -595,9 +771,11 @@ def run_split(
         result = torch.einsum("rphe,hem->rphm", attend(fm, q, k, v), lw.W_O)  # per-head outputs, without b_O
         if write is not None:
             result = write(layer, "heads", result)
+        mlp_in = resid  # a parallel block's MLP reads the heads' input
         resid = resid + result.sum(2) + (lw.b_O if lw.b_O is not None else 0)
         if not fm.attn_only:
-            out = mlp(fm, layer, apply_norm(lw.ln2, inputs(layer, "mlp", 1, resid[:, None])[:, 0]))
+            mlp_in = mlp_in if fm.parallel else resid
+            out = mlp(fm, layer, apply_norm(lw.ln2, inputs(layer, "mlp", 1, mlp_in[:, None])[:, 0]))
             if write is not None:
                 out = write(layer, "mlp", out)
             resid = resid + out

@@ -272,5 +272,6 @@ def sweep(
         metric=metric.name,
         direction=direction,
         intervention=type(intervention).__name__,
-        meta={"method": run.method, "forwards": run.forwards},
+        meta={"method": run.method, "forwards": run.forwards,
+              **({"fallback_reason": run.fallback_reason} if run.fallback_reason else {})},
     )

@@ -247,16 +247,30 @@ def test_bad_input_is_a_typed_error(gpt2, attn_only):
         sweep(attn_only, make_test_pair(attn_only), "mlp_out", metric="logit_diff")
 
 
-def test_fast_path_refuses_what_it_cannot_hold_exactly(tokenizer):
-    from conftest import _gpt2_hf
-    from mechpatch.model import load_model
+def test_fast_path_refuses_what_it_cannot_hold_exactly(gpt2, monkeypatch):
+    from mechpatch.patching import fast
+    from mechpatch.patching import functional as F_
 
-    model = load_model(_gpt2_hf(), tokenizer=tokenizer, device="cpu", dtype="bfloat16")
-    pair = make_test_pair(model)
-    with pytest.raises(FastPathUnavailable, match="bfloat16"):
-        sweep(model, pair, [Head(0, 0)], metric="logit_diff", method="fast")
-    res = sweep(model, pair, [Head(0, 0)], metric="logit_diff")  # auto falls back to the bridge-hooks path
-    assert res.meta["method"] == "hooks"
+    pair = make_test_pair(gpt2)
+    extract = F_.extract
+
+    def wrong_scale(bridge):  # a functional forward that no longer reproduces the bridge
+        fm = extract(bridge)
+        fm.attn_scale *= 1.5
+        return fm
+
+    monkeypatch.setattr(F_, "extract", wrong_scale)
+    fast._cache.clear()
+    with pytest.raises(FastPathUnavailable, match="differs from the bridge"):
+        sweep(gpt2, pair, [Head(0, 0)], metric="logit_diff", method="fast")
+    res = sweep(gpt2, pair, [Head(0, 0)], metric="logit_diff")  # auto falls back to the bridge-hooks path
+    assert res.meta["method"] == "hooks" and "differs from the bridge" in res.meta["fallback_reason"]
+    monkeypatch.setattr(F_, "extract", extract)
+    monkeypatch.setattr(fast, "VERIFIED_ARCHITECTURES", ("LlamaForCausalLM",))
+    fast._cache.clear()
+    with pytest.raises(FastPathUnavailable, match="GPT2LMHeadModel is not verified"):
+        sweep(gpt2, pair, [Head(0, 0)], metric="logit_diff", method="fast")
+    fast._cache.clear()
 
 
 def test_cuda_out_of_memory_halves_the_chunk_and_loses_nothing(gqa, monkeypatch):

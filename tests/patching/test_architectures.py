@@ -1,0 +1,253 @@
+"""The fast path on every architecture of the zoo's random-weight models (GPT-2, Llama 3, Pythia, GPT-J, Gemma 2 and 3,
+Qwen 2.5 and 3, Mistral, OLMo 2): the functional forward against the bridge, the engine against the one-patch-per-
+forward reference and TransformerLens's own patching functions, fused attention against the explicit softmax, low
+precision against float32, and edge-level methods against their hand-rebuilt reference."""
+
+import os
+import random
+
+import pytest
+import torch
+
+from mechpatch.circuit.components import graph_layout
+from mechpatch.circuit.edges import edge_patch
+from mechpatch.circuit.reference import edge_patch_reference
+from mechpatch.circuit.components import CircuitError
+from mechpatch.errors import UnsupportedSiteError
+from mechpatch.model import BRIDGE_IGNORES_WRITES
+from mechpatch.patching import Zero, sweep
+from mechpatch.patching import fast
+from mechpatch.patching import functional as F_
+from mechpatch.patching.fast import FastPathUnavailable
+from mechpatch.sites import Pattern, Resid
+from mechpatch.zoo.architectures import ARCHITECTURES, random_model
+
+from patching.test_engine import make_test_pair
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+tlp = pytest.importorskip("transformer_lens.patching")  # a hard dependency: never actually skipped
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+NAMES = sorted(ARCHITECTURES)
+#: architectures with a norm between sublayer outputs and the residual stream: no edge-level methods
+POST_NORM = ("gemma2", "gemma3", "olmo2")
+_models: dict = {}
+
+
+def model_of(name: str, dtype: str = "float32"):
+    if (name, dtype) not in _models:
+        _models[(name, dtype)] = random_model(name, seed=3, dtype=dtype)
+    return _models[(name, dtype)]
+
+
+@pytest.fixture(params=NAMES)
+def arch(request):
+    return model_of(request.param)
+
+
+def _tokens(model, n=2, seq=12, seed=0):
+    return torch.randint(1, model.spec.d_vocab, (n, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def test_every_architecture_takes_the_fast_path(arch):
+    reason, _ = fast.resolve(arch)
+    assert reason is None, reason
+
+
+def test_logits_and_every_hook_match_the_bridge(arch):
+    fm = fast.weights(arch)
+    tokens = _tokens(arch)  # 12 tokens: longer than the tiny models' sliding window of 4
+    with torch.inference_mode():
+        ref_logits, ref = arch.bridge.run_with_cache(tokens)
+        mine: dict = {}
+        logits = F_.forward(fm, tokens, cache=mine)
+    torch.testing.assert_close(logits, ref_logits, **TOL)
+    compared = 0
+    for name, value in mine.items():
+        if name.endswith(("hook_result", "hook_attn_scores")) or name not in ref:
+            continue
+        torch.testing.assert_close(value, ref[name].expand_as(value), **TOL, msg=name)
+        compared += 1
+    assert compared >= 11 * arch.spec.n_layers
+
+
+def test_resuming_at_any_layer_and_position_reuses_the_cache(arch):
+    """Past keys/values for positions < p (beyond the sliding window too) give the same logits as a full run."""
+    fm = fast.weights(arch)
+    tokens = _tokens(arch)
+    with torch.inference_mode():
+        ref_logits, ref = arch.bridge.run_with_cache(tokens)
+        _, kv = F_.forward(fm, tokens, return_kv=True)
+        for layer in range(arch.spec.n_layers):
+            resid = ref[f"blocks.{layer}.hook_resid_pre"]
+            for p in (1, 5, 9, 11):
+                out = F_.run_blocks(fm, resid[:, p:], start_layer=layer, pos_offset=p, past_kv=F_.slice_kv(kv, p))
+                torch.testing.assert_close(F_.unembed(fm, out), ref_logits[:, p:], **TOL)
+
+
+def test_fused_attention_equals_the_explicit_softmax(arch, monkeypatch):
+    """Fused attention (no pattern read or written) against the explicit softmax: full runs and runs resumed after
+    a cached prefix (the mask then is not square)."""
+    fm = fast.weights(arch)
+    tokens = _tokens(arch)
+
+    def runs():
+        with torch.inference_mode():
+            logits, kv = F_.forward(fm, tokens, return_kv=True)
+            resid = F_.embed(fm, tokens[:, 7:], 7)
+            resumed = F_.unembed(fm, F_.run_blocks(fm, resid, pos_offset=7, past_kv=F_.slice_kv(kv, 7)))
+        return logits, resumed
+
+    fused = runs()
+    monkeypatch.setattr(F_, "FUSED", False)
+    explicit = runs()
+    for a, b in zip(fused, explicit):
+        torch.testing.assert_close(a, b, **TOL)
+    torch.testing.assert_close(fused[1], fused[0][:, 7:], **TOL)
+
+
+def _kinds(model):
+    kinds = ["head", "q", "k", "v", "pattern", "attn_out", "mlp_out", "resid_pre", "resid_post"]
+    return kinds + ([] if model.spec.parallel else ["resid_mid"])
+
+
+@pytest.mark.slow
+def test_every_sweep_kind_equals_the_reference(arch):
+    pair = make_test_pair(arch, seq=8)
+    for kind in _kinds(arch):
+        if kind in BRIDGE_IGNORES_WRITES.get(arch.spec.architecture, ()):
+            continue  # no bridge reference: test_gptj_pattern_patches_are_applied_not_dropped
+        for by_position in (False, True):
+            ref = sweep(arch, pair, kind, metric="logit_diff", by_position=by_position, method="reference",
+                        progress=False)
+            got = sweep(arch, pair, kind, metric="logit_diff", by_position=by_position, method="fast", batch_size=5)
+            assert got.meta["method"] == "fast"
+            torch.testing.assert_close(got.values, ref.values, **TOL, msg=f"{kind} by_position={by_position}")
+
+
+CASES = {  # TransformerLens function -> (our kind, by_position, permutation of TL's axes into ours)
+    "get_act_patch_resid_pre": ("resid_pre", True, None),
+    "get_act_patch_attn_out": ("attn_out", True, None),
+    "get_act_patch_mlp_out": ("mlp_out", True, None),
+    "get_act_patch_attn_head_out_all_pos": ("head", False, None),
+    "get_act_patch_attn_head_out_by_pos": ("head", True, (0, 2, 1)),
+    "get_act_patch_attn_head_pattern_all_pos": ("pattern", False, None),
+}
+
+
+def test_equal_to_transformer_lens(arch):
+    pair = make_test_pair(arch)
+    _, clean_cache = arch.bridge.run_with_cache(pair.clean)
+
+    def metric(logits):
+        last = logits[:, -1]
+        return (last.gather(1, pair.answers[:, :1]) - last.gather(1, pair.answers[:, 1:])).mean()
+
+    for function, (kind, by_position, perm) in CASES.items():
+        if kind in BRIDGE_IGNORES_WRITES.get(arch.spec.architecture, ()):
+            continue  # TransformerLens patches nothing there: test_gptj_pattern_patches_are_applied_not_dropped
+        with torch.inference_mode():
+            expected = getattr(tlp, function)(arch.bridge, pair.corrupted, clean_cache, metric)
+        got = sweep(arch, pair, kind, metric="logit_diff", by_position=by_position, method="fast").mean()
+        got = got if perm is None else got.permute(*perm)
+        torch.testing.assert_close(got, expected.float(), **TOL, msg=function)
+
+
+#: low precision against float32, relative to the float32 values' largest magnitude (the formats' resolution,
+#: 2^-8 for bfloat16 and 2^-11 for float16, compounded over the forward)
+LOW_TOL = {"bfloat16": 0.08, "float16": 0.02}
+
+
+@pytest.mark.parametrize("dtype", sorted(LOW_TOL))
+def test_low_precision_sweeps_stay_near_float32(arch, dtype):
+    name = next(n for n, a in ARCHITECTURES.items() if a.model == arch.spec.architecture and model_of(n) is arch)
+    low = model_of(name, dtype)
+    assert fast.resolve(low)[0] is None
+    pair32, pair_low = make_test_pair(arch), make_test_pair(low)
+    ref = sweep(arch, pair32, "head", metric="logit_diff", method="fast").values
+    got = sweep(low, pair_low, "head", metric="logit_diff", method="fast")
+    hooks = sweep(low, pair_low, "head", metric="logit_diff", method="hooks").values
+    assert got.values.dtype == torch.float32  # metrics are accumulated in float32
+    scale = float(ref.abs().max())
+    assert float((got.values - ref).abs().max()) <= LOW_TOL[dtype] * scale
+    assert float((got.values - hooks).abs().max()) <= LOW_TOL[dtype] * scale
+
+
+def _edge_sets(lay, k, seed):
+    rng = random.Random(seed)
+    edges = list(lay.edges)
+    return [[]] + [rng.sample(edges, rng.randint(1, 6)) for _ in range(k)]
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in POST_NORM])
+def test_edge_patching_equals_the_hand_rebuilt_reference(name):
+    model = model_of(name)
+    pair = make_test_pair(model, seq=6)
+    sets = _edge_sets(graph_layout(model.spec), 8, seed=1)
+    for iv in (None, Zero()):
+        kw = dict(source=pair.corrupted) if iv is None else dict(intervention=iv)
+        run = edge_patch(model, pair.clean, sets, metric="logit_diff", answers=pair.answers, **kw)
+        ref = edge_patch_reference(model, pair.clean, sets, metric="logit_diff", answers=pair.answers, **kw)
+        torch.testing.assert_close(run.values, ref, **TOL)
+        assert (run.values[1:] - run.base_values).abs().amax() > 1e-3
+
+
+@pytest.mark.parametrize("name", POST_NORM)
+def test_edge_methods_refuse_post_norm_models_before_any_work(name):
+    from mechpatch.attribution import AttributionError, edge_attribution
+
+    model = model_of(name)
+    pair = make_test_pair(model, seq=6)
+    with pytest.raises(FastPathUnavailable, match="post-norms"):
+        edge_patch(model, pair.clean, [[]], metric="logit_diff", source=pair.corrupted, answers=pair.answers)
+    with pytest.raises(AttributionError, match="post-norms"):
+        edge_attribution(model, pair.clean, metric="logit_diff", source=pair.corrupted, answers=pair.answers)
+
+
+@pytest.mark.parametrize("name", ["pythia", "gptj"])
+def test_parallel_blocks_have_no_resid_mid_and_no_head_to_own_mlp_edge(name):
+    model = model_of(name)
+    assert model.spec.parallel
+    with pytest.raises(UnsupportedSiteError, match="parallel"):
+        model.hook_point(Resid(0, "mid"))
+    lay = graph_layout(model.spec)
+    assert "L0H1->L0.mlp" not in {e.label for e in lay.edges}
+    assert "L0H1->L1.mlp" in {e.label for e in lay.edges}
+    with pytest.raises(CircuitError, match="parallel"):
+        lay.locate("L0H1->L0.mlp")
+
+
+def test_gptj_pattern_patches_are_applied_not_dropped():
+    """TransformerLens's GPT-J bridge drops writes to hook_pattern (its patching function returns the unpatched value
+    for every head); mechpatch's hook-based methods refuse such sites and the fast path applies them, equal to one
+    functional forward per patch."""
+    model = model_of("gptj")
+    pair = make_test_pair(model)
+    _, clean_cache = model.bridge.run_with_cache(pair.clean)
+
+    def metric(logits):
+        last = logits[:, -1]
+        return (last.gather(1, pair.answers[:, :1]) - last.gather(1, pair.answers[:, 1:])).mean()
+
+    with torch.inference_mode():
+        tl = tlp.get_act_patch_attn_head_pattern_all_pos(model.bridge, pair.corrupted, clean_cache, metric)
+    got = sweep(model, pair, "pattern", metric="logit_diff", method="fast")
+    assert torch.allclose(tl, tl.flatten()[0]) and float((got.mean() - tl).abs().max()) > 1e-3
+    with pytest.raises(UnsupportedSiteError, match="ignores writes"):
+        sweep(model, pair, "pattern", metric="logit_diff", method="hooks")
+    fm = fast.weights(model)
+    cache: dict = {}
+    with torch.inference_mode():
+        F_.forward(fm, pair.clean, cache=cache)
+        for layer in range(model.spec.n_layers):
+            for head in range(model.spec.n_heads):
+                name = f"blocks.{layer}.attn.hook_pattern"
+
+                def patch(t, head=head, name=name):
+                    t = t.clone()
+                    t[:, head] = cache[name][:, head]
+                    return t
+
+                logits = F_.forward(fm, pair.corrupted, hooks={name: patch})[:, -1]
+                want = (logits.gather(1, pair.answers[:, :1]) - logits.gather(1, pair.answers[:, 1:]))[:, 0]
+                torch.testing.assert_close(got.values[layer, head], want, **TOL)
