@@ -251,3 +251,29 @@ def test_gptj_pattern_patches_are_applied_not_dropped():
                 logits = F_.forward(fm, pair.corrupted, hooks={name: patch})[:, -1]
                 want = (logits.gather(1, pair.answers[:, :1]) - logits.gather(1, pair.answers[:, 1:]))[:, 0]
                 torch.testing.assert_close(got.values[layer, head], want, **TOL)
+
+
+def test_eap_is_the_first_order_term_of_edge_patching_in_a_parallel_block():
+    """On Pythia (float64): edge patching moved eps of the way to the source, per unit eps, equals EAP's score edge by
+    edge, including edges into a parallel block's MLP (which reads the residual its own heads read)."""
+    from mechpatch.attribution import edge_attribution
+    from mechpatch.patching import Interpolate
+
+    model = random_model("pythia", seed=3, dtype="float64")
+    assert fast.resolve(model)[0] is None
+    pair = make_test_pair(model, seq=6)
+    eap = edge_attribution(model, pair.clean, metric="logit_diff", source=pair.corrupted,
+                           answers=pair.answers).edge_scores()
+    lay = graph_layout(model.spec)
+    into_mlp = [e for e in lay.edges if e.receiver_label == "L1.mlp"]
+    edges = random.Random(0).sample([e for e in lay.edges if e not in into_mlp], 10) + into_mlp[:6]
+    eps = 1e-3
+    values = []
+    for sign in (1, -1):
+        run = edge_patch(model, pair.clean, [[e] for e in edges], metric="logit_diff", source=pair.corrupted,
+                         answers=pair.answers, intervention=Interpolate(sign * eps, extrapolate=True))
+        values.append(run.values.double().mean(1))
+    fd = (values[0] - values[1]) / (2 * eps)
+    est = torch.tensor([eap[e] for e in edges], dtype=torch.float64)
+    assert float(fd.abs().max()) > 0.01
+    torch.testing.assert_close(est, fd, atol=3e-4, rtol=1e-3)
