@@ -11,7 +11,7 @@ comma  := ,
 # one stamp per EXTRAS value: changing EXTRAS re-runs the install
 STAMP   = $(VENV)/.mechpatch-installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench gpu-check clean
 
 install: $(STAMP)
 
@@ -33,6 +33,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) experiments/benchmarks/bench_patching.py
+
+# on a machine with a CUDA GPU: exactness on the device, a real out-of-memory, the benchmarks (under 8 minutes on
+# one H100/H200-class GPU); the report is the last line printed and out/gpu_check.json. Exits 2 without CUDA.
+gpu-check: $(STAMP)
+	$(PY) experiments/benchmarks/gpu_check.py --out out/gpu_check.json
 
 clean:
 	rm -rf out .pytest_cache

@@ -15,8 +15,9 @@ of the reference instead of running it: every reference forward is the same full
 run scored: both make the same decisions) times the mean forward time. Reported as extrapolated.
 
 Usage: python experiments/benchmarks/bench_circuit.py [--quick] [--models gpt2-small,induction]
-       [--layers 12 --reference-sample 40]
-Last line of output: one JSON object with every figure (also saved in experiments/benchmarks/results/).
+       [--layers 12 --reference-sample 40] [--device auto|cpu|cuda] [--out PATH] [--warmup]
+Last line of output: one JSON object with every figure (also saved in experiments/benchmarks/results/, or at
+``--out``).
 """
 
 import argparse
@@ -31,18 +32,19 @@ import torch  # noqa: E402
 
 from mechpatch import load_model, zoo  # noqa: E402
 from mechpatch.circuit.discovery import acdc  # noqa: E402
+from mechpatch.model import resolve_device  # noqa: E402
 from mechpatch.patching import Replace  # noqa: E402
 from mechpatch.patching.metrics import KLDivergence  # noqa: E402
 from mechpatch.report import write_json  # noqa: E402
 from mechpatch.tasks import make_induction  # noqa: E402
 
 
-def gpt2_small_shaped(n_layer: int = 12):
+def gpt2_small_shaped(n_layer: int = 12, device: str = "cpu"):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
     cfg = GPT2Config(n_layer=n_layer, n_head=12, n_embd=768, n_positions=64, vocab_size=50257)
-    return load_model(GPT2LMHeadModel(cfg).eval(), device="cpu", name=f"gpt2-small-shaped-{n_layer}L")
+    return load_model(GPT2LMHeadModel(cfg).eval(), device=device, name=f"gpt2-small-shaped-{n_layer}L")
 
 
 def reference_forward_seconds(model, base, source, metric, removed, n):
@@ -54,22 +56,35 @@ def reference_forward_seconds(model, base, source, metric, removed, n):
     valid = runner.lay.valid
     g = torch.Generator().manual_seed(0)
     candidates = torch.nonzero(valid & ~removed)
-    rows_prompt = torch.arange(runner.n)
+    rows_prompt = torch.arange(runner.n, device=runner.base.device)
     times = []
     for i in range(n):
         m = removed.clone()
         s, r = candidates[int(torch.randint(len(candidates), (1,), generator=g))]
         m[s, r] = True
+        m = m.to(runner.base.device)
         t = time.perf_counter()
         with torch.inference_mode():
             logits, _, _ = runner.forward(runner.base, rows_prompt, m[None].repeat(runner.n, 1, 1), 0)
-            runner.metric(logits, rows_prompt).mean()
+            runner.metric(logits, rows_prompt).mean().item()  # .item() waits for a GPU to finish
         times.append(time.perf_counter() - t)
     return sum(times) / len(times)
 
 
-def bench(name, model, base, source, tau, batch_size, reference_sample=None):
+def warm_up(model, base, source, metric, n=3):
+    """A few untimed edge-level forwards, so that neither timed search pays the process's first-call costs
+    (kernel loading and library set-up on a GPU, first-touch memory on a CPU); the search run first pays them
+    otherwise."""
+    from mechpatch.circuit.edges import make_runner
+
+    runner = make_runner(model, base, metric=metric, source=source, intervention=Replace())
+    reference_forward_seconds(model, base, source, metric, torch.zeros_like(runner.lay.valid), n)
+
+
+def bench(name, model, base, source, tau, batch_size, reference_sample=None, warmup=False):
     metric = KLDivergence()  # at the last position, as ACDC's IOI and greater-than runs
+    if warmup:
+        warm_up(model, base, source, metric)
     t = time.perf_counter()
     fast_res = acdc(model, base, metric=metric, source=source, tau=tau, batch_size=batch_size,
                     progress=reference_sample is not None)
@@ -124,30 +139,36 @@ def main(argv=None) -> int:
     parser.add_argument("--reference-sample", type=int, default=None,
                         help="time this many reference forwards and extrapolate instead of running the reference")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    parser.add_argument("--out", default=None, help="where to save the JSON (default: under results/)")
+    parser.add_argument("--warmup", action="store_true",
+                        help="a few untimed forwards per model first (the search timed first pays one-time costs "
+                             "otherwise)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     results = {"benchmark": "bench_circuit", "date": time.strftime("%Y-%m-%d"), "machine": platform.machine(),
-               "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "models": []}
+               "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
+               "device": str(resolve_device(args.device)), "warmup": args.warmup, "models": []}
     for name in args.models.split(","):
         if name == "gpt2-small":
-            model = gpt2_small_shaped(2 if args.quick else args.layers)
+            model = gpt2_small_shaped(2 if args.quick else args.layers, args.device)
             g = torch.Generator().manual_seed(1)
             base = torch.randint(0, 50257, (4, 12), generator=g)
             source = torch.randint(0, 50257, (4, 12), generator=g)
             results["models"].append(bench(model.name, model, base, source, args.tau or 1e-4, args.batch_size,
-                                           args.reference_sample))
+                                           args.reference_sample, args.warmup))
         elif name == "induction":
-            model = zoo.load("induction-2l")
+            model = zoo.load("induction-2l", device=args.device)
             (b,) = make_induction(model, n=16, block=10, seed=0).batches
             results["models"].append(bench("induction-2l", model, b.clean, b.corrupted, args.tau or 0.05,
-                                           args.batch_size))
+                                           args.batch_size, warmup=args.warmup))
         else:
             raise SystemExit(f"unknown model {name!r}; valid: gpt2-small, induction")
     suffix = "_quick" if args.quick else (f"_{args.layers}L" if args.layers != 4 else "")
-    out = os.path.join(os.path.dirname(__file__), "results", f"bench_circuit{suffix}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
+    out = args.out or os.path.join(os.path.dirname(__file__), "results", f"bench_circuit{suffix}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     write_json(out, results)
     print(json.dumps(results))
     return 0
