@@ -198,6 +198,7 @@ def _check_path_args(
     for g in sets:
         for s in g:
             s.validate(model.spec, seq)
+    _check_head_senders(model, sets)
     return base_t, src_t, sets, _as_receivers(model, receivers, seq)
 
 
@@ -286,7 +287,28 @@ def _unembed(model: HookedModel, resid: Tensor, positions: Optional[list[int]]) 
     """Final normalisation and unembedding of the last residual stream, only at ``positions``."""
     if positions is not None:
         resid = resid[:, positions]
-    return model.bridge.unembed(model.bridge.ln_final(resid))
+    return _logits(model, resid)
+
+
+def _logits(model: HookedModel, resid: Tensor) -> Tensor:
+    """The bridge's final norm and unembedding, and the final-logit soft-cap the Hugging Face head applies after
+    them (Gemma 2), which ``bridge.unembed`` leaves out."""
+    logits = model.bridge.unembed(model.bridge.ln_final(resid))
+    cap = float(getattr(model.bridge.cfg, "output_logits_soft_cap", -1.0) or -1.0)
+    return torch.tanh(logits / cap) * cap if cap > 0 else logits
+
+
+def _check_head_senders(model: HookedModel, sets: tuple[tuple[Sender, ...], ...]) -> None:
+    """Path patching adds a head's own output change to its receivers' inputs; behind a post-attention norm (Gemma,
+    OLMo 2) a single head's change does not enter the residual stream additively, so such senders are refused."""
+    post_norm = any("ln1_post" in blk._modules for blk in model.bridge.blocks)
+    heads = [s for g in sets for s in g if isinstance(s, Head)]
+    if post_norm and heads:
+        raise UnsupportedSiteError(
+            f"{heads[0].label}: {model.spec.architecture} normalises the attention output before it joins the "
+            "residual stream, so one head's contribution is not additive and path patching from a head is not "
+            "defined by it; use Mlp senders (their output is taken after the norm) or path_patch_reference"
+        )
 
 
 def _final_resid(model: HookedModel, tokens: Tensor, hooks: list) -> Tensor:
@@ -519,7 +541,7 @@ def path_patch_reference(
         with torch.inference_mode():
             model.bridge.run_with_hooks(base_t, fwd_hooks=hooks + [(w, grabber(w)) for w in dict.fromkeys(wanted)])
             if recs == "logits":
-                logits = model.bridge.unembed(model.bridge.ln_final(keep[wanted[0]]))
+                logits = _logits(model, keep[wanted[0]])
             else:
                 patch_hooks = []
                 for r in recs:

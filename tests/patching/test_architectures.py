@@ -301,14 +301,14 @@ def _methods(model):
     from mechpatch.interactions.run import evaluate_masks
     from mechpatch.patching import run_patches
     from mechpatch.patching.paths import path_patch
-    from mechpatch.sites import Head
+    from mechpatch.sites import Head, Mlp
 
     pair = make_test_pair(model, seq=6)
     kw = dict(metric="logit_diff", source=pair.corrupted, answers=pair.answers)
     heads = [Head(0, 0), Head(1, 1), Head(1, 2)]
     out = {
         "run_patches": run_patches(model, pair.clean, heads, method="fast", **kw).values,
-        "path_patch": path_patch(model, pair.clean, [Head(0, 0)], receivers="logits", method="fast", **kw).values,
+        "path_patch": path_patch(model, pair.clean, [Mlp(0)], receivers="logits", method="fast", **kw).values,
         "atp_star": atp(model, pair.clean, heads, qk_fix=True, **kw).estimates,
         "interaction_masks": evaluate_masks(model, pair.clean, heads[:2], masks=torch.tensor([[True, False], [True, True]]),
                                             method="fast", **kw).values,
@@ -328,3 +328,22 @@ def test_every_method_runs_in_low_precision_near_float32(name, dtype):
         scale = float(values.abs().max())
         err = float((got[method] - values).abs().max())
         assert err <= LOW_TOL[dtype] * scale, f"{method}: {err:.3g} vs scale {scale:.3g}"
+
+
+def test_path_patching_fast_equals_hooks_and_the_literal_reference(arch):
+    from mechpatch.patching.paths import path_patch, path_patch_reference
+    from mechpatch.sites import Head, Key, Mlp, Query
+
+    pair = make_test_pair(arch, seq=6)
+    kw = dict(metric="logit_diff", source=pair.corrupted, answers=pair.answers)
+    post_norm = arch.spec.architecture in {ARCHITECTURES[n].model for n in POST_NORM}
+    senders = [[Mlp(0)], [Mlp(0), Mlp(1)]] if post_norm else [[Head(0, 0)], [Head(0, 3), Mlp(0)], [Mlp(1)]]
+    for receivers in ("logits", [Query(1, 1)], [Key(1, 0), Query(1, 2)]):
+        fast_run = path_patch(arch, pair.clean, senders, receivers=receivers, method="fast", **kw)
+        hooks_run = path_patch(arch, pair.clean, senders, receivers=receivers, method="hooks", **kw)
+        literal = path_patch_reference(arch, pair.clean, senders, receivers=receivers, **kw)
+        torch.testing.assert_close(fast_run.values, hooks_run.values, **TOL, msg=str(receivers))
+        torch.testing.assert_close(fast_run.values, literal, **TOL, msg=str(receivers))
+    if post_norm:
+        with pytest.raises(UnsupportedSiteError, match="not additive"):
+            path_patch(arch, pair.clean, [Head(0, 0)], receivers="logits", **kw)
