@@ -50,6 +50,8 @@ class PatchRun:
     method: str
     forwards: int  # forward passes (chunks) run
     fallback_reason: Optional[str] = None  # method "auto" ran "hooks": why the fast path could not run this model
+    oom_halvings: int = 0  # chunks halved after running out of GPU memory
+    smallest_chunk: Optional[int] = None  # the fewest variants one forward ran (below batch_size after halvings)
 
 
 def _run_cache(
@@ -327,12 +329,13 @@ def _run_chunks(
     method: str, model: HookedModel, plan: PatchPlan, base_t: Tensor, runs: _Runs, alpha: Union[int, float],
     metric: Metric, readout: Readout, fast_state: Optional[fast.FastState], order: Tensor, batch_size: int,
     progress: Optional[bool], values: Tensor,
-) -> int:
+) -> tuple[int, int, Optional[int]]:
     """Run the variants ``order`` in chunks of ``batch_size``, writing their metric values into ``values``
-    [variant, prompt]; a chunk that runs out of GPU memory is halved and retried. Returns the forwards run."""
+    [variant, prompt]; a chunk that runs out of GPU memory is halved and retried. Returns the forwards run, the
+    halvings and the smallest chunk run."""
     chunks = [c for c in torch.split(order, batch_size) if len(c)]  # (split of an empty tensor gives one)
     show = progress if progress is not None else len(chunks) > 2
-    done = 0
+    done, halvings, smallest = 0, 0, None
     bar = progress_bar(total=len(order), desc=f"patching ({method})", enabled=show, unit="patch")
     queue = list(chunks)
     while queue:
@@ -348,12 +351,14 @@ def _run_chunks(
             torch.cuda.empty_cache()
             half = len(ids) // 2
             queue[:0] = [ids[:half], ids[half:]]  # halve the chunk and retry; nothing is lost
+            halvings += 1
             continue
         values[ids] = out.to(values.dtype).cpu()
         done += 1
+        smallest = len(ids) if smallest is None else min(smallest, len(ids))
         bar.update(len(ids))
     bar.close()
-    return done
+    return done, halvings, smallest
 
 
 def _row_bytes(model: HookedModel, seq_len: int, n_logit_pos: int) -> int:
@@ -433,6 +438,6 @@ def run_patches(
         # metric values keep the model's precision (float64 stays float64; see metrics.value_dtype)
         values = torch.empty(plan.n_variants, n_prompts, dtype=base_values.dtype)
         values[noop] = base_values
-        done = _run_chunks(method, model, plan, base_t, runs, intervention.alpha, metric, readout, fast_state, order,
-                           batch_size, progress, values)
-    return PatchRun(values, noop, noop_sites, base_values, source_values, method, done, fallback)
+        done, halvings, smallest = _run_chunks(method, model, plan, base_t, runs, intervention.alpha, metric, readout,
+                                               fast_state, order, batch_size, progress, values)
+    return PatchRun(values, noop, noop_sites, base_values, source_values, method, done, fallback, halvings, smallest)

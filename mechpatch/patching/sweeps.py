@@ -273,5 +273,6 @@ def sweep(
         direction=direction,
         intervention=type(intervention).__name__,
         meta={"method": run.method, "forwards": run.forwards,
-              **({"fallback_reason": run.fallback_reason} if run.fallback_reason else {})},
+              **({"fallback_reason": run.fallback_reason} if run.fallback_reason else {}),
+              **({"oom_halvings": run.oom_halvings, "smallest_chunk": run.smallest_chunk} if run.oom_halvings else {})},
     )

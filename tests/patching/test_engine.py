@@ -293,6 +293,8 @@ def test_cuda_out_of_memory_halves_the_chunk_and_loses_nothing(gqa, monkeypatch)
     torch.testing.assert_close(got.values, expected.values, **TOL)
     executed = int((~expected.noop).sum())  # no-op cells are not run
     assert sizes[0] == executed > 5 and sum(s for s in sizes if s <= 5) == executed
+    assert got.meta["oom_halvings"] == sum(1 for s in sizes if s > 5)  # every failed chunk was halved once
+    assert got.meta["smallest_chunk"] == min(sizes) and "oom_halvings" not in expected.meta
 
 
 def test_result_labels_and_dataframe(gpt2):
