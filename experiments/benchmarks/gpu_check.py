@@ -18,8 +18,8 @@ Checks, in order; each is timed, and one that fails or raises is recorded while 
    float32 values' largest magnitude, at most :data:`BF16_RTOL`.
 3. ``oom_halving`` (CUDA only): the process's CUDA memory is capped (``torch.cuda.set_per_process_memory_fraction``)
    at what it holds plus :data:`OOM_HEADROOM`, and a base-size GPT-2 sweep runs as one chunk far larger than that:
-   the engine must meet real out-of-memory errors (the allocator's ``num_ooms``), halve the chunk (``forwards`` - 1
-   halvings, since the sweep starts as one chunk) and give the same values as a small-batch run, for the fast and
+   the engine must meet real out-of-memory errors (the allocator's ``num_ooms``), halve the chunk (the sweep's
+   ``oom_halvings``, which must be ``forwards`` - 1 since the sweep starts as one chunk) and give the same values as a small-batch run, for the fast and
    the hooks method, leaving the model as it was.
 4. ``bench_patching``, ``bench_circuit`` (and, full run on CUDA, ``bench_circuit_12l``): the benchmark scripts in
    subprocesses on the device, their last-line JSON included. ``acdc_goal``: mechpatch's batched ACDC at least
@@ -333,7 +333,8 @@ def oom_case(model, pair, kind: str, method: str, small_batch: int, cap: Callabl
     with torch.inference_mode():
         logits_after = model.bridge(pair.corrupted).float().cpu()
     diff, same = _compare(big.values, small.values, OOM_TOL)
-    halvings = big.meta["forwards"] - 1  # one chunk at the start; each halving turns one chunk into two
+    halvings = big.meta.get("oom_halvings", 0)  # the engine's own count
+    assert halvings == big.meta["forwards"] - 1  # one chunk at the start; each halving turns one chunk into two
     unchanged = float((logits_after - logits_before).abs().max())
     row = {"kind": kind, "method": big.meta["method"], "variants": int(small.noop.numel()), "executed": executed,
            "forwards": big.meta["forwards"], "halvings": halvings,
