@@ -17,6 +17,7 @@ Three execution methods give the same numbers:
 ``"auto"`` picks ``"fast"`` when the architecture is supported, else ``"hooks"``.
 """
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
@@ -26,8 +27,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from mechpatch._progress import progress_bar
 
-from mechpatch.cache import DEFAULT_MEMORY_BUDGET, as_tokens, parse_bytes
-from mechpatch.errors import InvalidArgumentError, ShapeMismatchError, UnsupportedSiteError, choices
+from mechpatch.cache import DEFAULT_MEMORY_BUDGET, as_tokens, format_bytes, parse_bytes
+from mechpatch.errors import InvalidArgumentError, MemoryBudgetError, ShapeMismatchError, UnsupportedSiteError, choices
 from mechpatch.model import BRIDGE_IGNORES_WRITES, HookedModel
 from mechpatch.patching.interventions import Intervention, Replace, check_intervention, needs_source
 from mechpatch.patching.metrics import Metric, Readout, as_metric, readout_positions
@@ -369,6 +370,18 @@ def _row_bytes(model: HookedModel, seq_len: int, n_logit_pos: int) -> int:
     return int((2 * per_layer + seq_len * s.d_vocab + n_logit_pos * s.d_vocab) * elem * 1.5)
 
 
+def _held_bytes(model: HookedModel, plan: PatchPlan, n: int, seq_len: int, method: str) -> int:
+    """Bytes held for the whole run besides the chunks' activations: the patched hooks' source values and, for the
+    fast method, the base run's residual stream and keys/values at every layer."""
+    from mechpatch.model import hook_shape
+
+    s = model.spec
+    elem = torch.tensor([], dtype=model.dtype).element_size()
+    sources = sum(math.prod(hook_shape(hm.spec, s, n, seq_len)) for hm in plan.hooks.values())
+    state = n * seq_len * s.n_layers * (s.d_model + 2 * s.n_kv_heads * s.d_head) if method == "fast" else 0
+    return int((2 * sources + state) * elem)
+
+
 def run_patches(
     model: HookedModel,
     base: Union[Int[Tensor, "batch pos"], Sequence[str]],
@@ -417,6 +430,15 @@ def run_patches(
     method, fm, fallback = _resolve_method(model, method)
     if method in ("hooks", "reference"):
         _check_bridge_writes(model, plan)
+    per_variant = _row_bytes(model, seq_len, len(positions or range(seq_len))) * n_prompts
+    held = _held_bytes(model, plan, n_prompts, seq_len, method)
+    if memory_budget is not None and budget < held + per_variant:
+        raise MemoryBudgetError(
+            f"memory_budget={format_bytes(budget)} cannot hold one patch of {n_prompts} prompt(s) x {seq_len} tokens: "
+            f"that needs about {format_bytes(held + per_variant)} ({format_bytes(held)} of cached base-run state "
+            f"and source activations, {format_bytes(per_variant)} per variant); raise memory_budget or patch fewer "
+            "prompts at once"
+        )
     metric = metric.bind(answers=answers, tokens=base_t)
     readout = Readout(positions, metric.columns())
     with model.gates([s for v in plan.variants for s in v]):
@@ -425,8 +447,7 @@ def run_patches(
                                                          runs.source_logits, base_t, src_t)
         noop, noop_sites = _noops(plan, runs, intervention.alpha)
         if batch_size is None:
-            per_variant = _row_bytes(model, seq_len, len(metric.positions or range(seq_len))) * n_prompts
-            batch_size = max(1, budget // per_variant)
+            batch_size = max(1, (budget - held) // per_variant)
         if method == "reference":
             show = progress if progress is not None else plan.n_variants > 16
             values = _run_reference(model, plan, base_t, runs, intervention.alpha, metric, readout, show)

@@ -84,11 +84,17 @@ class LayerWeights:
     window: Optional[int] = None  # sliding window: a query sees the last ``window`` positions (itself included)
     rot_cos: Optional[Tensor] = None  # [n_ctx, rotary_dim] this layer's RoPE tables (Gemma 3 differs per layer type)
     rot_sin: Optional[Tensor] = None
-    # fused/flat forms for F.linear (built by _finalize)
-    Wqkv: Optional[Tensor] = None  # [(H+2Hkv)*dh, D]
-    bqkv: Optional[Tensor] = None
+    # flat forms for F.linear (built by _finalize): views of the model's own weights where its layout allows, so the
+    # fast path holds no second copy of a large model
+    Wq: Optional[Tensor] = None  # [H*dh, D]
+    Wk: Optional[Tensor] = None  # [Hkv*dh, D]
+    Wv: Optional[Tensor] = None
+    bq: Optional[Tensor] = None
+    bk: Optional[Tensor] = None
+    bv: Optional[Tensor] = None
     Wo: Optional[Tensor] = None  # [D, H*dh]
-    Wup: Optional[Tensor] = None  # [M or 2M, D]  (gated: cat(gate, in))
+    Wgate: Optional[Tensor] = None  # [M, D] (gated MLP only)
+    Wup: Optional[Tensor] = None  # [M, D]
     bup: Optional[Tensor] = None
     Wdown: Optional[Tensor] = None  # [D, M]
 
@@ -202,7 +208,7 @@ def extract(bridge) -> FunctionalModel:
     hf_cfg = getattr(getattr(bridge, "original_model", None), "config", None)
     cfg_eps = float(getattr(cfg, "eps", 1e-5))
     layers = [_layer_weights(blk, cfg, hf_cfg, cfg_eps) for blk in bridge.blocks]
-    W_pos = bridge.W_pos.detach().clone() if cfg.positional_embedding_type == "standard" else None
+    W_pos = bridge.W_pos.detach() if cfg.positional_embedding_type == "standard" else None
     rot_style = _rotary(bridge, cfg, layers)
     b_U = bridge.b_U
     embed_mod = _orig(bridge.embed)
@@ -210,9 +216,9 @@ def extract(bridge) -> FunctionalModel:
     fm = FunctionalModel(
         n_layers=len(layers), d_model=cfg.d_model, n_heads=cfg.n_heads, n_kv_heads=cfg.n_key_value_heads or cfg.n_heads,
         d_head=cfg.d_head, attn_only=bool(cfg.attn_only), gated_mlp=bool(getattr(cfg, "gated_mlp", False)),
-        act_fn=cfg.act_fn, attn_scale=_attn_scale(bridge, cfg), W_E=bridge.W_E.detach().clone(), W_pos=W_pos,
+        act_fn=cfg.act_fn, attn_scale=_attn_scale(bridge, cfg), W_E=bridge.W_E.detach(), W_pos=W_pos,
         rot_style=rot_style, ln_final=_norm_from_module(_orig(bridge.ln_final), cfg_eps),
-        W_U=bridge.W_U.detach().clone(), b_U=None if b_U is None else b_U.detach().clone(), layers=layers,
+        W_U=bridge.W_U.detach(), b_U=None if b_U is None else b_U.detach(), layers=layers,
         causal=getattr(cfg, "attention_dir", "causal") != "bidirectional",
         parallel=bool(getattr(cfg, "parallel_attn_mlp", False)),
         embed_scale=None if embed_scale is None else embed_scale.detach().to(bridge.W_E.dtype).clone(),
@@ -235,7 +241,7 @@ def _layer_weights(blk, cfg, hf_cfg, cfg_eps: float) -> LayerWeights:
     has_mlp = "mlp" in blk._modules
 
     def d(t):
-        return None if t is None else t.detach().clone()
+        return None if t is None else t.detach()  # a view of the bridge's parameter: no copy
 
     def norm(key: str) -> Optional[Norm]:
         return _norm_from_module(_orig(getattr(blk, key, None)), cfg_eps) if key in blk._modules else None
@@ -326,30 +332,24 @@ def _attn_scale(bridge, cfg) -> float:
 
 
 def _finalize(fm: FunctionalModel) -> None:
-    """Build fused flat weights (for F.linear) from the uniform per-head form."""
+    """The flat forms F.linear takes, from the uniform per-head form (views of the same storage where the layout
+    allows: Hugging Face's [out, in] linear weights come back as themselves)."""
     H, Hkv, dh, D = fm.n_heads, fm.n_kv_heads, fm.d_head, fm.d_model
-    fm.W_U_rows = fm.W_U.T.contiguous()
+    fm.W_U_rows = fm.W_U.T
     for lw in fm.layers:
-        wq = lw.W_Q.permute(0, 2, 1).reshape(H * dh, D)
-        wk = lw.W_K.permute(0, 2, 1).reshape(Hkv * dh, D)
-        wv = lw.W_V.permute(0, 2, 1).reshape(Hkv * dh, D)
-        lw.Wqkv = torch.cat([wq, wk, wv], 0).contiguous()
-        if lw.b_Q is None and lw.b_K is None and lw.b_V is None:
-            lw.bqkv = None
-        else:
-            z = lambda b, n: torch.zeros(n * dh, dtype=wq.dtype) if b is None else b.reshape(-1)
-            lw.bqkv = torch.cat([z(lw.b_Q, H), z(lw.b_K, Hkv), z(lw.b_V, Hkv)])
-        lw.Wo = lw.W_O.reshape(H * dh, D).T.contiguous()
+        lw.Wq = lw.W_Q.permute(0, 2, 1).reshape(H * dh, D)
+        lw.Wk = lw.W_K.permute(0, 2, 1).reshape(Hkv * dh, D)
+        lw.Wv = lw.W_V.permute(0, 2, 1).reshape(Hkv * dh, D)
+        if lw.b_Q is not None or lw.b_K is not None or lw.b_V is not None:
+            zero = lambda b, n: torch.zeros(n * dh, dtype=lw.Wq.dtype, device=lw.Wq.device) if b is None else b.reshape(-1)
+            lw.bq, lw.bk, lw.bv = zero(lw.b_Q, H), zero(lw.b_K, Hkv), zero(lw.b_V, Hkv)
+        lw.Wo = lw.W_O.reshape(H * dh, D).T
         if lw.W_in is not None:
-            if lw.W_gate is not None:
-                lw.Wup = torch.cat([lw.W_gate.T, lw.W_in.T], 0).contiguous()
-                if lw.b_in is not None:
-                    raise NotImplementedError("gated MLP with biases")
-                lw.bup = None
-            else:
-                lw.Wup = lw.W_in.T.contiguous()
-                lw.bup = lw.b_in
-            lw.Wdown = lw.W_out.T.contiguous()
+            if lw.W_gate is not None and lw.b_in is not None:
+                raise NotImplementedError("gated MLP with biases")
+            lw.Wgate = None if lw.W_gate is None else lw.W_gate.T
+            lw.Wup, lw.bup = lw.W_in.T, lw.b_in
+            lw.Wdown = lw.W_out.T
 
 
 # ----------------------------------------------------------------------------- forward
@@ -528,10 +528,9 @@ def attention(
     B, S, _ = x_ln.shape
     H, Hkv, dh = fm.n_heads, fm.n_kv_heads, fm.d_head
     pre = f"blocks.{L}.attn."
-    qkv = F.linear(x_ln, lw.Wqkv, lw.bqkv)
-    q = qkv[..., : H * dh].view(B, S, H, dh)
-    k = qkv[..., H * dh: (H + Hkv) * dh].view(B, S, Hkv, dh)
-    v = qkv[..., (H + Hkv) * dh:].view(B, S, Hkv, dh)
+    q = F.linear(x_ln, lw.Wq, lw.bq).view(B, S, H, dh)
+    k = F.linear(x_ln, lw.Wk, lw.bk).view(B, S, Hkv, dh)
+    v = F.linear(x_ln, lw.Wv, lw.bv).view(B, S, Hkv, dh)
     if hk.active:
         q = hk(pre + "hook_q", q)
         k = hk(pre + "hook_k", k)
@@ -565,9 +564,8 @@ def mlp(fm: FunctionalModel, L: int, x_ln: Tensor, hk: Hooks = NO_HOOKS) -> Tens
     pre = f"blocks.{L}.mlp."
     act = _act(fm.act_fn)
     h = F.linear(x_ln, lw.Wup, lw.bup)
-    if lw.W_gate is not None:
-        M = lw.W_gate.shape[1]
-        g, u = h[..., :M], h[..., M:]
+    if lw.Wgate is not None:
+        g, u = F.linear(x_ln, lw.Wgate), h
         if hk.active:
             g = hk(pre + "hook_pre", g)  # bridge: hook_pre = gate.hook_out (pre-act)
             u = hk(pre + "hook_pre_linear", u)  # bridge: in.hook_out (up proj)

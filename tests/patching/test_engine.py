@@ -311,3 +311,21 @@ def test_result_labels_and_dataframe(gpt2):
     assert res.sem().shape == (2, 4, 7)
     grid = make_grid(gpt2, "k", 7, by_position=False)
     assert grid.axes == ("layer", "kv_head")
+
+
+def test_a_memory_budget_that_cannot_hold_one_patch_is_refused_before_any_work(gqa, monkeypatch):
+    from mechpatch.errors import MemoryBudgetError
+    from mechpatch.patching import engine
+
+    pair = make_test_pair(gqa)
+    calls = []
+    monkeypatch.setattr(engine, "_prepare_runs", lambda *a, **k: calls.append(a))
+    for method in ("fast", "hooks"):
+        with pytest.raises(MemoryBudgetError, match="cannot hold one patch"):
+            sweep(gqa, pair, "head", metric="logit_diff", method=method, memory_budget=1024)
+    assert calls == []  # refused before the base run
+    monkeypatch.undo()
+    heads = [(Head(layer, h),) for layer in range(gqa.spec.n_layers) for h in range(gqa.spec.n_heads)]
+    one = engine._held_bytes(gqa, engine.compile_plan(gqa, heads, 7), 3, 7, "fast") + engine._row_bytes(gqa, 7, 1) * 3
+    res = sweep(gqa, pair, "head", metric="logit_diff", method="fast", memory_budget=one)
+    assert res.meta["forwards"] == int((~res.noop).sum())  # room for exactly one variant per forward
