@@ -25,7 +25,7 @@ Goals (field ``goals``; each architecture's ``goals`` says pass/fail/null per go
 at least 3x TransformerLens on heads_all_pos, at least 5x on resid_by_pos (fast path, or what ``"auto"`` ran where
 there is none), efficiency at least 0.8 on each sweep.
 
-``--memory`` instead builds a random Llama-3-shaped model of about 1.1B parameters in bfloat16
+``--memory`` instead builds a random Llama-3-shaped model of about 1B parameters (0.98B) in bfloat16
 (``random_model("llama3", size="1b")``), runs a small heads sweep (``--memory-layers``; 2 prompts x 8 tokens unless
 ``--prompts``/``--seq`` say otherwise) with ``memory_budget=--memory-budget`` and measures the peak memory above
 what the loaded model holds: the process's resident set (VmHWM of /proc/self/status, reset before the sweep) on
@@ -190,10 +190,29 @@ def bench_sweep(model, pair: PromptPair, kind: str, by_pos: bool, tl_fn: str, cl
     return out
 
 
-def judge(entry: dict) -> dict:
+#: the real model: SmolLM2-135M from the zoo on IOI prompts (``--archs smollm2``), with the issue's goals for it
+REAL_MODELS = {"smollm2": "smollm2-135m"}
+REAL_GOALS = (
+    ("heads_all_pos_speedup_vs_tl", "heads_all_pos", "speedup_vs_tl", 6.0),
+    ("resid_by_pos_speedup_vs_tl", "resid_by_pos", "speedup_vs_tl", 12.0),
+)
+
+
+def ioi_pair(model, n_prompts: int) -> PromptPair:
+    """``n_prompts`` IOI prompts of one length (the most common one of 64 generated), clean vs corrupted."""
+    from mechpatch.tasks import make_task
+
+    batches = make_task("ioi", model, n=64, seed=0).batches
+    pair = max(batches, key=lambda b: b.pair.clean.shape[0]).pair
+    if pair.clean.shape[0] < n_prompts:
+        raise SystemExit(f"only {pair.clean.shape[0]} IOI prompts share one length; ask for fewer --prompts")
+    return make_pair(model, pair.clean[:n_prompts], pair.corrupted[:n_prompts], answers=pair.answers[:n_prompts])
+
+
+def judge(entry: dict, goals=GOALS) -> dict:
     """Per goal: True/False, or None where its figure was not measured."""
     verdict = {}
-    for name, sweep_name, field, least in GOALS:
+    for name, sweep_name, field, least in goals:
         value = entry.get("sweeps", {}).get(sweep_name, {}).get(field)
         verdict[name] = None if value is None else bool(value >= least)
     verdict["all"] = all(v is True for v in verdict.values())
@@ -203,11 +222,18 @@ def judge(entry: dict) -> dict:
 def bench_architecture(name: str, size: str, device: str, n_prompts: int, seq_len: int, repeats: int,
                        skip_tl: bool) -> dict:
     t = time.perf_counter()
-    model = random_model(name, size, device=device)
+    if name in REAL_MODELS:
+        from mechpatch import zoo
+
+        model = zoo.load(REAL_MODELS[name], device=device)
+    else:
+        model = random_model(name, size, device=device)
     build_s = time.perf_counter() - t
     spec = model.spec
+    features = ("the zoo's real model (Q4_1-dequantized weights), IOI prompts" if name in REAL_MODELS
+                else ARCHITECTURES[name].features)
     entry: dict[str, Any] = {
-        "architecture": name, "hf_class": spec.architecture, "features": ARCHITECTURES[name].features,
+        "architecture": name, "hf_class": spec.architecture, "features": features,
         "n_layers": spec.n_layers, "d_model": spec.d_model, "n_heads": spec.n_heads, "n_kv_heads": spec.n_kv_heads,
         "d_vocab": spec.d_vocab, "parameters": sum(p.numel() for p in model.bridge.parameters()),
         "build_s": round(build_s, 2),
@@ -215,14 +241,15 @@ def bench_architecture(name: str, size: str, device: str, n_prompts: int, seq_le
     reason, _ = fast.resolve(model)
     entry["fast_path"] = reason is None
     entry["fast_reason"] = reason
-    pair = random_pair(model, n_prompts, seq_len)
+    pair = ioi_pair(model, n_prompts) if name in REAL_MODELS else random_pair(model, n_prompts, seq_len)
+    entry["prompts"], entry["seq_len"] = pair.n_prompts, pair.seq_len
     _, clean_cache = model.bridge.run_with_cache(pair.clean)
     entry["sweeps"] = {}
     for sweep_name, (kind, by_pos, tl_fn) in SWEEPS.items():
         entry["sweeps"][sweep_name] = row = bench_sweep(model, pair, kind, by_pos, tl_fn, clean_cache, reason,
                                                         repeats, skip_tl)
         print(f"{name} {sweep_name}", json.dumps(row), flush=True)
-    entry["goals"] = judge(entry)
+    entry["goals"] = judge(entry, REAL_GOALS if name in REAL_MODELS else GOALS)
     del clean_cache, model
     gc.collect()
     return entry
@@ -403,7 +430,8 @@ def table(entries: list[dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", default=",".join(ARCHITECTURES),
-                        help=f"comma-separated subset of {','.join(ARCHITECTURES)} (default: all)")
+                        help=f"comma-separated subset of {','.join(ARCHITECTURES)} (default: all), or "
+                             f"{','.join(REAL_MODELS)} (the zoo's real model on IOI prompts)")
     parser.add_argument("--size", default="base", choices=("tiny", "base"))
     parser.add_argument("--prompts", type=int, default=None, help="prompts (default 4; 2 with --memory)")
     parser.add_argument("--seq", type=int, default=None, help="tokens per prompt (default 16; 8 with --memory)")
@@ -421,7 +449,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="also write the JSON object to this file")
     args = parser.parse_args(argv)
     archs = [a for a in args.archs.split(",") if a]
-    unknown = [a for a in archs if a not in ARCHITECTURES]
+    unknown = [a for a in archs if a not in ARCHITECTURES and a not in REAL_MODELS]
     if unknown:
         parser.error(f"unknown architecture(s) {unknown}; valid: {', '.join(ARCHITECTURES)}")
     repeats = args.repeats or (3 if args.size == "tiny" else 1)

@@ -102,8 +102,8 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 _COMMON = {"tiny": dict(vocab_size=100), "base": dict(vocab_size=32000), "1b": dict(vocab_size=32000)}
-#: the "1b" shape: 16 layers of d_model 2048 (about 1.1B parameters with a 32k vocabulary)
-_ONE_B = dict(hidden_size=2048, num_attention_heads=16, num_key_value_heads=8, num_hidden_layers=16,
+#: the "1b" shape: 18 layers of d_model 2048 (0.98B parameters with a 32k vocabulary, untied embeddings)
+_ONE_B = dict(hidden_size=2048, num_attention_heads=16, num_key_value_heads=8, num_hidden_layers=18,
               intermediate_size=5632, max_position_embeddings=512)
 SIZES = ("tiny", "base", "1b")
 
