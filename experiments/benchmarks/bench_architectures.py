@@ -12,10 +12,9 @@ Each sweep runs three ways: ``sweep(..., method="fast")``, ``sweep(..., method="
 function (one forward per patch). Reported: seconds of each (the least of ``--repeats`` timings, after one untimed
 run of each engine method), TL / fast and hooks / fast, the largest differences between the three results, and the
 engine's efficiency against the recompute bound as ``bench_patching.py`` defines it (its ``ideal_time``: plain
-batched forwards of only what the patches can change, divided by the fast path's time). That bound runs every cell of
-the grid while the engine skips the no-op ones (patches whose source equals what they replace: in resid_by_pos the
-positions before the first corrupted one, and layer 0's unchanged embeddings), so resid_by_pos's efficiency can
-exceed 1; ``bound_includes_noop_patches`` marks where it happens.
+batched forwards of only what the patches can change, divided by the fast path's time). The bound leaves out the
+grid's no-op cells as the engine does (patches whose source equals what they replace: in resid_by_pos the positions
+before the first corrupted one); results before 2026-12-01 01:30 counted them, which put resid_by_pos above 1.
 
 Where ``mechpatch.patching.fast.resolve`` gives a reason the fast path cannot run an architecture, the reason is
 recorded, the sweep runs with ``method="auto"`` instead (what it fell back to is recorded from the result's
@@ -175,14 +174,13 @@ def bench_sweep(model, pair: PromptPair, kind: str, by_pos: bool, tl_fn: str, cl
     out["max_rel_diff"] = max(measured) / scale if measured else None
     out["agree"] = None if not measured else out["max_rel_diff"] <= AGREEMENT_RTOL
     if fast_reason is None:
-        t_ideal, t_baselines = ideal_time(model, pair, kind, by_pos, engine_batch_rows(model, pair))
+        t_ideal, t_baselines = ideal_time(model, pair, kind, by_pos, engine_batch_rows(model, pair),
+                                          noop=engine_res.noop)
         out.update({
             "ideal_recompute_s": round(t_ideal, 4),
             "efficiency": round(t_ideal / t_engine, 3),
             "unpatched_forwards_s": round(t_baselines, 4),
             "efficiency_incl_unpatched": round((t_ideal + t_baselines) / t_engine, 3),
-            # the bound runs every cell; the engine runs none of the no-op ones
-            "bound_includes_noop_patches": out["noop_patches"] > 0,
         })
     else:
         out.update({"ideal_recompute_s": None, "efficiency": None, "unpatched_forwards_s": None,
@@ -414,7 +412,7 @@ def table(entries: list[dict]) -> str:
             continue
         for name, s in e["sweeps"].items():
             goals = [g for g, sw, _, _ in GOALS if sw == name]
-            mark = " ".join(f"{g.replace(name + '_', '')}:{_fmt(e['goals'][g])}" for g in goals)
+            mark = " ".join(f"{g.replace(name + '_', '')}:{_fmt(e['goals'][g])}" for g in goals if g in e['goals'])
             rows.append((e["architecture"], name, s["engine_method"], _fmt(s["fast_s"]), _fmt(s["hooks_s"]),
                          _fmt(s["tl_s"]), _fmt(s["tl_over_fast"]), _fmt(s["hooks_over_fast"]),
                          _fmt(s["speedup_vs_tl"]), _fmt(s["efficiency"]), _fmt(s["max_rel_diff"], ".1e"), mark))

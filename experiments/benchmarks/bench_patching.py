@@ -60,10 +60,12 @@ def timed(fn, repeats: int = 1):
     return best, out
 
 
-def ideal_time(model, pair, kind, by_position, batch_size) -> float:
+def ideal_time(model, pair, kind, by_position, batch_size, noop=None) -> float:
     """Plain batched forwards of exactly what the patches can change: each row from its first patched
     layer and position on (cached residuals and keys/values before that), final logits of the answer
-    tokens at the last position only; no patching, no metric, no set-up. Same chunks as the engine."""
+    tokens at the last position only; no patching, no metric, no set-up. Same chunks as the engine.
+    With ``noop`` (the result's no-op flags, one per grid cell), the cells the engine skips are left out
+    of the bound too (without it, a grid with no-op cells can give an efficiency above 1)."""
     grid = make_grid(model, kind, pair.seq_len, by_position)
     plan = compile_plan(model, grid.cells, pair.seq_len)
     readout = Readout([pair.seq_len - 1], torch.unique(pair.answers))
@@ -75,9 +77,11 @@ def ideal_time(model, pair, kind, by_position, batch_size) -> float:
             for tokens in (pair.clean, pair.corrupted):
                 fast.hook_values(state.fm, tokens, [], readout)
 
+    order = state.order if noop is None else state.order[~noop.flatten()[state.order]]
+
     def run():
         with torch.inference_mode():
-            for ids in torch.split(state.order, batch_size):
+            for ids in torch.split(order, batch_size):
                 ids = sorted(ids.tolist(), key=lambda v: state.starts[v][0])
                 p0 = min(min(state.starts[v][1] for v in ids), pair.seq_len - 1)
                 rows = torch.arange(n, device=pair.corrupted.device).repeat(len(ids))
