@@ -287,7 +287,7 @@ def _plan(cfg: SweepConfig, model: Any, store: RunStore) -> tuple[RunPlan, _Prep
     from mechpatch.runs.plan import check_memory, prompt_bytes, store_status
 
     batches, metric, about = _prompts(cfg, model)
-    method = _resolve_method(model, cfg.method)
+    method, fallback = _resolve_method(model, cfg.method)
     grids = {kind: _grid(cfg, model, kind, batches) for kind in cfg.kinds}
     lens = sorted({b.seq_len for b in batches})
     for grid in grids.values():  # every site of every grid, at every prompt length
@@ -314,8 +314,9 @@ def _plan(cfg: SweepConfig, model: Any, store: RunStore) -> tuple[RunPlan, _Prep
     memory = (sum(b.pair.n_prompts * prompt_bytes(model, b.seq_len) for b in batches) + transient
               + 4 * 8 * total_cells * n_prompts)
     check_memory(memory, f"this sweep ({total_cells} cells x {n_prompts} prompts)")
+    engine = method if fallback is None else f"{method} (the fast path cannot run this model: {fallback})"
     rows = [("prompts", f"{n_prompts} in {len(batches)} batch{'es' * (len(batches) != 1)} of {lens} tokens"),
-            ("metric", f"{about['metric']} ({cfg.direction}, {cfg.intervention})"), ("engine", method), *rows,
+            ("metric", f"{about['metric']} ({cfg.direction}, {cfg.intervention})"), ("engine", engine), *rows,
             ("cells", f"{total_cells}")]
     plan = RunPlan("sweep", cfg.out_dir, cfg.model, tuple(rows), forwards, memory, store_status(store))
     return plan, _Prepared(batches, metric, about, method, grids)
@@ -333,13 +334,14 @@ def _probe(cfg: SweepConfig, model: Any, cell: tuple, batch: Any, metric: Any, m
           method=method, batch_size=cfg.batch_size, progress=False)
 
 
-def _resolve_method(model: Any, method: str) -> str:
+def _resolve_method(model: Any, method: str) -> tuple[str, Optional[str]]:
+    """The engine method a run uses, and why "auto" fell back to hooks (None where it did not)."""
     if method != "auto":
-        return method
+        return method, None
     from mechpatch.patching import fast
 
     reason, _ = fast.resolve(model)
-    return "fast" if reason is None else "hooks"
+    return ("fast", None) if reason is None else ("hooks", reason)
 
 
 def _prompts(cfg: SweepConfig, model: Any) -> tuple[list[Any], Any, dict[str, Any]]:
