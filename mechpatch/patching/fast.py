@@ -63,7 +63,8 @@ def resolve(model: HookedModel) -> tuple[Optional[str], Optional[F_.FunctionalMo
     if arch not in VERIFIED_ARCHITECTURES:
         reason = f"architecture {arch} is not verified for the fast path (verified: {', '.join(VERIFIED_ARCHITECTURES)})"
     elif model.dtype not in _CHECK_TOL:
-        reason = f"the fast path is held to the bridge in {', '.join(map(str, _CHECK_TOL))} only; this model runs in {model.dtype}"
+        held = ", ".join(map(str, _CHECK_TOL))
+        reason = f"the fast path is held to the bridge in {held} only; this model runs in {model.dtype}"
     else:
         try:
             fm = F_.extract(model.bridge)
