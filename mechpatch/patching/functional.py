@@ -766,7 +766,7 @@ def run_split(
             trace.append(resid)
         x = resid[:, None]
         q, k, v = unit_qkv(fm, layer, inputs(layer, "q", H, x), inputs(layer, "k", G, x), inputs(layer, "v", G, x))
-        result = torch.einsum("rphe,hem->rphm", attend(fm, q, k, v), lw.W_O)  # per-head outputs, without b_O
+        result = torch.einsum("rphe,hem->rphm", attend(fm, q, k, v, layer=layer), lw.W_O)  # per-head outputs, without b_O
         if write is not None:
             result = write(layer, "heads", result)
         mlp_in = resid  # a parallel block's MLP reads the heads' input

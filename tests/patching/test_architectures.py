@@ -347,3 +347,32 @@ def test_path_patching_fast_equals_hooks_and_the_literal_reference(arch):
     if post_norm:
         with pytest.raises(UnsupportedSiteError, match="not additive"):
             path_patch(arch, pair.clean, [Head(0, 0)], receivers="logits", **kw)
+
+
+def test_layers_with_different_windows_are_each_masked_by_their_own():
+    """Qwen 2.5 with sliding-window attention on its second layer only: every method masks each layer by its own
+    window (the first run of this test caught the per-receiver forward using layer 0's)."""
+    import transformers
+
+    from mechpatch.model import load_model
+    from mechpatch.zoo.architectures import hf_config
+
+    cfg = hf_config("qwen2")
+    cfg.use_sliding_window, cfg.sliding_window, cfg.layer_types = True, 3, ["full_attention", "sliding_attention"]
+    torch.manual_seed(0)
+    hf = transformers.Qwen2ForCausalLM(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    model = load_model(hf, device="cpu", name="qwen2-mixed-window")
+    fm = fast.weights(model)
+    assert [lw.window for lw in fm.layers] == [None, 3]
+    pair = make_test_pair(model, seq=8)
+    sets = _edge_sets(graph_layout(model.spec), 6, seed=2)
+    kw = dict(metric="logit_diff", source=pair.corrupted, answers=pair.answers)
+    run = edge_patch(model, pair.clean, sets, **kw)
+    torch.testing.assert_close(run.values, edge_patch_reference(model, pair.clean, sets, **kw), **TOL)
+    ref = sweep(model, pair, "head", metric="logit_diff", by_position=True, method="reference", progress=False)
+    got = sweep(model, pair, "head", metric="logit_diff", by_position=True, method="fast")
+    torch.testing.assert_close(got.values, ref.values, **TOL)
