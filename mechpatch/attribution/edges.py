@@ -222,8 +222,8 @@ def edge_attribution(
     reason = reason or F_.split_unsupported(fm)
     if reason is not None:
         raise AttributionError(
-            f"edge attribution runs mechpatch's functional forward, which cannot run this model ({model.spec.architecture}): "
-            f"{reason}")
+            f"edge attribution runs mechpatch's functional forward, which cannot run this model "
+            f"({model.spec.architecture}): {reason}")
     base_t, src_t, ref_t, metric, readout = _setup(model, base, source, intervention, metric, answers)
     if ig is None and isinstance(metric, KLDivergence):
         raise AttributionError(
