@@ -6,7 +6,7 @@ tokens; :class:`PromptPair` is what the engine, the tasks and the attribution me
 
 import operator
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Optional
 
@@ -153,4 +153,22 @@ def make_pair(
     return pair
 
 
-__all__ = ["PromptPair", "make_pair"]
+def random_pair(model: HookedModel, n: int = 3, seq: int = 7, *, seed: int = 0,
+                corrupt: Sequence[int] = (2, 4)) -> PromptPair:
+    """Random token prompts (ids >= 1), corrupted at the positions ``corrupt``, with two random answer tokens per
+    prompt: the inputs of the tests, the benchmarks and the GPU check on random-weight models.
+
+    Draws, from one generator seeded with ``seed``: the clean tokens, then each corrupted position's tokens in turn,
+    then the answers.
+    """
+    g = torch.Generator().manual_seed(seed)
+    vocab = model.spec.d_vocab
+    clean = torch.randint(1, vocab, (n, seq), generator=g)
+    corrupted = clean.clone()
+    for p in corrupt:
+        corrupted[:, p] = torch.randint(1, vocab, (n,), generator=g)
+    answers = torch.randint(1, vocab, (n, 2), generator=g)
+    return make_pair(model, clean, corrupted, answers=answers)
+
+
+__all__ = ["PromptPair", "make_pair", "random_pair"]

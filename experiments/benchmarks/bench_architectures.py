@@ -62,6 +62,7 @@ from mechpatch.cache import DEFAULT_MEMORY_BUDGET, parse_bytes  # noqa: E402
 from mechpatch.errors import MechpatchError  # noqa: E402
 from mechpatch.patching import fast, sweep  # noqa: E402
 from mechpatch.patching.engine import _row_bytes  # noqa: E402
+from mechpatch import prompts  # noqa: E402
 from mechpatch.prompts import PromptPair  # noqa: E402
 from mechpatch.zoo.architectures import ARCHITECTURES, random_model  # noqa: E402
 
@@ -83,14 +84,7 @@ AGREEMENT_RTOL = 1e-4  # the three results must agree to this, relative to the l
 
 def random_pair(model, n_prompts: int, seq_len: int, seed: int = 1) -> PromptPair:
     """Random clean prompts; the corrupted ones differ at two positions (a quarter and half way); random answers."""
-    g = torch.Generator().manual_seed(seed)
-    vocab = model.spec.d_vocab
-    clean = torch.randint(1, vocab, (n_prompts, seq_len), generator=g)
-    corrupted = clean.clone()
-    for p in corrupt_positions(seq_len):
-        corrupted[:, p] = torch.randint(1, vocab, (n_prompts,), generator=g)
-    answers = torch.randint(1, vocab, (n_prompts, 2), generator=g)
-    return make_pair(model, clean, corrupted, answers=answers)
+    return prompts.random_pair(model, n_prompts, seq_len, seed=seed, corrupt=corrupt_positions(seq_len))
 
 
 def corrupt_positions(seq_len: int) -> list[int]:

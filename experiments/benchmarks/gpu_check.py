@@ -156,16 +156,10 @@ def _compare(got: torch.Tensor, want: torch.Tensor, tol: float) -> tuple[float, 
 
 
 def random_pair(model, n: int = 3, seq: int = 7, seed: int = 0, corrupt=(2, 4)):
-    """Random prompts corrupted at ``corrupt``, random answers (tests/patching/test_engine.py's make_test_pair)."""
-    from mechpatch import make_pair
+    """The tests' prompt pair (tests/patching/test_engine.py's make_test_pair)."""
+    from mechpatch.prompts import random_pair as pair
 
-    g = torch.Generator().manual_seed(seed)
-    clean = torch.randint(1, model.spec.d_vocab, (n, seq), generator=g)
-    corrupted = clean.clone()
-    for p in corrupt:
-        corrupted[:, p] = torch.randint(1, model.spec.d_vocab, (n,), generator=g)
-    answers = torch.randint(1, model.spec.d_vocab, (n, 2), generator=g)
-    return make_pair(model, clean, corrupted, answers=answers)
+    return pair(model, n, seq, seed=seed, corrupt=corrupt)
 
 
 def sweep_cases(model, sizes: Sizes) -> list[tuple[str, bool, Any]]:

@@ -23,6 +23,7 @@ from mechpatch.sites import Pattern, Resid
 from mechpatch.zoo.architectures import ARCHITECTURES, random_model
 
 from patching.test_engine import make_test_pair
+from patching.test_functional import assert_forward_matches_the_bridge
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 tlp = pytest.importorskip("transformer_lens.patching")  # a hard dependency: never actually skipped
@@ -55,20 +56,8 @@ def test_every_architecture_takes_the_fast_path(arch):
 
 
 def test_logits_and_every_hook_match_the_bridge(arch):
-    fm = fast.weights(arch)
-    tokens = _tokens(arch)  # 12 tokens: longer than the tiny models' sliding window of 4
-    with torch.inference_mode():
-        ref_logits, ref = arch.bridge.run_with_cache(tokens)
-        mine: dict = {}
-        logits = F_.forward(fm, tokens, cache=mine)
-    torch.testing.assert_close(logits, ref_logits, **TOL)
-    compared = 0
-    for name, value in mine.items():
-        if name.endswith(("hook_result", "hook_attn_scores")) or name not in ref:
-            continue
-        torch.testing.assert_close(value, ref[name].expand_as(value), **TOL, msg=name)
-        compared += 1
-    assert compared >= 11 * arch.spec.n_layers
+    # 12 tokens: longer than the tiny models' sliding window of 4
+    assert assert_forward_matches_the_bridge(arch, _tokens(arch)) >= 11 * arch.spec.n_layers
 
 
 def test_resuming_at_any_layer_and_position_reuses_the_cache(arch):

@@ -27,20 +27,14 @@ from mechpatch.patching import (
     sweep,
 )
 from mechpatch.patching.fast import FastPathUnavailable
-from mechpatch.prompts import make_pair
+from mechpatch.prompts import make_pair, random_pair
 from mechpatch.sites import Attn, Embed, Head, HeadResult, Key, Mlp, Neuron, Pattern, PosEmbed, Query, Resid, Value
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
 
 def make_test_pair(model, n=3, seq=7, seed=0, corrupt=(2, 4)):
-    g = torch.Generator().manual_seed(seed)
-    clean = torch.randint(1, model.spec.d_vocab, (n, seq), generator=g)
-    corrupted = clean.clone()
-    for p in corrupt:
-        corrupted[:, p] = torch.randint(1, model.spec.d_vocab, (n,), generator=g)
-    answers = torch.randint(1, model.spec.d_vocab, (n, 2), generator=g)
-    return make_pair(model, clean, corrupted, answers=answers)
+    return random_pair(model, n, seq, seed=seed, corrupt=corrupt)
 
 
 def kinds_for(model):

@@ -29,7 +29,9 @@ def model(request):
     return native_model(7, "variant", **request.param)
 
 
-def test_logits_and_every_hook_match_the_bridge(model, tokens):
+def assert_forward_matches_the_bridge(model, tokens) -> int:
+    """The functional forward's logits and every hook value it shares with the bridge, at 1e-5; returns how many
+    hooks were compared."""
     fm = fast.weights(model)
     with torch.inference_mode():
         ref_logits, ref = model.bridge.run_with_cache(tokens)
@@ -42,6 +44,11 @@ def test_logits_and_every_hook_match_the_bridge(model, tokens):
             continue  # result is gated; native bridges fire attn_scores after the pattern (a TL quirk)
         torch.testing.assert_close(value, ref[name].expand_as(value), **TOL, msg=name)
         compared += 1
+    return compared
+
+
+def test_logits_and_every_hook_match_the_bridge(model, tokens):
+    compared = assert_forward_matches_the_bridge(model, tokens)
     per_layer = 8 if model.spec.attn_only else 12
     assert compared >= per_layer * model.spec.n_layers
 
