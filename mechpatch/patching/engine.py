@@ -29,7 +29,7 @@ from mechpatch._progress import progress_bar
 
 from mechpatch.cache import DEFAULT_MEMORY_BUDGET, as_tokens, format_bytes, parse_bytes
 from mechpatch.errors import InvalidArgumentError, MemoryBudgetError, ShapeMismatchError, UnsupportedSiteError, choices
-from mechpatch.model import BRIDGE_IGNORES_WRITES, HookedModel
+from mechpatch.model import BRIDGE_IGNORES_WRITES, HookedModel, hook_shape
 from mechpatch.patching.interventions import Intervention, Replace, check_intervention, needs_source
 from mechpatch.patching.metrics import Metric, Readout, as_metric, readout_positions
 from mechpatch.patching.plan import PatchPlan, apply_mask, compile_plan
@@ -373,8 +373,6 @@ def _row_bytes(model: HookedModel, seq_len: int, n_logit_pos: int) -> int:
 def _held_bytes(model: HookedModel, plan: PatchPlan, n: int, seq_len: int, method: str) -> int:
     """Bytes held for the whole run besides the chunks' activations: the patched hooks' source values and, for the
     fast method, the base run's residual stream and keys/values at every layer."""
-    from mechpatch.model import hook_shape
-
     s = model.spec
     elem = torch.tensor([], dtype=model.dtype).element_size()
     sources = sum(math.prod(hook_shape(hm.spec, s, n, seq_len)) for hm in plan.hooks.values())
