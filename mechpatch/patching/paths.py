@@ -3,27 +3,37 @@
 For a sender set S (heads and MLPs) and receivers R (head queries, keys or values, or the logits):
 
 1. run the base and the source prompts once and keep every sender's output;
-2. each receiver's input becomes the base run's residual stream plus the senders' change
-   ``sum_{s in S} (out_s(source) - out_s(base))`` from the senders *before* the receiver's layer.
-   With every other component frozen at its base value, this is exactly the residual stream that
-   "patch S, freeze the rest" produces; normalisation is recomputed on it;
+2. each receiver's input becomes the base run's residual stream plus the senders' change from the senders
+   *before* the receiver's layer: ``out_s(source) - out_s(base)`` for an MLP (its output is taken after any
+   post-norm) and, per layer L, ``W_O`` applied to the change of that layer's sender heads' ``z``. With every
+   other component frozen at its base value, this is exactly the residual stream that "patch S, freeze the rest"
+   produces; normalisation is recomputed on it;
 3. the receiver's query/key/value computed from that input is patched into the base run, and the
    layers after it run normally; for the logits receiver, the final normalisation and unembedding
    read the changed final residual stream directly.
 
+Post-norm layers (Gemma 2 and 3, OLMo 2): the attention block adds ``post_L(A_L)`` to the residual stream, with
+``A_L = sum_h z_h W_O[h] + b_O`` the sum of the head outputs before the norm. A head's change is then not additive:
+with layer L's sender heads at source and the rest frozen at base, the residual stream changes by
+``post_L(A_L(base) + sum_{h in S} (z_h(source) - z_h(base)) W_O[h]) - post_L(A_L(base))``, the norm
+recomputed on the mixed sum, one term per layer (heads of different layers pass different norms, so their
+terms add).
+
 Step 2 needs one truncated forward per sender row (it stops after the last receiver layer) and step 3
 one forward, each batched over many sender sets. :func:`path_patch_reference` does the same by literally
-freezing every head and MLP in a separate forward per sender set; the tests hold the two equal.
+freezing every head's ``z`` and MLP's output in a separate forward per sender set (the attention output
+projection and the post-norms are then recomputed by the model itself); the tests hold the two equal.
 
 The IOI paper's direct effect of a head is ``path_patch(..., receivers="logits")``; its S-inhibition
 search is path patching into the name movers' queries at END.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -111,21 +121,53 @@ def _sender_outputs(model: HookedModel, tokens: Tensor, layers: set[int], mlp_la
     return store
 
 
-def _delta(model: HookedModel, group: tuple[Sender, ...], before: int, base: dict, src: dict) -> Optional[Tensor]:
-    """sum of (source - base) outputs of the senders in layers < ``before`` (None if there are none)."""
+#: the attention block's output before its post-norm (``A_L``), cached from the base run on post-norm layers
+_ATTN_SUM = "blocks.{}.ln1_post.hook_in"
+
+
+def _heads_by_layer(group: tuple[Sender, ...], before: int) -> dict[int, list[int]]:
+    """The heads of ``group`` in layers < ``before``, by layer (each head once)."""
+    out: dict[int, list[int]] = {}
+    for s in dict.fromkeys(group):
+        if isinstance(s, Head) and s.layer < before:
+            out.setdefault(s.layer, []).append(s.head)
+    return out
+
+
+def _sender_change(group: tuple[Sender, ...], before: int, base: dict, src: dict, w_o: Callable[[int], Tensor],
+                   post_norm: Callable[[int], Optional[Callable[[Tensor], Tensor]]], p0: int = 0) -> Optional[Tensor]:
+    """The residual stream's change, from position ``p0``, when the senders of ``group`` in layers < ``before`` take
+    their source outputs and everything else is frozen at base (None if there are no such senders).
+
+    ``w_o(L)`` is layer L's ``W_O`` [head, d_head, d_model]; ``post_norm(L)`` its attention post-norm or None. On a
+    post-norm layer the norm is recomputed on the base run's pre-norm sum ``base[_ATTN_SUM]`` plus the heads' change.
+    """
     total = None
-    for s in group:
-        if s.layer >= before:
-            continue
-        if isinstance(s, Head):
-            name = f"blocks.{s.layer}.attn.hook_z"
-            dz = src[name][:, :, s.head] - base[name][:, :, s.head]
-            d = dz @ model.bridge.blocks[s.layer].attn.W_O[s.head].to(dz.dtype)
-        else:
-            name = f"blocks.{s.layer}.hook_mlp_out"
-            d = src[name] - base[name]
+    for L, heads in _heads_by_layer(group, before).items():
+        name = f"blocks.{L}.attn.hook_z"
+        dz = src[name][:, p0:, heads] - base[name][:, p0:, heads]
+        d = torch.einsum("bshd,hdm->bsm", dz, w_o(L)[heads].to(dz.dtype))
+        norm = post_norm(L)
+        if norm is not None:
+            a = base[_ATTN_SUM.format(L)][:, p0:]
+            d = norm(a + d) - norm(a)
+        total = d if total is None else total + d
+    for L in sorted({s.layer for s in group if isinstance(s, Mlp) and s.layer < before}):
+        name = f"blocks.{L}.hook_mlp_out"  # after the MLP's post-norm, where there is one
+        d = src[name][:, p0:] - base[name][:, p0:]
         total = d if total is None else total + d
     return total
+
+
+def _bridge_post_norm(model: HookedModel, layer: int) -> Optional[torch.nn.Module]:
+    """The bridge's norm of layer ``layer``'s attention output before it joins the residual stream, if any."""
+    return model.bridge.blocks[layer]._modules.get("ln1_post")
+
+
+def _delta(model: HookedModel, group: tuple[Sender, ...], before: int, base: dict, src: dict) -> Optional[Tensor]:
+    """:func:`_sender_change` on the bridge's weights and post-norms."""
+    return _sender_change(group, before, base, src, lambda L: model.bridge.blocks[L].attn.W_O,
+                          lambda L: _bridge_post_norm(model, L))
 
 
 def path_patch(
@@ -198,7 +240,6 @@ def _check_path_args(
     for g in sets:
         for s in g:
             s.validate(model.spec, seq)
-    _check_head_senders(model, sets)
     return base_t, src_t, sets, _as_receivers(model, receivers, seq)
 
 
@@ -214,6 +255,7 @@ def _path_patch_hooks(model, base_t, src_t, sets, recs, metric, readout, batch_s
     else:
         rec_layers = sorted({r.layer for r in recs})
         extra = [f"blocks.{l}.hook_resid_pre" for l in rec_layers]
+    extra += [_ATTN_SUM.format(l) for l in sorted(head_layers) if _bridge_post_norm(model, l) is not None]
     base_store = _sender_outputs(model, base_t, head_layers, mlp_layers, extra)
     src_store = _sender_outputs(model, src_t, head_layers, mlp_layers, ())
     with torch.inference_mode():
@@ -298,19 +340,6 @@ def _logits(model: HookedModel, resid: Tensor) -> Tensor:
     return torch.tanh(logits / cap) * cap if cap > 0 else logits
 
 
-def _check_head_senders(model: HookedModel, sets: tuple[tuple[Sender, ...], ...]) -> None:
-    """Path patching adds a head's own output change to its receivers' inputs; behind a post-attention norm (Gemma,
-    OLMo 2) a single head's change does not enter the residual stream additively, so such senders are refused."""
-    post_norm = any("ln1_post" in blk._modules for blk in model.bridge.blocks)
-    heads = [s for g in sets for s in g if isinstance(s, Head)]
-    if post_norm and heads:
-        raise UnsupportedSiteError(
-            f"{heads[0].label}: {model.spec.architecture} normalises the attention output before it joins the "
-            "residual stream, so one head's contribution is not additive and path patching from a head is not "
-            "defined by it; use Mlp senders (their output is taken after the norm) or path_patch_reference"
-        )
-
-
 def _final_resid(model: HookedModel, tokens: Tensor, hooks: list) -> Tensor:
     """The last block's output under ``hooks``; the forward stops there (the unembedding is done on
     the positions a metric reads only)."""
@@ -366,20 +395,14 @@ class _FastPaths:
     metric_pos: list[int]
 
     def delta(self, group: tuple[Sender, ...], before: int) -> Optional[Tensor]:
-        """sum of (source - base) outputs of the senders in layers < ``before``, from ``p0`` (None if none)."""
-        p0, total = self.p0, None
-        for s in group:
-            if s.layer >= before:
-                continue
-            if isinstance(s, Head):
-                nm = f"blocks.{s.layer}.attn.hook_z"
-                dz = self.src_c[nm][:, p0:, s.head] - self.base_c[nm][:, p0:, s.head]
-                d = dz @ self.fm.layers[s.layer].W_O[s.head]
-            else:
-                nm = f"blocks.{s.layer}.hook_mlp_out"
-                d = self.src_c[nm][:, p0:] - self.base_c[nm][:, p0:]
-            total = d if total is None else total + d
-        return total
+        """:func:`_sender_change` on the functional weights and post-norms, from ``p0``."""
+        layers = self.fm.layers
+
+        def post_norm(L: int) -> Optional[Callable[[Tensor], Tensor]]:
+            n = layers[L].ln1_post
+            return None if n is None else (lambda x: F_.apply_norm(n, x))
+
+        return _sender_change(group, before, self.base_c, self.src_c, lambda L: layers[L].W_O, post_norm, self.p0)
 
     def rows_resid(self, layer_name: str, before: int, chunk: list[int]) -> Tensor:
         """The base run's ``layer_name`` from ``p0``, one row group per sender set of ``chunk``, plus its change."""
@@ -452,6 +475,10 @@ def _fast_paths(fm, base_t, src_t, sets, recs, readout) -> _FastPaths:
         base_c[f"blocks.{L_n - 1}.hook_resid_post"] = F_.run_blocks(
             fm, base_c[f"blocks.{L_n - 1}.hook_resid_pre"], L_n - 1, L_n, 0, [None] * L_n,
         )
+        for l in sorted({s.layer for g in sets for s in g if isinstance(s, Head)}):
+            lw = fm.layers[l]
+            if lw.ln1_post is not None:  # A_L, as the forward computes it before the post-norm
+                base_c[_ATTN_SUM.format(l)] = F.linear(base_c[f"blocks.{l}.attn.hook_z"].flatten(-2), lw.Wo, lw.b_O)
     metric_pos = list(range(seq)) if readout.positions is None else readout.positions
     if recs == "logits":
         rec_layers, p0 = [L_n], min(metric_pos)
