@@ -119,6 +119,40 @@ def _ratio(num: Optional[float], den: Optional[float]) -> Optional[float]:
     return None if num is None or not den else round(num / den, 2)
 
 
+def work_ratio(model, pair: PromptPair, kind: str, by_pos: bool, noop: torch.Tensor) -> dict:
+    """Multiply-adds (matrix products; the attention's own q.k and pattern.v products are left out: under 1% at
+    these lengths) that TransformerLens's function runs over what a perfect engine must recompute, and from it how
+    much of the measured speed-up is arithmetic saved and how much is a faster rate per multiply-add.
+
+    TransformerLens runs, per patch, one whole forward: every layer at every position and the full-vocabulary
+    unembedding. The engine must at least recompute, per patch that is not a no-op, from the patched layer on (for a
+    head: that layer's output projection and MLP, then every later layer) at the positions from the patched one on;
+    its logits (the answer columns at the last position) are a negligible cost.
+    """
+    spec, fm = model.spec, fast.weights(model)
+    d, L, seq = spec.d_model, spec.n_layers, pair.seq_len
+    qkv = d * spec.d_head * (spec.n_heads + 2 * spec.n_kv_heads)
+    out_proj = spec.n_heads * spec.d_head * d
+    mlp = 0 if spec.attn_only else (3 if fm.gated_mlp else 2) * d * spec.d_mlp
+    layer = qkv + out_proj + mlp
+    tl_per_patch = seq * (L * layer + d * spec.d_vocab)
+    engine = 0
+    if kind == "head" and not by_pos:  # all positions; one variant per (layer, head)
+        live = ~noop.view(L, spec.n_heads)
+        for layer_i in range(L):
+            engine += int(live[layer_i].sum()) * seq * (out_proj + mlp + (L - layer_i - 1) * layer)
+    elif kind == "resid_pre" and by_pos:  # one variant per (layer, position)
+        live = ~noop.view(L, seq)
+        for layer_i in range(L):
+            for p in range(seq):
+                engine += int(live[layer_i, p]) * (seq - p) * (L - layer_i) * layer
+    else:
+        raise ValueError(f"no multiply-add count for the sweep {kind!r}, by_pos={by_pos}")
+    tl_total = tl_per_patch * noop.numel() * pair.n_prompts
+    engine *= pair.n_prompts
+    return {"tl_macs": tl_total, "engine_min_macs": engine, "mac_ratio": round(tl_total / engine, 2)}
+
+
 def bench_sweep(model, pair: PromptPair, kind: str, by_pos: bool, tl_fn: str, clean_cache, fast_reason: Optional[str],
                 repeats: int, skip_tl: bool) -> dict:
     """One sweep three ways: the fast path (or what "auto" falls back to), the hooks path and TransformerLens."""
@@ -168,6 +202,10 @@ def bench_sweep(model, pair: PromptPair, kind: str, by_pos: bool, tl_fn: str, cl
     out["max_rel_diff"] = max(measured) / scale if measured else None
     out["agree"] = None if not measured else out["max_rel_diff"] <= AGREEMENT_RTOL
     if fast_reason is None:
+        work = work_ratio(model, pair, kind, by_pos, engine_res.noop)
+        out["work"] = work
+        if t_tl is not None:  # speed-up = mac_ratio x rate_ratio
+            out["work"]["rate_ratio"] = round((work["engine_min_macs"] / t_engine) / (work["tl_macs"] / t_tl), 2)
         t_ideal, t_baselines = ideal_time(model, pair, kind, by_pos, engine_batch_rows(model, pair),
                                           noop=engine_res.noop)
         out.update({
@@ -190,12 +228,19 @@ REAL_GOALS = (
 )
 
 
-def ioi_pair(model, n_prompts: int) -> PromptPair:
-    """``n_prompts`` IOI prompts of one length (the most common one of 64 generated), clean vs corrupted."""
+def ioi_pair(model, n_prompts: int, length: Optional[int] = None) -> PromptPair:
+    """``n_prompts`` IOI prompts of one length (``length`` tokens, or the most common length of 64 generated), clean
+    vs corrupted."""
     from mechpatch.tasks import make_task
 
     batches = make_task("ioi", model, n=64, seed=0).batches
-    pair = max(batches, key=lambda b: b.pair.clean.shape[0]).pair
+    if length is None:
+        pair = max(batches, key=lambda b: b.pair.clean.shape[0]).pair
+    else:
+        have = {b.pair.clean.shape[1]: b.pair for b in batches}
+        if length not in have:
+            raise SystemExit(f"no IOI prompts of {length} tokens; lengths generated: {sorted(have)}")
+        pair = have[length]
     if pair.clean.shape[0] < n_prompts:
         raise SystemExit(f"only {pair.clean.shape[0]} IOI prompts share one length; ask for fewer --prompts")
     return make_pair(model, pair.clean[:n_prompts], pair.corrupted[:n_prompts], answers=pair.answers[:n_prompts])
@@ -212,7 +257,7 @@ def judge(entry: dict, goals=GOALS) -> dict:
 
 
 def bench_architecture(name: str, size: str, device: str, n_prompts: int, seq_len: int, repeats: int,
-                       skip_tl: bool) -> dict:
+                       skip_tl: bool, ioi_len: Optional[int] = None) -> dict:
     t = time.perf_counter()
     if name in REAL_MODELS:
         from mechpatch import zoo
@@ -233,7 +278,7 @@ def bench_architecture(name: str, size: str, device: str, n_prompts: int, seq_le
     reason, _ = fast.resolve(model)
     entry["fast_path"] = reason is None
     entry["fast_reason"] = reason
-    pair = ioi_pair(model, n_prompts) if name in REAL_MODELS else random_pair(model, n_prompts, seq_len)
+    pair = ioi_pair(model, n_prompts, ioi_len) if name in REAL_MODELS else random_pair(model, n_prompts, seq_len)
     entry["prompts"], entry["seq_len"] = pair.n_prompts, pair.seq_len
     _, clean_cache = model.bridge.run_with_cache(pair.clean)
     entry["sweeps"] = {}
@@ -426,7 +471,8 @@ def main(argv=None) -> int:
                              f"{','.join(REAL_MODELS)} (the zoo's real model on IOI prompts)")
     parser.add_argument("--size", default="base", choices=("tiny", "base"))
     parser.add_argument("--prompts", type=int, default=None, help="prompts (default 4; 2 with --memory)")
-    parser.add_argument("--seq", type=int, default=None, help="tokens per prompt (default 16; 8 with --memory)")
+    parser.add_argument("--seq", type=int, default=None, help="tokens per prompt (default 16; 8 with --memory; for "
+                        "smollm2: the IOI prompts of this length, default the most common length)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     parser.add_argument("--repeats", type=int, default=None,
@@ -471,7 +517,7 @@ def main(argv=None) -> int:
             print(f"== {name} ({args.size})", flush=True)
             try:
                 entry = bench_architecture(name, args.size, args.device, n_prompts, seq_len, repeats,
-                                           args.skip_tl)
+                                           args.skip_tl, ioi_len=args.seq)
             except Exception as exc:  # noqa: BLE001  (one architecture failing should not lose the others)
                 entry = {"architecture": name, "error": f"{type(exc).__name__}: {exc}"}
                 print(f"{name} failed: {entry['error']}", flush=True)

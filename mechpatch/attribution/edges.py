@@ -6,7 +6,9 @@ Ablating an edge (sender s -> receiver r, :mod:`mechpatch.circuit.edges`) change
     score(s, r) = sum over positions of  (out_s(ablated) - out_s(base)) . d metric / d input_r
 
 with the gradient on the base run, averaged over prompts: the estimate of ``edge_patch(...) - base`` for that
-one edge. All gradients come from one backward of a *split-input* forward: every receiver (each head's
+one edge. The first factor is the change of ``input_r`` when that one edge is ablated; behind a post-attention norm
+(Gemma 2/3, OLMo 2), where edge patching recomputes the norm (:mod:`mechpatch.circuit.edges`), it is
+``post(heads(base) + out_s(ablated) - out_s(base)) - post(heads(base))``. All gradients come from one backward of a *split-input* forward: every receiver (each head's
 query, key and value input, per key/value group in GQA models, each MLP and the logits) reads its own copy
 of the residual stream, exactly as edge patching computes it, with a zero probe added whose gradient is
 ``d metric / d input_r``. Scores form a dense [sender, receiver] tensor in the edge layout's order, ready for
@@ -199,7 +201,7 @@ def edge_attribution(
     """EAP (``ig=None``) or EAP-IG (``ig="inputs"`` / ``"activations"``) scores of every edge.
 
     Args:
-        model: a model the functional forward supports (GPT-2, Llama, native; float32/64), as for edge patching.
+        model: a model the functional forward supports (``fast.VERIFIED_ARCHITECTURES``), as for edge patching.
         base: the prompts run (the clean ones, for circuit discovery).
         metric: a Metric or name; KL divergence compares with the unablated base run (as edge patching does).
         source, intervention, answers: as :func:`~mechpatch.circuit.edges.edge_patch` (the scores estimate
@@ -219,7 +221,6 @@ def edge_attribution(
     start = time.time()
     _check_args(intervention, ig, steps, batch_size)
     reason, fm = fast.resolve(model)
-    reason = reason or F_.split_unsupported(fm)
     if reason is not None:
         raise AttributionError(
             f"edge attribution runs mechpatch's functional forward, which cannot run this model "
@@ -246,7 +247,7 @@ def edge_attribution(
         idx = torch.arange(lo, min(n, lo + chunk), device=base_t.device)
         emb, base_out, _ = run.outputs(base_t[idx])
         delta = ablated.delta(idx, base_out)
-        d = delta.to(torch.float64)
+        d = run.input_change(base_out, delta).to(torch.float64)
         if ig != "activations":
             g = run.grads(idx, emb, base_out, delta, None if ig is None else alphas, None if ig is None else 0)
             scores += torch.einsum("nspd,nrpd->psr", d, g)
@@ -291,6 +292,9 @@ class _Passes:
         self.batch_size, self.dtype, self.passes = batch_size, dtype, 0
         self.stage_of = torch.tensor(_stage_of_sender(lay, fm))
         self.layer_heads = {1 + (l if fm.attn_only else 2 * l) for l in range(fm.n_layers)}
+        # per layer, the sender indices of its heads
+        self.layer_ids = {l: torch.tensor([i for i, (s, sl) in enumerate(zip(lay.senders, lay.sender_layer))
+                                           if sl == l and s.kind == "head"]) for l in range(fm.n_layers)}
 
     def outputs(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Embeddings, sender outputs [rows, sender, pos, d_model] and readout logits of an unablated run."""
@@ -298,6 +302,21 @@ class _Passes:
             e = F_.embed(self.fm, tokens, 0)
             logits, outs, _ = _split_forward(self.fm, e, self.readout, probe=False)
         return e, torch.stack(outs, 1), logits
+
+    def input_change(self, base_out: Tensor, delta: Tensor) -> Tensor:
+        """Per sender, how its receivers' inputs change when it alone is ablated [prompt, sender, pos, d_model]: its
+        output's change ``delta``, except behind a post-attention norm (Gemma, OLMo 2), where a head's change goes
+        through the norm with the rest of its layer's heads at their base outputs."""
+        out = delta.clone()
+        for layer, lw in enumerate(self.fm.layers):
+            if lw.ln1_post is None:
+                continue
+            ids = self.layer_ids[layer]
+            heads = base_out[:, ids].sum(1, keepdim=True)  # [prompt, 1, pos, d_model]
+            both = F_.post_attention(self.fm, layer, torch.stack([heads.expand_as(delta[:, ids]),
+                                                                  heads + delta[:, ids]]))
+            out[:, ids] = both[1] - both[0]
+        return out
 
     def base_run(self, base_t: Tensor, chunk: int, mean: bool) -> tuple[Tensor, Optional[Tensor]]:
         """The base values (binding the metric to the base logits) and, with ``mean``, the mean sender outputs."""

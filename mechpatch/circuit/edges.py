@@ -8,6 +8,14 @@ final residual stream). Ablating an edge changes only that receiver's input: it 
 
     input_r = resid_r - sum over ablated (s, r) of (out_s(current run) - out_s(ablated))
 
+Where a norm sits between the attention's head sum and the residual stream (Gemma 2/3, OLMo 2), a head's output is
+taken before that norm and the heads of one layer do not add into the stream; there, for each such layer, the
+receiver reads the norm recomputed on the layer's heads with its ablated edges' heads swapped in:
+
+    input_r = resid_r - post_L(sum_h out_h + b_O) + post_L(sum_h [out_h, or its ablated output if (h, r) is ablated] + b_O)
+
+(an MLP's output is taken after its own post-norm, so MLP senders stay additive).
+
 The ablated output is what the ``intervention`` (:mod:`mechpatch.patching.interventions`) makes of the sender's
 output: ``Replace()`` its output on the ``source`` prompts (the corrupted run), ``Zero()``, ``Mean()`` its mean
 over the base prompts (``Mean(reference=tokens)``: over those prompts), ``Resample(seed)`` a donor prompt's output
@@ -118,10 +126,14 @@ class EdgeRunner:
         self.fm = fast.split_weights(model)
         self.lay, self.base, self.metric, self.readout = lay, base, metric, readout
         self.intervention = intervention
+        # per sender: the layer whose post-attention norm its output goes through (Gemma, OLMo 2 heads), else None
+        self.renorm = [layer if s.kind == "head" and self.fm.layers[layer].ln1_post is not None else None
+                       for s, layer in zip(lay.senders, lay.sender_layer)]
         n = base.shape[0]
         self.n = n
         rows = torch.arange(n, device=base.device)
-        logits, base_out, resid = self.forward(base, rows, None, start=0, keep=True)
+        self.base_attn: dict[int, Tensor] = {}  # post-norm layers: the base run's sum of head outputs
+        logits, base_out, resid = self.forward(base, rows, None, start=0, keep=True, attn_sums=self.base_attn)
         self.base_logits, self.base_out, self.base_resid = logits, base_out, resid
         self.base_values: Optional[Tensor] = None  # set by make_runner, once the metric is bound to the base run
         self.src_out = self._ablated(base_out, source, reference)  # per sender [prompt, pos, d_model]
@@ -157,23 +169,25 @@ class EdgeRunner:
                     total = total + src_out[s_i]
             self.src_sum[(layer, False)] = total.clone()  # receivers of layer `layer`'s heads (or logits)
             if layer < fm.n_layers:
-                lw = fm.layers[layer]
                 heads = sum(src_out[i] for i, sl in enumerate(lay.sender_layer)
                             if sl == layer and lay.senders[i].kind == "head")
                 before = total
-                total = total + heads + (lw.b_O if lw.b_O is not None else 0)
+                total = total + F_.post_attention(fm, layer, heads)
                 # the same layer's MLP input (in a parallel block, the heads' input)
                 self.src_sum[(layer, True)] = (before if fm.parallel else total).clone()
         self.n_in = lay.valid.sum(0)  # senders per receiver
 
-    def forward(self, tokens: Tensor, rows_prompt: Tensor, mask: Optional[Tensor], start: int, keep: bool = False):
+    def forward(self, tokens: Tensor, rows_prompt: Tensor, mask: Optional[Tensor], start: int, keep: bool = False,
+                attn_sums: Optional[dict[int, Tensor]] = None):
         """Logits (readout) of rows ``mask[row, sender, receiver]`` starting at layer ``start``.
 
-        With ``keep``, also every sender's output and each layer's input residual (unablated runs only).
+        With ``keep``, also every sender's output and each layer's input residual (unablated runs only); ``attn_sums``
+        collects the sum of the heads' outputs of each post-norm layer.
         """
         fm, lay = self.fm, self.lay
         n_s = len(lay.senders)
         cur: list[Optional[Tensor]] = [None] * n_s
+        attn = {} if attn_sums is None else attn_sums  # post-norm layer -> current sum of its heads' outputs
         if start == 0:
             resid = F_.embed(fm, tokens[rows_prompt], 0)
             cur[0] = resid
@@ -182,6 +196,7 @@ class EdgeRunner:
             for s in range(n_s):
                 if lay.sender_layer[s] < start:
                     cur[s] = self.base_out[s][rows_prompt]
+            attn.update({layer: a[rows_prompt] for layer, a in self.base_attn.items() if layer < start})
 
         def inputs(r_slice: slice, stage: tuple[int, bool], x: Tensor) -> Optional[Tensor]:
             """Receiver inputs [R, unit, pos, D] for receivers ``r_slice`` from the residual ``x`` [R, unit, pos, D]:
@@ -191,12 +206,17 @@ class EdgeRunner:
             active = torch.nonzero(m.reshape(-1, *m.shape[-2:]).any(0).any(-1)).flatten().tolist()
             if not active:
                 return None
-            diff = torch.stack([cur[s] - self.src_out[s][rows_prompt] for s in active], 1)  # R A pos D
+            groups: dict[Optional[int], list[int]] = {}  # None: senders that add into the stream; else post-norm layer
+            for s in active:
+                groups.setdefault(self.renorm[s], []).append(s)
+            for layer, ids in groups.items():
+                diff = torch.stack([cur[s] - self.src_out[s][rows_prompt] for s in ids], 1)  # R A pos D
+                ms = m[:, :, ids] if per_pos else m[:, ids]
+                d = torch.einsum("rapd,rpac->rcpd" if per_pos else "rapd,rac->rcpd", diff, ms.to(diff.dtype))
+                x = x - d if layer is None else x + self._renormed_change(layer, attn[layer], d, ms)
             if per_pos:
-                x = x - torch.einsum("rapd,rpac->rcpd", diff, m[:, :, active].to(diff.dtype))
                 full = (m.sum(2) == self.n_in[r_slice].to(m.device)).transpose(1, 2)[..., None]  # R unit pos 1
             else:
-                x = x - torch.einsum("rapd,rac->rcpd", diff, m[:, active].to(diff.dtype))
                 full = (m.sum(1) == self.n_in[r_slice].to(m.device))[:, :, None, None]  # R unit: all ablated
             if full.any():
                 exact = self.src_sum[stage][rows_prompt][:, None].expand_as(x)
@@ -210,6 +230,8 @@ class EdgeRunner:
             if kind == "heads":
                 for h, s in enumerate(range(*lay.sender_span(layer, "head").indices(n_s))):
                     cur[s] = out[:, :, h]
+                if fm.layers[layer].ln1_post is not None:
+                    attn[layer] = out.sum(2)
             else:
                 cur[lay.sender_span(layer, "mlp").start] = out
             return out
@@ -222,6 +244,19 @@ class EdgeRunner:
         if keep:
             return logits, [c.detach() for c in cur], resid_keep
         return logits, None, None
+
+
+    def _renormed_change(self, layer: int, heads: Tensor, d: Tensor, ms: Tensor) -> Tensor:
+        """How a receiver's input changes when the heads of post-norm ``layer`` whose edges into it are ablated
+        carry their ablated outputs: the attention's contribution recomputed through the norm, minus the current
+        one. ``heads`` [R, pos, D]: the current sum of the layer's head outputs; ``d`` [R, unit, pos, D]: per
+        receiver unit, the sum of (current - ablated) outputs of its ablated heads; ``ms``: their masks (units with
+        no ablated head of the layer change by exactly 0)."""
+        a = heads[:, None].expand_as(d)
+        both = F_.post_attention(self.fm, layer, torch.stack([a, a - d]))  # one norm call: same rounding for both
+        change = both[1] - both[0]
+        hit = ms.any(2).transpose(1, 2)[..., None] if ms.ndim == 4 else ms.any(1)[:, :, None, None]
+        return torch.where(hit, change, torch.zeros((), dtype=change.dtype, device=change.device))
 
 
 def _as_masks(lay: GraphLayout, edge_sets, n_pos: int) -> Union[Bool[Tensor, "variant sender receiver"],
@@ -288,7 +323,7 @@ def edge_patch(
     """The metric with each set of edges ablated (one set per row), on the ``base`` prompts.
 
     Args:
-        model: a model the fast path supports (GPT-2, Llama, native TransformerLens; float32/64).
+        model: a model the fast path supports (``fast.VERIFIED_ARCHITECTURES``: every dtype it checks).
         base: the prompts run (the clean ones, for circuit discovery).
         edge_sets: per variant, the ablated edges: :class:`~mechpatch.circuit.components.Edge` values, labels
             ``"s->r"`` or (sender, receiver) label pairs; or boolean masks [variant, sender, receiver] in

@@ -1,7 +1,8 @@
 """The slow, obvious edge patching that the tests hold :func:`mechpatch.circuit.edges.edge_patch` to.
 
 Per edge set, every receiver's input is rebuilt by hand as the sum of its senders' outputs (current or ablated, one
-head at a time) plus the biases, and attention is computed head by head with its own softmax: this module is the
+head at a time) plus the biases (behind a post-attention norm: the norm of each layer's heads, current or ablated,
+plus b_O), and attention is computed head by head with its own softmax: this module is the
 oracle, written independently of mechpatch's forward (it shares only the weights, norms, RoPE and MLP).
 """
 
@@ -40,6 +41,8 @@ def edge_patch_reference(
     n, seq = base_t.shape
     H, G = fm.n_heads, fm.n_kv_heads
     pos_t = torch.arange(seq)
+    # heads whose layer normalises the attention output before it joins the residual stream: sender -> layer
+    post = {f"L{layer}H{h}": layer for layer, lw in enumerate(fm.layers) if lw.ln1_post is not None for h in range(H)}
 
     def run(tokens: Tensor, ablated: dict, abl_out: Optional[dict]):
         outs: dict[str, Tensor] = {"input": F_.embed(fm, tokens, 0)}
@@ -47,12 +50,22 @@ def edge_patch_reference(
 
         def rebuild(receiver: str, layer: int, for_mlp: bool) -> Tensor:
             x = torch.zeros_like(outs["input"])
+            normed: dict[int, Tensor] = {}  # post-norm layer -> its heads' sum (+ b_O), normalised below
             for s, out in outs.items():
                 at = ablated.get((s, receiver))  # the positions where this edge is ablated
-                x = x + (out if at is None else torch.where(at[None, :, None], abl_out[s], out))
+                o = out if at is None else torch.where(at[None, :, None], abl_out[s], out)
+                if s in post:
+                    normed[post[s]] = normed.get(post[s], 0) + o
+                else:
+                    x = x + o
             for bl, _, b in biases:
                 if bl < layer or (bl == layer and for_mlp):
-                    x = x + b
+                    if bl in normed:
+                        normed[bl] = normed[bl] + b
+                    else:
+                        x = x + b
+            for bl, a in normed.items():
+                x = x + F_.apply_norm(fm.layers[bl].ln1_post, a)
             return x
 
         for layer in range(fm.n_layers):
@@ -64,12 +77,18 @@ def edge_patch_reference(
                 xq = F_.apply_norm(lw.ln1, rebuild(f"L{layer}H{h}.q", layer, False))
                 xk = F_.apply_norm(lw.ln1, rebuild(f"L{layer}{kv_unit(h)}.k", layer, False))
                 xv = F_.apply_norm(lw.ln1, rebuild(f"L{layer}{kv_unit(h)}.v", layer, False))
-                q, k, v = xq @ lw.W_Q[h], xk @ lw.W_K[g], xv @ lw.W_V[g]
+                # every head's query (every key/value head's key) from this head's input: q/k norms over all heads
+                # (OLMo 2) then read this head's own; RoPE; keep head h (its key/value head g)
+                q = torch.einsum("npd,hde->nphe", xq, lw.W_Q)
+                k = torch.einsum("npd,gde->npge", xk, lw.W_K)
+                v = xv @ lw.W_V[g]
                 if lw.b_Q is not None:
-                    q, k, v = q + lw.b_Q[h], k + lw.b_K[g], v + lw.b_V[g]
-                # q/k norms and RoPE (one head: a head axis of 1)
-                q, k = (t[:, :, 0] for t in F_.finish_qk(fm, layer, q[:, :, None], k[:, :, None], pos_t))
+                    q, k, v = q + lw.b_Q, k + lw.b_K, v + lw.b_V[g]
+                q, k = F_.finish_qk(fm, layer, q, k, pos_t)
+                q, k = q[:, :, h], k[:, :, g]
                 scores = q @ k.transpose(1, 2) * fm.attn_scale
+                if fm.attn_softcap is not None:  # Gemma 2
+                    scores = torch.tanh(scores / fm.attn_softcap) * fm.attn_softcap
                 if fm.causal:
                     i, j = torch.meshgrid(pos_t, pos_t, indexing="ij")
                     hidden = (j > i) | ((i - j >= lw.window) if lw.window is not None else False)
@@ -77,14 +96,14 @@ def edge_patch_reference(
                 zs.append(scores.softmax(-1) @ v)
             if fm.parallel and not fm.attn_only:  # the MLP reads what the heads read
                 x = F_.apply_norm(lw.ln2, rebuild(f"L{layer}.mlp", layer, False))
-                outs[f"L{layer}.mlp"] = F_.mlp(fm, layer, x)
+                outs[f"L{layer}.mlp"] = _mlp_out(fm, layer, x)
             for h in range(H):
                 outs[f"L{layer}H{h}"] = zs[h] @ lw.W_O[h]
             if lw.b_O is not None:
                 biases.append((layer, False, lw.b_O))
             if not fm.attn_only and not fm.parallel:
                 x = F_.apply_norm(lw.ln2, rebuild(f"L{layer}.mlp", layer, True))
-                outs[f"L{layer}.mlp"] = F_.mlp(fm, layer, x)
+                outs[f"L{layer}.mlp"] = _mlp_out(fm, layer, x)
         final = rebuild("logits", fm.n_layers, False)
         logits = F_.unembed(fm, final if positions is None else final[:, positions])
         return logits, outs
@@ -108,6 +127,13 @@ def edge_patch_reference(
             logits, _ = run(base_t, ablated, abl_out)
             rows.append(metric(logits, torch.arange(n)).cpu())
     return torch.stack(rows)
+
+
+def _mlp_out(fm: F_.FunctionalModel, layer: int, x: Tensor) -> Tensor:
+    """An MLP's output as it joins the residual stream (after its post-norm, where the model has one)."""
+    out = F_.mlp(fm, layer, x)
+    post = fm.layers[layer].ln2_post
+    return out if post is None else F_.apply_norm(post, out)
 
 
 def _ablated_outputs(iv: Intervention, base_out: dict[str, Tensor], src_out: Optional[dict[str, Tensor]],

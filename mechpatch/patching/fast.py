@@ -94,11 +94,12 @@ def weights(model: HookedModel) -> F_.FunctionalModel:
 
 
 def split_weights(model: HookedModel) -> F_.FunctionalModel:
-    """:func:`weights` for the per-receiver forward of edge-level methods (FastPathUnavailable where it cannot run)."""
-    fm = weights(model)
-    reason = F_.split_unsupported(fm)
+    """:func:`weights` for the per-receiver forward of edge-level methods, which have no hooks path to fall back to
+    (FastPathUnavailable, saying so, where the functional forward cannot run the model)."""
+    reason, fm = resolve(model)
     if reason is not None:
-        raise FastPathUnavailable(f"edge-level methods are not available for {model.spec.architecture}: {reason}")
+        raise FastPathUnavailable(f"edge-level methods are not available for {model.spec.architecture}: they run "
+                                  f"mechpatch's functional forward, and {reason}")
     return fm
 
 

@@ -132,11 +132,6 @@ class FunctionalModel:
     def rotary_dim(self) -> int:
         return 0 if self.layers[0].rot_cos is None else self.layers[0].rot_cos.shape[-1]
 
-    @property
-    def post_norms(self) -> bool:
-        """Whether a norm sits between a sublayer's output and the residual stream (per-head outputs do not add up)."""
-        return any(lw.ln1_post is not None or lw.ln2_post is not None for lw in self.layers)
-
 
 def _act(name: str) -> Callable[[Tensor], Tensor]:
     name = (name or "gelu").lower()
@@ -495,12 +490,13 @@ def attend(
 
 def finish_qk(
     fm: FunctionalModel, L: int, q: Float[Tensor, "*batch pos head d_head"], k: Float[Tensor, "*batch pos kv_head d_head"],
-    positions: Int[Tensor, " pos"], hk: Hooks = NO_HOOKS,
+    positions: Int[Tensor, " pos"], hk: Hooks = NO_HOOKS, normed: bool = False,
 ) -> tuple[Float[Tensor, "*batch pos head d_head"], Float[Tensor, "*batch pos kv_head d_head"]]:
-    """Queries and keys as layer ``L``'s attention scores them: from ``hook_q``/``hook_k`` through the q/k norms and
-    RoPE at absolute ``positions`` (``hook_rot_q``/``hook_rot_k`` fire on the result)."""
+    """Queries and keys as layer ``L``'s attention scores them: from ``hook_q``/``hook_k`` through the q/k norms (not
+    with ``normed``: already applied) and RoPE at absolute ``positions`` (``hook_rot_q``/``hook_rot_k`` fire on the
+    result)."""
     lw = fm.layers[L]
-    if lw.q_norm is not None:
+    if lw.q_norm is not None and not normed:
         q, k = _qk_norm(lw, lw.q_norm, q), _qk_norm(lw, lw.k_norm, k)
     if lw.rot_cos is not None:
         cos, sin = lw.rot_cos[positions], lw.rot_sin[positions]
@@ -710,32 +706,49 @@ def unit_qkv(
 ) -> tuple[Float[Tensor, "batch head pos d_head"], Float[Tensor, "batch kv_head pos d_head"],
            Float[Tensor, "batch kv_head pos d_head"]]:
     """Post-RoPE queries, keys and values of layer ``L`` when each head reads its own query input and each key/value
-    head its own key and value inputs (pre-norm residual streams; a unit axis of 1 is shared by every unit)."""
+    head its own key and value inputs (pre-norm residual streams; a unit axis of 1 is shared by every unit).
+
+    Where the q/k norms span every head (OLMo 2), a head's query is its slice of all heads' queries computed from its
+    own input and normalised together, so that it depends on its own input only (likewise keys)."""
     lw = fm.layers[L]
     R, _, S, D = xq.shape
     H, G = fm.n_heads, fm.n_kv_heads
     nq = apply_norm(lw.ln1, xq)
     nk = nq if xk is xq else apply_norm(lw.ln1, xk)
     nv = nk if xv is xk else apply_norm(lw.ln1, xv)
-    q = torch.einsum("rhpd,hde->rphe", nq.expand(R, H, S, D), lw.W_Q)
-    k = torch.einsum("rgpd,gde->rpge", nk.expand(R, G, S, D), lw.W_K)
     v = torch.einsum("rgpd,gde->rpge", nv.expand(R, G, S, D), lw.W_V)
-    if lw.b_Q is not None:
-        q, k, v = q + lw.b_Q, k + lw.b_K, v + lw.b_V
-    q, k = finish_qk(fm, L, q, k, torch.arange(S, device=xq.device))
+    v = v if lw.b_V is None else v + lw.b_V
+    positions = torch.arange(S, device=xq.device)
+    if lw.q_norm is not None and not lw.qk_norm_per_head and (nq.shape[1] > 1 or nk.shape[1] > 1):
+        q, k = _own_slice(lw.q_norm, nq, lw.W_Q, lw.b_Q), _own_slice(lw.k_norm, nk, lw.W_K, lw.b_K)
+        q, k = finish_qk(fm, L, q, k, positions, normed=True)
+    else:
+        q = torch.einsum("rhpd,hde->rphe", nq.expand(R, H, S, D), lw.W_Q)
+        k = torch.einsum("rgpd,gde->rpge", nk.expand(R, G, S, D), lw.W_K)
+        if lw.b_Q is not None:
+            q, k = q + lw.b_Q, k + lw.b_K
+        q, k = finish_qk(fm, L, q, k, positions)
     return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
 
-def split_unsupported(fm: FunctionalModel) -> Optional[str]:
-    """Why :func:`run_split` cannot run this model (None where it can).
+def _own_slice(n: Norm, x: Float[Tensor, "batch #unit pos d_model"], W: Float[Tensor, "unit d_model d_head"],
+               b: Optional[Tensor]) -> Float[Tensor, "batch pos unit d_head"]:
+    """Each unit's slice of a projection over all units from that unit's own input, normalised over all units."""
+    U = W.shape[0]
+    full = torch.einsum("rupd,hde->rpuhe", x.expand(x.shape[0], U, *x.shape[2:]), W)  # [R, pos, unit, all units, dh]
+    full = full if b is None else full + b
+    normed = apply_norm(n, full.flatten(-2)).view(full.shape)
+    own = torch.arange(U, device=x.device)
+    return normed[:, :, own, own]
 
-    Edges need each sender's output to add into the residual stream that receivers read; a norm between the
-    attention sum and the residual stream (Gemma 2/3, OLMo 2) makes the heads' contributions inseparable.
-    """
-    if fm.post_norms:
-        return ("a norm sits between the attention/MLP outputs and the residual stream (post-norms), so single heads' "
-                "contributions do not add up and edges between components are not defined by subtraction")
-    return None
+
+def post_attention(fm: FunctionalModel, L: int, heads: Float[Tensor, "*batch pos d_model"]
+                   ) -> Float[Tensor, "*batch pos d_model"]:
+    """What layer ``L``'s attention adds to the residual stream, given the sum of its heads' outputs (without b_O):
+    the sum plus b_O, through the post-attention norm where the model has one (Gemma 2/3, OLMo 2)."""
+    lw = fm.layers[L]
+    out = heads if lw.b_O is None else heads + lw.b_O
+    return out if lw.ln1_post is None else apply_norm(lw.ln1_post, out)
 
 
 def run_split(
@@ -747,14 +760,12 @@ def run_split(
     This is the forward of edge patching and edge attribution: each head's query, each key/value head's key and value,
     each MLP and the logits read the residual stream through ``read`` (which may subtract ablated senders' outputs or
     add a gradient probe), and each stage's outputs pass through ``write`` (which may record or replace them).
-    The attention itself is :func:`attend`'s. Returns the input of the logits (before the final norm); ``trace``
-    collects each layer's entering residual stream and, last, that input.
+    The attention itself is :func:`attend`'s. Heads' outputs are written before a post-attention norm (their sum goes
+    through :func:`post_attention`), an MLP's after its post-norm. Returns the input of the logits (before the final
+    norm); ``trace`` collects each layer's entering residual stream and, last, that input.
     """
     R, S, D = resid.shape
     H, G = fm.n_heads, fm.n_kv_heads
-    reason = split_unsupported(fm)
-    if reason is not None:
-        raise NotImplementedError(reason)
 
     def inputs(layer: int, kind: str, units: int, x: Tensor) -> Tensor:
         got = None if read is None else read(layer, kind, x.expand(R, units, S, D))
@@ -770,10 +781,12 @@ def run_split(
         if write is not None:
             result = write(layer, "heads", result)
         mlp_in = resid  # a parallel block's MLP reads the heads' input
-        resid = resid + result.sum(2) + (lw.b_O if lw.b_O is not None else 0)
+        resid = resid + post_attention(fm, layer, result.sum(2))
         if not fm.attn_only:
             mlp_in = mlp_in if fm.parallel else resid
             out = mlp(fm, layer, apply_norm(lw.ln2, inputs(layer, "mlp", 1, mlp_in[:, None])[:, 0]))
+            if lw.ln2_post is not None:  # an MLP sender's output is taken after its post-norm (as hook_mlp_out is)
+                out = apply_norm(lw.ln2_post, out)
             if write is not None:
                 out = write(layer, "mlp", out)
             resid = resid + out

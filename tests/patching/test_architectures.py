@@ -18,8 +18,7 @@ from mechpatch.model import BRIDGE_IGNORES_WRITES
 from mechpatch.patching import Zero, sweep
 from mechpatch.patching import fast
 from mechpatch.patching import functional as F_
-from mechpatch.patching.fast import FastPathUnavailable
-from mechpatch.sites import Pattern, Resid
+from mechpatch.sites import Resid
 from mechpatch.zoo.architectures import ARCHITECTURES, random_model
 
 from patching.test_engine import make_test_pair
@@ -30,7 +29,7 @@ tlp = pytest.importorskip("transformer_lens.patching")  # a hard dependency: nev
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 NAMES = sorted(ARCHITECTURES)
-#: architectures with a norm between sublayer outputs and the residual stream: no edge-level methods
+#: architectures with a norm between sublayer outputs and the residual stream (edges recompute it per receiver)
 POST_NORM = ("gemma2", "gemma3", "olmo2")
 _models: dict = {}
 
@@ -163,17 +162,24 @@ def test_low_precision_sweeps_stay_near_float32(arch, dtype):
     assert float((got.values - hooks).abs().max()) <= LOW_TOL[dtype] * scale
 
 
-def _edge_sets(lay, k, seed):
+def _edge_sets(lay, k, seed, n_pos=None):
+    """The empty set, ``k`` random sets of 1-6 edges, and (with ``n_pos``) ``k`` sets of position-resolved edges."""
     rng = random.Random(seed)
     edges = list(lay.edges)
-    return [[]] + [rng.sample(edges, rng.randint(1, 6)) for _ in range(k)]
+    sets = [[]] + [rng.sample(edges, rng.randint(1, 6)) for _ in range(k)]
+    if n_pos is not None:
+        sets += [[e.at(rng.randrange(n_pos)) for e in rng.sample(edges, rng.randint(1, 6))] for _ in range(k)]
+    return sets
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n not in POST_NORM])
+@pytest.mark.parametrize("name", NAMES)
 def test_edge_patching_equals_the_hand_rebuilt_reference(name):
     model = model_of(name)
     pair = make_test_pair(model, seq=6)
-    sets = _edge_sets(graph_layout(model.spec), 8, seed=1)
+    lay = graph_layout(model.spec)
+    # plus every head of layer 0 into one receiver together (behind a post-norm: one renormalised sum of ablated heads)
+    sets = _edge_sets(lay, 8, seed=1, n_pos=6) + [[e for e in lay.edges if e.sender.label.startswith("L0H")
+                                                   and e.receiver_label == "logits"]]
     for iv in (None, Zero()):
         kw = dict(source=pair.corrupted) if iv is None else dict(intervention=iv)
         run = edge_patch(model, pair.clean, sets, metric="logit_diff", answers=pair.answers, **kw)
@@ -183,15 +189,45 @@ def test_edge_patching_equals_the_hand_rebuilt_reference(name):
 
 
 @pytest.mark.parametrize("name", POST_NORM)
-def test_edge_methods_refuse_post_norm_models_before_any_work(name):
-    from mechpatch.attribution import AttributionError, edge_attribution
+def test_post_norm_edges_agree_with_the_bridge(name):
+    """Behind post-norms, edges are checked against the bridge itself (hooks, not mechpatch's forward): every edge out
+    of a head (or of two heads of one layer) ablated = that head's output patched; every edge ablated = the corrupted
+    run."""
+    from mechpatch.patching import run_patches
+    from mechpatch.sites import Head
 
     model = model_of(name)
     pair = make_test_pair(model, seq=6)
-    with pytest.raises(FastPathUnavailable, match="post-norms"):
-        edge_patch(model, pair.clean, [[]], metric="logit_diff", source=pair.corrupted, answers=pair.answers)
-    with pytest.raises(AttributionError, match="post-norms"):
-        edge_attribution(model, pair.clean, metric="logit_diff", source=pair.corrupted, answers=pair.answers)
+    kw = dict(metric="logit_diff", source=pair.corrupted, answers=pair.answers)
+    lay = graph_layout(model.spec)
+    out_of = lambda *names: [e for e in lay.edges if e.sender.label in names]  # noqa: E731
+    run = edge_patch(model, pair.clean, [out_of("L0H1"), out_of("L1H0", "L1H2"), list(lay.edges)], **kw)
+    node = run_patches(model, pair.clean, [[Head(0, 1)], [Head(1, 0), Head(1, 2)]], method="hooks", **kw)
+    torch.testing.assert_close(run.values[:2], node.values, **TOL)
+    corrupted = run_patches(model, pair.clean, [[Head(0, 0)]], method="hooks", **kw).source_values
+    torch.testing.assert_close(run.values[2], corrupted, **TOL)
+    assert (node.values - node.base_values).abs().amax() > 1e-3
+
+
+@pytest.mark.parametrize("name", POST_NORM)
+def test_eap_is_the_first_order_term_of_edge_patching_behind_post_norms(name):
+    """float64: EAP with the source moved eps of the way, per unit eps, equals edge patching's finite difference, edge
+    by edge (the input change goes through the post-attention norm)."""
+    from mechpatch.attribution import edge_attribution
+    from mechpatch.patching import Interpolate
+
+    model = random_model(name, seed=3, dtype="float64")
+    pair = make_test_pair(model, seq=6)
+    kw = dict(metric="logit_diff", source=pair.corrupted, answers=pair.answers)
+    edges = random.Random(0).sample(list(graph_layout(model.spec).edges), 16)
+    eps = 1e-3
+    eap = edge_attribution(model, pair.clean, intervention=Interpolate(eps), **kw).edge_scores()
+    values = [edge_patch(model, pair.clean, [[e] for e in edges], intervention=Interpolate(sign * eps, extrapolate=True),
+                         **kw).values.double().mean(1) for sign in (1, -1)]
+    fd = (values[0] - values[1]) / (2 * eps)
+    est = torch.tensor([eap[e] for e in edges], dtype=torch.float64) / eps
+    assert float(fd.abs().max()) > 0.01
+    torch.testing.assert_close(est, fd, atol=5e-4, rtol=1e-3)
 
 
 @pytest.mark.parametrize("name", ["pythia", "gptj"])
@@ -302,9 +338,8 @@ def _methods(model):
         "interaction_masks": evaluate_masks(model, pair.clean, heads[:2], masks=torch.tensor([[True, False], [True, True]]),
                                             method="fast", **kw).values,
     }
-    if F_.split_unsupported(fast.weights(model)) is None:
-        out["edge_patch"] = edge_patch(model, pair.clean, [[("L0H0", "L1H1.q")], [("input", "logits")]], **kw).values
-        out["edge_attribution"] = edge_attribution(model, pair.clean, **kw).scores
+    out["edge_patch"] = edge_patch(model, pair.clean, [[("L0H0", "L1H1.q")], [("input", "logits")]], **kw).values
+    out["edge_attribution"] = edge_attribution(model, pair.clean, **kw).scores
     return {k: v.float() for k, v in out.items()}
 
 
