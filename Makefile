@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 # Optional dependency groups of pyproject.toml to install: `make test EXTRAS=test,tracr` also installs tracr
 # (jax, dm-haiku) so that the test that recompiles the bundled tracr models runs instead of skipping (CI does).
-EXTRAS ?= test
+# ray: the Ray executor's tests run on a real local Ray runtime (users who never scale out can leave it out).
+EXTRAS ?= test,ray
 PY      = $(VENV)/bin/python
 comma  := ,
 # one stamp per EXTRAS value: changing EXTRAS re-runs the install

@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
                             "memory); write nothing")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or messages (for CI)")
         p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+        p.add_argument("--executor", choices=("local", "ray"),
+                       help="where chunks run (overrides the config's executor): here, or on Ray workers")
+        p.add_argument("--workers", type=int, help="Ray workers (with --executor ray; default 2)")
+        p.add_argument("--address", help="a Ray cluster to join, 'auto' or HOST:PORT (with --executor ray; default: "
+                                         "start Ray on this machine for the run)")
 
     run_command("sweep", "patching sweeps over a grid of sites (resumable)", "configs/sweep_induction.yaml")
     run_command("discover", "circuit discovery on a model and task", "configs/discover_induction.yaml")
@@ -119,6 +124,8 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_config(config_cls, args.config)
     if args.out_dir:
         cfg = dataclasses.replace(cfg, out_dir=args.out_dir)
+    if args.executor is not None or args.workers is not None or args.address is not None:
+        cfg = dataclasses.replace(cfg, executor=_executor(cfg, args))
     if args.threads is not None:
         import torch
 
@@ -130,6 +137,27 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     run(cfg, force=args.force, quiet=args.quiet, repair=args.repair)
     return 0
+
+
+def _executor(cfg: Any, args: argparse.Namespace) -> Any:
+    """The config's executor with the command line's --executor/--workers/--address applied."""
+    from mechpatch.runs.executor import ExecutorSpec, RayOptions
+
+    if not hasattr(cfg, "executor"):
+        raise _Usage(f"mechpatch {args.command} runs in this process only: --executor, --workers and --address "
+                     "apply to sweep")
+    kind = args.executor or cfg.executor.kind
+    if kind == "local":
+        if args.workers is not None or args.address is not None:
+            raise _Usage("--workers and --address need --executor ray (or executor: {ray: ...} in the config)")
+        return ExecutorSpec()
+    base = cfg.executor.ray or RayOptions()
+    try:
+        opts = dataclasses.replace(base, workers=base.workers if args.workers is None else args.workers,
+                                   address=base.address if args.address is None else args.address)
+    except ValueError as err:
+        raise _Usage(str(err)) from None
+    return ExecutorSpec("ray", opts)
 
 
 class _Usage(MechpatchError, ValueError):

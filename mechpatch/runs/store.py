@@ -65,8 +65,9 @@ from torch import Tensor
 from mechpatch.errors import DamagedFileError, MechpatchError, RunLockedError
 from mechpatch.report import replace_atomically, write_json, write_text
 
-#: config keys that say where results go, not what is computed: left out of the config hash
-LOCATION_KEYS = ("out_dir",)
+#: config keys that say where results go or where they are computed, not what is computed: left out of the config
+#: hash (a run started locally resumes on Ray and the reverse)
+LOCATION_KEYS = ("out_dir", "executor")
 #: version of the run-directory layout, recorded in every manifest (2: content hashes in chunks and manifest)
 STORE_FORMAT = 2
 _TMP = re.compile(r"\.tmp\d+$")
@@ -525,6 +526,13 @@ class RunStore:
             self._write_manifest()
         except OSError as err:
             raise _io_error(self.root, err, "write the run's manifest in") from None
+
+    def note_attempt(self, **entries: Any) -> None:
+        """Record ``entries`` on this attempt (the last of the manifest's ``attempts``): its executor, workers, ..."""
+        if self._manifest is None:
+            raise RunError("the run has not begun: call begin() first")
+        self._manifest["attempts"][-1].update(entries)
+        self._write_manifest()
 
     def update(self, **entries: Any) -> None:
         """Add entries to the manifest (written atomically)."""

@@ -45,6 +45,7 @@ from mechpatch.patching.interventions import DIRECTIONS, Intervention, from_name
 from mechpatch.patching.metrics import METRICS
 from mechpatch.patching.results import PatchResult
 from mechpatch.patching.sweeps import SWEEP_KINDS
+from mechpatch.runs.executor import check_executor, parse_executor
 from mechpatch.runs.common import DTYPES, check_choice, check_device, check_model, check_task_args, load_source
 from mechpatch.runs.plan import RunPlan
 from mechpatch.runs.results import as_2d, has_normalized, read_result
@@ -99,8 +100,10 @@ class SweepConfig:
         method, batch_size: the engine's execution method and variants per forward (None: from its memory budget).
         device, dtype: where and in what precision the model runs (bitwise reproducibility is promised on CPU).
         seed: seeds torch, the task (unless its args set ``seed``) and ``resample``'s donors.
-        chunk_size: grid cells per chunk, the unit of resumption.
+        chunk_size: grid cells per chunk, the unit of resumption (and of distribution).
         out_dir: the run directory.
+        executor: ``local`` (this process) or ``{ray: {address, workers, cpus_per_worker, gpus_per_worker}}``
+            (:mod:`mechpatch.runs.executor`); not part of the config hash: results do not depend on it.
     """
 
     model: str
@@ -121,8 +124,10 @@ class SweepConfig:
     seed: int = 0
     chunk_size: int = 64
     out_dir: str = "out/sweep"
+    executor: Any = "local"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "executor", parse_executor(self.executor))
         check_model(self.model)
         if (self.task is None) == (self.prompts is None):
             raise ValueError("give exactly one of task: {name, args} or prompts: {clean, corrupted, answers}")
@@ -234,6 +239,7 @@ def run_sweep(cfg: SweepConfig, *, force: bool = False, quiet: bool = False, rep
     if store.check(force):
         say(f"{cfg.out_dir}: already finished (config {store.config_hash[:12]}); nothing to do (--force recomputes)")
         return _read(cfg.out_dir)  # check() has just verified every recorded file
+    check_executor(cfg.executor)
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     model = load_source(cfg.model, cfg.device, cfg.dtype)
@@ -242,11 +248,9 @@ def run_sweep(cfg: SweepConfig, *, force: bool = False, quiet: bool = False, rep
         store.begin(model, cfg.model, cfg.seed, force=force)
         say(f"{model!r} -> {cfg.out_dir}")
         store.update(prompts=prep.about, plan=plan.to_dict())
-        computed = 0
+        results, computed = _run_chunks(store, cfg, SweepJob(cfg, model, prep), quiet)
         for kind in cfg.kinds:
-            result, n_new = _run_kind(store, cfg, model, kind, prep, quiet)
-            computed += n_new
-            write_result(store, kind, result)
+            write_result(store, kind, results[kind])
         store.update(compute_seconds=round(time.perf_counter() - start, 2), chunks_computed_last_attempt=computed)
         outputs = write_sweep_report(cfg.out_dir)
         store.finish(**outputs)
@@ -279,6 +283,15 @@ class _Prepared:
     about: dict[str, Any]
     method: str
     grids: dict[str, Any]
+    fallback: Optional[str] = None  # why "auto" did not take the fast path
+
+
+def _prepare(cfg: SweepConfig, model: Any) -> _Prepared:
+    """Prompt batches, metric, engine method and grids: what the driver and every worker build alike."""
+    batches, metric, about = _prompts(cfg, model)
+    method, fallback = _resolve_method(model, cfg.method)
+    grids = {kind: _grid(cfg, model, kind, batches) for kind in cfg.kinds}
+    return _Prepared(batches, metric, about, method, grids, fallback)
 
 
 def _plan(cfg: SweepConfig, model: Any, store: RunStore) -> tuple[RunPlan, _Prepared]:
@@ -286,9 +299,9 @@ def _plan(cfg: SweepConfig, model: Any, store: RunStore) -> tuple[RunPlan, _Prep
     from mechpatch.patching.engine import _row_bytes
     from mechpatch.runs.plan import check_memory, prompt_bytes, store_status
 
-    batches, metric, about = _prompts(cfg, model)
-    method, fallback = _resolve_method(model, cfg.method)
-    grids = {kind: _grid(cfg, model, kind, batches) for kind in cfg.kinds}
+    prep = _prepare(cfg, model)
+    batches, metric, about, method, fallback, grids = (prep.batches, prep.metric, prep.about, prep.method,
+                                                       prep.fallback, prep.grids)
     lens = sorted({b.seq_len for b in batches})
     for grid in grids.values():  # every site of every grid, at every prompt length
         for cell in grid.cells:
@@ -318,8 +331,12 @@ def _plan(cfg: SweepConfig, model: Any, store: RunStore) -> tuple[RunPlan, _Prep
     rows = [("prompts", f"{n_prompts} in {len(batches)} batch{'es' * (len(batches) != 1)} of {lens} tokens"),
             ("metric", f"{about['metric']} ({cfg.direction}, {cfg.intervention})"), ("engine", engine), *rows,
             ("cells", f"{total_cells}")]
+    if cfg.executor.kind == "ray":
+        r = cfg.executor.ray
+        rows.append(("executor", f"Ray: {r.workers} workers x {r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU "
+                                 f"({'a local runtime' if r.address is None else r.address})"))
     plan = RunPlan("sweep", cfg.out_dir, cfg.model, tuple(rows), forwards, memory, store_status(store))
-    return plan, _Prepared(batches, metric, about, method, grids)
+    return plan, prep
 
 
 def _probe(cfg: SweepConfig, model: Any, cell: tuple, batch: Any, metric: Any, method: str) -> None:
@@ -414,37 +431,75 @@ def _run_chunk(cfg: SweepConfig, model: Any, cells: tuple, batches: list[Any], m
     }
 
 
-def _run_kind(store: RunStore, cfg: SweepConfig, model: Any, kind: str, prep: _Prepared,
-              quiet: bool) -> tuple[PatchResult, int]:
-    from mechpatch._progress import progress_bar
+@dataclass(frozen=True, eq=False)
+class SweepJob:
+    """A prepared sweep (model loaded, prompts and grids built): computes any chunk ``(kind, index)`` of it, in the
+    driver or in a worker (:mod:`mechpatch.runs.executor`)."""
 
-    grid, batches, metric, method = prep.grids[kind], prep.batches, prep.metric, prep.method
-    n_cells, size = len(grid.cells), cfg.chunk_size
-    n_chunks = -(-n_cells // size)
-    chunks: list[Optional[dict[str, Tensor]]] = [store.load_chunk(kind, i) for i in range(n_chunks)]
-    todo = [i for i, c in enumerate(chunks) if c is None]
-    done_cells = n_cells - sum(min(size, n_cells - i * size) for i in todo)
-    bar = progress_bar(total=n_cells, initial=done_cells, desc=f"sweep {kind}", unit="cell", enabled=not quiet)
-    for i in todo:
-        cells = grid.cells[i * size:(i + 1) * size]
-        chunks[i] = _run_chunk(cfg, model, cells, batches, metric, method)
-        store.save_chunk(kind, i, chunks[i])
-        bar.update(len(cells))
+    cfg: SweepConfig
+    model: Any
+    prep: _Prepared
+
+    @classmethod
+    def load(cls, cfg: SweepConfig) -> "SweepJob":
+        """Load the model and prepare the run exactly as :func:`run_sweep` does (same seed)."""
+        torch.manual_seed(cfg.seed)
+        model = load_source(cfg.model, cfg.device, cfg.dtype)
+        return cls(cfg, model, _prepare(cfg, model))
+
+    def cells(self, unit: tuple[str, int]) -> tuple:
+        kind, i = unit
+        size = self.cfg.chunk_size
+        return self.prep.grids[kind].cells[i * size:(i + 1) * size]
+
+    def run_unit(self, unit: tuple[str, int]) -> dict[str, Tensor]:
+        p = self.prep
+        out = _run_chunk(self.cfg, self.model, self.cells(unit), p.batches, p.metric, p.method)
+        return {k: v.cpu() for k, v in out.items()}
+
+
+def _run_chunks(store: RunStore, cfg: SweepConfig, job: SweepJob, quiet: bool) -> tuple[dict[str, PatchResult], int]:
+    """Every kind's chunks: those the store holds, the rest computed by the config's executor and saved as each
+    arrives (one progress bar over all of them). Returns each kind's result and how many chunks were computed."""
+    from mechpatch._progress import progress_bar
+    from mechpatch.runs.executor import JobSpec, describe, open_executor
+
+    grids, size = job.prep.grids, cfg.chunk_size
+    chunks = {kind: [store.load_chunk(kind, i) for i in range(-(-len(g.cells) // size))] for kind, g in grids.items()}
+    todo = [(kind, i) for kind, cs in chunks.items() for i, c in enumerate(cs) if c is None]
+    total = sum(len(g.cells) for g in grids.values())
+    done_cells = total - sum(len(job.cells(u)) for u in todo)
+    bar = progress_bar(total=total, initial=done_cells, desc="sweep", unit="cell", enabled=not quiet)
+
+    def save(unit: tuple[str, int], tensors: dict[str, Tensor]) -> None:
+        store.save_chunk(unit[0], unit[1], tensors)
+        chunks[unit[0]][unit[1]] = tensors
+        bar.update(len(job.cells(unit)))
+
+    spec = lambda: JobSpec("sweep", store.config, store.manifest["model"]["weights_sha256"])  # noqa: E731
+    with open_executor(cfg.executor, lambda: job, spec) as ex:
+        store.note_attempt(executor=describe(cfg.executor), workers=ex.workers)
+        ex.run(todo, save)
     bar.close()
+    return {kind: _assemble(cfg, job, kind, cs) for kind, cs in chunks.items()}, len(todo)
+
+
+def _assemble(cfg: SweepConfig, job: SweepJob, kind: str, chunks: list[dict[str, Tensor]]) -> PatchResult:
+    """One kind's result from its chunks (their unpatched baselines must agree)."""
+    grid, metric = job.prep.grids[kind], job.prep.metric
     first = chunks[0]
     for i, c in enumerate(chunks):
         if not (torch.equal(c["clean"], first["clean"]) and torch.equal(c["corrupted"], first["corrupted"])):
             raise RunError(f"chunk {i} of {kind!r} has other unpatched baselines than chunk 0: the chunks were not "
                            "computed alike (another device or library version?); rerun with --force")
-    result = PatchResult(
+    return PatchResult(
         values=torch.cat([c["values"] for c in chunks]).reshape(*grid.shape, -1),
         axes=grid.axes, labels=grid.labels, sites=grid.cells,
         clean=first["clean"], corrupted=first["corrupted"],
         noop=torch.cat([c["noop"] for c in chunks]).reshape(grid.shape),
         metric=metric if isinstance(metric, str) else metric.name, direction=cfg.direction,
-        intervention=type(cfg.make_intervention()).__name__, meta={"method": method, "kind": kind},
+        intervention=type(cfg.make_intervention()).__name__, meta={"method": job.prep.method, "kind": kind},
     )
-    return result, len(todo)
 
 
 # ----------------------------------------------------------------------------- files <-> results
