@@ -173,12 +173,19 @@ class _Worker:
         except Exception as exc:  # noqa: BLE001  (reported to the driver by ready())
             self.job, self.error = None, f"{type(exc).__name__}: {exc}"
         self.info["load_seconds"] = round(time.perf_counter() - started, 3)
+        self.compute_seconds = 0.0  # spent inside units (the rest of a unit's round trip is the executor's overhead)
 
     def ready(self) -> dict[str, Any]:
         return {**self.info, "error": self.error}
 
     def run(self, unit: Unit) -> dict[str, Tensor]:
-        return self.job.run_unit(unit)
+        started = time.perf_counter()
+        out = self.job.run_unit(unit)
+        self.compute_seconds += time.perf_counter() - started
+        return out
+
+    def seconds(self) -> float:
+        return self.compute_seconds
 
 
 # ----------------------------------------------------------------------------- executors
@@ -275,6 +282,10 @@ class RayExecutor:
                               "same command again to resume)")
         self.slots[slot] = self._start()
         self.workers[slot] = self._ready(slot, self.slots[slot])
+
+    def compute_seconds(self) -> list[float]:
+        """Per worker, the seconds it has spent computing units (for overhead measurements)."""
+        return [self.ray.get(a.seconds.remote()) for a in self.slots]
 
     def close(self) -> None:
         for actor in self.slots:

@@ -193,3 +193,21 @@ def test_an_existing_cluster_is_joined_by_address(local_run, tmp_path):
         assert run.manifest["attempts"][-1]["executor"]["address"] == f"127.0.0.1:{port}"
     finally:
         subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env)
+
+
+def test_command_line_executor_flags(tmp_path, capsys):
+    from mechpatch.cli import main
+
+    path = tmp_path / "c.yaml"
+    with open(path, "w") as f:
+        yaml.safe_dump({**CONFIG, "out_dir": str(tmp_path / "run")}, f)
+    assert main(["sweep", str(path), "--executor", "ray", "--workers", "3", "--dry-run"]) == 0
+    assert "Ray: 3 workers x 1 CPU" in capsys.readouterr().out
+    assert main(["sweep", str(path), "--executor", "ray", "--workers", "0", "--dry-run"]) == 2
+    assert "workers must be a positive integer" in capsys.readouterr().err
+    assert main(["sweep", str(path), "--workers", "2", "--dry-run"]) == 2
+    assert "need --executor ray" in capsys.readouterr().err
+    discover = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "discover_induction.yaml")
+    assert main(["discover", discover, "--executor", "ray", "--dry-run"]) == 2
+    assert "runs in this process only" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
