@@ -11,9 +11,9 @@ then run
 Every run's chunks must be bitwise equal to the local ones (checked). From the 1-worker run comes the per-chunk
 overhead of distributing a chunk (``o``: submission, the worker's reply, moving the tensors back: the run's time
 minus the time the worker spent inside its chunks, per chunk) and the compute time of a chunk ``c``; the serial
-fraction is ``f = o / (c + o)`` (all overhead counted as serial, the pessimistic choice) and Amdahl's law predicts ``speedup(N) = 1 / (f + (1 - f) / N)``. The
-chunk time needed for an efficiency of 0.85 at N workers follows: ``c >= o * (1 / f_max - 1)`` with
-``f_max = (1 / 0.85 - 1) / (N - 1)``.
+fraction is ``f = o / (c + o)`` (all overhead counted as serial, the pessimistic choice) and Amdahl's law
+predicts ``speedup(N) = 1 / (f + (1 - f) / N)``. The chunk time needed for an efficiency of 0.85 at N workers
+follows: ``c >= o * (1 / f_max - 1)`` with ``f_max = (1 / 0.85 - 1) / (N - 1)``.
 
 Usage: python experiments/benchmarks/bench_scaleout.py [--model smollm2-135m] [--prompts 16] [--chunk-size 64]
 Last line of output: one JSON object with every figure.
@@ -87,7 +87,7 @@ def main() -> None:
     print(f"local: {t_local1:.2f} s (1 thread), {t_local_default:.2f} s ({default_threads} threads)", flush=True)
     identical = {"local_default_threads": _same(ref, got)}
 
-    spec = JobSpec("sweep", normalize_config(cfg), weights_hash(job.model))
+    spec = JobSpec("sweep", normalize_config(cfg), weights_hash(job.model), "mechpatch.runs.sweep:worker_job")
     ray_runs = {}
     for workers in (1, 2):
         t = time.perf_counter()
@@ -101,7 +101,8 @@ def main() -> None:
         finally:
             ex.close()
         identical[f"ray_{workers}"] = _same(ref, got)
-        ray_runs[workers] = {"start_s": round(start_s, 2), "run_s": round(t_run, 3), "worker_compute_s": round(inside, 3),
+        ray_runs[workers] = {"start_s": round(start_s, 2), "run_s": round(t_run, 3),
+                             "worker_compute_s": round(inside, 3),
                              "worker_load_s": [w["load_seconds"] for w in ex.workers],
                              "throughput_cells_per_s": round(cells / t_run, 2)}
         print(f"ray {workers} worker(s): start {start_s:.1f} s, run {t_run:.2f} s", flush=True)

@@ -20,12 +20,13 @@ threads are whatever the command line set).
 ExecutorSpec(kind='local', ray=None)
 >>> parse_executor({"ray": {"workers": 2}})
 ExecutorSpec(kind='ray', ray=RayOptions(address=None, workers=2, cpus_per_worker=1.0, gpus_per_worker=0.0))
->>> parse_executor({"dask": {}})
+>>> parse_executor({"dask": {}})  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-mechpatch.config.ConfigError: executor: unknown executor 'dask'; valid: 'local', {ray: {address, workers, cpus_per_worker, gpus_per_worker}}
+mechpatch.config.ConfigError: executor: unknown executor 'dask'; valid: 'local', {ray: {address, workers, ...}}
 """
 
+import importlib
 import os
 import platform
 import time
@@ -125,34 +126,35 @@ def describe(spec: ExecutorSpec) -> dict[str, Any]:
 class Job(Protocol):
     """A prepared run (model loaded, prompts and grids built) that computes any of its units."""
 
+    model: Any  # the loaded model (its weights are checked against the manifest)
+
     def run_unit(self, unit: Unit) -> dict[str, Tensor]:
         """The tensors of one unit (as saved in the run directory), on the CPU."""
 
 
 @dataclass(frozen=True)
 class JobSpec:
-    """How a worker builds the driver's job: the run command, its normalized config and the weights' SHA-256
-    recorded in the manifest (a worker whose weights differ refuses to run)."""
+    """How a worker builds the driver's job: the run command, its normalized config, the weights' SHA-256 recorded
+    in the manifest (a worker whose weights differ refuses to run) and the builder, ``"module:function"`` taking the
+    config and returning the job (named, not imported here: run commands import this module)."""
 
     command: str
     config: dict[str, Any]
     weights_sha256: str
+    builder: str
 
 
 def build_job(spec: JobSpec) -> Job:
-    """Load the model and prepare the run as the driver did (same seed, same config)."""
+    """Load the model and prepare the run as the driver did (same seed, same config), then check its weights."""
     from mechpatch.runs.store import RunError, weights_hash
 
-    if spec.command != "sweep":
-        raise WorkerError(f"no worker job for the {spec.command!r} command; it runs with executor: local only")
-    from mechpatch.runs.sweep import SweepConfig, SweepJob
-
-    cfg = from_dict(SweepConfig, spec.config)
-    job = SweepJob.load(cfg)
+    module, _, name = spec.builder.partition(":")
+    job = getattr(importlib.import_module(module), name)(spec.config)
     sha = weights_hash(job.model)
     if sha != spec.weights_sha256:
-        raise RunError(f"the model {cfg.model!r} loaded here has weights sha256 {sha[:12]}, but the run's manifest "
-                       f"records {spec.weights_sha256[:12]}: this machine has other weights under that name")
+        raise RunError(f"the model {spec.config.get('model')!r} loaded here has weights sha256 {sha[:12]}, but the "
+                       f"run's manifest records {spec.weights_sha256[:12]}: this machine has other weights under "
+                       "that name")
     return job
 
 

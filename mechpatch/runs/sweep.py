@@ -39,6 +39,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from mechpatch.config import from_dict
 from mechpatch.errors import ShapeMismatchError
 from mechpatch.patching.engine import METHODS
 from mechpatch.patching.interventions import DIRECTIONS, Intervention, from_name
@@ -458,6 +459,11 @@ class SweepJob:
         return {k: v.cpu() for k, v in out.items()}
 
 
+def worker_job(config: dict[str, Any]) -> SweepJob:
+    """A Ray worker's job: the sweep of a normalized config, loaded and prepared (:mod:`mechpatch.runs.executor`)."""
+    return SweepJob.load(from_dict(SweepConfig, config))
+
+
 def _run_chunks(store: RunStore, cfg: SweepConfig, job: SweepJob, quiet: bool) -> tuple[dict[str, PatchResult], int]:
     """Every kind's chunks: those the store holds, the rest computed by the config's executor and saved as each
     arrives (one progress bar over all of them). Returns each kind's result and how many chunks were computed."""
@@ -476,7 +482,8 @@ def _run_chunks(store: RunStore, cfg: SweepConfig, job: SweepJob, quiet: bool) -
         chunks[unit[0]][unit[1]] = tensors
         bar.update(len(job.cells(unit)))
 
-    spec = lambda: JobSpec("sweep", store.config, store.manifest["model"]["weights_sha256"])  # noqa: E731
+    spec = lambda: JobSpec("sweep", store.config, store.manifest["model"]["weights_sha256"],  # noqa: E731
+                           "mechpatch.runs.sweep:worker_job")
     with open_executor(cfg.executor, lambda: job, spec) as ex:
         store.note_attempt(executor=describe(cfg.executor), workers=ex.workers)
         ex.run(todo, save)

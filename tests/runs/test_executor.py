@@ -171,7 +171,7 @@ def test_a_worker_with_other_weights_is_refused_naming_the_worker(tmp_path):
     cfg = _cfg(tmp_path / "run")
     from mechpatch.runs.store import normalize_config
 
-    spec = JobSpec("sweep", normalize_config(cfg), "0" * 64)
+    spec = JobSpec("sweep", normalize_config(cfg), "0" * 64, "mechpatch.runs.sweep:worker_job")
     with pytest.raises(WorkerError, match=r"Ray worker 0 \(host .*, pid \d+\) could not load .*weights sha256"):
         RayExecutor(parse_executor({"ray": {"workers": 1}}), spec).close()
     import ray
