@@ -22,7 +22,9 @@ def read_result(path: str) -> PatchResult:
         values=tensors["values"], axes=tuple(json.loads(meta["axes"])),
         labels=tuple(tuple(x) for x in json.loads(meta["labels"])), sites=sites, clean=tensors["clean"],
         corrupted=tensors["corrupted"], noop=tensors["noop"], metric=meta["metric"], direction=meta["direction"],
-        intervention=meta["intervention"], meta={"method": meta.get("method", ""), "kind": meta["kind"]},
+        intervention=meta["intervention"], meta={"method": meta.get("method", ""), "kind": meta["kind"],
+                                                 **({"fallback_reason": meta["fallback_reason"]}
+                                                    if "fallback_reason" in meta else {})},
     )
 
 

@@ -248,7 +248,8 @@ def run_sweep(cfg: SweepConfig, *, force: bool = False, quiet: bool = False, rep
     with store.locked(say):
         store.begin(model, cfg.model, cfg.seed, force=force)
         say(f"{model!r} -> {cfg.out_dir}")
-        store.update(prompts=prep.about, plan=plan.to_dict())
+        store.update(prompts=prep.about, plan=plan.to_dict(),
+                     engine={"method": prep.method, "fallback_reason": prep.fallback})
         results, computed = _run_chunks(store, cfg, SweepJob(cfg, model, prep), quiet)
         for kind in cfg.kinds:
             write_result(store, kind, results[kind])
@@ -505,7 +506,9 @@ def _assemble(cfg: SweepConfig, job: SweepJob, kind: str, chunks: list[dict[str,
         clean=first["clean"], corrupted=first["corrupted"],
         noop=torch.cat([c["noop"] for c in chunks]).reshape(grid.shape),
         metric=metric if isinstance(metric, str) else metric.name, direction=cfg.direction,
-        intervention=type(cfg.make_intervention()).__name__, meta={"method": job.prep.method, "kind": kind},
+        intervention=type(cfg.make_intervention()).__name__,
+        meta={"method": job.prep.method, "kind": kind,
+              **({} if job.prep.fallback is None else {"fallback_reason": job.prep.fallback})},
     )
 
 
@@ -520,6 +523,8 @@ def write_result(store: RunStore, kind: str, r: PatchResult) -> None:
         "sites": json.dumps([[s.label for s in cell] for cell in r.sites]), "metric": r.metric,
         "direction": r.direction, "intervention": r.intervention, "method": str(r.meta.get("method", "")),
     }
+    if r.meta.get("fallback_reason"):  # why "auto" ran the hooks path
+        meta["fallback_reason"] = str(r.meta["fallback_reason"])
     name = slug(kind)
     store.write_tensors(name, {"values": r.values, "noop": r.noop, "clean": r.clean, "corrupted": r.corrupted}, meta)
     store.write_table(name, _tidy(kind, r))

@@ -211,3 +211,33 @@ def test_command_line_executor_flags(tmp_path, capsys):
     assert main(["discover", discover, "--executor", "ray", "--dry-run"]) == 2
     assert "runs in this process only" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_sweep_that_falls_back_to_hooks_records_why(tmp_path, monkeypatch):
+    """method "auto" on a model the fast path does not reproduce: the manifest and each result file say why the hooks
+    path ran (before, only the plan's printed row did)."""
+    from mechpatch.patching import fast
+    from mechpatch.patching import functional as F_
+    from mechpatch.runs.sweep import load_sweep
+
+    extract = F_.extract
+
+    def wrong_scale(bridge):  # a functional forward that no longer reproduces the bridge
+        fm = extract(bridge)
+        fm.attn_scale *= 1.5
+        return fm
+
+    monkeypatch.setattr(F_, "extract", wrong_scale)
+    fast._cache.clear()
+    try:
+        run_sweep(_cfg(tmp_path / "run", kinds=["head"]), quiet=True)
+    finally:
+        monkeypatch.setattr(F_, "extract", extract)
+        fast._cache.clear()
+    run = load_sweep(str(tmp_path / "run"))
+    assert run.manifest["engine"]["method"] == "hooks"
+    assert "differs from the bridge" in run.manifest["engine"]["fallback_reason"]
+    assert "differs from the bridge" in run.results["head"].meta["fallback_reason"]
+    ok = run_sweep(_cfg(tmp_path / "ok", kinds=["head"]), quiet=True)
+    assert ok.manifest["engine"] == {"method": "fast", "fallback_reason": None}
+    assert "fallback_reason" not in ok.results["head"].meta
