@@ -1,6 +1,7 @@
 """The engine's fast paths against the slow reference (one patch per forward, plain bridge hooks)."""
 
 import random
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -241,25 +242,38 @@ def test_bad_input_is_a_typed_error(gpt2, attn_only):
         sweep(attn_only, make_test_pair(attn_only), "mlp_out", metric="logit_diff")
 
 
-def test_fast_path_refuses_what_it_cannot_hold_exactly(gpt2, monkeypatch):
+def break_the_fast_path(monkeypatch) -> Callable[[], None]:
+    """Make the functional forward stop reproducing the bridge (a wrong attention scale), so that the fast path's check
+    refuses every model; returns the function that puts it right again."""
     from mechpatch.patching import fast
     from mechpatch.patching import functional as F_
 
-    pair = make_test_pair(gpt2)
     extract = F_.extract
 
-    def wrong_scale(bridge):  # a functional forward that no longer reproduces the bridge
+    def wrong_scale(bridge):
         fm = extract(bridge)
         fm.attn_scale *= 1.5
         return fm
 
+    def restore() -> None:
+        monkeypatch.setattr(F_, "extract", extract)
+        fast._cache.clear()
+
     monkeypatch.setattr(F_, "extract", wrong_scale)
     fast._cache.clear()
+    return restore
+
+
+def test_fast_path_refuses_what_it_cannot_hold_exactly(gpt2, monkeypatch):
+    from mechpatch.patching import fast
+
+    pair = make_test_pair(gpt2)
+    restore = break_the_fast_path(monkeypatch)
     with pytest.raises(FastPathUnavailable, match="differs from the bridge"):
         sweep(gpt2, pair, [Head(0, 0)], metric="logit_diff", method="fast")
     res = sweep(gpt2, pair, [Head(0, 0)], metric="logit_diff")  # auto falls back to the bridge-hooks path
     assert res.meta["method"] == "hooks" and "differs from the bridge" in res.meta["fallback_reason"]
-    monkeypatch.setattr(F_, "extract", extract)
+    restore()
     monkeypatch.setattr(fast, "VERIFIED_ARCHITECTURES", ("LlamaForCausalLM",))
     fast._cache.clear()
     with pytest.raises(FastPathUnavailable, match="GPT2LMHeadModel is not verified"):

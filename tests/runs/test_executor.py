@@ -216,24 +216,14 @@ def test_command_line_executor_flags(tmp_path, capsys):
 def test_a_sweep_that_falls_back_to_hooks_records_why(tmp_path, monkeypatch):
     """method "auto" on a model the fast path does not reproduce: the manifest and each result file say why the hooks
     path ran (before, only the plan's printed row did)."""
-    from mechpatch.patching import fast
-    from mechpatch.patching import functional as F_
     from mechpatch.runs.sweep import load_sweep
+    from patching.test_engine import break_the_fast_path
 
-    extract = F_.extract
-
-    def wrong_scale(bridge):  # a functional forward that no longer reproduces the bridge
-        fm = extract(bridge)
-        fm.attn_scale *= 1.5
-        return fm
-
-    monkeypatch.setattr(F_, "extract", wrong_scale)
-    fast._cache.clear()
+    restore = break_the_fast_path(monkeypatch)
     try:
         run_sweep(_cfg(tmp_path / "run", kinds=["head"]), quiet=True)
     finally:
-        monkeypatch.setattr(F_, "extract", extract)
-        fast._cache.clear()
+        restore()
     run = load_sweep(str(tmp_path / "run"))
     assert run.manifest["engine"]["method"] == "hooks"
     assert "differs from the bridge" in run.manifest["engine"]["fallback_reason"]
