@@ -24,7 +24,7 @@ batches its forwards and so can change the last bits: keep it fixed for bitwise-
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional, Protocol, Union
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -44,6 +44,15 @@ from mechpatch.sites import Site
 
 Component = Union[Site, Sequence[Site]]
 ValueFunction = Callable[[Tensor], Tensor]
+
+
+class Executor(Protocol):
+    """Computes units somewhere (:mod:`mechpatch.runs.executor`: this process, or Ray workers holding the model):
+    ``run(units, save, payloads)`` calls ``save(unit, tensors)`` for each, where the tensors are
+    ``function(model, **kwargs)`` of the unit's payload ``("module:function", kwargs)``."""
+
+    def run(self, units: Sequence[tuple[str, int]], save: Callable[[tuple[str, int], dict[str, Tensor]], None],
+            payloads: dict[tuple[str, int], tuple[str, dict]]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -131,6 +140,7 @@ def evaluate_masks(
     chunk_size: Optional[int] = None,
     chunks: Optional[ChunkStore] = None,
     chunk_group: str = "masks",
+    executor: Optional[Executor] = None,
 ) -> MaskValues:
     """Run every mask (True = patch that component) through the engine and return the metric per mask.
 
@@ -144,6 +154,9 @@ def evaluate_masks(
             (chunk ``k`` of ``chunk_group``: its masks, values [mask, prompt], the base run's values, forwards), and
             loaded instead of recomputed when present.
         chunk_group: the chunk group name, one per set of masks kept in the same store.
+        executor: computes the chunks not in the store (default: here, one after another): an executor of
+            :mod:`mechpatch.runs.executor` (e.g. Ray workers that hold the same model) runs :func:`mask_chunk` on
+            each chunk's masks with these arguments; the values are the same wherever a chunk runs.
 
     Returns:
         :class:`MaskValues`; values are means over the prompts. ``evaluations`` and ``forwards`` count the
@@ -165,7 +178,7 @@ def evaluate_masks(
     >>> torch.equal(a.per_prompt, b.per_prompt), (b.evaluations, b.forwards) == (a.evaluations, a.forwards)
     (True, True)
     """
-    sets = _check_mask_args(components, masks, chunk_size, chunks)
+    sets = _check_mask_args(components, masks, chunk_size, chunks, executor)
     start = time.perf_counter()
     uniq, inverse = torch.unique(masks, dim=0, return_inverse=True)
     run_rows = [r for r in range(len(uniq)) if bool(uniq[r].any())]
@@ -177,14 +190,14 @@ def evaluate_masks(
         return MaskValues(per.mean(1).double(), per, 0, 0, time.perf_counter() - start)
     inputs = _inputs_key(base, source, sets, intervention) if chunks is not None else None
     parts = _mask_chunks(model, base, sets, metric, uniq, run_rows, chunk_size, chunks, chunk_group, inputs, progress,
-                         engine)
+                         engine, executor)
     per = _join_chunks(parts, len(uniq), run_rows, chunk_group)[inverse]
     forwards = sum(int(p["forwards"][0]) for p in parts)
     return MaskValues(per.mean(1).double(), per, len(run_rows), forwards, time.perf_counter() - start)
 
 
-def _check_mask_args(components: Sequence[Component], masks: Tensor, chunk_size: object,
-                     chunks: object) -> list[tuple[Site, ...]]:
+def _check_mask_args(components: Sequence[Component], masks: Tensor, chunk_size: object, chunks: object,
+                     executor: object = None) -> list[tuple[Site, ...]]:
     """:func:`evaluate_masks`'s argument checks; returns the components' site sets."""
     sets = _site_sets(components)
     if masks.ndim != 2 or masks.shape[1] != len(sets) or masks.dtype != torch.bool:
@@ -197,38 +210,70 @@ def _check_mask_args(components: Sequence[Component], masks: Tensor, chunk_size:
     if chunks is not None and not isinstance(chunks, ChunkStore):
         raise InteractionError(f"chunks must have load_chunk(group, index) and save_chunk(group, index, tensors) (a "
                                f"RunStore or mechpatch.chunks.MemoryChunks); got {type(chunks).__name__}")
+    if executor is not None and not callable(getattr(executor, "run", None)):
+        raise InteractionError(f"executor must have run(units, save, payloads) (mechpatch.runs.executor); got "
+                               f"{type(executor).__name__}")
     return sets
 
 
 def _mask_chunks(
     model: object, base: object, sets: list[tuple[Site, ...]], metric: object, uniq: Tensor, run_rows: list[int],
     chunk_size: Optional[int], chunks: Optional[ChunkStore], chunk_group: str, inputs: Optional[Tensor],
-    progress: Optional[bool], engine: dict,
+    progress: Optional[bool], engine: dict, executor: Optional[Executor] = None,
 ) -> list[dict]:
     """The distinct non-empty masks ``uniq[run_rows]`` in chunks of ``chunk_size``, one engine call each: each
-    chunk loaded from ``chunks`` (and checked) when saved there, else run (and saved)."""
+    chunk loaded from ``chunks`` (and checked) when saved there, else computed (here, or by ``executor``) and
+    saved as it arrives."""
     size = chunk_size or len(run_rows)
     bounds = list(range(0, len(run_rows), size))
     several = len(bounds) > 1
     bar = progress_bar(total=len(run_rows), desc="masks", unit="mask",
                        enabled=several and (progress if progress is not None else len(bounds) > 2))
-    parts = []
+    parts: list[Optional[dict]] = [None] * len(bounds)
+    todo: dict[tuple[str, int], list[int]] = {}
     for k, lo in enumerate(bounds):
         rows = run_rows[lo:lo + size]
         part = chunks.load_chunk(chunk_group, k) if chunks is not None else None
-        if part is not None:
-            _check_chunk(part, uniq[rows], inputs, chunk_group, k)
-        else:
-            variants = [tuple(s for i in uniq[r].nonzero().flatten().tolist() for s in sets[i]) for r in rows]
-            run = run_patches(model, base, variants, metric=metric, progress=False if several else progress, **engine)
-            part = {"masks": uniq[rows].clone(), "values": run.values, "base": run.base_values,
-                    "forwards": torch.tensor([run.forwards])}
-            if chunks is not None:
-                chunks.save_chunk(chunk_group, k, {**part, "inputs": inputs})
-        parts.append(part)
+        if part is None:
+            todo[(chunk_group, k)] = rows
+            continue
+        _check_chunk(part, uniq[rows], inputs, chunk_group, k)
+        parts[k] = part
         bar.update(len(rows))
+
+    def save(unit: tuple[str, int], out: dict[str, Tensor]) -> None:
+        rows = todo[unit]
+        part = {"masks": uniq[rows].clone(), **out}
+        if chunks is not None:
+            chunks.save_chunk(chunk_group, unit[1], {**part, "inputs": inputs})
+        parts[unit[1]] = part
+        bar.update(len(rows))
+
+    quiet = False if (several or executor is not None) else progress
+    payloads = {unit: (MASK_CHUNK, dict(base=base, metric=metric, engine=engine, progress=quiet,
+                                        variants=[tuple(s for i in uniq[r].nonzero().flatten().tolist() for s in sets[i])
+                                                  for r in rows]))
+                for unit, rows in todo.items()}
+    if executor is None:
+        for unit, (_, kwargs) in payloads.items():
+            save(unit, mask_chunk(model, **kwargs))
+    else:
+        executor.run(list(payloads), save, payloads)
     bar.close()
     return parts
+
+
+#: :func:`mask_chunk` by name: what a worker of an executor runs on its model for one chunk of masks
+MASK_CHUNK = "mechpatch.interactions.run:mask_chunk"
+
+
+def mask_chunk(model: object, *, base: object, variants: list[tuple[Site, ...]], metric: object, engine: dict,
+               progress: Optional[bool] = False) -> dict[str, Tensor]:
+    """One chunk of masks through the engine (each variant the union of the sites its mask patches): the metric
+    values [variant, prompt], the unpatched base values and the forwards it took, on the CPU (what an executor's
+    worker sends back; :func:`evaluate_masks` adds the masks and saves the chunk)."""
+    run = run_patches(model, base, variants, metric=metric, progress=progress, **engine)
+    return {"values": run.values.cpu(), "base": run.base_values.cpu(), "forwards": torch.tensor([run.forwards])}
 
 
 def _join_chunks(parts: list[dict], n_uniq: int, run_rows: list[int], chunk_group: str) -> Tensor:
@@ -440,6 +485,7 @@ def find_interactions(
     chunk_size: Optional[int] = None,
     chunks: Optional[ChunkStore] = None,
     chunk_group: str = "sparse",
+    executor: Optional[Executor] = None,
 ) -> InteractionModel:
     """Find the interactions among ``components`` from ``n_masks`` random ablations, in batched forwards.
 
@@ -467,6 +513,7 @@ def find_interactions(
         chunk_size, chunks: run the masks in chunks and keep them in a chunk store, to resume an interrupted
             call without loss (see :func:`evaluate_masks`). The chunks go in group ``chunk_group``; with SPEX,
             which asks for values several times, in ``chunk_group-0``, ``chunk_group-1``, ... by call.
+        executor: where the chunks are computed (see :func:`evaluate_masks`).
 
     Returns:
         :class:`InteractionModel` with held-out ``r2``, ``evaluations`` and ``forwards``.
@@ -480,7 +527,7 @@ def find_interactions(
     better = _higher_is_better(metric, higher_is_better)
     engine = dict(source=source, intervention=intervention, answers=answers, clean=_clean(metric, clean, direction),
                   method=method, batch_size=batch_size, memory_budget=memory_budget, progress=progress,
-                  chunk_size=chunk_size, chunks=chunks)
+                  chunk_size=chunk_size, chunks=chunks, executor=executor)
     if backend == "spex":
         values_of, spent = _counted_values(model, base, components, metric, chunk_group, engine)
         out = _spex_model(values_of, n_masks, holdout, design, keep, max_order, seed, labels, direction, better)
@@ -511,11 +558,13 @@ def exhaustive_interactions(
     chunk_size: Optional[int] = None,
     chunks: Optional[ChunkStore] = None,
     chunk_group: str = "exhaustive",
+    executor: Optional[Executor] = None,
 ) -> InteractionModel:
     """Patch every set of at most ``order`` components and return their exact Moebius effects.
 
     The ground truth for :func:`find_interactions`: ``1 + N + N (N - 1) / 2`` masks at ``order=2``. Arguments
-    as :func:`find_interactions` (``chunk_size``, ``chunks``: resumable, see :func:`evaluate_masks`).
+    as :func:`find_interactions` (``chunk_size``, ``chunks``: resumable; ``executor``: where chunks run; see
+    :func:`evaluate_masks`).
     """
     check_direction(direction)
     labels = component_labels(components)
@@ -524,7 +573,7 @@ def exhaustive_interactions(
     run = evaluate_masks(model, base, components, masks=d.masks, metric=metric, source=source,
                          intervention=intervention, answers=answers, clean=_clean(metric, clean, direction),
                          method=method, batch_size=batch_size, memory_budget=memory_budget, progress=progress,
-                         chunk_size=chunk_size, chunks=chunks, chunk_group=chunk_group)
+                         chunk_size=chunk_size, chunks=chunks, chunk_group=chunk_group, executor=executor)
     better = _higher_is_better(metric, higher_is_better)
     moebius = exhaustive_moebius(d.masks, run.values)
     out = InteractionModel(labels, moebius, direction, better, "exhaustive", order,

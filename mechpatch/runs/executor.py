@@ -8,8 +8,10 @@ the moment it comes back, so a finished unit is never computed again, whoever co
 ``executor: {ray: {address: null | "auto" | "HOST:PORT", workers: N, cpus_per_worker: 1, gpus_per_worker: 0}}``
 runs the units on ``N`` Ray actors. ``address: null`` starts a Ray runtime on this machine for the run; an address
 joins an existing cluster (``"auto"``: the one this machine belongs to). Each worker loads the model once (from the
-config, as the driver did), refuses weights whose SHA-256 differs from the run's manifest, prepares the prompts and
-grids as the driver did, and then computes units; it sends back CPU tensors and never touches the run directory.
+config, as the driver did), refuses weights whose SHA-256 differs from the run's manifest, prepares what the run
+command prepares once (a sweep's prompts and grids; EAP's base run), and then computes units; a unit may come with
+a payload (an interaction chunk's masks and the engine's arguments: :class:`ModelJob`). A worker sends back CPU
+tensors and never touches the run directory.
 A worker that dies mid-unit (killed, out of memory) is replaced and its unit given to the next free worker; a worker
 that cannot load the model stops the run with an error naming the worker and the cause (finished units stay in the
 run directory). Results do not depend on the executor: a unit is the same computation wherever it runs (on CPU,
@@ -44,6 +46,9 @@ from mechpatch.errors import MechpatchError
 
 #: (group, index): one unit of work, as the run store names its chunks
 Unit = tuple[str, int]
+#: a unit's computation when the job does not derive it from the unit alone: ``("module:function", kwargs)``,
+#: run as ``function(model, **kwargs)`` (:class:`ModelJob`)
+Payload = tuple[str, dict]
 #: how many times one worker slot is replaced after its process died before the run gives up
 MAX_REPLACEMENTS = 3
 
@@ -128,8 +133,37 @@ class Job(Protocol):
 
     model: Any  # the loaded model (its weights are checked against the manifest)
 
-    def run_unit(self, unit: Unit) -> dict[str, Tensor]:
+    def run_unit(self, unit: Unit, payload: Optional[Payload] = None) -> dict[str, Tensor]:
         """The tensors of one unit (as saved in the run directory), on the CPU."""
+
+
+def _resolve(name: str) -> Callable[..., Any]:
+    module, _, function = name.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+@dataclass(frozen=True, eq=False)
+class ModelJob:
+    """A job that holds only the model: each unit's payload names the computation, ``function(model, **kwargs)``
+    (the driver decides everything else, so a worker cannot compute anything but what the driver would have)."""
+
+    model: Any
+
+    def run_unit(self, unit: Unit, payload: Optional[Payload] = None) -> dict[str, Tensor]:
+        if payload is None:
+            raise WorkerError(f"unit {unit} came without its payload: a ModelJob computes only named functions")
+        function, kwargs = payload
+        out = _resolve(function)(self.model, **kwargs)
+        return {k: v.cpu() for k, v in out.items()}
+
+
+def model_job(config: dict[str, Any]) -> ModelJob:
+    """A worker's :class:`ModelJob`: the config's model, loaded as a run command loads it (torch seeded with the
+    config's ``seed`` first)."""
+    from mechpatch.runs.common import load_source
+
+    torch.manual_seed(config.get("seed", 0))
+    return ModelJob(load_source(config["model"], config.get("device", "cpu"), config.get("dtype", "float32")))
 
 
 @dataclass(frozen=True)
@@ -144,12 +178,17 @@ class JobSpec:
     builder: str
 
 
+def model_job_spec(store: Any, command: str) -> JobSpec:
+    """The :class:`JobSpec` of a run whose workers hold only the model (:func:`model_job`): the run's config and
+    the weights' SHA-256 its manifest records (``store``: the run's :class:`~mechpatch.runs.store.RunStore`)."""
+    return JobSpec(command, store.config, store.manifest["model"]["weights_sha256"], "mechpatch.runs.executor:model_job")
+
+
 def build_job(spec: JobSpec) -> Job:
     """Load the model and prepare the run as the driver did (same seed, same config), then check its weights."""
     from mechpatch.runs.store import RunError, weights_hash
 
-    module, _, name = spec.builder.partition(":")
-    job = getattr(importlib.import_module(module), name)(spec.config)
+    job = _resolve(spec.builder)(spec.config)
     sha = weights_hash(job.model)
     if sha != spec.weights_sha256:
         raise RunError(f"the model {spec.config.get('model')!r} loaded here has weights sha256 {sha[:12]}, but the "
@@ -180,9 +219,9 @@ class _Worker:
     def ready(self) -> dict[str, Any]:
         return {**self.info, "error": self.error}
 
-    def run(self, unit: Unit) -> dict[str, Tensor]:
+    def run(self, unit: Unit, payload: Optional[Payload] = None) -> dict[str, Tensor]:
         started = time.perf_counter()
-        out = self.job.run_unit(unit)
+        out = self.job.run_unit(unit, payload)
         self.compute_seconds += time.perf_counter() - started
         return out
 
@@ -204,9 +243,9 @@ class LocalExecutor:
         self.workers: list[dict[str, Any]] = [{"host": platform.node(), "pid": os.getpid(),
                                                "threads": torch.get_num_threads()}]
 
-    def run(self, units: Sequence[Unit], save: Save) -> None:
+    def run(self, units: Sequence[Unit], save: Save, payloads: Optional[dict[Unit, Payload]] = None) -> None:
         for unit in units:
-            save(unit, self.job.run_unit(unit))
+            save(unit, self.job.run_unit(unit, None if payloads is None else payloads[unit]))
 
 
 class RayExecutor:
@@ -252,8 +291,9 @@ class RayExecutor:
                               f"or prepare the run: {info['error']}")
         return info
 
-    def run(self, units: Sequence[Unit], save: Save) -> None:
-        """Compute ``units`` on the pool, ``save`` each as it arrives; a dead worker's unit goes back in the queue."""
+    def run(self, units: Sequence[Unit], save: Save, payloads: Optional[dict[Unit, Payload]] = None) -> None:
+        """Compute ``units`` on the pool (each with its payload, if any), ``save`` each as it arrives; a dead worker's
+        unit goes back in the queue."""
         queue: deque[Unit] = deque(units)
         running: dict[Any, tuple[int, Unit]] = {}
         idle = deque(range(len(self.slots)))
@@ -261,7 +301,8 @@ class RayExecutor:
             while queue and idle:
                 slot = idle.popleft()
                 unit = queue.popleft()
-                running[self.slots[slot].run.remote(unit)] = (slot, unit)
+                payload = None if payloads is None else payloads[unit]
+                running[self.slots[slot].run.remote(unit, payload)] = (slot, unit)
             done, _ = self.ray.wait(list(running), num_returns=1)
             slot, unit = running.pop(done[0])
             try:
@@ -329,5 +370,5 @@ def open_executor(spec: ExecutorSpec, job: Callable[[], Job], job_spec: Callable
         ex.close()
 
 
-__all__ = ["ExecutorSpec", "ExecutorUnavailableError", "JobSpec", "RayOptions", "WorkerError", "build_job",
-           "check_executor", "describe", "open_executor", "parse_executor"]
+__all__ = ["ExecutorSpec", "ExecutorUnavailableError", "JobSpec", "ModelJob", "RayOptions", "WorkerError", "build_job",
+           "check_executor", "describe", "model_job", "model_job_spec", "open_executor", "parse_executor"]

@@ -65,6 +65,9 @@ class InteractionsConfig:
             engine batches its forwards).
         device, dtype, seed: where and how it runs; ``seed`` seeds the design and the task unless its args set one.
         out_dir: the run directory.
+        executor: ``local`` (this process) or ``{ray: {address, workers, cpus_per_worker, gpus_per_worker}}``: where
+            the chunks of masks are computed (:mod:`mechpatch.runs.executor`); not part of the config hash: results
+            do not depend on it.
     """
 
     model: str = "redundant-induction-2l"
@@ -85,12 +88,15 @@ class InteractionsConfig:
     dtype: str = "float32"
     seed: int = 0
     out_dir: str = "out/interactions"
+    executor: Any = "local"
 
     def __post_init__(self) -> None:
         from mechpatch.runs.common import DTYPES, check_choice, check_device, check_model, check_task_args
+        from mechpatch.runs.executor import parse_executor
         from mechpatch.sites import parse_site
         from mechpatch.tasks import TASKS
 
+        object.__setattr__(self, "executor", parse_executor(self.executor))
         check_model(self.model)
         for key, valid in (("task", TASKS), ("intervention", INTERVENTIONS), ("design", DESIGN_KINDS),
                            ("backend", BACKEND_KINDS), ("dtype", DTYPES), ("max_order", (2, 3))):
@@ -171,7 +177,9 @@ def run_interactions(cfg: InteractionsConfig, *, force: bool = False, quiet: boo
         DamagedFileError: a file of the run changed since it was written (and not ``repair``/``force``).
     """
     from mechpatch.runs.common import run_task_command
+    from mechpatch.runs.executor import check_executor
 
+    check_executor(cfg.executor)
     return run_task_command(cfg, "interactions", "interactions need", _plan, _run, force=force, quiet=quiet,
                             repair=repair)
 
@@ -222,17 +230,21 @@ def _run(cfg: InteractionsConfig, store: Any, say: Any, model: Any, task: Any, b
     from mechpatch.interactions.run import exhaustive_interactions, find_interactions
     from mechpatch.report import write_json
 
+    from mechpatch.runs.executor import ModelJob, describe, model_job_spec, open_executor
+
     components = plan.extra["components"]
 
     chunks = CountingChunks(store)
-    common = dict(intervention=cfg.make_intervention(), direction="noise", answers=b.answers,
-                  progress=False if quiet else None, chunk_size=cfg.chunk_size, chunks=chunks)
-    sparse = find_interactions(model, b.clean, components, metric=task.metric, n_masks=cfg.n_masks, design=cfg.design,
-                               keep=cfg.keep, max_order=cfg.max_order, holdout=cfg.holdout, seed=cfg.seed,
-                               backend=cfg.backend, **common)
-    say(sparse.summary(10))
-    exact = exhaustive_interactions(model, b.clean, components, metric=task.metric, **common) if cfg.exhaustive \
-        else None
+    with open_executor(cfg.executor, lambda: ModelJob(model), lambda: model_job_spec(store, "interactions")) as ex:
+        store.note_attempt(executor=describe(cfg.executor), workers=ex.workers)
+        common = dict(intervention=cfg.make_intervention(), direction="noise", answers=b.answers,
+                      progress=False if quiet else None, chunk_size=cfg.chunk_size, chunks=chunks, executor=ex)
+        sparse = find_interactions(model, b.clean, components, metric=task.metric, n_masks=cfg.n_masks,
+                                   design=cfg.design, keep=cfg.keep, max_order=cfg.max_order, holdout=cfg.holdout,
+                                   seed=cfg.seed, backend=cfg.backend, **common)
+        say(sparse.summary(10))
+        exact = exhaustive_interactions(model, b.clean, components, metric=task.metric, **common) \
+            if cfg.exhaustive else None
     store.update(chunks_loaded_last_attempt=chunks.loaded, chunks_computed_last_attempt=chunks.saved)
     out = cfg.out_dir
     write_json(os.path.join(out, "interactions.json"), {"sparse": model_to_dict(sparse),

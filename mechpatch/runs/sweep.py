@@ -454,7 +454,8 @@ class SweepJob:
         size = self.cfg.chunk_size
         return self.prep.grids[kind].cells[i * size:(i + 1) * size]
 
-    def run_unit(self, unit: tuple[str, int]) -> dict[str, Tensor]:
+    def run_unit(self, unit: tuple[str, int], payload: None = None) -> dict[str, Tensor]:
+        """One chunk of cells (a sweep's units carry no payload: the cells follow from the unit)."""
         p = self.prep
         out = _run_chunk(self.cfg, self.model, self.cells(unit), p.batches, p.metric, p.method)
         return {k: v.cpu() for k, v in out.items()}
