@@ -125,7 +125,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.out_dir:
         cfg = dataclasses.replace(cfg, out_dir=args.out_dir)
     if args.executor is not None or args.workers is not None or args.address is not None:
-        cfg = dataclasses.replace(cfg, executor=_executor(cfg, args))
+        try:
+            cfg = dataclasses.replace(cfg, executor=_executor(cfg, args))
+        except ValueError as err:  # the config refuses this executor (ACDC runs in one process)
+            raise _Usage(f"{args.config}: {err}") from None
     if args.threads is not None:
         import torch
 
@@ -143,9 +146,6 @@ def _executor(cfg: Any, args: argparse.Namespace) -> Any:
     """The config's executor with the command line's --executor/--workers/--address applied."""
     from mechpatch.runs.executor import ExecutorSpec, RayOptions
 
-    if not hasattr(cfg, "executor"):
-        raise _Usage(f"mechpatch {args.command} runs in this process only: --executor, --workers and --address "
-                     "apply to sweep")
     kind = args.executor or cfg.executor.kind
     if kind == "local":
         if args.workers is not None or args.address is not None:

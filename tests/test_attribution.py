@@ -378,6 +378,36 @@ def test_edge_attribution_batching_and_ablations(gpt2):
         assert e.ablation == ablation and torch.isfinite(e.scores).all()
 
 
+@pytest.mark.parametrize("ig, per_position", [(None, False), ("activations", True)])
+def test_prompt_shards_add_up_to_the_whole_attribution(gpt2, ig, per_position):
+    """PreparedAttribution, as a discovery run cuts it by prompts: one shard is edge_attribution bitwise; shards of
+    other sizes add up to the same scores (float64 sums in another order); a shard is its prompts' attribution."""
+    from mechpatch.attribution.edges import PreparedAttribution
+
+    base, src, answers = _data(seed=12, n=5)
+    kw = dict(metric="logit_diff", source=src, answers=answers, ig=ig, steps=2, per_position=per_position,
+              batch_size=2)
+    whole = edge_attribution(gpt2, base, **kw)
+    p = PreparedAttribution(gpt2, base, **kw)
+    one = p.result([p.prompt_sums(0, 5)], 0.0)
+    assert torch.equal(one.scores, whole.scores) and one.passes == whole.passes and one.method == whole.method
+    shards = p.result([p.prompt_sums(lo, hi) for lo, hi in ((0, 2), (2, 3), (3, 5))], 0.0)
+    torch.testing.assert_close(shards.scores, whole.scores, atol=1e-6, rtol=1e-5)
+    # prompts 3:5 alone: their own attribution, weighted by their share of the prompts
+    alone = edge_attribution(gpt2, base[3:], **{**kw, "source": src[3:], "answers": answers[3:]})
+    torch.testing.assert_close(p.result([p.prompt_sums(3, 5)], 0.0).scores * 5 / 2, alone.scores, atol=1e-5,
+                               rtol=1e-4)
+    with pytest.raises(AttributionError, match="prompt range 4:9 is not a non-empty range of the 5 prompts"):
+        p.prompt_sums(4, 9)
+    # discovery from scores computed elsewhere: checked against its own arguments, then not recomputed
+    res = discover("eap", gpt2, base, metric="logit_diff", source=src, answers=answers, top_n=5,
+                   attribution=edge_attribution(gpt2, base, metric="logit_diff", source=src, answers=answers))
+    assert len(res.edges) == 5
+    with pytest.raises(AttributionError, match=f"computed otherwise: method '{whole.method}' "
+                                                  r"\(these arguments: 'eap-ig-inputs'\)"):
+        discover("eap-ig", gpt2, base, metric="logit_diff", source=src, answers=answers, attribution=whole)
+
+
 def test_discovery_registry(induction):
     model, batch, metric = induction
     assert {"acdc", "eap", "eap-ig"} <= set(DISCOVERY)

@@ -219,49 +219,92 @@ def edge_attribution(
         :class:`EdgeAttribution`.
     """
     start = time.time()
-    _check_args(intervention, ig, steps, batch_size)
-    reason, fm = fast.resolve(model)
-    if reason is not None:
-        raise AttributionError(
-            f"edge attribution runs mechpatch's functional forward, which cannot run this model "
-            f"({model.spec.architecture}): {reason}")
-    base_t, src_t, ref_t, metric, readout = _setup(model, base, source, intervention, metric, answers)
-    if ig is None and isinstance(metric, KLDivergence):
-        raise AttributionError(
-            "KL divergence to the base run is at its minimum there: its gradient is zero, so plain EAP scores every "
-            "edge 0; use EAP-IG (ig='inputs' or 'activations'), or a task metric such as logit_diff")
-    lay = graph_layout(model.spec)
-    n, seq = base_t.shape
-    if batch_size is None:
-        budget = parse_bytes(memory_budget) or int(DEFAULT_MEMORY_BUDGET * GRADIENT_BUDGET_SHARE)
-        batch_size = max(1, budget // _row_bytes(model, lay, seq))
-    run = _Passes(grad_ready(fm), lay, readout, metric, batch_size, model.dtype)
-    # prompts go a chunk at a time (memory does not grow with them); the base run's logits first (what KL divergence
-    # compares with) and, for mean ablation, the mean sender outputs
-    chunk = max(1, batch_size // (1 if ig is None else steps))
-    base_values, out_mean = run.base_run(base_t, chunk, mean=isinstance(intervention, Mean) and ref_t is None)
-    ablated = _Ablated(run, intervention, src_t, ref_t, out_mean, n, chunk)
-    alphas = [k / steps for k in range(1, steps + 1)]
-    scores = torch.zeros(seq, len(lay.senders), len(lay.receivers), dtype=torch.float64, device=base_t.device)
-    for lo in range(0, n, chunk):
-        idx = torch.arange(lo, min(n, lo + chunk), device=base_t.device)
-        emb, base_out, _ = run.outputs(base_t[idx])
-        delta = ablated.delta(idx, base_out)
-        d = run.input_change(base_out, delta).to(torch.float64)
-        if ig != "activations":
-            g = run.grads(idx, emb, base_out, delta, None if ig is None else alphas, None if ig is None else 0)
-            scores += torch.einsum("nspd,nrpd->psr", d, g)
-        else:
-            for st in range(len(_stages(run.fm))):
-                ids = torch.nonzero(run.stage_of == st).flatten()
-                g = run.grads(idx, emb, base_out, delta, alphas, st)
-                scores[:, ids] += torch.einsum("nspd,nrpd->psr", d[:, ids], g)
-    scores = scores if per_position else scores.sum(0)
-    # float64 sums, reported in the model's precision (float64 stays float64; see metrics.value_dtype)
-    scores = (scores / n).to(value_dtype(model.dtype)).cpu() * lay.valid
-    method = "eap" if ig is None else f"eap-ig-{ig}"
-    return EdgeAttribution(scores, lay, base_values, method, run.metric.name, describe(intervention),
-                           1 if ig is None else steps, run.passes, time.time() - start)
+    prepared = PreparedAttribution(model, base, metric=metric, source=source, intervention=intervention,
+                                   answers=answers, ig=ig, steps=steps, batch_size=batch_size,
+                                   memory_budget=memory_budget, per_position=per_position)
+    return prepared.result([prepared.prompt_sums(0, prepared.n_prompts)], time.time() - start)
+
+
+class PreparedAttribution:
+    """An edge attribution ready to score any range of its prompts: what :func:`edge_attribution` computes in one go,
+    cut by prompts so that several workers can each take a shard (:mod:`mechpatch.runs.discover`).
+
+    Preparing checks the arguments and runs the base model once over every prompt (the base values that bind the
+    metric, and the mean sender outputs for mean ablation); :meth:`prompt_sums` then scores prompts ``lo:hi`` (float64
+    sums, not yet averaged) and :meth:`result` adds the shards' sums in the order given and averages. The same shards
+    in the same order give the same scores bitwise, wherever each was computed; one shard of all prompts is
+    :func:`edge_attribution` itself.
+    """
+
+    def __init__(self, model: HookedModel, base: Any, *, metric: Any, source: Any = None,
+                 intervention: Intervention = Replace(), answers: Any = None, ig: Optional[str] = None,
+                 steps: int = 5, batch_size: Optional[int] = None, memory_budget: Union[int, str, None] = None,
+                 per_position: bool = False) -> None:
+        _check_args(intervention, ig, steps, batch_size)
+        reason, fm = fast.resolve(model)
+        if reason is not None:
+            raise AttributionError(
+                f"edge attribution runs mechpatch's functional forward, which cannot run this model "
+                f"({model.spec.architecture}): {reason}")
+        base_t, src_t, ref_t, metric, readout = _setup(model, base, source, intervention, metric, answers)
+        if ig is None and isinstance(metric, KLDivergence):
+            raise AttributionError(
+                "KL divergence to the base run is at its minimum there: its gradient is zero, so plain EAP scores "
+                "every edge 0; use EAP-IG (ig='inputs' or 'activations'), or a task metric such as logit_diff")
+        self.model, self.lay, self.ig, self.steps, self.per_position = model, graph_layout(model.spec), ig, steps, \
+            per_position
+        self.intervention, self.base_t = intervention, base_t
+        self.n_prompts = base_t.shape[0]
+        if batch_size is None:
+            budget = parse_bytes(memory_budget) or int(DEFAULT_MEMORY_BUDGET * GRADIENT_BUDGET_SHARE)
+            batch_size = max(1, budget // _row_bytes(model, self.lay, base_t.shape[1]))
+        self.run = _Passes(grad_ready(fm), self.lay, readout, metric, batch_size, model.dtype)
+        # prompts go a chunk at a time (memory does not grow with them); the base run's logits first (what KL
+        # divergence compares with) and, for mean ablation, the mean sender outputs
+        self.chunk = max(1, batch_size // (1 if ig is None else steps))
+        self.base_values, out_mean = self.run.base_run(base_t, self.chunk,
+                                                       mean=isinstance(intervention, Mean) and ref_t is None)
+        self.ablated = _Ablated(self.run, intervention, src_t, ref_t, out_mean, self.n_prompts, self.chunk)
+
+    def prompt_sums(self, lo: int, hi: int) -> dict[str, Tensor]:
+        """Prompts ``lo:hi``'s scores summed over the prompts, float64 ``[pos, sender, receiver]`` with
+        ``per_position``, else summed over positions too (``"scores"``), and the forward+backward passes they took
+        (``"passes"``), on the CPU."""
+        if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo < hi <= self.n_prompts):
+            raise AttributionError(f"prompt range {lo}:{hi} is not a non-empty range of the {self.n_prompts} prompts")
+        run, ig, dev = self.run, self.ig, self.base_t.device
+        passes = run.passes
+        alphas = [k / self.steps for k in range(1, self.steps + 1)]
+        scores = torch.zeros(self.base_t.shape[1], len(self.lay.senders), len(self.lay.receivers), dtype=torch.float64,
+                             device=dev)
+        for start in range(lo, hi, self.chunk):
+            idx = torch.arange(start, min(hi, start + self.chunk), device=dev)
+            emb, base_out, _ = run.outputs(self.base_t[idx])
+            delta = self.ablated.delta(idx, base_out)
+            d = run.input_change(base_out, delta).to(torch.float64)
+            if ig != "activations":
+                g = run.grads(idx, emb, base_out, delta, None if ig is None else alphas, None if ig is None else 0)
+                scores += torch.einsum("nspd,nrpd->psr", d, g)
+            else:
+                for st in range(len(_stages(run.fm))):
+                    ids = torch.nonzero(run.stage_of == st).flatten()
+                    g = run.grads(idx, emb, base_out, delta, alphas, st)
+                    scores[:, ids] += torch.einsum("nspd,nrpd->psr", d[:, ids], g)
+        scores = scores if self.per_position else scores.sum(0)
+        return {"scores": scores.cpu(), "passes": torch.tensor([run.passes - passes])}
+
+    def result(self, parts: Sequence[dict[str, Tensor]], seconds: float) -> EdgeAttribution:
+        """The attribution from :meth:`prompt_sums` of shards covering every prompt once (added in the order
+        given), its time ``seconds``."""
+        total = parts[0]["scores"].clone()
+        for part in parts[1:]:
+            total += part["scores"]
+        # float64 sums, reported in the model's precision (float64 stays float64; see metrics.value_dtype)
+        scores = (total / self.n_prompts).to(value_dtype(self.model.dtype)) * self.lay.valid
+        method = "eap" if self.ig is None else f"eap-ig-{self.ig}"
+        return EdgeAttribution(scores, self.lay, self.base_values, method, self.run.metric.name,
+                               describe(self.intervention), 1 if self.ig is None else self.steps,
+                               sum(int(p["passes"][0]) for p in parts), seconds)
 
 
 def _check_args(intervention: object, ig: Optional[str], steps: Any, batch_size: Any) -> None:
@@ -396,4 +439,4 @@ class _Ablated:
         return src_out - base_out if iv.alpha == 1.0 else iv.alpha * (src_out - base_out)
 
 
-__all__ = ["IG_MODES", "EdgeAttribution", "edge_attribution"]
+__all__ = ["IG_MODES", "EdgeAttribution", "PreparedAttribution", "edge_attribution"]

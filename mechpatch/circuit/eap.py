@@ -15,7 +15,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from mechpatch.attribution.base import AttributionError
-from mechpatch.attribution.edges import IG_MODES, edge_attribution
+from mechpatch.attribution.edges import IG_MODES, EdgeAttribution, edge_attribution
 from mechpatch.circuit.edges import edge_patch, make_runner
 from mechpatch.circuit.faithfulness import circuit_metric
 from mechpatch.circuit.result import DiscoveryResult
@@ -25,13 +25,16 @@ from mechpatch.patching.interventions import Intervention, Replace, check_interv
 from mechpatch.patching.metrics import Metric
 
 DEFAULT_TOP_N = 100  # edges kept when neither top_n nor tau is given
+#: the attribution each discovery method runs (:func:`~mechpatch.attribution.edges.edge_attribution`'s ``ig`` and
+#: ``steps``) when called by name with its defaults, as :func:`~mechpatch.circuit.discover` and the run command do
+ATTRIBUTION = {"eap": {"ig": None, "steps": 1}, "eap-ig": {"ig": "inputs", "steps": 5}}
 
 
 
 def _discover(model: HookedModel, base: Any, metric: Any, *, source: Any, intervention: Intervention, answers: Any,
               ig: Optional[str], steps: int, top_n: Optional[int], tau: Optional[float], verify: bool,
               n_verify: Optional[int], batch_size: Optional[int], memory_budget: Any, exact_batch_size: int,
-              per_position: bool = False) -> DiscoveryResult:
+              per_position: bool = False, attribution: Optional[EdgeAttribution] = None) -> DiscoveryResult:
     check_intervention(intervention, AttributionError)
     if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
         raise AttributionError(f"top_n must be a non-negative int or None; got {top_n!r}")
@@ -39,8 +42,12 @@ def _discover(model: HookedModel, base: Any, metric: Any, *, source: Any, interv
         raise AttributionError(f"tau must be a finite number or None; got {tau!r}")
     limit = top_n if top_n is not None else (None if tau is not None else DEFAULT_TOP_N)
     start = time.time()
-    att = edge_attribution(model, base, metric=metric, source=source, intervention=intervention, answers=answers, ig=ig,
-                           steps=steps, batch_size=batch_size, memory_budget=memory_budget, per_position=per_position)
+    if attribution is None:
+        att = edge_attribution(model, base, metric=metric, source=source, intervention=intervention, answers=answers,
+                               ig=ig, steps=steps, batch_size=batch_size, memory_budget=memory_budget,
+                               per_position=per_position)
+    else:
+        att = _check_attribution(attribution, model, ig, steps, per_position, intervention)
     ranked = att.ranked()
 
     def select(edges: list, value: dict) -> list:
@@ -79,6 +86,22 @@ def _discover(model: HookedModel, base: Any, metric: Any, *, source: Any, interv
     )
 
 
+def _check_attribution(att: object, model: HookedModel, ig: Optional[str], steps: int, per_position: bool,
+                       intervention: Intervention) -> EdgeAttribution:
+    """Refuse scores that are not the attribution these arguments would compute (other method, model, positions)."""
+    if not isinstance(att, EdgeAttribution):
+        raise AttributionError(f"attribution must be an EdgeAttribution (edge_attribution, or PreparedAttribution's "
+                               f"result); got {type(att).__name__}")
+    method = "eap" if ig is None else f"eap-ig-{ig}"
+    wrong = [f"{what} {got!r} (these arguments: {want!r})" for what, got, want in (
+        ("method", att.method, method), ("steps", att.steps, 1 if ig is None else steps),
+        ("model", att.layout.spec, model.spec), ("per-position", att.n_pos is not None, per_position),
+        ("ablation", att.ablation, describe(intervention))) if got != want]
+    if wrong:
+        raise AttributionError(f"the attribution given was computed otherwise: {'; '.join(wrong)}")
+    return att
+
+
 def eap(
     model: HookedModel,
     base: Union[Int[Tensor, "batch pos"], Sequence[str]],
@@ -95,6 +118,7 @@ def eap(
     memory_budget: Union[int, str, None] = None,
     exact_batch_size: int = 32,
     per_position: bool = False,
+    attribution: Optional[EdgeAttribution] = None,
 ) -> DiscoveryResult:
     """Circuit discovery by EAP: rank every edge by |score|, keep the best, optionally verified exactly.
 
@@ -113,10 +137,14 @@ def eap(
             position-resolved, and so is its exact check.
         batch_size, memory_budget: of the attribution pass (see :func:`edge_attribution`);
             ``exact_batch_size``: edge sets per exact forward.
+        attribution: the scores, already computed with these arguments (e.g. by prompt shards on several workers:
+            :class:`~mechpatch.attribution.edges.PreparedAttribution`, as ``mechpatch discover`` does); checked
+            against the arguments, and then not computed again.
     """
     return _discover(model, base, metric, source=source, intervention=intervention, answers=answers, ig=None, steps=1,
                      top_n=top_n, tau=tau, verify=verify, n_verify=n_verify, batch_size=batch_size,
-                     memory_budget=memory_budget, exact_batch_size=exact_batch_size, per_position=per_position)
+                     memory_budget=memory_budget, exact_batch_size=exact_batch_size, per_position=per_position,
+                     attribution=attribution)
 
 
 def eap_ig(
@@ -127,8 +155,8 @@ def eap_ig(
     source: Union[Int[Tensor, "batch pos"], Sequence[str], None] = None,
     intervention: Intervention = Replace(),
     answers: Optional[Int[Tensor, "batch answer"]] = None,
-    steps: int = 5,
-    ig: str = "inputs",
+    steps: int = ATTRIBUTION["eap-ig"]["steps"],
+    ig: str = ATTRIBUTION["eap-ig"]["ig"],
     top_n: Optional[int] = None,
     tau: Optional[float] = None,
     verify: bool = False,
@@ -137,13 +165,15 @@ def eap_ig(
     memory_budget: Union[int, str, None] = None,
     exact_batch_size: int = 32,
     per_position: bool = False,
+    attribution: Optional[EdgeAttribution] = None,
 ) -> DiscoveryResult:
     """Circuit discovery by EAP-IG (``ig="inputs"`` or ``"activations"``, ``steps`` path points); see :func:`eap`."""
     if ig not in IG_MODES:
         raise AttributionError(f"unknown ig mode {ig!r}; valid: {choices(IG_MODES)}")
     return _discover(model, base, metric, source=source, intervention=intervention, answers=answers, ig=ig, steps=steps,
                      top_n=top_n, tau=tau, verify=verify, n_verify=n_verify, batch_size=batch_size,
-                     memory_budget=memory_budget, exact_batch_size=exact_batch_size, per_position=per_position)
+                     memory_budget=memory_budget, exact_batch_size=exact_batch_size, per_position=per_position,
+                     attribution=attribution)
 
 
-__all__ = ["DEFAULT_TOP_N", "eap", "eap_ig"]
+__all__ = ["ATTRIBUTION", "DEFAULT_TOP_N", "eap", "eap_ig"]

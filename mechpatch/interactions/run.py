@@ -24,7 +24,7 @@ batches its forwards and so can change the last bits: keep it fixed for bitwise-
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Optional, Protocol, Union
+from typing import Optional, Protocol, Union, runtime_checkable
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -46,6 +46,7 @@ Component = Union[Site, Sequence[Site]]
 ValueFunction = Callable[[Tensor], Tensor]
 
 
+@runtime_checkable
 class Executor(Protocol):
     """Computes units somewhere (:mod:`mechpatch.runs.executor`: this process, or Ray workers holding the model):
     ``run(units, save, payloads)`` calls ``save(unit, tensors)`` for each, where the tensors are

@@ -11,8 +11,14 @@ ACDC runs resume: the search saves its state in the run directory (``chunks/acdc
 atomically, tagged with the config hash) after receivers, at most every second, and at its end; a run
 killed at any moment and started again with the same command goes on from the last saved receiver and
 writes results bitwise identical to an uninterrupted run's (see :func:`mechpatch.circuit.acdc`). The
-manifest's ``resumed_at_receiver`` says where the last attempt began (0: from the start). EAP and EAP-IG
-are one gradient pass and start again. A finished run is not recomputed (unless ``force``).
+manifest's ``resumed_at_receiver`` says where the last attempt began (0: from the start).
+
+EAP and EAP-IG score the prompts in chunks of ``chunk_size`` prompts (default: all in one), each saved in
+``chunks/eap/`` as it completes (float64 sums over its prompts, :class:`~mechpatch.attribution.edges.
+PreparedAttribution`), computed by the config's ``executor``: here, or on Ray workers that each take a chunk of
+prompts (:mod:`mechpatch.runs.executor`). The driver adds the chunks in prompt order, so the scores depend on
+``chunk_size`` (part of the config hash) and not on where the chunks ran; a killed run resumes from its saved
+chunks. A finished run is not recomputed (unless ``force``).
 
 >>> from mechpatch.config import from_dict
 >>> cfg = from_dict(DiscoverConfig, {"model": "tracr-reverse", "task": "tracr-reverse", "ablation": "zero"})
@@ -25,7 +31,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 
 from mechpatch.errors import MechpatchError
@@ -53,6 +59,12 @@ class DiscoverConfig:
             circuit keeps an edge at the positions where it matters, and its faithfulness is measured so.
         device, dtype, seed: where and how it runs; ``seed`` seeds torch and the task unless its args set one.
         out_dir: the run directory.
+        chunk_size: prompts per chunk of EAP's and EAP-IG's attribution pass (null: all prompts in one), the unit
+            of resumption and of work for the executor's workers (part of the config hash: the chunks' sums are
+            added in order).
+        executor: ``local`` (this process) or ``{ray: {address, workers, cpus_per_worker, gpus_per_worker}}``
+            (:mod:`mechpatch.runs.executor`): where EAP's chunks of prompts are scored (ACDC's search runs in the
+            driver); not part of the config hash: results do not depend on it.
     """
 
     model: str = "induction-2l"
@@ -67,11 +79,15 @@ class DiscoverConfig:
     dtype: str = "float32"
     seed: int = 0
     out_dir: str = "out/discover"
+    chunk_size: Optional[int] = None
+    executor: Any = "local"
 
     def __post_init__(self) -> None:
         from mechpatch.circuit import DISCOVERY
+        from mechpatch.runs.executor import parse_executor
         from mechpatch.tasks import TASKS
 
+        object.__setattr__(self, "executor", parse_executor(self.executor))
         check_model(self.model)
         for key, valid in (("task", TASKS), ("method", DISCOVERY), ("metric", ("task", "kl_div")),
                            ("ablation", ABLATIONS), ("dtype", DTYPES)):
@@ -85,6 +101,14 @@ class DiscoverConfig:
         if self.per_position and self.method == "acdc":
             raise ValueError("per_position needs an attribution method ('eap' or 'eap-ig'): ACDC prunes whole "
                              "edges")
+        if self.chunk_size is not None and (isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int)
+                                            or self.chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive integer (prompts per chunk) or null; got "
+                             f"{self.chunk_size!r}")
+        if self.method == "acdc" and (self.chunk_size is not None or self.executor.kind != "local"):
+            raise ValueError("chunk_size and executor: ray split EAP's and EAP-IG's prompts; ACDC's search runs in "
+                             "one process (each removal decides the next comparison): drop them, or use method "
+                             "'eap' or 'eap-ig'")
         object.__setattr__(self, "task_args", check_task_args(self.task, self.task_args))
 
 
@@ -100,6 +124,9 @@ def run_discover(cfg: DiscoverConfig, *, force: bool = False, quiet: bool = Fals
         ShapeMismatchError: the task has prompts of several lengths (discovery needs one).
         DamagedFileError: a file of the run changed since it was written (and not ``repair``/``force``).
     """
+    from mechpatch.runs.executor import check_executor
+
+    check_executor(cfg.executor)
     return run_task_command(cfg, "discover", "discovery needs", _plan, _run, force=force, quiet=quiet,
                             repair=repair)
 
@@ -125,25 +152,131 @@ def _plan(cfg: DiscoverConfig, model: Any, b: Any, store: Any) -> Any:
     rows = (("prompts", f"{b.n_prompts} of {b.seq_len} tokens ({cfg.task})"),
             ("method", f"{cfg.method}, tau {cfg.tau}, metric {cfg.metric}, ablation {cfg.ablation}"),
             ("edges", f"{n_edges * n_pos}" + (f" ({n_edges} edges x {n_pos} positions)" if cfg.per_position else "")))
+    if cfg.method != "acdc":
+        from mechpatch.runs.executor import plan_row
+
+        n_chunks = len(prompt_ranges(b.n_prompts, cfg.chunk_size))
+        rows += (("chunks", f"{n_chunks} of at most {cfg.chunk_size or b.n_prompts} prompts"),)
+        rows += tuple(r for r in (plan_row(cfg.executor, n_chunks),) if r is not None)
     return RunPlan("discover", cfg.out_dir, cfg.model, rows, forwards + 32, memory, store_status(store))
+
+
+def prompt_ranges(n: int, size: Optional[int]) -> list[tuple[int, int]]:
+    """The chunks ``[lo, hi)`` of ``n`` prompts, ``size`` each (None: one chunk).
+
+    >>> prompt_ranges(5, 2), prompt_ranges(5, None)
+    ([(0, 2), (2, 4), (4, 5)], [(0, 5)])
+    """
+    size = size or n
+    return [(lo, min(n, lo + size)) for lo in range(0, n, size)]
+
+
+def _arguments(cfg: DiscoverConfig, task: Any, b: Any) -> tuple[Any, Any, Any]:
+    """The metric, intervention and source the config names, for the task's batch ``b``."""
+    from mechpatch.patching.interventions import from_name, needs_source
+
+    metric = task.metric if cfg.metric == "task" else "kl_div"
+    intervention = from_name(cfg.ablation)  # the config's name ("corrupted", "zero", "mean") -> the object
+    return metric, intervention, (b.corrupted if needs_source(intervention) else None)
+
+
+@dataclass(frozen=True, eq=False)
+class DiscoverJob:
+    """EAP's or EAP-IG's attribution of a discovery run, prepared (model loaded, base run done): computes any chunk
+    ``("eap", k)`` of prompts, in the driver or in a worker (:mod:`mechpatch.runs.executor`)."""
+
+    cfg: DiscoverConfig
+    model: Any
+    prepared: Any  # PreparedAttribution
+
+    @classmethod
+    def prepare(cls, cfg: DiscoverConfig, model: Any, task: Any, b: Any) -> "DiscoverJob":
+        from mechpatch.attribution.edges import PreparedAttribution
+        from mechpatch.circuit.eap import ATTRIBUTION
+
+        metric, intervention, source = _arguments(cfg, task, b)
+        return cls(cfg, model, PreparedAttribution(model, b.clean, metric=metric, source=source,
+                                                   intervention=intervention, answers=b.answers,
+                                                   per_position=cfg.per_position, **ATTRIBUTION[cfg.method]))
+
+    @property
+    def ranges(self) -> list[tuple[int, int]]:
+        return prompt_ranges(self.prepared.n_prompts, self.cfg.chunk_size)
+
+    def run_unit(self, unit: tuple[str, int], payload: None = None) -> dict[str, Any]:
+        """Chunk ``unit[1]``'s float64 score sums, its passes and its prompt range."""
+        import torch
+
+        lo, hi = self.ranges[unit[1]]
+        return {**self.prepared.prompt_sums(lo, hi), "prompts": torch.tensor([lo, hi])}
+
+
+def worker_job(config: dict[str, Any]) -> DiscoverJob:
+    """A Ray worker's job: the discovery of a normalized config, its model loaded and task built as the driver did
+    (:func:`~mechpatch.runs.common.prepare_task_run`: torch seeded, then the model, then the task)."""
+    import torch
+
+    from mechpatch.config import from_dict
+    from mechpatch.runs.common import load_source, one_batch_task
+
+    cfg = from_dict(DiscoverConfig, config)
+    torch.manual_seed(cfg.seed)
+    model = load_source(cfg.model, cfg.device, cfg.dtype)
+    task, b = one_batch_task(cfg, model, "discovery needs")
+    return DiscoverJob.prepare(cfg, model, task, b)
+
+
+def _attribution(cfg: DiscoverConfig, store: Any, job: DiscoverJob, quiet: bool) -> Any:
+    """The run's edge attribution from its chunks of prompts: those the store holds (checked), the rest computed by
+    the config's executor and saved as each arrives."""
+    import torch
+
+    from mechpatch._progress import progress_bar
+    from mechpatch.chunks import CheckpointError
+    from mechpatch.runs.executor import JobSpec, describe, open_executor
+
+    start = time.time()
+    ranges = job.ranges
+    parts = [store.load_chunk("eap", k) for k in range(len(ranges))]
+    for k, part in enumerate(parts):
+        if part is not None and (set(part) != {"scores", "passes", "prompts"}
+                                 or part["prompts"].tolist() != list(ranges[k])):
+            raise CheckpointError(f"chunk {k} of 'eap' in {cfg.out_dir!r} is not the chunk of prompts "
+                                  f"{ranges[k][0]}:{ranges[k][1]} of this run; start afresh (--force)")
+    todo = [("eap", k) for k, part in enumerate(parts) if part is None]
+    bar = progress_bar(total=job.prepared.n_prompts, initial=job.prepared.n_prompts - sum(
+        ranges[k][1] - ranges[k][0] for _, k in todo), desc="attribution", unit="prompt", enabled=not quiet)
+
+    def save(unit: tuple[str, int], tensors: dict[str, torch.Tensor]) -> None:
+        store.save_chunk(unit[0], unit[1], tensors)
+        parts[unit[1]] = tensors
+        bar.update(ranges[unit[1]][1] - ranges[unit[1]][0])
+
+    spec = lambda: JobSpec("discover", store.config, store.manifest["model"]["weights_sha256"],  # noqa: E731
+                           "mechpatch.runs.discover:worker_job")
+    with open_executor(cfg.executor, lambda: job, spec) as ex:
+        store.note_attempt(executor=describe(cfg.executor), workers=ex.workers)
+        ex.run(todo, save)
+    bar.close()
+    store.update(chunks_loaded_last_attempt=len(ranges) - len(todo), chunks_computed_last_attempt=len(todo))
+    return job.prepared.result(parts, time.time() - start)
 
 
 def _run(cfg: DiscoverConfig, store: Any, say: Any, model: Any, task: Any, b: Any, plan: Any, start: float,
          quiet: bool) -> dict[str, Any]:
     from mechpatch.circuit import discover, faithfulness_curve
-    from mechpatch.patching.interventions import from_name, needs_source
     from mechpatch.report import write_json, write_text
 
-    metric = task.metric if cfg.metric == "task" else "kl_div"
-    intervention = from_name(cfg.ablation)  # the config's name ("corrupted", "zero", "mean") -> the object
-    source = b.corrupted if needs_source(intervention) else None
+    metric, intervention, source = _arguments(cfg, task, b)
     kwargs: dict[str, Any] = {}
-    if cfg.method == "acdc":  # the only search long enough to checkpoint; EAP is one gradient pass
+    if cfg.method == "acdc":  # the search checkpoints itself
         from mechpatch.circuit.discovery import CHECKPOINT_GROUP
 
         state = store.load_chunk(CHECKPOINT_GROUP, 0)
         store.update(resumed_at_receiver=0 if state is None else int(state["next"][0]))
         kwargs["chunks"] = store
+    else:  # EAP, EAP-IG: the attribution by chunks of prompts, on the executor
+        kwargs["attribution"] = _attribution(cfg, store, DiscoverJob.prepare(cfg, model, task, b), quiet)
     if cfg.per_position:
         kwargs["per_position"] = True
     res = discover(cfg.method, model, b.clean, metric=metric, source=source, intervention=intervention, tau=cfg.tau,
@@ -239,6 +372,6 @@ def discovery_sections(prefix: str = "") -> list[dict[str, str]]:
 
 
 __all__ = [
-    "ABLATIONS", "DiscoverConfig", "curve_table", "discovery_sections", "edge_table", "plan_discover", "run_discover",
+    "ABLATIONS", "DiscoverConfig", "DiscoverJob", "prompt_ranges", "worker_job", "curve_table", "discovery_sections", "edge_table", "plan_discover", "run_discover",
     "write_discover_report",
 ]

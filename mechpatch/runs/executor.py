@@ -115,6 +115,23 @@ def parse_executor(value: Any) -> ExecutorSpec:
     raise ConfigError(f"executor: unknown executor {name!r}; valid: {_VALID}")
 
 
+def plan_row(spec: ExecutorSpec, units: Optional[int] = None) -> Optional[tuple[str, str]]:
+    """The ``executor`` row of a run's plan (None for the local executor); with ``units``, a warning when there are
+    fewer units of work than workers.
+
+    >>> plan_row(parse_executor({"ray": {"workers": 4}}), units=2)
+    ('executor', 'Ray: 4 workers x 1 CPU, 0 GPU (a local runtime); only 2 units of work to share: use smaller chunks')
+    """
+    if spec.kind == "local":
+        return None
+    r = spec.ray
+    text = (f"Ray: {r.workers} workers x {r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU "
+            f"({'a local runtime' if r.address is None else r.address})")
+    if units is not None and units < r.workers:
+        text += f"; only {units} unit{'s' * (units != 1)} of work to share: use smaller chunks"
+    return ("executor", text)
+
+
 def describe(spec: ExecutorSpec) -> dict[str, Any]:
     """What the manifest records about the executor of an attempt."""
     if spec.kind == "local":
@@ -371,4 +388,4 @@ def open_executor(spec: ExecutorSpec, job: Callable[[], Job], job_spec: Callable
 
 
 __all__ = ["ExecutorSpec", "ExecutorUnavailableError", "JobSpec", "ModelJob", "RayOptions", "WorkerError", "build_job",
-           "check_executor", "describe", "model_job", "model_job_spec", "open_executor", "parse_executor"]
+           "check_executor", "describe", "model_job", "plan_row", "model_job_spec", "open_executor", "parse_executor"]

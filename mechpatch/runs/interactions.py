@@ -196,6 +196,7 @@ def plan_interactions(cfg: InteractionsConfig, model: Any = None) -> Any:
 def _plan(cfg: InteractionsConfig, model: Any, b: Any, store: Any) -> Any:
     from mechpatch.interactions.basis import InteractionError
     from mechpatch.interactions.designs import make_design
+    from mechpatch.runs.executor import plan_row
     from mechpatch.runs.plan import RunPlan, check_memory, prompt_bytes, store_status
 
     components = resolve_components(model.spec, cfg.components)
@@ -219,6 +220,7 @@ def _plan(cfg: InteractionsConfig, model: Any, b: Any, store: Any) -> Any:
                       + (f" + {exhaustive} exhaustive (all sets of at most two)" if exhaustive else "")),
             ("chunks", f"{-(-cfg.n_masks // cfg.chunk_size)} + {-(-exhaustive // cfg.chunk_size)} of at most "
                        f"{cfg.chunk_size} masks"))
+    rows += tuple(r for r in (plan_row(cfg.executor, -(-cfg.n_masks // cfg.chunk_size)),) if r is not None)
     return RunPlan("interactions", cfg.out_dir, cfg.model, rows, masks + 4, memory, store_status(store),
                    extra={"components": components})
 

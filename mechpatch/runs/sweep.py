@@ -46,7 +46,7 @@ from mechpatch.patching.interventions import DIRECTIONS, Intervention, from_name
 from mechpatch.patching.metrics import METRICS
 from mechpatch.patching.results import PatchResult
 from mechpatch.patching.sweeps import SWEEP_KINDS
-from mechpatch.runs.executor import check_executor, parse_executor
+from mechpatch.runs.executor import check_executor, parse_executor, plan_row
 from mechpatch.runs.common import DTYPES, check_choice, check_device, check_model, check_task_args, load_source
 from mechpatch.runs.plan import RunPlan
 from mechpatch.runs.results import as_2d, has_normalized, read_result
@@ -333,10 +333,8 @@ def _plan(cfg: SweepConfig, model: Any, store: RunStore) -> tuple[RunPlan, _Prep
     rows = [("prompts", f"{n_prompts} in {len(batches)} batch{'es' * (len(batches) != 1)} of {lens} tokens"),
             ("metric", f"{about['metric']} ({cfg.direction}, {cfg.intervention})"), ("engine", engine), *rows,
             ("cells", f"{total_cells}")]
-    if cfg.executor.kind == "ray":
-        r = cfg.executor.ray
-        rows.append(("executor", f"Ray: {r.workers} workers x {r.cpus_per_worker:g} CPU, {r.gpus_per_worker:g} GPU "
-                                 f"({'a local runtime' if r.address is None else r.address})"))
+    n_chunks = sum(-(-len(g.cells) // cfg.chunk_size) for g in prep.grids.values())
+    rows += [r for r in (plan_row(cfg.executor, n_chunks),) if r is not None]
     plan = RunPlan("sweep", cfg.out_dir, cfg.model, tuple(rows), forwards, memory, store_status(store))
     return plan, prep
 

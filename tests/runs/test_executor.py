@@ -2,7 +2,9 @@
 
 Every Ray run here starts its own Ray runtime (or joins one the test starts with ``ray start --head``), loads the
 bundled induction model in each worker and must end with results bitwise equal to the local executor's, through a
-worker killed with SIGKILL mid-run, a driver killed mid-run, and runs moved between executors.
+worker killed with SIGKILL mid-run, a driver killed mid-run, and runs moved between executors. Workers compute with
+one thread each (``cpus_per_worker: 1``), so the local runs here do too: a matrix product may add in another order
+with another number of threads, and bitwise equality is a property of the same computation.
 """
 
 import json
@@ -27,6 +29,15 @@ from mechpatch.runs.sweep import SweepConfig, run_sweep
 CONFIG = {"model": "induction-2l", "task": {"name": "induction", "args": {"n": 6, "block": 6}},
           "kinds": ["resid_pre", "head"], "chunk_size": 3, "seed": 0}
 RAY = {"ray": {"workers": 2}}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The local executor computes with one thread, as each Ray worker does."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _cfg(out_dir, **changes) -> SweepConfig:
@@ -58,7 +69,12 @@ def assert_same_run(a, b) -> None:
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "run"
-    run_sweep(_cfg(out), quiet=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_sweep(_cfg(out), quiet=True)
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
@@ -102,10 +118,11 @@ def test_ray_equals_local_bitwise_and_records_its_workers(local_run, tmp_path):
     assert len({w["pid"] for w in attempt["workers"]}) == 2 and all(w["pid"] != os.getpid() for w in attempt["workers"])
 
 
-def _cli(config: dict, path) -> subprocess.Popen:
+def _cli(config: dict, path, command: str = "sweep") -> subprocess.Popen:
+    """``mechpatch COMMAND CONFIG`` in another process (one thread, as the workers and the local runs here)."""
     with open(path, "w") as f:
         yaml.safe_dump(config, f)
-    return subprocess.Popen([sys.executable, "-m", "mechpatch", "sweep", str(path), "-q"],
+    return subprocess.Popen([sys.executable, "-m", "mechpatch", command, str(path), "-q", "--threads", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -207,10 +224,14 @@ def test_command_line_executor_flags(tmp_path, capsys):
     assert "workers must be a positive integer" in capsys.readouterr().err
     assert main(["sweep", str(path), "--workers", "2", "--dry-run"]) == 2
     assert "need --executor ray" in capsys.readouterr().err
-    discover = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "discover_induction.yaml")
-    assert main(["discover", discover, "--executor", "ray", "--dry-run"]) == 2
-    assert "runs in this process only" in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()
+    configs = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
+    assert main(["discover", os.path.join(configs, "discover_induction.yaml"), "--executor", "ray", "--dry-run"]) == 2
+    assert "ACDC's search runs in one process" in capsys.readouterr().err
+    out = str(tmp_path / "ia")
+    assert main(["interactions", os.path.join(configs, "interactions_redundant_induction.yaml"), "--out-dir", out,
+                 "--executor", "ray", "--workers", "2", "--dry-run"]) == 0
+    assert "Ray: 2 workers x 1 CPU" in capsys.readouterr().out
+    assert not (tmp_path / "run").exists() and not os.path.exists(out)
 
 
 def test_a_sweep_that_falls_back_to_hooks_records_why(tmp_path, monkeypatch):

@@ -1,0 +1,122 @@
+"""Interaction runs and EAP discovery on Ray actors against the local executor, on a real local Ray runtime.
+
+An interactions run hands each chunk of masks (with the engine's arguments) to workers that hold only the model; an
+EAP or EAP-IG discovery hands each chunk of prompts to workers that prepared the attribution from the config. Both
+must end bitwise equal to the local executor's run (one thread everywhere, see ``test_executor``), through a driver
+killed mid-run and resumed on the other executor.
+"""
+
+import json
+import os
+import signal
+
+import pandas as pd
+import pytest
+import torch
+
+from mechpatch.config import ConfigError, from_dict
+from mechpatch.runs.discover import DiscoverConfig, prompt_ranges, run_discover
+from mechpatch.runs.interactions import InteractionsConfig, run_interactions
+from mechpatch.runs.store import read_tensors
+
+from .test_executor import RAY, _cli, _manifest, _n_chunks, _wait_for, assert_same_run, one_thread  # noqa: F401
+
+INTERACTIONS = {"model": "induction-2l", "task": "induction", "task_args": {"n": 6, "block": 6},
+                "components": "heads", "n_masks": 120, "chunk_size": 25, "seed": 0}
+DISCOVER = {"model": "induction-2l", "task": "induction", "task_args": {"n": 12, "block": 6}, "method": "eap",
+            "chunk_size": 2, "tau": 0.01, "seed": 0}
+
+
+def _interactions(out, **changes):
+    return run_interactions(from_dict(InteractionsConfig, {**INTERACTIONS, "out_dir": str(out), **changes}),
+                            quiet=True)
+
+
+def _discover(out, **changes):
+    return run_discover(from_dict(DiscoverConfig, {**DISCOVER, "out_dir": str(out), **changes}), quiet=True)
+
+
+def _same_discovery(a, b) -> None:
+    """Two discovery runs hold bitwise-identical chunks of prompts, edge tables and circuits."""
+    chunks = sorted(os.listdir(os.path.join(a, "chunks", "eap")))
+    assert chunks == sorted(os.listdir(os.path.join(b, "chunks", "eap"))) and len(chunks) > 1
+    for name in chunks:
+        ta, tb = (read_tensors(os.path.join(d, "chunks", "eap", name))[0] for d in (a, b))
+        assert ta.keys() == tb.keys() == {"scores", "passes", "prompts"}
+        assert all(torch.equal(ta[k], tb[k]) for k in ta), name
+    ea, eb = (pd.read_parquet(os.path.join(d, "results", "edges.parquet")) for d in (a, b))
+    assert ea.equals(eb)
+    sa, sb = (json.load(open(os.path.join(d, "summary.json"))) for d in (a, b))
+    assert sa["circuit"] == sb["circuit"] and sa["CPR"] == sb["CPR"] and sa["faithfulness"] == sb["faithfulness"]
+
+
+# ----------------------------------------------------------------------------- checked before any work
+
+
+def test_acdc_refuses_an_executor_and_chunk_sizes_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="ACDC's search runs in one process"):
+        from_dict(DiscoverConfig, {**DISCOVER, "method": "acdc", "chunk_size": None, "executor": RAY})
+    with pytest.raises(ConfigError, match="ACDC's search runs in one process"):
+        from_dict(DiscoverConfig, {**DISCOVER, "method": "acdc"})
+    with pytest.raises(ConfigError, match="chunk_size must be a positive integer"):
+        from_dict(DiscoverConfig, {**DISCOVER, "chunk_size": 0})
+    with pytest.raises(ConfigError, match="unknown executor 'spark'"):
+        from_dict(InteractionsConfig, {**INTERACTIONS, "executor": {"spark": {}}})
+    assert prompt_ranges(5, 2) == [(0, 2), (2, 4), (4, 5)]
+
+
+# ----------------------------------------------------------------------------- real Ray runtimes
+
+
+@pytest.mark.slow
+def test_interactions_on_ray_equal_local_bitwise(tmp_path):
+    _interactions(tmp_path / "local")
+    _interactions(tmp_path / "ray", executor=RAY)
+    assert_same_run(tmp_path / "local", tmp_path / "ray")
+    a, b = (json.load(open(tmp_path / d / "interactions.json")) for d in ("local", "ray"))
+    for fit in (*a.values(), *b.values()):
+        fit.pop("seconds")  # wall time
+    assert a == b and a["exhaustive"] is not None
+    attempt = _manifest(tmp_path / "ray")["attempts"][-1]
+    assert attempt["executor"]["kind"] == "ray" and len({w["pid"] for w in attempt["workers"]}) == 2
+    assert _manifest(tmp_path / "local")["attempts"][-1]["executor"]["kind"] == "local"
+
+
+@pytest.mark.slow
+def test_spex_interactions_on_ray_equal_local_bitwise(tmp_path):
+    """SPEX picks its masks call by call: each call's chunks travel to the workers with their masks."""
+    pytest.importorskip("shapiq", reason="the spex extra (CI installs it)")
+    changes = {"backend": "spex", "n_masks": 600, "chunk_size": 100, "exhaustive": False}
+    _interactions(tmp_path / "local", **changes)
+    _interactions(tmp_path / "ray", executor=RAY, **changes)
+    assert_same_run(tmp_path / "local", tmp_path / "ray")
+    assert len([g for g in os.listdir(tmp_path / "ray" / "chunks") if g.startswith("sparse-")]) > 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["eap", "eap-ig"])
+def test_eap_discovery_on_ray_equals_local_bitwise(tmp_path, method):
+    local = _discover(tmp_path / "local", method=method)
+    ray = _discover(tmp_path / "ray", method=method, executor=RAY)
+    _same_discovery(tmp_path / "local", tmp_path / "ray")
+    assert local["edges_kept"] > 0 and ray["forwards"] == local["forwards"]
+    manifest = _manifest(tmp_path / "ray")
+    assert manifest["chunks_computed_last_attempt"] == 6 and len(manifest["attempts"][-1]["workers"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first, then", [("local", RAY), (RAY, "local")])
+def test_a_discovery_killed_mid_run_resumes_on_the_other_executor_identical(tmp_path, first, then):
+    changes = {"method": "eap-ig", "chunk_size": 1, "task_args": {"n": 24, "block": 6}}
+    proc = _cli({**DISCOVER, **changes, "out_dir": str(tmp_path / "run"), "executor": first}, tmp_path / "c.yaml",
+                command="discover")
+    _wait_for(lambda: _n_chunks(tmp_path / "run") >= 2, proc, "two chunks")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = _n_chunks(tmp_path / "run")
+    assert done < 24 and _manifest(tmp_path / "run")["status"] == "running"
+    _discover(tmp_path / "run", executor=then, **changes)
+    manifest = _manifest(tmp_path / "run")
+    assert manifest["chunks_loaded_last_attempt"] >= done and manifest["chunks_computed_last_attempt"] <= 24 - done
+    _discover(tmp_path / "ref", **changes)
+    _same_discovery(tmp_path / "ref", tmp_path / "run")
