@@ -25,6 +25,12 @@ Python float exactly), so a resumed search returns the same edges, the same scor
 the same final metric, bit for bit, as one that was never interrupted. A checkpoint of another edge layout,
 metric, intervention, ``tau``, ``search``, ``batch_size`` or orientation, or of other prompts, is refused
 (:class:`~mechpatch.chunks.CheckpointError`).
+
+Units of work: with ``rows_per_unit``, each forward's candidate rows are cut into units of at most that many rows,
+each its own forward (:func:`acdc_rows`); an ``executor`` (:mod:`mechpatch.runs.executor`: Ray workers that
+prepared the same runner) computes the units of one forward at once, and the search goes on with their values,
+which are the same wherever the units ran. The decisions stay sequential: the workers share each batch of
+speculative rows.
 """
 
 import math
@@ -73,7 +79,8 @@ def _search_key(lay: GraphLayout, metric: str, ablation: str) -> Tensor:
 def _check_checkpoint(state: dict[str, Tensor], expect: dict[str, Tensor], full_metric: float, about: str) -> None:
     """Refuse (CheckpointError) an ACDC checkpoint that belongs to another search."""
     again = "; give another chunk store (or delete this one) to start the search afresh"
-    needed = set(expect) | {"removed", "scores", "scored", "current", "next", "counters", "seconds"}
+    needed = (set(expect) - {"rows_per_unit"}) | {"removed", "scores", "scored", "current", "next", "counters",
+                                                   "seconds"}
     missing = sorted(needed - set(state))
     if missing:
         raise CheckpointError(f"the checkpoint is not an ACDC state: it lacks {', '.join(missing)}{again}")
@@ -84,8 +91,10 @@ def _check_checkpoint(state: dict[str, Tensor], expect: dict[str, Tensor], full_
     if not torch.equal(state["key"], expect["key"]):
         raise CheckpointError("the checkpoint belongs to another edge layout, metric or ablation than this search "
                               f"({about} here){again}")
-    for name in ("tau", "method", "batch_size", "lower_is_better"):  # the search is stored as "method" (older checkpoints)
-        a, b = state[name].item(), expect[name].item()
+    # the search is stored as "method" (older checkpoints); rows_per_unit 0 (whole forwards) where not saved
+    for name in ("tau", "method", "batch_size", "lower_is_better", "rows_per_unit"):
+        a = state[name].item() if name in state else 0
+        b = expect[name].item()
         if a != b:
             shown = name
             if name == "method":
@@ -113,6 +122,8 @@ def acdc(
     lower_is_better: Optional[bool] = None,
     chunks: Optional[ChunkStore] = None,
     checkpoint_seconds: float = 1.0,
+    rows_per_unit: Optional[int] = None,
+    executor: Optional[Any] = None,
 ) -> DiscoveryResult:
     """ACDC edge pruning with threshold ``tau`` (see the module docstring).
 
@@ -133,6 +144,11 @@ def acdc(
         checkpoint_seconds: least time between two saves (a save takes a few ms; it is also spaced to cost
             at most ~5% of the search). 0 saves after every receiver, whatever the timing (deterministic: tests).
             The final state is always saved.
+        rows_per_unit: cut each forward's candidate rows into units of at most this many rows (None: whole
+            forwards); part of the computation, so of the checkpoint (see the module docstring).
+        executor: computes the units of a forward (default: here, one after another): ``run(units, save,
+            payloads)`` with payloads ``(ACDC_ROWS, {"masks", "start"})`` for a job holding the same runner
+            (:class:`~mechpatch.runs.discover.DiscoverJob`); needs ``rows_per_unit``.
 
     Returns:
         :class:`DiscoveryResult` (``seconds`` counts the time of every attempt of a resumed search).
@@ -160,12 +176,19 @@ def acdc(
     mechpatch.chunks.CheckpointError: the checkpoint was saved by a search with tau=0.0001; this one has tau=0.001...
     """
     _check_acdc_args(intervention, search, tau, batch_size, chunks, checkpoint_seconds)
+    if rows_per_unit is not None and (isinstance(rows_per_unit, bool) or not isinstance(rows_per_unit, int)
+                                      or rows_per_unit < 1):
+        raise EdgeError(f"rows_per_unit must be a positive int or None (whole forwards); got {rows_per_unit!r}")
+    if executor is not None and (rows_per_unit is None or not callable(getattr(executor, "run", None))):
+        raise EdgeError("executor needs rows_per_unit (the rows it shares out) and a run(units, save, payloads) "
+                        "method (mechpatch.runs.executor)")
     start_time = time.time()
     metric = as_metric(metric)
     lower = _lower_is_better(metric) if lower_is_better is None else bool(lower_is_better)
     prepared = make_runner(model, base, metric=metric, source=source, intervention=intervention, answers=answers)
     ablation = describe(intervention)
-    st = _AcdcSearch(model, prepared, metric, ablation, tau, search, batch_size, lower, chunks, start_time)
+    st = _AcdcSearch(model, prepared, metric, ablation, tau, search, batch_size, lower, chunks, start_time,
+                     rows_per_unit, executor)
     st.resume(f"metric {metric.name!r}, ablation {ablation!r}")
     first, order = st.first, st.order
     for position in progress_bar(range(first, len(order)), total=len(order), initial=first,
@@ -178,6 +201,21 @@ def acdc(
     if chunks is not None and first < len(order):
         st.save(len(order))
     return st.result()
+
+
+#: :func:`acdc_rows` by name: what an executor's worker runs on its runner for one unit of candidate rows
+ACDC_ROWS = "mechpatch.circuit.discovery:acdc_rows"
+
+
+def acdc_rows(runner: EdgeRunner, *, masks: Tensor, start: Any) -> dict[str, Tensor]:
+    """One forward of ACDC's candidate rows: the mean metric over the prompts (``"values"``, on the CPU) of each
+    row of removed-edge masks [row, sender, receiver], resumed at layer ``start``."""
+    n = runner.n
+    rows_prompt = torch.arange(n, device=runner.base.device).repeat(masks.shape[0])
+    m = masks.to(runner.base.device).repeat_interleave(n, dim=0)
+    with torch.inference_mode():
+        logits, _, _ = runner.forward(runner.base, rows_prompt, m, start)
+        return {"values": runner.metric(logits, rows_prompt).reshape(masks.shape[0], n).mean(1).cpu()}
 
 
 def _check_acdc_args(intervention: object, search: object, tau: object, batch_size: object, chunks: object,
@@ -203,8 +241,10 @@ class _AcdcSearch:
     the cost counters, the next receiver), and the steps that change it: see :func:`acdc`."""
 
     def __init__(self, model: HookedModel, runner: EdgeRunner, metric: Metric, ablation: str, tau: Union[int, float],
-                 search: str, batch_size: int, lower: bool, chunks: Optional[ChunkStore], start_time: float) -> None:
+                 search: str, batch_size: int, lower: bool, chunks: Optional[ChunkStore], start_time: float,
+                 rows_per_unit: Optional[int] = None, executor: Optional[Any] = None) -> None:
         self.model, self.runner, self.metric, self.ablation = model, runner, metric, ablation
+        self.rows_per_unit, self.executor, self.units = rows_per_unit, executor, 0
         self.tau, self.search, self.batch_size, self.chunks = tau, search, batch_size, chunks
         self.start_time = start_time
         self.lay = lay = runner.lay
@@ -223,7 +263,7 @@ class _AcdcSearch:
         self.fixed = {
             "key": _search_key(lay, metric.name, ablation), "tau": torch.tensor([float(tau)], dtype=torch.float64),
             "method": torch.tensor([SEARCHES.index(search)]), "batch_size": torch.tensor([batch_size]),
-            "lower_is_better": torch.tensor([lower]),
+            "lower_is_better": torch.tensor([lower]), "rows_per_unit": torch.tensor([rows_per_unit or 0]),
             "full_metric": torch.tensor([self.full_metric], dtype=torch.float64)}
         self.last_save, self.save_cost = time.perf_counter(), 0.0
 
@@ -261,17 +301,20 @@ class _AcdcSearch:
         self.save_cost = self.last_save - t
 
     def evaluate(self, masks: Tensor, start: Any) -> Tensor:
-        """Mean metric per row of masks [k, sender, receiver]."""
-        runner = self.runner
-        n = runner.n
-        rows_prompt = torch.arange(n, device=runner.base.device).repeat(masks.shape[0])
-        m = masks.to(runner.base.device).repeat_interleave(n, dim=0)
-        with torch.inference_mode():
-            logits, _, _ = runner.forward(runner.base, rows_prompt, m, start)
-            vals = runner.metric(logits, rows_prompt).reshape(masks.shape[0], n).mean(1).cpu()
-        self.counters["forwards"] += 1
+        """Mean metric per row of masks [k, sender, receiver]: one forward, or one per unit of ``rows_per_unit``
+        rows (computed by the executor, if any)."""
+        size = self.rows_per_unit or masks.shape[0]
+        slices = [masks[lo:lo + size] for lo in range(0, masks.shape[0], size)]
+        self.counters["forwards"] += len(slices)
         self.counters["rows"] += masks.shape[0]
-        return vals
+        if self.executor is None:
+            return torch.cat([acdc_rows(self.runner, masks=m, start=start)["values"] for m in slices])
+        units = [("acdc-rows", self.units + i) for i in range(len(slices))]
+        self.units += len(slices)
+        payloads = {u: (ACDC_ROWS, {"masks": m, "start": start}) for u, m in zip(units, slices)}
+        out: dict[tuple[str, int], Tensor] = {}
+        self.executor.run(units, lambda unit, tensors: out.__setitem__(unit, tensors["values"]), payloads)
+        return torch.cat([out[u] for u in units])
 
     def receiver(self, r: int) -> None:
         """Decide every edge into receiver input ``r``, latest sender first."""
@@ -350,4 +393,4 @@ def discover(name: str, model: HookedModel, base: Any, *, metric: Any, **kwargs:
     return DISCOVERY[name](model, base, metric=metric, **kwargs)
 
 
-__all__ = ["CHECKPOINT_GROUP", "DISCOVERY", "SEARCHES", "DiscoveryResult", "acdc", "discover"]
+__all__ = ["ACDC_ROWS", "CHECKPOINT_GROUP", "DISCOVERY", "SEARCHES", "DiscoveryResult", "acdc", "acdc_rows", "discover"]

@@ -18,7 +18,9 @@ EAP and EAP-IG score the prompts in chunks of ``chunk_size`` prompts (default: a
 PreparedAttribution`), computed by the config's ``executor``: here, or on Ray workers that each take a chunk of
 prompts (:mod:`mechpatch.runs.executor`). The driver adds the chunks in prompt order, so the scores depend on
 ``chunk_size`` (part of the config hash) and not on where the chunks ran; a killed run resumes from its saved
-chunks. A finished run is not recomputed (unless ``force``).
+chunks. ACDC's decisions are sequential; with ``chunk_size`` each of its forwards is cut into units of that many
+candidate rows, which the executor's workers (each holding the prepared clean and corrupted runs) compute at once
+(:func:`mechpatch.circuit.acdc`). A finished run is not recomputed (unless ``force``).
 
 >>> from mechpatch.config import from_dict
 >>> cfg = from_dict(DiscoverConfig, {"model": "tracr-reverse", "task": "tracr-reverse", "ablation": "zero"})
@@ -59,12 +61,12 @@ class DiscoverConfig:
             circuit keeps an edge at the positions where it matters, and its faithfulness is measured so.
         device, dtype, seed: where and how it runs; ``seed`` seeds torch and the task unless its args set one.
         out_dir: the run directory.
-        chunk_size: prompts per chunk of EAP's and EAP-IG's attribution pass (null: all prompts in one), the unit
-            of resumption and of work for the executor's workers (part of the config hash: the chunks' sums are
-            added in order).
+        chunk_size: the unit of work an executor shares out (part of the config hash: it sets how the forwards are
+            cut): EAP and EAP-IG, prompts per chunk of the attribution pass (each saved as it completes); ACDC,
+            candidate rows per forward (null: all prompts, or whole forwards, in one).
         executor: ``local`` (this process) or ``{ray: {address, workers, cpus_per_worker, gpus_per_worker}}``
-            (:mod:`mechpatch.runs.executor`): where EAP's chunks of prompts are scored (ACDC's search runs in the
-            driver); not part of the config hash: results do not depend on it.
+            (:mod:`mechpatch.runs.executor`, needs ``chunk_size``): where the units run; not part of the config
+            hash: results do not depend on it.
     """
 
     model: str = "induction-2l"
@@ -105,10 +107,9 @@ class DiscoverConfig:
                                             or self.chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive integer (prompts per chunk) or null; got "
                              f"{self.chunk_size!r}")
-        if self.method == "acdc" and (self.chunk_size is not None or self.executor.kind != "local"):
-            raise ValueError("chunk_size and executor: ray split EAP's and EAP-IG's prompts; ACDC's search runs in "
-                             "one process (each removal decides the next comparison): drop them, or use method "
-                             "'eap' or 'eap-ig'")
+        if self.executor.kind != "local" and self.chunk_size is None:
+            raise ValueError("executor: ray shares out units of chunk_size (prompts for EAP and EAP-IG, candidate "
+                             "rows of a forward for ACDC); set chunk_size (e.g. 8)")
         object.__setattr__(self, "task_args", check_task_args(self.task, self.task_args))
 
 
@@ -191,10 +192,18 @@ class DiscoverJob:
 
     @classmethod
     def prepare(cls, cfg: DiscoverConfig, model: Any, task: Any, b: Any) -> "DiscoverJob":
+        """EAP's :class:`~mechpatch.attribution.edges.PreparedAttribution`, or ACDC's edge runner (the clean and
+        corrupted runs), built as :func:`~mechpatch.circuit.acdc` builds it."""
+        metric, intervention, source = _arguments(cfg, task, b)
+        if cfg.method == "acdc":
+            from mechpatch.circuit.edges import make_runner
+            from mechpatch.patching.metrics import as_metric
+
+            return cls(cfg, model, make_runner(model, b.clean, metric=as_metric(metric), source=source,
+                                               intervention=intervention, answers=b.answers))
         from mechpatch.attribution.edges import PreparedAttribution
         from mechpatch.circuit.eap import ATTRIBUTION
 
-        metric, intervention, source = _arguments(cfg, task, b)
         return cls(cfg, model, PreparedAttribution(model, b.clean, metric=metric, source=source,
                                                    intervention=intervention, answers=b.answers,
                                                    per_position=cfg.per_position, **ATTRIBUTION[cfg.method]))
@@ -203,10 +212,16 @@ class DiscoverJob:
     def ranges(self) -> list[tuple[int, int]]:
         return prompt_ranges(self.prepared.n_prompts, self.cfg.chunk_size)
 
-    def run_unit(self, unit: tuple[str, int], payload: None = None) -> dict[str, Any]:
-        """Chunk ``unit[1]``'s float64 score sums, its passes and its prompt range."""
+    def run_unit(self, unit: tuple[str, int], payload: Any = None) -> dict[str, Any]:
+        """EAP: chunk ``unit[1]``'s float64 score sums, its passes and its prompt range. ACDC: the payload's
+        candidate rows (:func:`~mechpatch.circuit.discovery.acdc_rows`)."""
         import torch
 
+        if payload is not None:
+            from mechpatch.runs.executor import resolve
+
+            function, kwargs = payload
+            return resolve(function)(self.prepared, **kwargs)
         lo, hi = self.ranges[unit[1]]
         return {**self.prepared.prompt_sums(lo, hi), "prompts": torch.tensor([lo, hi])}
 
@@ -226,6 +241,14 @@ def worker_job(config: dict[str, Any]) -> DiscoverJob:
     return DiscoverJob.prepare(cfg, model, task, b)
 
 
+def _job_spec(store: Any) -> Any:
+    """How a worker builds this run's :class:`DiscoverJob` (:func:`worker_job` on the run's config)."""
+    from mechpatch.runs.executor import JobSpec
+
+    return JobSpec("discover", store.config, store.manifest["model"]["weights_sha256"],
+                   "mechpatch.runs.discover:worker_job")
+
+
 def _attribution(cfg: DiscoverConfig, store: Any, job: DiscoverJob, quiet: bool) -> Any:
     """The run's edge attribution from its chunks of prompts: those the store holds (checked), the rest computed by
     the config's executor and saved as each arrives."""
@@ -233,7 +256,7 @@ def _attribution(cfg: DiscoverConfig, store: Any, job: DiscoverJob, quiet: bool)
 
     from mechpatch._progress import progress_bar
     from mechpatch.chunks import CheckpointError
-    from mechpatch.runs.executor import JobSpec, describe, open_executor
+    from mechpatch.runs.executor import describe, open_executor
 
     start = time.time()
     ranges = job.ranges
@@ -252,9 +275,7 @@ def _attribution(cfg: DiscoverConfig, store: Any, job: DiscoverJob, quiet: bool)
         parts[unit[1]] = tensors
         bar.update(ranges[unit[1]][1] - ranges[unit[1]][0])
 
-    spec = lambda: JobSpec("discover", store.config, store.manifest["model"]["weights_sha256"],  # noqa: E731
-                           "mechpatch.runs.discover:worker_job")
-    with open_executor(cfg.executor, lambda: job, spec) as ex:
+    with open_executor(cfg.executor, lambda: job, lambda: _job_spec(store)) as ex:
         store.note_attempt(executor=describe(cfg.executor), workers=ex.workers)
         ex.run(todo, save)
     bar.close()
@@ -268,19 +289,22 @@ def _run(cfg: DiscoverConfig, store: Any, say: Any, model: Any, task: Any, b: An
     from mechpatch.report import write_json, write_text
 
     metric, intervention, source = _arguments(cfg, task, b)
-    kwargs: dict[str, Any] = {}
-    if cfg.method == "acdc":  # the search checkpoints itself
+    if cfg.method == "acdc":  # the search checkpoints itself; the executor computes its forwards' units of rows
         from mechpatch.circuit.discovery import CHECKPOINT_GROUP
+        from mechpatch.runs.executor import describe, open_executor
 
         state = store.load_chunk(CHECKPOINT_GROUP, 0)
         store.update(resumed_at_receiver=0 if state is None else int(state["next"][0]))
-        kwargs["chunks"] = store
+        # the local executor computes the units in the search itself (it never needs a job of its own)
+        with open_executor(cfg.executor, lambda: None, lambda: _job_spec(store)) as ex:
+            store.note_attempt(executor=describe(cfg.executor), workers=ex.workers)
+            res = discover("acdc", model, b.clean, metric=metric, source=source, intervention=intervention,
+                           tau=cfg.tau, answers=b.answers, chunks=store, rows_per_unit=cfg.chunk_size,
+                           executor=None if cfg.executor.kind == "local" else ex, progress=not quiet)
     else:  # EAP, EAP-IG: the attribution by chunks of prompts, on the executor
-        kwargs["attribution"] = _attribution(cfg, store, DiscoverJob.prepare(cfg, model, task, b), quiet)
-    if cfg.per_position:
-        kwargs["per_position"] = True
-    res = discover(cfg.method, model, b.clean, metric=metric, source=source, intervention=intervention, tau=cfg.tau,
-                   answers=b.answers, **kwargs)
+        res = discover(cfg.method, model, b.clean, metric=metric, source=source, intervention=intervention,
+                       tau=cfg.tau, answers=b.answers, per_position=cfg.per_position,
+                       attribution=_attribution(cfg, store, DiscoverJob.prepare(cfg, model, task, b), quiet))
     say(res)
     out = cfg.out_dir
     graph = res.to_graph().with_meta(task=task.description, prompts=b.n_prompts, config=asdict(cfg))

@@ -154,7 +154,8 @@ class Job(Protocol):
         """The tensors of one unit (as saved in the run directory), on the CPU."""
 
 
-def _resolve(name: str) -> Callable[..., Any]:
+def resolve(name: str) -> Callable[..., Any]:
+    """The function ``"module:function"`` names (a builder, or a payload's computation)."""
     module, _, function = name.partition(":")
     return getattr(importlib.import_module(module), function)
 
@@ -170,7 +171,7 @@ class ModelJob:
         if payload is None:
             raise WorkerError(f"unit {unit} came without its payload: a ModelJob computes only named functions")
         function, kwargs = payload
-        out = _resolve(function)(self.model, **kwargs)
+        out = resolve(function)(self.model, **kwargs)
         return {k: v.cpu() for k, v in out.items()}
 
 
@@ -205,7 +206,7 @@ def build_job(spec: JobSpec) -> Job:
     """Load the model and prepare the run as the driver did (same seed, same config), then check its weights."""
     from mechpatch.runs.store import RunError, weights_hash
 
-    job = _resolve(spec.builder)(spec.config)
+    job = resolve(spec.builder)(spec.config)
     sha = weights_hash(job.model)
     if sha != spec.weights_sha256:
         raise RunError(f"the model {spec.config.get('model')!r} loaded here has weights sha256 {sha[:12]}, but the "
@@ -253,9 +254,10 @@ Save = Callable[[Unit, dict[str, Tensor]], None]
 
 
 class LocalExecutor:
-    """Runs units one after another in this process, on the driver's own job."""
+    """Runs units one after another in this process, on the driver's own job (None: a run that computes its units
+    itself and only records this executor, as ACDC's search does locally)."""
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Optional[Job]) -> None:
         self.job = job
         self.workers: list[dict[str, Any]] = [{"host": platform.node(), "pid": os.getpid(),
                                                "threads": torch.get_num_threads()}]
@@ -374,7 +376,8 @@ def check_executor(spec: ExecutorSpec) -> None:
 
 
 @contextmanager
-def open_executor(spec: ExecutorSpec, job: Callable[[], Job], job_spec: Callable[[], JobSpec]) -> Iterator[Any]:
+def open_executor(spec: ExecutorSpec, job: Callable[[], Optional[Job]],
+                  job_spec: Callable[[], JobSpec]) -> Iterator[Any]:
     """The executor ``spec`` names, for the duration of a run: local (on ``job()``, the driver's own) or a Ray pool
     (workers built from ``job_spec()``), shut down at the end."""
     if spec.kind == "local":
@@ -388,4 +391,5 @@ def open_executor(spec: ExecutorSpec, job: Callable[[], Job], job_spec: Callable
 
 
 __all__ = ["ExecutorSpec", "ExecutorUnavailableError", "JobSpec", "ModelJob", "RayOptions", "WorkerError", "build_job",
-           "check_executor", "describe", "model_job", "plan_row", "model_job_spec", "open_executor", "parse_executor"]
+           "check_executor", "describe", "model_job", "model_job_spec", "open_executor", "parse_executor", "plan_row",
+           "resolve"]

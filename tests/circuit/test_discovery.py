@@ -23,7 +23,7 @@ def _auc(scores, truth):
 
 
 @pytest.mark.parametrize("name", ["tracr-reverse", "tracr-xproportion"])
-@pytest.mark.parametrize("search", ["batched", "sequential"])
+@pytest.mark.parametrize("search", ["batched", "sequential", "units of 3 rows"])
 def test_acdc_recovers_tracr_ground_truth(name, search):
     from mechpatch.zoo.tracr import ground_truth_edges
 
@@ -31,7 +31,8 @@ def test_acdc_recovers_tracr_ground_truth(name, search):
     task = make_task(name, model)
     (b,) = task.batches
     truth = {as_edge(e) for e in ground_truth_edges(name)}
-    res = acdc(model, b.clean, metric=task.metric, intervention=Zero(), tau=1e-4, search=search, progress=False)
+    kw = {"search": search} if search != "units of 3 rows" else {"rows_per_unit": 3}
+    res = acdc(model, b.clean, metric=task.metric, intervention=Zero(), tau=1e-4, progress=False, **kw)
     assert set(res.edges) == truth
     assert _auc(res.scores, truth) == 1.0  # ACDC's published edge AUC for both: 1.000
     assert res.final_metric < 1e-4
@@ -61,10 +62,13 @@ def test_batched_equals_sequential(fixture, request):
     kw = dict(source=src, tau=0.02, progress=False)
     a = acdc(model, base, metric=KLDivergence(positions=None), search="batched", batch_size=16, **kw)
     b = acdc(model, base, metric=KLDivergence(positions=None), search="sequential", **kw)
-    assert a.edges == b.edges and 0 < len(a.edges) < a.layout.n_edges
-    assert a.forwards < b.forwards
+    # each forward cut into units of 5 rows (what an executor shares out): the same search, more forwards
+    c = acdc(model, base, metric=KLDivergence(positions=None), search="batched", batch_size=16, rows_per_unit=5, **kw)
+    assert a.edges == b.edges == c.edges and 0 < len(a.edges) < a.layout.n_edges
+    assert a.forwards < c.forwards < b.forwards and a.evaluations == c.evaluations
     for e, s in b.scores.items():
         assert (math.isnan(s) and math.isnan(a.scores[e])) or abs(s - a.scores[e]) < 1e-5
+        assert (math.isnan(s) and math.isnan(c.scores[e])) or abs(s - c.scores[e]) < 1e-5
 
 
 def test_registry_and_errors(attn_only):

@@ -118,6 +118,8 @@ def test_checkpoint_of_another_search_is_refused(induction, gpt2):
             search="sequential", **kw)
     refused("batch_size=64; this one has batch_size=8", model, b.clean, metric=task.metric, tau=0.05, batch_size=8,
             **kw)
+    refused("rows_per_unit=0; this one has rows_per_unit=4", model, b.clean, metric=task.metric, tau=0.05,
+            rows_per_unit=4, **kw)
     refused("another edge layout, metric or ablation", model, b.clean, metric="kl_div", tau=0.05, **kw)
     refused("another edge layout, metric or ablation", model, b.clean, metric=task.metric, tau=0.05, progress=False,
             intervention=Zero())
@@ -134,6 +136,10 @@ def test_checkpoint_of_another_search_is_refused(induction, gpt2):
 
 def test_checkpoint_arguments_are_checked(attn_only):
     base = torch.randint(1, 100, (2, 5))
+    with pytest.raises(ValueError, match="rows_per_unit must be a positive int or None"):
+        acdc(attn_only, base, metric="kl_div", intervention=Zero(), rows_per_unit=0, progress=False)
+    with pytest.raises(ValueError, match="executor needs rows_per_unit"):
+        acdc(attn_only, base, metric="kl_div", intervention=Zero(), executor=object(), progress=False)
     with pytest.raises(ValueError, match="checkpoint_seconds"):
         acdc(attn_only, base, metric="kl_div", intervention=Zero(), chunks=MemoryChunks(), checkpoint_seconds=-1.0,
              progress=False)

@@ -226,7 +226,7 @@ def test_command_line_executor_flags(tmp_path, capsys):
     assert "need --executor ray" in capsys.readouterr().err
     configs = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
     assert main(["discover", os.path.join(configs, "discover_induction.yaml"), "--executor", "ray", "--dry-run"]) == 2
-    assert "ACDC's search runs in one process" in capsys.readouterr().err
+    assert "set chunk_size" in capsys.readouterr().err
     out = str(tmp_path / "ia")
     assert main(["interactions", os.path.join(configs, "interactions_redundant_induction.yaml"), "--out-dir", out,
                  "--executor", "ray", "--workers", "2", "--dry-run"]) == 0

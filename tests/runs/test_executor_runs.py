@@ -1,9 +1,10 @@
-"""Interaction runs and EAP discovery on Ray actors against the local executor, on a real local Ray runtime.
+"""Interaction runs and discovery on Ray actors against the local executor, on a real local Ray runtime.
 
 An interactions run hands each chunk of masks (with the engine's arguments) to workers that hold only the model; an
-EAP or EAP-IG discovery hands each chunk of prompts to workers that prepared the attribution from the config. Both
-must end bitwise equal to the local executor's run (one thread everywhere, see ``test_executor``), through a driver
-killed mid-run and resumed on the other executor.
+EAP or EAP-IG discovery hands each chunk of prompts to workers that prepared the attribution from the config; ACDC
+hands each forward's units of candidate rows to workers that prepared its clean and corrupted runs. All must end
+bitwise equal to the local executor's run (one thread everywhere, see ``test_executor``), and a discovery through a
+driver killed mid-run and resumed on the other executor.
 """
 
 import json
@@ -53,11 +54,10 @@ def _same_discovery(a, b) -> None:
 # ----------------------------------------------------------------------------- checked before any work
 
 
-def test_acdc_refuses_an_executor_and_chunk_sizes_are_checked(tmp_path):
-    with pytest.raises(ConfigError, match="ACDC's search runs in one process"):
-        from_dict(DiscoverConfig, {**DISCOVER, "method": "acdc", "chunk_size": None, "executor": RAY})
-    with pytest.raises(ConfigError, match="ACDC's search runs in one process"):
-        from_dict(DiscoverConfig, {**DISCOVER, "method": "acdc"})
+def test_an_executor_needs_a_chunk_size_and_chunk_sizes_are_checked(tmp_path):
+    for method in ("acdc", "eap"):
+        with pytest.raises(ConfigError, match="executor: ray shares out units of chunk_size.*set chunk_size"):
+            from_dict(DiscoverConfig, {**DISCOVER, "method": method, "chunk_size": None, "executor": RAY})
     with pytest.raises(ConfigError, match="chunk_size must be a positive integer"):
         from_dict(DiscoverConfig, {**DISCOVER, "chunk_size": 0})
     with pytest.raises(ConfigError, match="unknown executor 'spark'"):
@@ -102,6 +102,21 @@ def test_eap_discovery_on_ray_equals_local_bitwise(tmp_path, method):
     assert local["edges_kept"] > 0 and ray["forwards"] == local["forwards"]
     manifest = _manifest(tmp_path / "ray")
     assert manifest["chunks_computed_last_attempt"] == 6 and len(manifest["attempts"][-1]["workers"]) == 2
+
+
+@pytest.mark.slow
+def test_acdc_on_ray_equals_local_bitwise(tmp_path):
+    """Each forward's candidate rows in units of 4, computed by two workers: the same search, decision by decision."""
+    changes = {"method": "acdc", "chunk_size": 4, "tau": 0.02, "task_args": {"n": 8, "block": 6}}
+    local = _discover(tmp_path / "local", **changes)
+    ray = _discover(tmp_path / "ray", executor=RAY, **changes)
+    sa, sb = (read_tensors(str(tmp_path / d / "chunks" / "acdc" / "00000.safetensors"))[0] for d in ("local", "ray"))
+    assert sa.keys() == sb.keys()  # the search's final state, bit for bit (NaN: edges never evaluated)
+    assert all(sa[k].numpy().tobytes() == sb[k].numpy().tobytes() for k in sa if k != "seconds")
+    ea, eb = (pd.read_parquet(tmp_path / d / "results" / "edges.parquet") for d in ("local", "ray"))
+    assert ea.equals(eb) and local["circuit"] == ray["circuit"] and local["forwards"] == ray["forwards"]
+    assert 0 < local["edges_kept"] < local["edges_total"]
+    assert len(_manifest(tmp_path / "ray")["attempts"][-1]["workers"]) == 2
 
 
 @pytest.mark.slow
