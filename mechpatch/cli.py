@@ -49,9 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def run_command(name: str, help: str, example: str) -> None:
+    def run_command(name: str, help: str, example: str, several: bool = False) -> None:
         p = sub.add_parser(name, help=help, description=help)
-        p.add_argument("config", help=f"YAML config, e.g. {example}")
+        if several:
+            p.add_argument("config", nargs="+", help=f"YAML config, e.g. {example}; several configs of one model run "
+                                                     "as a batch, each search one unit of --executor")
+        else:
+            p.add_argument("config", help=f"YAML config, e.g. {example}")
         p.add_argument("--out-dir", help="run directory (overrides the config's out_dir)")
         p.add_argument("--force", action="store_true",
                        help="start again: discard whatever run the directory holds (a finished one, another "
@@ -71,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
                                          "start Ray on this machine for the run)")
 
     run_command("sweep", "patching sweeps over a grid of sites (resumable)", "configs/sweep_induction.yaml")
-    run_command("discover", "circuit discovery on a model and task", "configs/discover_induction.yaml")
+    run_command("discover", "circuit discovery on a model and task", "configs/discover_induction.yaml", several=True)
     run_command("interactions", "many-component ablations and interaction recovery", "configs/interactions_redundant_induction.yaml")
     p = sub.add_parser("report", help="rebuild a finished run's report.html from its files",
                        description="Rebuild report.html and the figure files of a finished run from the files in its "
@@ -121,6 +125,10 @@ def _run(args: argparse.Namespace) -> int:
     config_cls, run, plan = _entry(args.command)
     if args.force and args.repair:
         raise _Usage("--force starts again and --repair keeps what is intact: give one of them")
+    if isinstance(args.config, list):
+        if len(args.config) > 1:
+            return _batch(args)
+        args.config = args.config[0]
     cfg = load_config(config_cls, args.config)
     if args.out_dir:
         cfg = dataclasses.replace(cfg, out_dir=args.out_dir)
@@ -129,16 +137,39 @@ def _run(args: argparse.Namespace) -> int:
             cfg = dataclasses.replace(cfg, executor=_executor(cfg, args))
         except ValueError as err:  # the config refuses this executor (ACDC runs in one process)
             raise _Usage(f"{args.config}: {err}") from None
+    _threads(args)
+    if args.dry_run:
+        print(plan(cfg))
+        return 0
+    run(cfg, force=args.force, quiet=args.quiet, repair=args.repair)
+    return 0
+
+
+def _threads(args: argparse.Namespace) -> None:
     if args.threads is not None:
         import torch
 
         if args.threads < 1:
             raise _Usage(f"--threads must be at least 1; got {args.threads}")
         torch.set_num_threads(args.threads)
+
+
+def _batch(args: argparse.Namespace) -> int:
+    """``mechpatch discover A.yaml B.yaml ...``: one batch (:func:`~mechpatch.runs.discover.run_discoveries`)."""
+    from mechpatch.config import load_config
+    from mechpatch.runs.discover import DiscoverConfig, plan_discover, run_discoveries
+    from mechpatch.runs.executor import ExecutorSpec
+
+    if args.out_dir:
+        raise _Usage("--out-dir names one run directory; a batch writes each config's own out_dir")
+    cfgs = [load_config(DiscoverConfig, path) for path in args.config]
+    executor = _executor(dataclasses.replace(cfgs[0], executor=ExecutorSpec()), args)
+    _threads(args)
     if args.dry_run:
-        print(plan(cfg))
+        for cfg in cfgs:
+            print(plan_discover(cfg))
         return 0
-    run(cfg, force=args.force, quiet=args.quiet, repair=args.repair)
+    run_discoveries(cfgs, executor=executor, force=args.force, quiet=args.quiet, repair=args.repair)
     return 0
 
 

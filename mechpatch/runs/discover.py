@@ -33,12 +33,14 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from typing import Any, Optional
 
 
 from mechpatch.errors import MechpatchError
 from mechpatch.runs.common import (
-    DTYPES, check_choice, check_device, check_model, check_task_args, plan_task_run, read_json, run_task_command,
+    DTYPES, check_choice, check_device, check_model, check_task_args, one_batch_task, plan_task_run, read_json,
+    run_task_command,
 )
 from mechpatch.runs.store import read_manifest
 
@@ -130,6 +132,110 @@ def run_discover(cfg: DiscoverConfig, *, force: bool = False, quiet: bool = Fals
     check_executor(cfg.executor)
     return run_task_command(cfg, "discover", "discovery needs", _plan, _run, force=force, quiet=quiet,
                             repair=repair)
+
+
+def run_discoveries(cfgs: Sequence[DiscoverConfig], *, executor: Any = "local", force: bool = False,
+                    quiet: bool = False, repair: bool = False) -> list[dict[str, Any]]:
+    """Several discoveries of one model (other tasks, seeds, thresholds, methods), each in its own run directory,
+    their searches computed at once: each config's whole search (ACDC's, or EAP's attribution pass) is one unit of
+    ``executor``'s workers, and the driver finishes each run (circuit, faithfulness, report) as its unit arrives.
+
+    A config's run is the one :func:`run_discover` would write, bit for bit (its search's state is handed to it as a
+    saved chunk is). Every config is checked (:func:`plan_discover`) before any work; finished runs are skipped.
+    Returns the summaries in the configs' order.
+
+    Raises:
+        RunError: the configs name other models, devices or dtypes, share a run directory, or set an executor of
+            their own (in a batch, each search is one unit of ``executor``).
+    """
+    from mechpatch.runs.common import load_source
+    from mechpatch.runs.executor import JobSpec, check_executor, describe, open_executor, parse_executor
+    from mechpatch.runs.store import RunError, RunStore, normalize_config, weights_hash
+
+    executor = parse_executor(executor)
+    cfgs = list(cfgs)
+    if not cfgs:
+        raise RunError("run_discoveries needs at least one config")
+    for what in ("model", "device", "dtype"):
+        values = sorted({str(getattr(c, what)) for c in cfgs})
+        if len(values) > 1:
+            raise RunError(f"a batch of discoveries runs one model: the configs name {what}s {', '.join(values)}; "
+                           "run them as separate batches")
+    dirs = [os.path.normpath(c.out_dir) for c in cfgs]
+    if len(set(dirs)) < len(dirs):
+        raise RunError(f"two configs of the batch write the same run directory "
+                       f"{next(d for d in dirs if dirs.count(d) > 1)!r}: give each its own out_dir")
+    own = [c.out_dir for c in cfgs if c.executor.kind != "local"]
+    if own:
+        raise RunError(f"in a batch each search is one unit of the batch's executor; {own[0]!r}'s config sets an "
+                       "executor of its own: drop it (on the command line, --executor applies to the batch)")
+    check_executor(executor)
+    pending = [i for i, c in enumerate(cfgs) if not RunStore(c.out_dir, "discover", c, repair=repair).check(force)]
+    if not pending:
+        return [read_json(os.path.join(c.out_dir, "summary.json")) for c in cfgs]
+    import torch
+
+    torch.manual_seed(cfgs[0].seed)
+    model = load_source(cfgs[0].model, cfgs[0].device, cfgs[0].dtype)
+    for i in pending:
+        plan_discover(cfgs[i], model)  # every config checked against the model before any work
+    summaries: dict[int, dict[str, Any]] = {}
+
+    def save(unit: tuple[str, int], tensors: dict[str, Any]) -> None:
+        given: dict[tuple[str, int], dict[str, Any]] = {}
+        for key, t in tensors.items():
+            group, k, name = key.split("/")
+            given.setdefault((group, int(k)), {})[name] = t
+        cfg = cfgs[unit[1]]
+        summaries[unit[1]] = run_task_command(cfg, "discover", "discovery needs", _plan,
+                                              lambda *a: _run(*a, given=given, batch=describe(executor)),
+                                              force=force, quiet=quiet, repair=repair)
+
+    spec = lambda: JobSpec("discover-batch", {"configs": [normalize_config(cfgs[i]) for i in pending]},  # noqa: E731
+                           weights_hash(model), "mechpatch.runs.discover:batch_job")
+    job = BatchJob(model, [cfgs[i] for i in pending])
+    with open_executor(executor, lambda: job, spec) as ex:
+        ex.run([("search", j) for j in range(len(pending))],
+               lambda unit, tensors: save(("search", pending[unit[1]]), tensors))
+    return [summaries[i] if i in summaries else read_json(os.path.join(c.out_dir, "summary.json"))
+            for i, c in enumerate(cfgs)]
+
+
+@dataclass(frozen=True, eq=False)
+class BatchJob:
+    """The searches of a batch of discoveries on one model (:func:`run_discoveries`): unit ``("search", i)`` runs
+    config ``i``'s whole search and returns its chunks as tensors named ``group/index/name``."""
+
+    model: Any
+    cfgs: list
+
+    def run_unit(self, unit: tuple[str, int], payload: None = None) -> dict[str, Any]:
+        from mechpatch.chunks import MemoryChunks
+
+        cfg = self.cfgs[unit[1]]
+        task, b = one_batch_task(cfg, self.model, "discovery needs")
+        chunks = MemoryChunks()
+        if cfg.method == "acdc":
+            _acdc(cfg, self.model, task, b, chunks, None, False)
+        else:
+            job = DiscoverJob.prepare(cfg, self.model, task, b)
+            for k in range(len(job.ranges)):
+                chunks.save_chunk("eap", k, job.run_unit(("eap", k)))
+        return {f"{group}/{k}/{name}": t.cpu() for (group, k), tensors in chunks.chunks.items()
+                for name, t in tensors.items()}
+
+
+def batch_job(config: dict[str, Any]) -> BatchJob:
+    """A Ray worker's job for :func:`run_discoveries`: the batch's model (loaded as the driver loaded it) and its
+    configs."""
+    import torch
+
+    from mechpatch.config import from_dict
+    from mechpatch.runs.common import load_source
+
+    cfgs = [from_dict(DiscoverConfig, c) for c in config["configs"]]
+    torch.manual_seed(cfgs[0].seed)
+    return BatchJob(load_source(cfgs[0].model, cfgs[0].device, cfgs[0].dtype), cfgs)
 
 
 def plan_discover(cfg: DiscoverConfig, model: Any = None) -> Any:
@@ -241,6 +347,16 @@ def worker_job(config: dict[str, Any]) -> DiscoverJob:
     return DiscoverJob.prepare(cfg, model, task, b)
 
 
+def _acdc(cfg: DiscoverConfig, model: Any, task: Any, b: Any, chunks: Any, executor: Any, progress: bool) -> Any:
+    """The config's ACDC search (its state kept in ``chunks``; ``executor`` computes its units of rows)."""
+    from mechpatch.circuit import discover
+
+    metric, intervention, source = _arguments(cfg, task, b)
+    return discover("acdc", model, b.clean, metric=metric, source=source, intervention=intervention, tau=cfg.tau,
+                    answers=b.answers, chunks=chunks, rows_per_unit=cfg.chunk_size, executor=executor,
+                    progress=progress)
+
+
 def _job_spec(store: Any) -> Any:
     """How a worker builds this run's :class:`DiscoverJob` (:func:`worker_job` on the run's config)."""
     from mechpatch.runs.executor import JobSpec
@@ -284,7 +400,14 @@ def _attribution(cfg: DiscoverConfig, store: Any, job: DiscoverJob, quiet: bool)
 
 
 def _run(cfg: DiscoverConfig, store: Any, say: Any, model: Any, task: Any, b: Any, plan: Any, start: float,
-         quiet: bool) -> dict[str, Any]:
+         quiet: bool, given: Optional[dict[tuple[str, int], Any]] = None,
+         batch: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The run; ``given``: chunks a worker of a batch computed (:func:`run_discoveries`, whose executor ``batch``
+    describes), saved first and then used as any saved chunk is (checked, not recomputed)."""
+    for (group, k), tensors in (given or {}).items():
+        store.save_chunk(group, k, tensors)
+    if batch is not None:
+        store.note_attempt(search_computed_by=batch)
     from mechpatch.circuit import discover, faithfulness_curve
     from mechpatch.report import write_json, write_text
 
@@ -298,9 +421,7 @@ def _run(cfg: DiscoverConfig, store: Any, say: Any, model: Any, task: Any, b: An
         # the local executor computes the units in the search itself (it never needs a job of its own)
         with open_executor(cfg.executor, lambda: None, lambda: _job_spec(store)) as ex:
             store.note_attempt(executor=describe(cfg.executor), workers=ex.workers)
-            res = discover("acdc", model, b.clean, metric=metric, source=source, intervention=intervention,
-                           tau=cfg.tau, answers=b.answers, chunks=store, rows_per_unit=cfg.chunk_size,
-                           executor=None if cfg.executor.kind == "local" else ex, progress=not quiet)
+            res = _acdc(cfg, model, task, b, store, None if cfg.executor.kind == "local" else ex, not quiet)
     else:  # EAP, EAP-IG: the attribution by chunks of prompts, on the executor
         res = discover(cfg.method, model, b.clean, metric=metric, source=source, intervention=intervention,
                        tau=cfg.tau, answers=b.answers, per_position=cfg.per_position,
@@ -396,6 +517,7 @@ def discovery_sections(prefix: str = "") -> list[dict[str, str]]:
 
 
 __all__ = [
-    "ABLATIONS", "DiscoverConfig", "DiscoverJob", "prompt_ranges", "worker_job", "curve_table", "discovery_sections", "edge_table", "plan_discover", "run_discover",
+    "ABLATIONS", "BatchJob", "DiscoverConfig", "DiscoverJob", "batch_job", "prompt_ranges", "run_discoveries",
+    "worker_job", "curve_table", "discovery_sections", "edge_table", "plan_discover", "run_discover",
     "write_discover_report",
 ]

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from mechpatch.config import ConfigError, from_dict
-from mechpatch.runs.discover import DiscoverConfig, prompt_ranges, run_discover
+from mechpatch.runs.discover import DiscoverConfig, prompt_ranges, run_discover, run_discoveries
+from mechpatch.runs.store import RunError
 from mechpatch.runs.interactions import InteractionsConfig, run_interactions
 from mechpatch.runs.store import read_tensors
 
@@ -135,3 +136,70 @@ def test_a_discovery_killed_mid_run_resumes_on_the_other_executor_identical(tmp_
     assert manifest["chunks_loaded_last_attempt"] >= done and manifest["chunks_computed_last_attempt"] <= 24 - done
     _discover(tmp_path / "ref", **changes)
     _same_discovery(tmp_path / "ref", tmp_path / "run")
+
+
+# ----------------------------------------------------------------------------- batches of searches
+
+
+def _batch_cfgs(root, prefix):
+    """Three ACDC thresholds, another seed and an EAP run of one model: five independent searches."""
+    acdc = {**DISCOVER, "method": "acdc", "chunk_size": None, "task_args": {"n": 8, "block": 6}}
+    out = [from_dict(DiscoverConfig, {**acdc, "tau": tau, "out_dir": str(root / f"{prefix}-{tau}")})
+           for tau in (0.01, 0.03, 0.1)]
+    out.append(from_dict(DiscoverConfig, {**acdc, "tau": 0.03, "seed": 1, "out_dir": str(root / f"{prefix}-seed1")}))
+    out.append(from_dict(DiscoverConfig, {**DISCOVER, "chunk_size": 4, "out_dir": str(root / f"{prefix}-eap")}))
+    return out
+
+
+def test_a_batch_is_checked_before_any_work(tmp_path):
+    cfgs = _batch_cfgs(tmp_path, "run")
+    other_model = from_dict(DiscoverConfig, {**DISCOVER, "model": "tracr-reverse", "task": "tracr-reverse",
+                                             "task_args": {}, "out_dir": str(tmp_path / "x")})
+    with pytest.raises(RunError, match="one model: the configs name models induction-2l, tracr-reverse"):
+        run_discoveries([cfgs[0], other_model])
+    with pytest.raises(RunError, match="the same run directory"):
+        run_discoveries([cfgs[0], cfgs[0]])
+    with pytest.raises(RunError, match="sets an executor of its own"):
+        run_discoveries([cfgs[4], from_dict(DiscoverConfig, {**DISCOVER, "executor": RAY,
+                                                             "out_dir": str(tmp_path / "y")})])
+    with pytest.raises(ConfigError, match="ACDC"):  # an invalid config is refused as it is read
+        from_dict(DiscoverConfig, {**DISCOVER, "method": "acdc", "per_position": True})
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["local", RAY])
+def test_a_batch_of_searches_equals_each_run_alone(tmp_path, executor):
+    """Thresholds and seeds of ACDC, and an EAP run, each search one unit: every run directory ends as
+    run_discover alone would write it (the ACDC state handed over from the worker, bit for bit)."""
+    batch = run_discoveries(_batch_cfgs(tmp_path, "batch"), executor=executor, quiet=True)
+    alone = [run_discover(c, quiet=True) for c in _batch_cfgs(tmp_path, "alone")]
+    for a, b, ca, cb in zip(batch, alone, _batch_cfgs(tmp_path, "batch"), _batch_cfgs(tmp_path, "alone")):
+        assert a["circuit"] == b["circuit"] and a["forwards"] == b["forwards"] and a["CPR"] == b["CPR"]
+        ea, eb = (pd.read_parquet(os.path.join(c.out_dir, "results", "edges.parquet")) for c in (ca, cb))
+        assert ea.equals(eb), ca.out_dir
+        assert _manifest(ca.out_dir)["attempts"][-1]["search_computed_by"]["kind"] == \
+            ("local" if executor == "local" else "ray")
+    kept = [a["edges_kept"] for a in batch[:3]]
+    assert kept[0] >= kept[1] >= kept[2] and kept[0] > kept[2]  # a higher threshold removes more
+    again = run_discoveries(_batch_cfgs(tmp_path, "batch"), executor=executor, quiet=True)  # finished: read back
+    assert [a["circuit"] for a in again] == [a["circuit"] for a in batch]
+
+
+def test_a_batch_on_the_command_line(tmp_path, capsys):
+    import yaml
+
+    from mechpatch.cli import main
+
+    paths = []
+    for tau in (0.01, 0.1):
+        paths.append(str(tmp_path / f"{tau}.yaml"))
+        with open(paths[-1], "w") as f:
+            yaml.safe_dump({**DISCOVER, "method": "acdc", "chunk_size": None, "tau": tau,
+                            "out_dir": str(tmp_path / f"run-{tau}")}, f)
+    assert main(["discover", *paths, "--executor", "ray", "--workers", "2", "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("tau 0.") == 2
+    assert main(["discover", *paths, "--out-dir", str(tmp_path / "x"), "--dry-run"]) == 2
+    assert "a batch writes each config's own out_dir" in capsys.readouterr().err
+    assert main(["discover", *paths, "-q", "--threads", "1"]) == 0
+    assert all(_manifest(tmp_path / f"run-{tau}")["status"] == "finished" for tau in (0.01, 0.1))
