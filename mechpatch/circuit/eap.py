@@ -81,7 +81,9 @@ def _discover(model: HookedModel, base: Any, metric: Any, *, source: Any, interv
         method=att.method, edges=tuple(kept), scores=att.edge_scores(), layout=att.layout, metric=att.metric,
         ablation=describe(intervention), params={"top_n": limit, "tau": tau, "steps": att.steps, "verify": verify,
                                    **({"n_pos": att.n_pos} if per_position else {})}, forwards=forwards,
-        evaluations=evaluations, seconds=time.time() - start, final_metric=final,
+        # the attribution's own time counts where it was computed elsewhere (prompt chunks on workers)
+        evaluations=evaluations, seconds=time.time() - start + (att.seconds if attribution is not None else 0.0),
+        final_metric=final,
         full_metric=float(att.base_values.mean()), spec=model.spec, model=model.name, meta=meta,
     )
 

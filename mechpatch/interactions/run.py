@@ -251,10 +251,12 @@ def _mask_chunks(
         bar.update(len(rows))
 
     quiet = False if (several or executor is not None) else progress
+
+    def variants(rows: list[int]) -> list[tuple[Site, ...]]:  # each mask: the union of its components' sites
+        return [tuple(s for i in uniq[r].nonzero().flatten().tolist() for s in sets[i]) for r in rows]
+
     payloads = {unit: (MASK_CHUNK, dict(base=base, metric=metric, engine=engine, progress=quiet,
-                                        variants=[tuple(s for i in uniq[r].nonzero().flatten().tolist() for s in sets[i])
-                                                  for r in rows]))
-                for unit, rows in todo.items()}
+                                        variants=variants(rows))) for unit, rows in todo.items()}
     if executor is None:
         for unit, (_, kwargs) in payloads.items():
             save(unit, mask_chunk(model, **kwargs))

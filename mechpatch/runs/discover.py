@@ -32,8 +32,8 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 
@@ -289,8 +289,9 @@ def _arguments(cfg: DiscoverConfig, task: Any, b: Any) -> tuple[Any, Any, Any]:
 
 @dataclass(frozen=True, eq=False)
 class DiscoverJob:
-    """EAP's or EAP-IG's attribution of a discovery run, prepared (model loaded, base run done): computes any chunk
-    ``("eap", k)`` of prompts, in the driver or in a worker (:mod:`mechpatch.runs.executor`)."""
+    """A discovery run's search, prepared (model loaded; EAP's base run done, or ACDC's clean and corrupted runs):
+    computes any chunk ``("eap", k)`` of prompts, or a unit of ACDC's candidate rows (its payload), in the driver or
+    in a worker (:mod:`mechpatch.runs.executor`)."""
 
     cfg: DiscoverConfig
     model: Any
@@ -404,12 +405,13 @@ def _run(cfg: DiscoverConfig, store: Any, say: Any, model: Any, task: Any, b: An
          batch: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The run; ``given``: chunks a worker of a batch computed (:func:`run_discoveries`, whose executor ``batch``
     describes), saved first and then used as any saved chunk is (checked, not recomputed)."""
+    from mechpatch.circuit import discover, faithfulness_curve
+    from mechpatch.report import write_json, write_text
+
     for (group, k), tensors in (given or {}).items():
         store.save_chunk(group, k, tensors)
     if batch is not None:
         store.note_attempt(search_computed_by=batch)
-    from mechpatch.circuit import discover, faithfulness_curve
-    from mechpatch.report import write_json, write_text
 
     metric, intervention, source = _arguments(cfg, task, b)
     if cfg.method == "acdc":  # the search checkpoints itself; the executor computes its forwards' units of rows
@@ -517,7 +519,7 @@ def discovery_sections(prefix: str = "") -> list[dict[str, str]]:
 
 
 __all__ = [
-    "ABLATIONS", "BatchJob", "DiscoverConfig", "DiscoverJob", "batch_job", "prompt_ranges", "run_discoveries",
-    "worker_job", "curve_table", "discovery_sections", "edge_table", "plan_discover", "run_discover",
+    "ABLATIONS", "BatchJob", "DiscoverConfig", "DiscoverJob", "batch_job", "curve_table", "discovery_sections",
+    "edge_table", "plan_discover", "prompt_ranges", "run_discover", "run_discoveries", "worker_job",
     "write_discover_report",
 ]

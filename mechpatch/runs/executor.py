@@ -9,9 +9,10 @@ the moment it comes back, so a finished unit is never computed again, whoever co
 runs the units on ``N`` Ray actors. ``address: null`` starts a Ray runtime on this machine for the run; an address
 joins an existing cluster (``"auto"``: the one this machine belongs to). Each worker loads the model once (from the
 config, as the driver did), refuses weights whose SHA-256 differs from the run's manifest, prepares what the run
-command prepares once (a sweep's prompts and grids; EAP's base run), and then computes units; a unit may come with
-a payload (an interaction chunk's masks and the engine's arguments: :class:`ModelJob`). A worker sends back CPU
-tensors and never touches the run directory.
+command prepares once (a sweep's prompts and grids; EAP's base run; ACDC's clean and corrupted runs), and then
+computes units; a unit may come with a payload (an interaction chunk's masks and the engine's arguments, for a
+:class:`ModelJob`; a forward's candidate rows, for ACDC). A worker sends back CPU tensors and never touches the run
+directory.
 A worker that dies mid-unit (killed, out of memory) is replaced and its unit given to the next free worker; a worker
 that cannot load the model stops the run with an error naming the worker and the cause (finished units stay in the
 run directory). Results do not depend on the executor: a unit is the same computation wherever it runs (on CPU,
@@ -47,7 +48,7 @@ from mechpatch.errors import MechpatchError
 #: (group, index): one unit of work, as the run store names its chunks
 Unit = tuple[str, int]
 #: a unit's computation when the job does not derive it from the unit alone: ``("module:function", kwargs)``,
-#: run as ``function(model, **kwargs)`` (:class:`ModelJob`)
+#: run on what the job holds, ``function(held, **kwargs)`` (:class:`ModelJob`: the model; ACDC: its edge runner)
 Payload = tuple[str, dict]
 #: how many times one worker slot is replaced after its process died before the run gives up
 MAX_REPLACEMENTS = 3
@@ -199,7 +200,8 @@ class JobSpec:
 def model_job_spec(store: Any, command: str) -> JobSpec:
     """The :class:`JobSpec` of a run whose workers hold only the model (:func:`model_job`): the run's config and
     the weights' SHA-256 its manifest records (``store``: the run's :class:`~mechpatch.runs.store.RunStore`)."""
-    return JobSpec(command, store.config, store.manifest["model"]["weights_sha256"], "mechpatch.runs.executor:model_job")
+    return JobSpec(command, store.config, store.manifest["model"]["weights_sha256"],
+                   "mechpatch.runs.executor:model_job")
 
 
 def build_job(spec: JobSpec) -> Job:

@@ -102,6 +102,10 @@ class SweepConfig:
         device, dtype: where and in what precision the model runs (bitwise reproducibility is promised on CPU).
         seed: seeds torch, the task (unless its args set ``seed``) and ``resample``'s donors.
         chunk_size: grid cells per chunk, the unit of resumption (and of distribution).
+        prompt_chunk: also cut the prompts into chunks of this many (null: every chunk of cells runs over all
+            prompts): a unit is then a chunk of cells over a chunk of prompts, and the driver joins each cell's
+            prompts in order. For large prompt sets; not with ``mean`` or ``resample``, which draw on all of a
+            batch's prompts. Part of the config hash, as ``chunk_size`` is.
         out_dir: the run directory.
         executor: ``local`` (this process) or ``{ray: {address, workers, cpus_per_worker, gpus_per_worker}}``
             (:mod:`mechpatch.runs.executor`); not part of the config hash: results do not depend on it.
@@ -126,6 +130,7 @@ class SweepConfig:
     chunk_size: int = 64
     out_dir: str = "out/sweep"
     executor: Any = "local"
+    prompt_chunk: Optional[int] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "executor", parse_executor(self.executor))
@@ -151,10 +156,14 @@ class SweepConfig:
         check_choice("method", self.method, METHODS)
         check_device(self.device)
         check_choice("dtype", self.dtype, DTYPES)
-        for key in ("chunk_size", "batch_size"):
+        for key in ("chunk_size", "batch_size", "prompt_chunk"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ValueError(f"{key} must be a positive integer; got {value}")
+        if self.prompt_chunk is not None and self.intervention in ("mean", "resample"):
+            raise ValueError(f"prompt_chunk cuts the prompts into chunks, but intervention {self.intervention!r} draws "
+                             "on all of a batch's prompts (their mean, or donors among them): drop prompt_chunk, or "
+                             "use replace, zero or interpolate")
 
     def make_intervention(self) -> Intervention:
         """The intervention object this config names (:func:`~mechpatch.patching.interventions.from_name`)."""
@@ -333,8 +342,12 @@ def _plan(cfg: SweepConfig, model: Any, store: RunStore) -> tuple[RunPlan, _Prep
     rows = [("prompts", f"{n_prompts} in {len(batches)} batch{'es' * (len(batches) != 1)} of {lens} tokens"),
             ("metric", f"{about['metric']} ({cfg.direction}, {cfg.intervention})"), ("engine", engine), *rows,
             ("cells", f"{total_cells}")]
-    n_chunks = sum(-(-len(g.cells) // cfg.chunk_size) for g in prep.grids.values())
-    rows += [r for r in (plan_row(cfg.executor, n_chunks),) if r is not None]
+    n_shards = len(SweepJob(cfg, model, prep).shards)
+    if cfg.prompt_chunk is not None:
+        rows.append(("prompt chunks", f"{n_shards} of at most {cfg.prompt_chunk} prompts: each chunk of cells runs "
+                                      f"{n_shards} units"))
+    n_units = n_shards * sum(-(-len(g.cells) // cfg.chunk_size) for g in prep.grids.values())
+    rows += [r for r in (plan_row(cfg.executor, n_units),) if r is not None]
     plan = RunPlan("sweep", cfg.out_dir, cfg.model, tuple(rows), forwards, memory, store_status(store))
     return plan, prep
 
@@ -343,12 +356,17 @@ def _probe(cfg: SweepConfig, model: Any, cell: tuple, batch: Any, metric: Any, m
     """Run one cell on (at most) two prompts through the engine, as the sweep will: the metric, the
     intervention and the engine method are checked on real outputs before anything is written."""
     from mechpatch.patching.sweeps import Grid, sweep
-    from mechpatch.prompts import PromptPair
 
-    pair, k = batch.pair, min(2, batch.pair.n_prompts)
-    small = PromptPair(pair.clean[:k], pair.corrupted[:k], None if pair.answers is None else pair.answers[:k])
+    small = _some_prompts(batch.pair, 0, min(2, batch.pair.n_prompts))
     sweep(model, small, Grid.of([cell]), metric=metric, direction=cfg.direction, intervention=cfg.make_intervention(),
           method=method, batch_size=cfg.batch_size, progress=False)
+
+
+def _some_prompts(pair: Any, lo: int, hi: int) -> Any:
+    """Prompts ``lo:hi`` of a :class:`~mechpatch.prompts.PromptPair` (clean, corrupted, answers)."""
+    from mechpatch.prompts import PromptPair
+
+    return PromptPair(pair.clean[lo:hi], pair.corrupted[lo:hi], None if pair.answers is None else pair.answers[lo:hi])
 
 
 def _resolve_method(model: Any, method: str) -> tuple[str, Optional[str]]:
@@ -447,15 +465,33 @@ class SweepJob:
         model = load_source(cfg.model, cfg.device, cfg.dtype)
         return cls(cfg, model, _prepare(cfg, model))
 
+    @property
+    def shards(self) -> list[Optional[tuple[int, int, int]]]:
+        """The chunks of prompts, ``(batch, lo, hi)`` each (``[None]``: every prompt of every batch, one chunk)."""
+        size = self.cfg.prompt_chunk
+        if size is None:
+            return [None]
+        return [(i, lo, min(b.pair.n_prompts, lo + size)) for i, b in enumerate(self.prep.batches)
+                for lo in range(0, b.pair.n_prompts, size)]
+
+    def n_units(self, kind: str) -> int:
+        """Units of one kind: chunks of cells x chunks of prompts (unit ``i`` is cell chunk ``i // S``, prompt
+        chunk ``i % S``)."""
+        return -(-len(self.prep.grids[kind].cells) // self.cfg.chunk_size) * len(self.shards)
+
     def cells(self, unit: tuple[str, int]) -> tuple:
         kind, i = unit
-        size = self.cfg.chunk_size
-        return self.prep.grids[kind].cells[i * size:(i + 1) * size]
+        size, c = self.cfg.chunk_size, i // len(self.shards)
+        return self.prep.grids[kind].cells[c * size:(c + 1) * size]
 
     def run_unit(self, unit: tuple[str, int], payload: None = None) -> dict[str, Tensor]:
-        """One chunk of cells (a sweep's units carry no payload: the cells follow from the unit)."""
-        p = self.prep
-        out = _run_chunk(self.cfg, self.model, self.cells(unit), p.batches, p.metric, p.method)
+        """One chunk of cells over one chunk of prompts (a sweep's units carry no payload: both follow from it)."""
+        p, shard = self.prep, self.shards[unit[1] % len(self.shards)]
+        batches = p.batches
+        if shard is not None:
+            b, lo, hi = shard
+            batches = [_PairBatch(_some_prompts(p.batches[b].pair, lo, hi))]
+        out = _run_chunk(self.cfg, self.model, self.cells(unit), batches, p.metric, p.method)
         return {k: v.cpu() for k, v in out.items()}
 
 
@@ -470,12 +506,13 @@ def _run_chunks(store: RunStore, cfg: SweepConfig, job: SweepJob, quiet: bool) -
     from mechpatch._progress import progress_bar
     from mechpatch.runs.executor import JobSpec, describe, open_executor
 
-    grids, size = job.prep.grids, cfg.chunk_size
-    chunks = {kind: [store.load_chunk(kind, i) for i in range(-(-len(g.cells) // size))] for kind, g in grids.items()}
+    grids, n_shards = job.prep.grids, len(job.shards)
+    chunks = {kind: [store.load_chunk(kind, i) for i in range(job.n_units(kind))] for kind in grids}
     todo = [(kind, i) for kind, cs in chunks.items() for i, c in enumerate(cs) if c is None]
-    total = sum(len(g.cells) for g in grids.values())
+    total = sum(len(g.cells) for g in grids.values()) * n_shards
     done_cells = total - sum(len(job.cells(u)) for u in todo)
-    bar = progress_bar(total=total, initial=done_cells, desc="sweep", unit="cell", enabled=not quiet)
+    bar = progress_bar(total=total, initial=done_cells, desc="sweep", unit="cell" if n_shards == 1 else "cell-chunk",
+                       enabled=not quiet)
 
     def save(unit: tuple[str, int], tensors: dict[str, Tensor]) -> None:
         store.save_chunk(unit[0], unit[1], tensors)
@@ -492,8 +529,11 @@ def _run_chunks(store: RunStore, cfg: SweepConfig, job: SweepJob, quiet: bool) -
 
 
 def _assemble(cfg: SweepConfig, job: SweepJob, kind: str, chunks: list[dict[str, Tensor]]) -> PatchResult:
-    """One kind's result from its chunks (their unpatched baselines must agree)."""
-    grid, metric = job.prep.grids[kind], job.prep.metric
+    """One kind's result from its chunks (their unpatched baselines must agree): each chunk of cells's chunks of
+    prompts joined in order first."""
+    grid, metric, n = job.prep.grids[kind], job.prep.metric, len(job.shards)
+    if n > 1:
+        chunks = [_join_prompts(chunks[c:c + n]) for c in range(0, len(chunks), n)]
     first = chunks[0]
     for i, c in enumerate(chunks):
         if not (torch.equal(c["clean"], first["clean"]) and torch.equal(c["corrupted"], first["corrupted"])):
@@ -509,6 +549,13 @@ def _assemble(cfg: SweepConfig, job: SweepJob, kind: str, chunks: list[dict[str,
         meta={"method": job.prep.method, "kind": kind,
               **({} if job.prep.fallback is None else {"fallback_reason": job.prep.fallback})},
     )
+
+
+def _join_prompts(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """One chunk of cells from its chunks of prompts, in prompt order (a cell is a no-op where it is in all)."""
+    return {"values": torch.cat([p["values"] for p in parts], -1),
+            "noop": torch.stack([p["noop"] for p in parts]).all(0),
+            "clean": torch.cat([p["clean"] for p in parts]), "corrupted": torch.cat([p["corrupted"] for p in parts])}
 
 
 # ----------------------------------------------------------------------------- files <-> results

@@ -203,3 +203,35 @@ def test_a_batch_on_the_command_line(tmp_path, capsys):
     assert "a batch writes each config's own out_dir" in capsys.readouterr().err
     assert main(["discover", *paths, "-q", "--threads", "1"]) == 0
     assert all(_manifest(tmp_path / f"run-{tau}")["status"] == "finished" for tau in (0.01, 0.1))
+
+
+# ----------------------------------------------------------------------------- sweeps by chunks of prompts
+
+
+def test_prompt_chunks_are_refused_where_an_intervention_draws_on_all_prompts(tmp_path):
+    from .test_executor import _cfg
+
+    with pytest.raises(ConfigError, match="intervention 'mean' draws on all of a batch's prompts"):
+        _cfg(tmp_path, prompt_chunk=2, intervention="mean", direction="noise")
+    with pytest.raises(ConfigError, match="prompt_chunk must be a positive integer"):
+        _cfg(tmp_path, prompt_chunk=0)
+
+
+@pytest.mark.slow
+def test_a_sweep_by_chunks_of_prompts_on_ray_equals_local_and_the_whole_sweep(tmp_path):
+    """Chunks of 4 of the 6 prompts: 2 units per chunk of cells, joined in prompt order by the driver."""
+    from mechpatch.runs.sweep import load_sweep, run_sweep
+
+    from .test_executor import _cfg
+
+    local = run_sweep(_cfg(tmp_path / "local", prompt_chunk=4), quiet=True)
+    run_sweep(_cfg(tmp_path / "ray", prompt_chunk=4, executor=RAY), quiet=True)
+    assert_same_run(tmp_path / "local", tmp_path / "ray")
+    assert len(os.listdir(tmp_path / "local" / "chunks" / "head")) == 2 * 3  # 8 heads in chunks of 3, x 2
+    whole = run_sweep(_cfg(tmp_path / "whole"), quiet=True)
+    for kind in ("resid_pre", "head"):
+        a, b = local.results[kind], whole.results[kind]
+        assert a.values.shape == b.values.shape and a.axes == b.axes and torch.equal(a.noop, b.noop)
+        torch.testing.assert_close(a.values, b.values, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a.clean, b.clean, atol=1e-5, rtol=1e-5)
+    assert load_sweep(str(tmp_path / "ray")).manifest["config"]["prompt_chunk"] == 4
