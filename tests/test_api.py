@@ -58,7 +58,8 @@ ENTRY_POINTS = [
     (exhaustive_interactions, ("model", "base", "components"), Zero()),
 ]
 #: public functions with a ``metric`` parameter that do not run the model on prompts
-NOT_ENTRY_POINTS = {"as_metric", "readout_positions", "run_chunk"}  # run_chunk: the fast engine's inner loop
+#: run_chunk: the fast engine's inner loop; mask_chunk: one chunk of interaction masks, an executor's unit of work
+NOT_ENTRY_POINTS = {"as_metric", "readout_positions", "run_chunk", "mask_chunk"}
 KW = inspect.Parameter.KEYWORD_ONLY
 EMPTY = inspect.Parameter.empty
 
