@@ -1,0 +1,113 @@
+"""Probes with control tasks: selectivity separates a planted direction from lexical memorisation (Hewitt & Liang
+2019), on synthetic activations whose answer is known, and on a real model's embeddings."""
+
+import pytest
+import torch
+
+from mechpatch import zoo
+from mechpatch.probes import ProbeError, control_labels, fit_probe, probe_sites
+from mechpatch.sites import Resid
+
+
+def _planted(n=1200, d=32, n_types=300, seed=0):
+    """The label is the sign of a projection on a planted direction; the types are unrelated to it."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.nn.functional.normalize(torch.randn(d, generator=g), dim=0)
+    x = torch.randn(n, d, generator=g)
+    return x, (x @ u > 0).long(), torch.randint(0, n_types, (n,), generator=g), u
+
+
+def _lexical(n=1200, d=32, n_types=20, seed=0):
+    """The activation is its type's embedding plus noise, and the label a fixed random function of the type: a probe
+    decodes it perfectly by recognising types, so the control task (random labels per type) is as easy."""
+    g = torch.Generator().manual_seed(seed)
+    types = torch.randint(0, n_types, (n,), generator=g)
+    emb = torch.randn(n_types, d, generator=g)
+    label_of_type = torch.randint(0, 2, (n_types,), generator=g)
+    return emb[types] + 0.1 * torch.randn(n, d, generator=g), label_of_type[types], types
+
+
+@pytest.mark.parametrize("kind", ["logistic", "ridge"])
+def test_a_planted_direction_is_selective_and_recovered(kind):
+    x, y, types, u = _planted()
+    p = fit_probe(x, y, types=types, kind=kind)
+    assert p.accuracy > 0.9 and p.control_accuracy < 0.65 and p.selectivity > 0.3
+    assert p.directions.shape == (1, 32) and abs(float(p.directions[0] @ u.double())) > 0.9
+    assert p.n_train + p.n_test == 1200 and p.n_test == 300 and 0.4 < p.majority < 0.6
+
+
+def test_lexical_memorisation_is_accurate_but_not_selective():
+    x, y, types = _lexical()
+    p = fit_probe(x, y, types=types)
+    assert p.accuracy > 0.95 and p.control_accuracy > 0.9 and p.selectivity < 0.1
+
+
+def test_the_control_task_gives_each_type_one_label_drawn_from_the_task():
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    types = torch.arange(100) % 50
+    c = control_labels(types, labels, seed=3)
+    for t in range(50):
+        assert c[types == t].unique().numel() == 1  # every example of a type shares its label
+    assert set(c.tolist()) <= {0, 1} and torch.equal(c, control_labels(types, labels, seed=3))
+    many = control_labels(torch.arange(5000), torch.tensor([0] * 4500 + [1] * 500), seed=0)
+    assert 0.07 < many.double().mean() < 0.13  # the task's label frequencies (10% ones)
+    assert not torch.equal(c, control_labels(types, labels, seed=4))
+
+
+def test_multiclass_probe_directions_are_an_orthonormal_basis():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(900, 16, generator=g)
+    y = x[:, :3].argmax(1)  # three classes, read from the first three axes
+    p = fit_probe(x, y)
+    assert p.classes == (0, 1, 2) and p.accuracy > 0.85 and p.control_accuracy is None and p.selectivity is None
+    d = p.directions  # two directions: the prediction depends on differences of the three class weights
+    assert d.shape == (2, 16)
+    torch.testing.assert_close(d @ d.T, torch.eye(2, dtype=torch.float64), atol=1e-10, rtol=0)
+    assert float(d[:, 3:].norm()) < 0.3 * float(d[:, :3].norm())  # the basis lives on the first three axes
+    assert float((d[:, :3].sum(1)).abs().max()) < 0.2  # ... in their differences, not their sum
+
+
+def test_bad_input_is_refused_before_fitting(unchecked):
+    x, y, types, _ = _planted(n=40)
+    with pytest.raises(ProbeError, match="unknown probe kind 'svm'; valid: 'logistic', 'ridge'"):
+        fit_probe(x, y, kind="svm")
+    with pytest.raises(ProbeError, match="one class"):
+        fit_probe(x, torch.zeros(40, dtype=torch.long))
+    with unchecked():  # as a user calls it: mechpatch's own checks, not the test suite's shape checks
+        with pytest.raises(ProbeError, match="39 feature rows for 40 labels"):
+            fit_probe(x[:39], y)
+        with pytest.raises(ProbeError, match=r"labels must be an integer tensor \[example\]; got torch.float32"):
+            fit_probe(x, y.float())
+    with pytest.raises(ProbeError, match=r"test_fraction must be in \(0, 1\)"):
+        fit_probe(x, y, test_fraction=1.0)
+    with pytest.raises(ProbeError, match="3 types for 40 labels"):
+        fit_probe(x, y, types=[1, 2, 3])
+    with pytest.raises(ProbeError, match="leave 1 to fit"):
+        fit_probe(x[:4], torch.tensor([0, 1, 0, 1]), test_fraction=0.75)
+
+
+def test_probes_at_sites_of_a_model_read_the_cached_activations():
+    """On the bundled induction model, the parity of the last token is decodable from its embedding (resid_pre 0):
+    accurate, but exactly what the control task (a random label per token type) also learns: not selective."""
+    from mechpatch.cache import cache_activations
+
+    model = zoo.load("induction-2l")
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 20, (400, 6), generator=g)  # 20 token types: every one seen in training
+    labels = tokens[:, -1] % 2
+    sites = [Resid(0, "pre"), Resid(1, "post")]
+    sweep = probe_sites(model, tokens, sites, labels=labels, position=-1)
+    assert list(sweep.probes) == ["L0.resid_pre", "L1.resid_post"]
+    p = sweep.probes["L0.resid_pre"]
+    assert p.accuracy > 0.9 and p.control_accuracy > 0.8 and p.selectivity < 0.15
+    # the same fit on the activations cached by hand: the sweep reads position -1 of each prompt
+    act = cache_activations(model, tokens, [Resid(0, "pre")])[Resid(0, "pre")][:, -1]
+    again = fit_probe(act, labels, types=tokens[:, -1], site="L0.resid_pre")
+    assert again.accuracy == p.accuracy and again.control_accuracy == p.control_accuracy
+    df = sweep.to_dataframe()
+    assert list(df["site"]) == ["L0.resid_pre", "L1.resid_post"] and df["selectivity"].notna().all()
+    assert len(sweep.figure().data) == 4
+    with pytest.raises(ProbeError, match="3 labels for 400 prompts"):
+        probe_sites(model, tokens, sites, labels=labels[:3])  # a prompt count the shape checks cannot see
+    with pytest.raises(ProbeError, match=r"positions \[6\] are outside prompts of 6 tokens \(valid: -6..5\)"):
+        probe_sites(model, tokens, sites, labels=labels, position=6)
