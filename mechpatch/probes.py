@@ -15,6 +15,9 @@ the same split, with the same settings.
   that removes them).
 - :func:`probe_sites`: the same probe at several sites of a model, on activations cached at one position per
   prompt (:func:`~mechpatch.cache.cache_activations`), as a :class:`ProbeSweep` with a table and a figure.
+- :func:`probe_effects`: the causal check beside the accuracy: each probe's directions removed from the model's
+  run at its site and position (:class:`~mechpatch.patching.interventions.Subspace` with ``of=Zero()``, or swapped
+  in from another run with ``of=Replace()``), and the metric's change.
 
 >>> g = torch.Generator().manual_seed(0)
 >>> x = torch.randn(400, 8, generator=g)
@@ -184,18 +187,24 @@ def fit_probe(
 
 @dataclass(frozen=True)
 class ProbeSweep:
-    """Probes of one variable at several sites (:func:`probe_sites`)."""
+    """Probes of one variable at several sites (:func:`probe_sites`), and their causal effects once measured
+    (:func:`probe_effects`: the metric's change when the probe's directions are removed)."""
 
     probes: dict[str, Probe]
     position: Union[int, list[int]]
+    sites: tuple = ()
+    effects: Optional[dict[str, float]] = None
 
     def to_dataframe(self) -> Any:
-        """One row per site: accuracy, control accuracy, selectivity, majority baseline, examples."""
+        """One row per site: accuracy, control accuracy, selectivity, majority baseline, examples (and the causal
+        effect, once measured)."""
         import pandas as pd
 
         return pd.DataFrame([{"site": s, "accuracy": p.accuracy, "control_accuracy": p.control_accuracy,
                               "selectivity": p.selectivity, "majority": p.majority, "train_accuracy": p.train_accuracy,
-                              "n_train": p.n_train, "n_test": p.n_test} for s, p in self.probes.items()])
+                              "n_train": p.n_train, "n_test": p.n_test,
+                              **({} if self.effects is None else {"effect": self.effects[s]})}
+                             for s, p in self.probes.items()])
 
     def figure(self, title: str = "probe accuracy by site") -> Any:
         """Held-out accuracy, control accuracy and selectivity per site (plotly)."""
@@ -208,6 +217,10 @@ class ProbeSweep:
             if df[column].notna().any():
                 fig.add_trace(go.Scatter(x=df["site"], y=df[column], mode="lines+markers", name=name))
         fig.update_layout(title=title, xaxis_title="site", yaxis_title="held-out accuracy", yaxis_range=[-0.05, 1.05])
+        if self.effects is not None:  # the causal check, on its own axis (metric units)
+            fig.add_trace(go.Bar(x=df["site"], y=df["effect"], name="effect of removing the directions",
+                                 yaxis="y2", opacity=0.4))
+            fig.update_layout(yaxis2=dict(title="metric change", overlaying="y", side="right"))
         return fig
 
     def __repr__(self) -> str:
@@ -269,7 +282,47 @@ def probe_sites(
                              "position: probe a residual, attention, MLP or head output site")
         probes[site.label] = fit_probe(act[torch.arange(n), pos.to(act.device)], y, types=types, kind=kind,
                                        test_fraction=test_fraction, seed=seed, C=C, site=site.label)
-    return ProbeSweep(probes, position if isinstance(position, int) else pos.tolist())
+    return ProbeSweep(probes, position if isinstance(position, int) else pos.tolist(), tuple(sites))
 
 
-__all__ = ["PROBE_KINDS", "Probe", "ProbeError", "ProbeSweep", "control_labels", "fit_probe", "probe_sites"]
+def probe_effects(
+    model: Any,
+    prompts: Any,
+    sweep: ProbeSweep,
+    *,
+    metric: Any,
+    source: Any = None,
+    of: Any = None,
+    answers: Optional[Int[Tensor, "prompt answer"]] = None,
+    method: str = "auto",
+) -> ProbeSweep:
+    """The causal check of each probe of ``sweep``: its directions removed from ``prompts``' run at its site and
+    position (``of=Zero()``, the default), or swapped in from ``source`` (``of=Replace()``), and the metric's change
+    (mean over prompts, metric units). Returns the sweep with ``effects``.
+
+    A probe can be accurate where the model does not use the information: an accurate probe whose removal changes
+    nothing is the warning sign this check is for.
+
+    Raises:
+        ProbeError: the sweep read one position per prompt (a patch needs one position for all prompts).
+    """
+    import dataclasses
+
+    from mechpatch.patching import Zero, run_patches
+    from mechpatch.patching.interventions import Subspace
+
+    if not isinstance(sweep.position, int):
+        raise ProbeError("the probes read a different position in each prompt; the causal check patches one position "
+                         "in all of them: probe with position=<int>")
+    effects = {}
+    for site in sweep.sites:
+        probe = sweep.probes[site.label]
+        iv = Subspace(probe.directions.float(), of=Zero() if of is None else of)
+        run = run_patches(model, prompts, [[dataclasses.replace(site, pos=sweep.position)]], metric=metric,
+                          source=source, intervention=iv, answers=answers, method=method, progress=False)
+        effects[site.label] = float(run.values.double().mean() - run.base_values.double().mean())
+    return dataclasses.replace(sweep, effects=effects)
+
+
+__all__ = ["PROBE_KINDS", "Probe", "ProbeError", "ProbeSweep", "control_labels", "fit_probe", "probe_effects",
+           "probe_sites"]

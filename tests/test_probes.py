@@ -111,3 +111,30 @@ def test_probes_at_sites_of_a_model_read_the_cached_activations():
         probe_sites(model, tokens, sites, labels=labels[:3])  # a prompt count the shape checks cannot see
     with pytest.raises(ProbeError, match=r"positions \[6\] are outside prompts of 6 tokens \(valid: -6..5\)"):
         probe_sites(model, tokens, sites, labels=labels, position=6)
+
+
+def test_the_causal_check_removes_each_probes_directions():
+    """probe_effects patches Subspace(directions, of=Zero()) at the probe's site and position: the same numbers as
+    the engine called directly, and a table and figure that carry them beside the accuracies."""
+    from mechpatch.patching import Zero, run_patches
+    from mechpatch.patching.interventions import Subspace
+    from mechpatch.probes import probe_effects
+    from mechpatch.tasks import make_task
+
+    model = zoo.load("induction-2l")
+    (b,) = make_task("induction", model, n=120, block=6, seed=0).batches
+    labels = b.clean[:, -2] % 2  # position -2: its prediction (of the last token) is in the loss
+    sites = [Resid(0, "pre"), Resid(1, "pre")]
+    sweep = probe_effects(model, b.clean, probe_sites(model, b.clean, sites, labels=labels, position=-2),
+                          metric="loss")
+    for site in sites:
+        direct = run_patches(model, b.clean, [[Resid(site.layer, "pre", pos=-2)]], metric="loss",
+                             intervention=Subspace(sweep.probes[site.label].directions.float(), of=Zero()))
+        expected = float(direct.values.double().mean() - direct.base_values.double().mean())
+        assert sweep.effects[site.label] == pytest.approx(expected, abs=1e-6)
+    assert sweep.effects["L0.resid_pre"] != 0.0
+    assert list(sweep.to_dataframe()["effect"]) == [sweep.effects[s.label] for s in sites]
+    assert len(sweep.figure().data) == 5
+    per_prompt = probe_sites(model, b.clean, sites, labels=labels, position=torch.full((120,), -1))
+    with pytest.raises(ProbeError, match="one position in all of them"):
+        probe_effects(model, b.clean, per_prompt, metric="loss")

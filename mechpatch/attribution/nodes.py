@@ -44,8 +44,8 @@ from mechpatch.errors import choices
 from mechpatch.model import HookedModel, hook_shape
 from mechpatch.patching import fast
 from mechpatch.patching import functional as F_
-from mechpatch.patching.engine import _bind_clean, _check_patch_args, _unpatched_runs
-from mechpatch.patching.interventions import Intervention, Replace
+from mechpatch.patching.engine import _bind_clean, _check_patch_args, _unpatched_runs, check_subspace
+from mechpatch.patching.interventions import Intervention, Replace, step
 from mechpatch.patching.metrics import KLDivergence, Metric, Readout, as_metric, readout_positions, value_dtype
 from mechpatch.patching.plan import PatchPlan, compile_plan
 from mechpatch.patching.results import PatchResult
@@ -265,6 +265,7 @@ def atp(
     budget, base_t, src_t, metric = _check_atp_args(model, base, source, intervention, clean, batch_size,
                                                     memory_budget, metric)
     plan = compile_plan(model, [v if not isinstance(v, Site) else (v,) for v in variants], base_t.shape[1])
+    check_subspace(model, plan, intervention)
     n, seq = base_t.shape
     positions = readout_positions(metric, seq)
     backend, fm = resolve_backend(model, backend, need_functional=qk_fix)  # (checks the fast path: a forward)
@@ -281,7 +282,7 @@ def atp(
         # unpatched runs: what each hook holds on the base run and what the intervention sets it towards
         runs = _unpatched_runs(model, plan, base_t, src_t, intervention, readout,
                                lambda m, tokens, names, r: _capture(backend, m, fm, tokens, names, r, batch_size))
-        delta = {nm: intervention.alpha * (runs.source[nm] - runs.base[nm]) for nm in plan.hooks}
+        delta = {nm: step(intervention.alpha, runs.source[nm] - runs.base[nm]) for nm in plan.hooks}
         metric, base_values, source_values = _bind_clean(metric, clean, readout, runs.base_logits,
                                                          runs.source_logits, base_t, src_t)
         estimates, passes = _grad_passes(backend, model, fm, plan, base_t, delta, metric, readout, groups, qk_layers,

@@ -30,7 +30,9 @@ from mechpatch._progress import progress_bar
 from mechpatch.cache import DEFAULT_MEMORY_BUDGET, as_tokens, format_bytes, parse_bytes
 from mechpatch.errors import InvalidArgumentError, MemoryBudgetError, ShapeMismatchError, UnsupportedSiteError, choices
 from mechpatch.model import BRIDGE_IGNORES_WRITES, HookedModel, hook_shape
-from mechpatch.patching.interventions import Intervention, Replace, check_intervention, needs_source
+from mechpatch.patching.interventions import (
+    Intervention, Projection, Replace, Subspace, check_intervention, needs_source,
+)
 from mechpatch.patching.metrics import Metric, Readout, as_metric, readout_positions
 from mechpatch.patching.plan import PatchPlan, apply_mask, compile_plan
 from mechpatch.patching import fast
@@ -117,7 +119,27 @@ def _unpatched_runs(
     return _Runs(srcs, base_acts, base_logits, source_logits)
 
 
-def _noops(plan: PatchPlan, sources: _Runs, alpha: float) -> tuple[Tensor, tuple[tuple[Site, ...], ...]]:
+def check_subspace(model: HookedModel, plan: PatchPlan, intervention: Intervention) -> None:
+    """Refuse, before any forward, a :class:`~mechpatch.patching.interventions.Subspace` whose dimension is not the
+    last dimension of every patched hook, or a site whose unit is that dimension (a neuron, a pattern's key)."""
+    if not isinstance(intervention, Subspace):
+        return
+    for points in plan.points:
+        for p in points:
+            axes = p.spec.axes
+            size = hook_shape(p.spec, model.spec, 1, plan.seq_len)[-1]
+            if p.spec.unit_axis in (len(axes) - 1, -1) or axes[-1] in ("key", "key_pos"):
+                raise InvalidArgumentError(f"Subspace moves a vector per position; site {p.site.label} patches single "
+                                           f"entries of its hook's last dimension ({axes[-1]}): patch a residual, "
+                                           "attention, MLP or head output site")
+            if size != intervention.dim:
+                raise ShapeMismatchError(f"the Subspace basis lives in {intervention.dim} dimensions, but site "
+                                         f"{p.site.label} is {size}-dimensional ({axes[-1]}): give a basis of that "
+                                         "site's vectors")
+
+
+def _noops(plan: PatchPlan, sources: _Runs, alpha: Union[float, Projection]
+           ) -> tuple[Tensor, tuple[tuple[Site, ...], ...]]:
     same: dict[tuple[str, Site], bool] = {}
     per_variant = []
     flags = []
@@ -173,6 +195,8 @@ def _run_reference(model, plan, base, sources, alpha, metric, readout, progress)
             src, m = sources.source[p.name], masks[p.name]
 
             def target(act, offset, m=m, src=src):
+                if isinstance(alpha, Projection):  # along a subspace: the whole vector at each patched entry
+                    return torch.where(m, act + alpha(src - act), act)
                 act = act.clone()
                 if alpha == 1.0:
                     act[m] = src[m]
@@ -245,7 +269,7 @@ def _check_patch_args(
     _check_batch_size(batch_size, "or None (sized from memory_budget)", error)
     if clean not in (None, "source", "base"):
         raise error(f"clean must be 'source', 'base' or None; got {clean!r}")
-    check_intervention(intervention, error)
+    check_intervention(intervention, error, subspace=True)
     budget = parse_bytes(memory_budget) or default_budget
     base_t = as_tokens(model, base)
     src_t = None
@@ -327,7 +351,7 @@ def _prepare_runs(
 
 
 def _run_chunks(
-    method: str, model: HookedModel, plan: PatchPlan, base_t: Tensor, runs: _Runs, alpha: Union[int, float],
+    method: str, model: HookedModel, plan: PatchPlan, base_t: Tensor, runs: _Runs, alpha: Union[int, float, Projection],
     metric: Metric, readout: Readout, fast_state: Optional[fast.FastState], order: Tensor, batch_size: int,
     progress: Optional[bool], values: Tensor,
 ) -> tuple[int, int, Optional[int]]:
@@ -423,6 +447,7 @@ def run_patches(
                                               DEFAULT_MEMORY_BUDGET)
     metric = as_metric(metric)
     plan = compile_plan(model, [v if not isinstance(v, Site) else (v,) for v in variants], base_t.shape[1])
+    check_subspace(model, plan, intervention)
     n_prompts, seq_len = base_t.shape
     positions = readout_positions(metric, seq_len)
     method, fm, fallback = _resolve_method(model, method)

@@ -8,7 +8,7 @@ Variants are ordered by (L0, p0) so that chunks group patches with similar start
 
 import weakref
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -16,6 +16,7 @@ from torch import Tensor
 from mechpatch.errors import MechpatchError
 from mechpatch.model import HookedModel
 from mechpatch.patching import functional as F_
+from mechpatch.patching.interventions import Projection
 from mechpatch.patching.metrics import Metric, Readout
 from mechpatch.patching.plan import PatchPlan, apply_mask
 
@@ -207,7 +208,8 @@ def forward_rows(
 
 
 def run_chunk(
-    state: FastState, plan: PatchPlan, sources: "object", alpha: float, metric: Metric, readout: Readout, ids: Tensor
+    state: FastState, plan: PatchPlan, sources: "object", alpha: Union[float, Projection], metric: Metric,
+    readout: Readout, ids: Tensor
 ) -> Tensor:
     """Metric values [len(ids), prompt] for one chunk of variants."""
     n, seq_len = state.tokens.shape

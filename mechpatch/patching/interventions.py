@@ -12,7 +12,15 @@ intervention           source                                      alpha
 ``Mean()``             mean over a reference set, per position      1
 ``Resample(seed)``     the same site in another prompt               1
 ``Interpolate(a)``     the other run of the pair                    a
+``Subspace(U, of)``    what ``of`` brings in                        the projection on U's span
 =====================  ==========================================  ======
+
+``Subspace`` moves only the component of the activation in a subspace (its hook's last dimension: ``d_model``
+for residual, attention and MLP outputs, ``d_head`` for a head's output, query, key or value) and leaves the rest:
+``base + (source - base) Q Q^T`` with ``Q`` an orthonormal basis of the rows of ``U``. With ``of=Zero()`` it
+projects the subspace out (removing a probe's directions); with ``of=Replace()`` it is an interchange intervention
+on the subspace (distributed alignment search). It runs wherever node patching runs (:func:`run_patches`, sweeps,
+AtP); the edge-level functions refuse it.
 
 The two directions of patching a clean/corrupted pair, :data:`DIRECTIONS` (the one vocabulary of the
 sweeps, attribution and interaction search):
@@ -153,11 +161,92 @@ class Interpolate:
         return other
 
 
-Intervention = Union[Replace, Zero, Mean, Resample, Interpolate]
-INTERVENTIONS = (Replace, Zero, Mean, Resample, Interpolate)
+class Projection:
+    """The step of a :class:`Subspace`: a change of an activation, projected on the subspace spanned by the
+    orthonormal columns of ``q`` [d, k] (over the activation's last dimension)."""
+
+    def __init__(self, q: Tensor) -> None:
+        self.q = q
+
+    def __call__(self, delta: Tensor) -> Tensor:
+        q = self.q.to(device=delta.device, dtype=delta.dtype)
+        return (delta @ q) @ q.T
+
+    def __repr__(self) -> str:
+        return f"Projection(d={self.q.shape[0]}, k={self.q.shape[1]})"
+
+
+def step(alpha: Union[int, float, Projection], delta: Tensor) -> Tensor:
+    """How far an intervention moves an activation, given the full change ``delta`` (``source - base``): all of it
+    (alpha 1), a fraction ``alpha`` of it, or a :class:`Subspace`'s projection of it."""
+    if isinstance(alpha, Projection):
+        return alpha(delta)
+    return delta if alpha == 1.0 else alpha * delta
+
+
+@dataclass(frozen=True, eq=False)
+class Subspace:
+    """Move only the subspace spanned by the rows of ``basis`` [k, d], to what ``of`` brings in (see the module
+    docstring): ``Subspace(probe.directions, of=Zero())`` removes what a probe reads; ``of=Replace()`` swaps the
+    subspace in from the other run.
+
+    >>> iv = Subspace(torch.tensor([[1.0, 0.0, 0.0]]), of=Zero())
+    >>> step(iv.alpha, torch.tensor([[2.0, 3.0, 4.0]]))  # only the first coordinate moves
+    tensor([[2., 0., 0.]])
+    >>> Subspace(torch.zeros(1, 3))
+    Traceback (most recent call last):
+    ...
+    mechpatch.errors.InvalidArgumentError: Subspace basis must have linearly independent rows; got rank 0 of 1 rows
+    """
+
+    basis: Tensor
+    of: object = None  # default Replace(), set in __post_init__
+
+    def __post_init__(self) -> None:
+        of = Replace() if self.of is None else self.of
+        if not isinstance(of, (Replace, Zero, Mean, Resample)):
+            raise InvalidArgumentError(f"Subspace(of=...) takes Replace(), Zero(), Mean() or Resample(); got {of!r}")
+        object.__setattr__(self, "of", of)
+        b = self.basis
+        if not isinstance(b, Tensor) or b.ndim != 2 or not b.dtype.is_floating_point or b.shape[0] < 1:
+            raise InvalidArgumentError(f"Subspace basis must be a float tensor [k, d] with k >= 1 rows; got "
+                                       f"{getattr(b, 'dtype', type(b).__name__)} {tuple(getattr(b, 'shape', ()))}")
+        if not torch.isfinite(b).all():
+            raise InvalidArgumentError("Subspace basis holds NaN or infinite values")
+        q, r = torch.linalg.qr(b.detach().double().cpu().T)
+        rank = int((r.diagonal().abs() > 1e-9 * max(1.0, float(r.diagonal().abs().max()))).sum())
+        if rank < b.shape[0]:
+            raise InvalidArgumentError(f"Subspace basis must have linearly independent rows; got rank {rank} of "
+                                       f"{b.shape[0]} rows")
+        object.__setattr__(self, "_projection", Projection(q))
+
+    @property
+    def alpha(self) -> Projection:
+        return self._projection
+
+    @property
+    def uses_pair(self) -> bool:
+        return self.of.uses_pair
+
+    @property
+    def reference(self) -> Optional[Tensor]:
+        return getattr(self.of, "reference", None)
+
+    @property
+    def dim(self) -> int:
+        """The dimension the subspace lives in (the hook's last dimension it must match)."""
+        return int(self.basis.shape[1])
+
+    def source(self, other: Tensor, base: Tensor, reference: Optional[Tensor] = None) -> Tensor:
+        return self.of.source(other, base, reference)
+
+
+Intervention = Union[Replace, Zero, Mean, Resample, Interpolate, Subspace]
+INTERVENTIONS = (Replace, Zero, Mean, Resample, Interpolate, Subspace)
 
 #: the valid interventions, as an error message lists them
-CHOICES = "Replace(), Zero(), Mean(reference=None), Resample(seed=0, reference=None), Interpolate(alpha)"
+CHOICES = ("Replace(), Zero(), Mean(reference=None), Resample(seed=0, reference=None), Interpolate(alpha), "
+           "Subspace(basis, of=...)")
 
 #: the one name -> intervention table of the config files and the command line (``"corrupted"``: the edge-level
 #: configs' name for :class:`Replace`); everything below the config layer takes the objects themselves
@@ -211,11 +300,17 @@ def describe(intervention: Intervention) -> str:
         return f"interpolate({intervention.alpha!r})"
     if isinstance(intervention, Resample):
         return f"resample(seed={intervention.seed}{', reference' if reference else ''})"
+    if isinstance(intervention, Subspace):
+        return f"subspace({intervention.basis.shape[0]} of {intervention.dim}, {describe(intervention.of)})"
     raise InvalidArgumentError(f"intervention must be one of {CHOICES}; got {intervention!r}")
 
 
-def check_intervention(intervention: object, error: type[MechpatchError] = InvalidArgumentError) -> Intervention:
+def check_intervention(intervention: object, error: type[MechpatchError] = InvalidArgumentError, *,
+                       subspace: bool = False) -> Intervention:
     """Return ``intervention`` if it is an intervention object, else raise ``error`` naming the valid ones.
+
+    ``subspace``: whether the caller runs :class:`Subspace` (node patching does; the edge-level functions, which
+    ablate whole sender outputs, refuse it).
 
     >>> check_intervention("zero")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -224,6 +319,9 @@ def check_intervention(intervention: object, error: type[MechpatchError] = Inval
     >>> from_name("zero") == check_intervention(Zero())
     True
     """
+    if isinstance(intervention, Subspace) and not subspace:
+        raise error("Subspace interventions run in node patching (run_patches, sweeps, AtP); the edge-level functions "
+                    "ablate whole sender outputs: use Replace(), Zero(), Mean(), Resample() or Interpolate() here")
     if isinstance(intervention, INTERVENTIONS):
         return intervention
     hint = ""

@@ -8,13 +8,14 @@ select, e.g. d_head), so one broadcast ``where`` patches every row at once.
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
 from mechpatch.errors import EmptyInputError
 from mechpatch.model import HookedModel, HookPoint, HookSpec, hook_shape
+from mechpatch.patching.interventions import Projection, step
 from mechpatch.sites import Site, resolve_positions
 
 
@@ -60,15 +61,16 @@ class PatchPlan:
         return first
 
 
-def apply_mask(act: Tensor, mask: Tensor, src: Tensor, alpha: float) -> Tensor:
-    """Patch ``act`` where ``mask`` is set: to ``src`` (``alpha`` 1), or ``alpha`` of the way from ``act`` to it.
+def apply_mask(act: Tensor, mask: Tensor, src: Tensor, alpha: Union[float, Projection]) -> Tensor:
+    """Patch ``act`` where ``mask`` is set: to ``src`` (``alpha`` 1), ``alpha`` of the way from ``act`` to it, or
+    along a subspace (``alpha`` a :class:`~mechpatch.patching.interventions.Projection`).
 
     >>> apply_mask(torch.zeros(3), torch.tensor([True, False, True]), torch.ones(3), 0.5)
     tensor([0.5000, 0.0000, 0.5000])
     """
-    if alpha == 1.0:
+    if not isinstance(alpha, Projection) and alpha == 1.0:
         return torch.where(mask, src, act)
-    return torch.where(mask, act + alpha * (src - act), act)
+    return torch.where(mask, act + step(alpha, src - act), act)
 
 
 def compile_plan(model: HookedModel, variants: Sequence[Sequence[Site]], seq_len: int) -> PatchPlan:
