@@ -14,6 +14,9 @@ patching) before reading more into them.
     followed it last time: queries that have one);
 - :func:`attention_to`: the weight from a named query position to a named key position per prompt (e.g. END to
   the indirect object in IOI), per head.
+- :func:`attention_view`: a self-contained HTML view (no network): a head grid coloured by any per-head score,
+  the layer's heads, and the selected head's pattern with the query token, key token and weight on hover; for
+  Jupyter, ``report.html`` or a file.
 
 >>> p = torch.zeros(1, 1, 1, 4, 4)
 >>> p[0, 0, 0, torch.arange(4), torch.tensor([0, 0, 1, 2])] = 1.0  # every query on the token before it
@@ -124,4 +127,166 @@ def attention_to(patterns: Float[Tensor, "prompt layer head query key"],
     return patterns.double().cpu()[rows, :, :, idx[0], idx[1]].mean(0)
 
 
-__all__ = ["HEAD_SCORES", "attention_patterns", "attention_to", "head_scores"]
+
+# ----------------------------------------------------------------------------- the view
+
+_VIEW_JS = r"""
+(function () {
+  const begin = performance.now();
+  const meta = JSON.parse(document.getElementById('mp-meta').textContent);
+  const raw = atob(document.getElementById('mp-data').textContent.trim());
+  const data = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) data[i] = raw.charCodeAt(i);
+  const S = meta.seq, H = meta.n_heads, L = meta.layers.length;
+  const state = {prompt: 0, layer: 0, head: 0};
+  const offset = (p, l, h) => ((p * L + l) * H + h) * S * S;
+  const big = document.getElementById('mp-big'), info = document.getElementById('mp-info');
+  function paint(canvas, p, l, h) {
+    canvas.width = S; canvas.height = S;
+    const ctx = canvas.getContext('2d'), img = ctx.createImageData(S, S), px = img.data, o = offset(p, l, h);
+    for (let i = 0; i < S * S; i++) {
+      const v = data[o + i];
+      px[4 * i] = 255 - v; px[4 * i + 1] = 255 - Math.round(v * 0.6); px[4 * i + 2] = 255; px[4 * i + 3] = 255;
+    }
+    ctx.putImageData(img, 0, 0);
+  }
+  function draw() {
+    const t0 = performance.now();
+    const row = document.getElementById('mp-heads');
+    row.innerHTML = '';
+    for (let h = 0; h < H; h++) {
+      const c = document.createElement('canvas');
+      c.className = 'mp-small' + (h === state.head ? ' mp-on' : '');
+      c.title = 'L' + meta.layers[state.layer] + 'H' + h;
+      c.onclick = () => { state.head = h; draw(); };
+      paint(c, state.prompt, state.layer, h);
+      row.appendChild(c);
+    }
+    paint(big, state.prompt, state.layer, state.head);
+    document.getElementById('mp-title').textContent = 'L' + meta.layers[state.layer] + 'H' + state.head +
+      (meta.scores ? '  ' + meta.score_name + ' ' + meta.scores[state.layer][state.head].toFixed(3) : '');
+    window.__mp_render_ms = performance.now() - t0;
+  }
+  const grid = document.getElementById('mp-grid');
+  meta.layers.forEach((layer, l) => {
+    const tr = document.createElement('tr');
+    const th = document.createElement('th'); th.textContent = 'L' + layer; tr.appendChild(th);
+    for (let h = 0; h < H; h++) {
+      const td = document.createElement('td');
+      const s = meta.scores ? meta.scores[l][h] : null;
+      td.title = 'L' + layer + 'H' + h + (s === null ? '' : ': ' + s.toFixed(3));
+      if (s !== null) {
+        const a = Math.max(0, Math.min(1, (s - meta.score_min) / ((meta.score_max - meta.score_min) || 1)));
+        td.style.background = 'rgba(214, 39, 40, ' + a.toFixed(3) + ')';
+      }
+      td.onclick = () => { state.layer = l; state.head = h; draw(); };
+      tr.appendChild(td);
+    }
+    grid.appendChild(tr);
+  });
+  const select = document.getElementById('mp-prompt');
+  meta.tokens.forEach((t, p) => {
+    const o = document.createElement('option'); o.value = p;
+    o.textContent = p + ': ' + t.slice(0, 12).join('') + (t.length > 12 ? '...' : ''); select.appendChild(o);
+  });
+  select.onchange = () => { state.prompt = +select.value; draw(); };
+  big.onmousemove = (e) => {
+    const r = big.getBoundingClientRect();
+    const k = Math.floor((e.clientX - r.left) / r.width * S), q = Math.floor((e.clientY - r.top) / r.height * S);
+    if (q < 0 || k < 0 || q >= S || k >= S) return;
+    const toks = meta.tokens[state.prompt], v = data[offset(state.prompt, state.layer, state.head) + q * S + k] / 255;
+    info.textContent = 'query ' + q + ' ' + JSON.stringify(toks[q]) + '  ->  key ' + k + ' ' +
+      JSON.stringify(toks[k]) + ':  ' + v.toFixed(3);
+  };
+  draw();
+  window.__mp_load_ms = performance.now() - begin;  // decoding the data and the first drawing
+})();
+"""
+
+_VIEW_CSS = """
+body { font-family: sans-serif; margin: 1em; }
+#mp-grid td { width: 14px; height: 14px; border: 1px solid #ddd; cursor: pointer; }
+#mp-grid th { font-weight: normal; font-size: 11px; padding-right: 4px; }
+.mp-small { width: 72px; height: 72px; margin: 2px; border: 2px solid #eee; cursor: pointer; image-rendering: pixelated; }
+.mp-on { border-color: #d62728; }
+#mp-big { width: 480px; height: 480px; border: 1px solid #ccc; image-rendering: pixelated; }
+#mp-info { font-family: monospace; min-height: 1.4em; }
+"""
+
+
+class AttentionView:
+    """A self-contained HTML view of attention patterns (no network: the script and the data are in the page).
+
+    Pick a prompt, click a head in the grid (coloured by ``scores`` when given) or among the layer's heads; hover
+    over the large pattern to read the query token, the key token and the weight. Weights are stored to 1/255.
+    """
+
+    def __init__(self, html: str) -> None:
+        self.html = html
+
+    def save(self, path: str) -> str:
+        """Write the page to ``path`` (atomically) and return it."""
+        from mechpatch.report import write_text
+
+        write_text(path, self.html)
+        return path
+
+    def _repr_html_(self) -> str:  # Jupyter: in an iframe, so that the page's script runs isolated
+        import html as _html
+
+        return (f'<iframe srcdoc="{_html.escape(self.html, quote=True)}" style="width:100%;height:760px;border:0">'
+                "</iframe>")
+
+
+def attention_view(
+    patterns: Float[Tensor, "prompt layer head query key"],
+    tokens: Sequence[Sequence[str]],
+    *,
+    layers: Optional[Sequence[int]] = None,
+    scores: Optional[Float[Tensor, "layer head"]] = None,
+    score_name: str = "score",
+    title: str = "attention patterns",
+) -> AttentionView:
+    """The view of ``patterns`` (from :func:`attention_patterns`) over ``tokens`` (each prompt's token strings,
+    e.g. ``model.to_str_tokens(row)``); ``layers`` names the patterns' layers (default 0, 1, ...); ``scores``
+    colours the head grid (any per-head score: :func:`head_scores`, a sweep's effect, an attribution)."""
+    import base64
+    import html as _html
+    import json
+
+    if patterns.ndim != 5 or patterns.shape[-1] != patterns.shape[-2]:
+        raise ShapeMismatchError(f"patterns must be [prompt, layer, head, query, key]; got {tuple(patterns.shape)}")
+    n, n_layers, n_heads, seq, _ = patterns.shape
+    if len(tokens) != n or any(len(t) != seq for t in tokens):
+        raise ShapeMismatchError(f"tokens must hold {n} prompts of {seq} token strings each (one per position)")
+    layers = list(range(n_layers)) if layers is None else [int(l) for l in layers]
+    if len(layers) != n_layers:
+        raise ShapeMismatchError(f"{len(layers)} layer names for patterns of {n_layers} layers")
+    if scores is not None and tuple(scores.shape) != (n_layers, n_heads):
+        raise ShapeMismatchError(f"scores must be [layer, head] = ({n_layers}, {n_heads}); got {tuple(scores.shape)}")
+    quantized = (patterns.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().contiguous()
+    meta = {"layers": layers, "n_heads": n_heads, "seq": seq, "tokens": [list(map(str, t)) for t in tokens],
+            "scores": None if scores is None else scores.double().tolist(), "score_name": score_name}
+    if scores is not None:
+        meta["score_min"], meta["score_max"] = float(scores.min()), float(scores.max())
+    data = base64.b64encode(quantized.numpy().tobytes()).decode("ascii")
+    script_meta = json.dumps(meta).replace("</", "<\\/")
+    page = f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{_html.escape(title)}</title><style>{_VIEW_CSS}</style></head>
+<body><h3>{_html.escape(title)}</h3>
+<p>Attention weights show where heads look, not what they use: check a head's causal effect before reading more.</p>
+<label>prompt <select id="mp-prompt"></select></label>
+<table id="mp-grid"></table>
+<div id="mp-heads"></div>
+<div id="mp-title"></div>
+<canvas id="mp-big"></canvas>
+<div id="mp-info">hover over the pattern: query (row) and key (column)</div>
+<script type="application/json" id="mp-meta">{script_meta}</script>
+<script type="text/plain" id="mp-data">{data}</script>
+<script>{_VIEW_JS}</script>
+</body></html>
+"""
+    return AttentionView(page)
+
+
+__all__ = ["HEAD_SCORES", "AttentionView", "attention_patterns", "attention_to", "attention_view", "head_scores"]
