@@ -15,6 +15,9 @@ EXPECTED = {
     # circuit_discovery: 3 figure cells + the displayed position-resolved DiscoveryResult (table, circuit figure)
     "circuit_discovery.ipynb": (4, 1, ["key edges found", "AUC 1.000; precision 1.00, recall 1.00",
                                        "positions of kept logits edges: [1"]),
+    # attention_probes_das: the attention view (an iframe), the probes' table, one figure
+    "attention_probes_das.ipynb": (1, 2, ["most induction-like head: L1H0",
+                                          "where the variable is read, DAS finds it; after it is read, only the probe"]),
 }
 
 
@@ -59,5 +62,5 @@ def test_notebook_executes(name):
     data = [o.get("data", {}) for o in outputs]
     assert sum("application/vnd.plotly.v1+json" in d for d in data) == n_figures
     html = [d["text/html"] for d in data if "text/html" in d and "application/vnd.plotly.v1+json" not in d]
-    assert len(html) == n_html and all("<table" in h for h in html)
+    assert len(html) == n_html and all("<table" in h or "<iframe srcdoc=" in h for h in html)
     assert seconds < 60
