@@ -36,6 +36,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechpatch.errors import MechpatchError, choices
+from mechpatch.patching.interventions import Zero
 
 #: the probe kinds: scikit-learn's ``LogisticRegression`` and ``RidgeClassifier``
 PROBE_KINDS = ("logistic", "ridge")
@@ -229,7 +230,7 @@ class ProbeSweep:
 
 def probe_sites(
     model: Any,
-    prompts: Any,
+    base: Any,
     sites: Sequence[Any],
     *,
     labels: Int[Tensor, " prompt"],
@@ -245,7 +246,7 @@ def probe_sites(
     """The same probe for ``labels`` at each of ``sites``, on one activation vector per prompt.
 
     Args:
-        model, prompts: the model and its prompts (token ids [prompt, pos] or strings of one length).
+        model, base: the model and its prompts (token ids [prompt, pos] or strings of one length).
         sites: sites whose activation is one vector per position (``Resid``, ``Attn``, ``Mlp``, ``Head`` ...).
         labels: the variable's class per prompt.
         position: the position read in every prompt (negative: from the end), or one position per prompt.
@@ -259,7 +260,7 @@ def probe_sites(
     """
     from mechpatch.cache import as_tokens, cache_activations
 
-    tokens = as_tokens(model, prompts)
+    tokens = as_tokens(model, base)
     n, seq = tokens.shape
     y = _labels(labels)
     if len(y) != n:
@@ -287,18 +288,18 @@ def probe_sites(
 
 def probe_effects(
     model: Any,
-    prompts: Any,
+    base: Any,
     sweep: ProbeSweep,
     *,
     metric: Any,
     source: Any = None,
-    of: Any = None,
+    intervention: Any = Zero(),
     answers: Optional[Int[Tensor, "prompt answer"]] = None,
     method: str = "auto",
 ) -> ProbeSweep:
-    """The causal check of each probe of ``sweep``: its directions removed from ``prompts``' run at its site and
-    position (``of=Zero()``, the default), or swapped in from ``source`` (``of=Replace()``), and the metric's change
-    (mean over prompts, metric units). Returns the sweep with ``effects``.
+    """The causal check of each probe of ``sweep``: the subspace of its directions, in ``base``'s run at its site
+    and position, set by ``intervention`` (``Zero()``, the default: removed; ``Replace()``: swapped in from
+    ``source``), and the metric's change (mean over prompts, metric units). Returns the sweep with ``effects``.
 
     A probe can be accurate where the model does not use the information: an accurate probe whose removal changes
     nothing is the warning sign this check is for.
@@ -308,7 +309,7 @@ def probe_effects(
     """
     import dataclasses
 
-    from mechpatch.patching import Zero, run_patches
+    from mechpatch.patching import run_patches
     from mechpatch.patching.interventions import Subspace
 
     if not isinstance(sweep.position, int):
@@ -317,8 +318,8 @@ def probe_effects(
     effects = {}
     for site in sweep.sites:
         probe = sweep.probes[site.label]
-        iv = Subspace(probe.directions.float(), of=Zero() if of is None else of)
-        run = run_patches(model, prompts, [[dataclasses.replace(site, pos=sweep.position)]], metric=metric,
+        iv = Subspace(probe.directions.float(), of=intervention)
+        run = run_patches(model, base, [[dataclasses.replace(site, pos=sweep.position)]], metric=metric,
                           source=source, intervention=iv, answers=answers, method=method, progress=False)
         effects[site.label] = float(run.values.double().mean() - run.base_values.double().mean())
     return dataclasses.replace(sweep, effects=effects)

@@ -26,6 +26,7 @@ from mechpatch.circuit.reference import edge_patch_reference
 from mechpatch.errors import InvalidArgumentError
 from mechpatch.interactions import evaluate_masks, exhaustive_interactions, find_interactions
 from mechpatch.patching import Interpolate, Mean, Replace, Resample, Zero, fast, run_patches, sweep
+from mechpatch.probes import probe_effects
 from mechpatch.patching.interventions import BY_NAME, describe, from_name
 from mechpatch.patching.metrics import LogitDiff
 from mechpatch.patching.paths import path_patch, path_patch_reference
@@ -56,6 +57,7 @@ ENTRY_POINTS = [
     (evaluate_masks, ("model", "base", "components"), Zero()),
     (find_interactions, ("model", "base", "components"), Zero()),
     (exhaustive_interactions, ("model", "base", "components"), Zero()),
+    (probe_effects, ("model", "base", "sweep"), Zero()),
 ]
 #: public functions with a ``metric`` parameter that do not run the model on prompts
 #: run_chunk: the fast engine's inner loop; mask_chunk: one chunk of interaction masks, an executor's unit of work
