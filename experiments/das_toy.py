@@ -2,12 +2,14 @@
 and with pyvene on the same model, sites and pairs.
 
 Task: four objects a, b, c, d (tokens of 20 shapes); the answer is whether (a == b) == (c == d). A two-layer GPT-2
-(Hugging Face classes, random initialisation, trained here in about a minute on a CPU) reads the four tokens and
-answers at the last position (token "true" or "false"). The causal hypothesis has two intermediate variables,
-``V1 = (a == b)`` and ``V2 = (c == d)``; an interchange of V1 from a source input sets the answer to
-``V1(source) == V2(base)``. DAS looks for V1 in the last position's residual stream after each block.
+(Hugging Face classes, random initialisation, trained here in under a minute on a CPU) reads the four tokens and
+answers at the last position (token "true" or "false"). Trained on the answer alone it stays at chance (measured:
+loss 0.693 after 12,000 steps: the task is an XOR of two equalities); an auxiliary target, ``a == b`` predicted at
+position 1, gets it to 100% in about 1,500 steps, and makes the intermediate variable known: ``V1 = (a == b)`` is
+computed at position 1. The causal hypothesis: an interchange of V1 (at position 1) from a source input sets the
+answer to ``V1(source) == V2(base)``. DAS looks for V1 at position 1 after each block.
 
-Usage: python experiments/das_toy.py [--steps 1500] [--pyvene] [--out FILE]
+Usage: python experiments/das_toy.py [--steps 2000] [--pyvene] [--out FILE]
 Last line of output: one JSON object.
 """
 
@@ -20,6 +22,7 @@ import torch
 
 N_SHAPES = 20
 FALSE, TRUE = N_SHAPES + 1, N_SHAPES + 2  # answer tokens (shapes are 1..N_SHAPES)
+POSITION = 1  # where V1 = (a == b) is computed (the auxiliary target's position)
 
 
 def sample(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -46,13 +49,14 @@ def train(steps: int = 1500, seed: int = 0) -> tuple[Any, float]:
     cfg = GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=8, vocab_size=N_SHAPES + 3, bos_token_id=0,
                      eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     model = GPT2LMHeadModel(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(steps):
         x, v1, v2 = sample(256, g)
-        logits = model(x).logits[:, -1]
-        loss = torch.nn.functional.cross_entropy(logits, answer(v1, v2))
+        logits = model(x).logits
+        loss = torch.nn.functional.cross_entropy(logits[:, -1], answer(v1, v2)) + \
+            torch.nn.functional.cross_entropy(logits[:, 1], torch.where(v1, TRUE, FALSE))  # V1 at position 1
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -77,13 +81,13 @@ def das_mechpatch(hf_model: Any, layer: int, k: int, base, source, targets, step
     from mechpatch.sites import Resid
 
     model = load_model(hf_model, device="cpu", name="hierarchical-equality")
-    return das(model, base, Resid(layer, "post", pos=3), source=source, targets=targets, k=k, steps=steps,
+    return das(model, base, Resid(layer, "post", pos=POSITION), source=source, targets=targets, k=k, steps=steps,
                lr=0.01, batch_size=128, seed=seed)
 
 
 def das_pyvene(hf_model: Any, layer: int, k: int, base, source, targets, steps: int, seed: int = 0) -> dict:
-    """The same search with pyvene's LowRankRotatedSpaceIntervention at ``block_output`` of ``layer``, position 3,
-    on the same split and the same optimiser settings."""
+    """The same search with pyvene's LowRankRotatedSpaceIntervention at ``block_output`` of ``layer``, at
+    :data:`POSITION`, on the same split, batches and optimiser settings."""
     import pyvene as pv
 
     torch.manual_seed(seed)
@@ -100,7 +104,7 @@ def das_pyvene(hf_model: Any, layer: int, k: int, base, source, targets, steps: 
     opt = torch.optim.Adam(intervenable.get_trainable_parameters(), lr=0.01)
 
     def run(rows: torch.Tensor) -> torch.Tensor:
-        loc = [[[3]] * len(rows)]
+        loc = [[[POSITION]] * len(rows)]
         _, out = intervenable({"input_ids": base[rows]}, [{"input_ids": source[rows]}],
                               unit_locations={"sources->base": (loc, loc)})
         return out.logits[:, -1]
@@ -118,7 +122,7 @@ def das_pyvene(hf_model: Any, layer: int, k: int, base, source, targets, steps: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=1500, help="training steps of the model")
+    parser.add_argument("--steps", type=int, default=2000, help="training steps of the model")
     parser.add_argument("--das-steps", type=int, default=300)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--pyvene", action="store_true", help="also run pyvene (pip install 'mechpatch[pyvene]')")

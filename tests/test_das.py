@@ -98,3 +98,22 @@ def test_principal_cosines_and_bad_input(pairs, unchecked):
         das(model, base, site, source=source, targets=targets, loss="mse", k=15, steps=1)
     with pytest.raises(InvalidArgumentError, match="single entry of its hook"):
         das(model, base, Pattern(1, 0), source=source, targets=targets, loss="mse")
+
+
+@pytest.mark.slow
+def test_das_finds_the_intermediate_variable_of_the_hierarchical_equality_toy():
+    """experiments/das_toy.py: a two-layer GPT-2 trained here to 100% on (a == b) == (c == d); DAS finds
+    V1 = (a == b) where it is computed (IIA >= 0.95, the issue's goal; DAS's paper reports 0.97 on its MLP) and
+    nothing once the answer position has read it."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import das_toy
+
+    torch.set_num_threads(1)
+    hf_model, accuracy = das_toy.train()
+    assert accuracy == 1.0
+    base, source, targets = das_toy.pairs(2000, seed=7)
+    assert das_toy.das_mechpatch(hf_model, 0, 4, base, source, targets, 300).iia >= 0.95
+    assert das_toy.das_mechpatch(hf_model, 1, 4, base, source, targets, 300).iia <= 0.6  # chance: 0.5
