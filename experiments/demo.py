@@ -130,6 +130,10 @@ def main(argv=None) -> int:
     })
     sections = [section("patch", kind, f"tensors/{kind}.safetensors", title)
                 for kind, title in zip(cfg.kinds, _titles(cfg.kinds))]
+    if "head" in results:
+        headline.update(_attention_beside_effect(model, pair, results["head"], store))
+        sections.append(section("attention_effect", "attention_effect", "results/attention_effect.parquet",
+                                "attention END -> IO beside each head's effect (attention is not use)"))
 
     if cfg.discovery != "none":
         from mechpatch.circuit import discover, faithfulness_curve
@@ -168,6 +172,20 @@ def main(argv=None) -> int:
     store.finish(**written, summary="summary.json")
     print(json.dumps(summary))
     return 0
+
+
+def _attention_beside_effect(model, pair, heads, store) -> dict:
+    """Each head's attention from the last token to the indirect object (IO, the answer's name) beside its patching
+    effect; the table is a result file of the run, and the heads where the two disagree go in the headline."""
+    from mechpatch.attention import attention_patterns, attention_to, attention_vs_effect
+
+    patterns = attention_patterns(model, pair.clean)
+    io_pos = (pair.clean == pair.answers[:, :1].to(pair.clean.device)).int().argmax(1).cpu()
+    table = attention_vs_effect(attention_to(patterns, -1, io_pos), heads.normalized())
+    store.write_table("attention_effect", table)
+    odd = table[table["disagreement"] == "effect without attention"]
+    return {"heads with a large effect and little attention to IO": "; ".join(
+        f"{r.head} (effect {r.effect:+.3f}, attention {r.attention:.2f})" for r in odd.itertuples()) or "none"}
 
 
 def _titles(kinds):

@@ -289,4 +289,50 @@ def attention_view(
     return AttentionView(page)
 
 
-__all__ = ["HEAD_SCORES", "AttentionView", "attention_patterns", "attention_to", "attention_view", "head_scores"]
+# ----------------------------------------------------------------------------- attention beside effect
+
+
+def attention_vs_effect(attention: Float[Tensor, "layer head"], effect: Float[Tensor, "layer head"], *,
+                        top: int = 10, attends: float = 0.3, matters: float = 0.1) -> Any:
+    """Per head, the attention weight to the position that matters beside its causal effect, and where they
+    disagree: the table (pandas) of the ``top`` heads by |effect| and the ``top`` by attention.
+
+    ``disagreement`` names a head with ``|effect| >= matters`` and ``attention < attends`` ("effect without
+    attention"), or the reverse ("attention without effect"); ``effect`` in the units given (e.g. a sweep's
+    normalised effect).
+    """
+    import pandas as pd
+
+    if attention.shape != effect.shape or attention.ndim != 2:
+        raise ShapeMismatchError(f"attention {tuple(attention.shape)} and effect {tuple(effect.shape)} must both be "
+                                 "[layer, head]")
+    n_heads = attention.shape[1]
+    a, e = attention.double().flatten().cpu(), effect.double().flatten().cpu()
+    chosen = list(dict.fromkeys(torch.argsort(e.abs(), descending=True)[:top].tolist()
+                                + torch.argsort(a, descending=True)[:top].tolist()))
+    rows = []
+    for i in chosen:
+        big, looks = abs(float(e[i])) >= matters, float(a[i]) >= attends
+        rows.append({"head": f"L{i // n_heads}H{i % n_heads}", "attention": float(a[i]), "effect": float(e[i]),
+                     "disagreement": "effect without attention" if big and not looks else
+                     "attention without effect" if looks and not big else ""})
+    return pd.DataFrame(rows).sort_values("effect", key=lambda c: -c.abs()).reset_index(drop=True)
+
+
+def attention_effect_figure(table: Any, title: str = "attention to the position that matters vs causal effect") -> Any:
+    """A scatter of :func:`attention_vs_effect`'s table: one point per head, disagreements coloured and named."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for kind, colour in (("", "#7f7f7f"), ("effect without attention", "#d62728"),
+                         ("attention without effect", "#1f77b4")):
+        t = table[table["disagreement"] == kind]
+        if len(t):
+            fig.add_trace(go.Scatter(x=t["attention"], y=t["effect"], mode="markers+text", text=t["head"],
+                                     textposition="top center", name=kind or "agree", marker=dict(color=colour)))
+    fig.update_layout(title=title, xaxis_title="attention weight to the position", yaxis_title="causal effect")
+    return fig
+
+
+__all__ = ["HEAD_SCORES", "AttentionView", "attention_effect_figure", "attention_patterns", "attention_to",
+           "attention_vs_effect", "attention_view", "head_scores"]

@@ -73,3 +73,18 @@ def test_bad_input(unchecked):
     model = zoo.load("induction-2l")
     with pytest.raises(InvalidArgumentError, match="layers must be a non-empty list of layer indices 0..1"):
         attention_patterns(model, tokens, layers=[2])
+
+
+def test_attention_beside_effect_names_the_disagreements(unchecked):
+    from mechpatch.attention import attention_effect_figure, attention_vs_effect
+
+    attention = torch.tensor([[0.9, 0.0, 0.5], [0.05, 0.6, 0.0]])
+    effect = torch.tensor([[0.5, 0.4, 0.01], [0.0, -0.3, 0.02]])
+    t = attention_vs_effect(attention, effect, top=3)
+    kinds = dict(zip(t["head"], t["disagreement"]))
+    assert kinds["L0H0"] == "" and kinds["L1H1"] == ""  # attends and matters (a negative effect matters too)
+    assert kinds["L0H1"] == "effect without attention" and kinds["L0H2"] == "attention without effect"
+    assert list(t["head"])[:3] == ["L0H0", "L0H1", "L1H1"]  # by |effect|
+    assert len(attention_effect_figure(t).data) == 3
+    with unchecked(), pytest.raises(ShapeMismatchError, match="must both be"):
+        attention_vs_effect(attention, effect.T)

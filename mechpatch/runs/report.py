@@ -7,12 +7,14 @@ Section kinds (:data:`SECTION_KINDS`):
   axes merged, 1-axis grids as one row);
 - ``circuit``: a component graph, ``circuit.json`` -> the layered circuit figure;
 - ``faithfulness``: ``results/faithfulness.parquet`` -> the faithfulness curve (MIB's CPR/CMD);
+- ``attention_effect``: ``results/attention_effect.parquet`` (:func:`mechpatch.attention.attention_vs_effect`) ->
+  attention to the position that matters against each head's causal effect;
 - ``interaction_matrix``, ``top_interactions``, ``interaction_network``: an interactions run's
   ``interactions.json`` -> the figures of :mod:`mechpatch.interactions.plot` (the top bars with the exhaustive
   measurement beside them, where the run made one).
 
 >>> sorted(SECTION_KINDS)
-['circuit', 'faithfulness', 'interaction_matrix', 'interaction_network', 'patch', 'top_interactions']
+['attention_effect', 'circuit', 'faithfulness', 'interaction_matrix', 'interaction_network', 'patch', 'top_interactions']
 """
 
 import json
@@ -56,6 +58,14 @@ def _faithfulness(path: str, title: str) -> Any:
     return fig
 
 
+def _attention_effect(path: str, title: str) -> Any:
+    import pandas as pd
+
+    from mechpatch.attention import attention_effect_figure
+
+    return attention_effect_figure(pd.read_parquet(path), **({"title": title} if title else {}))
+
+
 def _interactions(figure: str) -> Callable[[str, str], Any]:
     def draw(path: str, title: str) -> Any:
         from mechpatch.interactions import plot
@@ -71,7 +81,7 @@ def _interactions(figure: str) -> Callable[[str, str], Any]:
 
 #: section kind -> figure from (path of the result file, title or "")
 SECTION_KINDS: dict[str, Callable[[str, str], Any]] = {
-    "patch": _patch, "circuit": _circuit, "faithfulness": _faithfulness,
+    "patch": _patch, "circuit": _circuit, "faithfulness": _faithfulness, "attention_effect": _attention_effect,
     **{kind: _interactions(kind) for kind in ("interaction_matrix", "top_interactions", "interaction_network")},
 }
 

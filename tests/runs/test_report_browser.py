@@ -128,7 +128,8 @@ def test_demo_report_renders(chromium, tmp_path):
     report = tmp_path / "demo" / "report.html"
     text = report.read_text()
     assert "circuit logit diff" in text and "largest head effects" in text and "weights sha256" in text
-    check(render(chromium, report, tmp_path), figures=3)  # resid_pre and head heatmaps, the circuit
+    assert "heads with a large effect and little attention to IO" in text
+    check(render(chromium, report, tmp_path), figures=4)  # resid_pre and head heatmaps, attention/effect, circuit
     manifest = json.loads((tmp_path / "demo" / "manifest.json").read_text())
     assert manifest["status"] == "finished" and manifest["figures"] == [
-        "figure_resid_pre.html", "figure_head.html", "figure_graph.html"]
+        "figure_resid_pre.html", "figure_head.html", "figure_attention_effect.html", "figure_graph.html"]
