@@ -20,10 +20,10 @@ def test_scores_on_hand_made_patterns():
     tokens = torch.tensor([[7, 8, 9, 7, 8, 9]])
     # every query on the key after the earlier occurrence of its token (queries 3, 4, 5: keys 1, 2, 3)
     induction = _one_hot([0, 0, 0, 1, 2, 3])
-    assert head_scores(induction, tokens, "induction").item() == 1.0
-    assert head_scores(induction, tokens, "duplicate-token").item() == 0.0
+    assert head_scores(induction, tokens, "induction").item() == pytest.approx(1.0)
+    assert head_scores(induction, tokens, "duplicate-token").item() == pytest.approx(0.0)
     duplicate = _one_hot([0, 0, 0, 0, 1, 2])  # queries 3, 4, 5 on the earlier 7, 8, 9
-    assert head_scores(duplicate, tokens, "duplicate-token").item() == 1.0
+    assert head_scores(duplicate, tokens, "duplicate-token").item() == pytest.approx(1.0)
     assert head_scores(duplicate, tokens, "previous-token").item() == pytest.approx(1 / 5)  # query 1 on key 0
     # uniform causal attention: query q gives 1/(q+1) to each key; previous-token averages that over q = 1..5
     uniform = torch.tril(torch.ones(6, 6, dtype=torch.float64)) / torch.arange(1, 7)[:, None]
@@ -34,8 +34,8 @@ def test_scores_on_hand_made_patterns():
     assert head_scores(uniform, tokens, "induction").item() == pytest.approx((1 / 4 + 1 / 5 + 1 / 6) / 3, abs=1e-12)
     # attention from a named query position to a named key position, per prompt
     two = torch.cat([induction, duplicate])
-    assert attention_to(two, torch.tensor([5, 5]), torch.tensor([3, 2])).item() == 1.0
-    assert attention_to(two, -1, 0).item() == 0.0
+    assert attention_to(two, torch.tensor([5, 5]), torch.tensor([3, 2])).item() == pytest.approx(1.0)
+    assert attention_to(two, -1, 0).item() == pytest.approx(0.0)
 
 
 def test_the_induction_models_heads_are_named():

@@ -113,7 +113,7 @@ def test_das_finds_the_intermediate_variable_of_the_hierarchical_equality_toy():
 
     torch.set_num_threads(1)
     hf_model, accuracy = das_toy.train()
-    assert accuracy == 1.0
+    assert accuracy >= 0.99  # 1.0 here; training on another CPU may add in another order
     base, source, targets = das_toy.pairs(2000, seed=7)
     assert das_toy.das_mechpatch(hf_model, 0, 4, base, source, targets, 300).iia >= 0.95
     assert das_toy.das_mechpatch(hf_model, 1, 4, base, source, targets, 300).iia <= 0.6  # chance: 0.5

@@ -103,6 +103,7 @@ def test_probes_at_sites_of_a_model_read_the_cached_activations():
     # the same fit on the activations cached by hand: the sweep reads position -1 of each prompt
     act = cache_activations(model, tokens, [Resid(0, "pre")])[Resid(0, "pre")][:, -1]
     again = fit_probe(act, labels, types=tokens[:, -1], site="L0.resid_pre")
+    # the same activations through the same fit: bitwise identity of one computation is the point here
     assert again.accuracy == p.accuracy and again.control_accuracy == p.control_accuracy
     df = sweep.to_dataframe()
     assert list(df["site"]) == ["L0.resid_pre", "L1.resid_post"] and df["selectivity"].notna().all()

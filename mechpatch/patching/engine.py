@@ -196,7 +196,7 @@ def _run_reference(model, plan, base, sources, alpha, metric, readout, progress)
 
             def target(act, offset, m=m, src=src):
                 if isinstance(alpha, Projection):  # along a subspace: the whole vector at each patched entry
-                    return torch.where(m, act + alpha(src - act), act)
+                    return apply_mask(act, m, src, alpha)
                 act = act.clone()
                 if alpha == 1.0:
                     act[m] = src[m]

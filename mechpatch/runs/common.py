@@ -75,15 +75,16 @@ def check_task_args(task: str, args: dict[str, Any], where: str = "task.args") -
 
 
 def run_task_command(cfg: Any, kind: str, needs: str, plan: Any, run: Any, *, force: bool, quiet: bool,
-                     repair: bool) -> dict[str, Any]:
+                     repair: bool, model: Any = None) -> dict[str, Any]:
     """The life of a run command on one task batch (``discover``, ``interactions``): skip it when finished
     (its ``summary.json``), else load the model and task, check the whole plan (``plan(cfg, model, batch,
     store)`` -> :class:`~mechpatch.runs.plan.RunPlan`: nothing written if it fails), then lock the directory,
-    begin the run and return ``run(cfg, store, say, model, task, batch, plan, start, quiet)``, its summary."""
+    begin the run and return ``run(cfg, store, say, model, task, batch, plan, start, quiet)``, its summary.
+    ``model``: the config's model, already loaded (a batch of runs of one model loads it once)."""
     import time
 
     start = time.time()
-    store, say, loaded = prepare_task_run(cfg, kind, needs, force=force, quiet=quiet, repair=repair)
+    store, say, loaded = prepare_task_run(cfg, kind, needs, force=force, quiet=quiet, repair=repair, model=model)
     if loaded is None:
         return read_json(os.path.join(cfg.out_dir, "summary.json"))
     model, task, b = loaded
@@ -113,7 +114,7 @@ def read_json(path: str) -> dict[str, Any]:
 
 
 def prepare_task_run(cfg: Any, kind: str, needs: str, *, force: bool, quiet: bool,
-                     repair: bool = False) -> tuple[Any, Any, Any]:
+                     repair: bool = False, model: Any = None) -> tuple[Any, Any, Any]:
     """The shared, read-only start of a run on one task batch: open the run store (nothing written), skip a
     finished run, load the model, build the task (seeded from ``cfg.seed`` where the task takes a seed, its
     memory checked first) and require a single batch.
@@ -135,7 +136,8 @@ def prepare_task_run(cfg: Any, kind: str, needs: str, *, force: bool, quiet: boo
         say(f"{cfg.out_dir}: already finished (config {store.config_hash[:12]}); nothing to do (--force recomputes)")
         return store, say, None
     torch.manual_seed(cfg.seed)
-    model = load_source(cfg.model, cfg.device, cfg.dtype)
+    if model is None:
+        model = load_source(cfg.model, cfg.device, cfg.dtype)
     task, batch = one_batch_task(cfg, model, needs)
     return store, say, (model, task, batch)
 

@@ -189,7 +189,7 @@ def run_discoveries(cfgs: Sequence[DiscoverConfig], *, executor: Any = "local", 
         cfg = cfgs[unit[1]]
         summaries[unit[1]] = run_task_command(cfg, "discover", "discovery needs", _plan,
                                               lambda *a: _run(*a, given=given, batch=describe(executor)),
-                                              force=force, quiet=quiet, repair=repair)
+                                              force=force, quiet=quiet, repair=repair, model=model)
 
     spec = lambda: JobSpec("discover-batch", {"configs": [normalize_config(cfgs[i]) for i in pending]},  # noqa: E731
                            weights_hash(model), "mechpatch.runs.discover:batch_job")
@@ -358,12 +358,8 @@ def _acdc(cfg: DiscoverConfig, model: Any, task: Any, b: Any, chunks: Any, execu
                     progress=progress)
 
 
-def _job_spec(store: Any) -> Any:
-    """How a worker builds this run's :class:`DiscoverJob` (:func:`worker_job` on the run's config)."""
-    from mechpatch.runs.executor import JobSpec
-
-    return JobSpec("discover", store.config, store.manifest["model"]["weights_sha256"],
-                   "mechpatch.runs.discover:worker_job")
+#: the builder of :class:`DiscoverJob` in a Ray worker
+WORKER_JOB = "mechpatch.runs.discover:worker_job"
 
 
 def _attribution(cfg: DiscoverConfig, store: Any, job: DiscoverJob, quiet: bool) -> Any:
@@ -373,7 +369,7 @@ def _attribution(cfg: DiscoverConfig, store: Any, job: DiscoverJob, quiet: bool)
 
     from mechpatch._progress import progress_bar
     from mechpatch.chunks import CheckpointError
-    from mechpatch.runs.executor import describe, open_executor
+    from mechpatch.runs.executor import run_executor
 
     start = time.time()
     ranges = job.ranges
@@ -392,8 +388,7 @@ def _attribution(cfg: DiscoverConfig, store: Any, job: DiscoverJob, quiet: bool)
         parts[unit[1]] = tensors
         bar.update(ranges[unit[1]][1] - ranges[unit[1]][0])
 
-    with open_executor(cfg.executor, lambda: job, lambda: _job_spec(store)) as ex:
-        store.note_attempt(executor=describe(cfg.executor), workers=ex.workers)
+    with run_executor(store, cfg.executor, lambda: job, WORKER_JOB) as ex:
         ex.run(todo, save)
     bar.close()
     store.update(chunks_loaded_last_attempt=len(ranges) - len(todo), chunks_computed_last_attempt=len(todo))
@@ -416,13 +411,12 @@ def _run(cfg: DiscoverConfig, store: Any, say: Any, model: Any, task: Any, b: An
     metric, intervention, source = _arguments(cfg, task, b)
     if cfg.method == "acdc":  # the search checkpoints itself; the executor computes its forwards' units of rows
         from mechpatch.circuit.discovery import CHECKPOINT_GROUP
-        from mechpatch.runs.executor import describe, open_executor
+        from mechpatch.runs.executor import run_executor
 
         state = store.load_chunk(CHECKPOINT_GROUP, 0)
         store.update(resumed_at_receiver=0 if state is None else int(state["next"][0]))
         # the local executor computes the units in the search itself (it never needs a job of its own)
-        with open_executor(cfg.executor, lambda: None, lambda: _job_spec(store)) as ex:
-            store.note_attempt(executor=describe(cfg.executor), workers=ex.workers)
+        with run_executor(store, cfg.executor, lambda: None, WORKER_JOB) as ex:
             res = _acdc(cfg, model, task, b, store, None if cfg.executor.kind == "local" else ex, not quiet)
     else:  # EAP, EAP-IG: the attribution by chunks of prompts, on the executor
         res = discover(cfg.method, model, b.clean, metric=metric, source=source, intervention=intervention,

@@ -197,11 +197,8 @@ class JobSpec:
     builder: str
 
 
-def model_job_spec(store: Any, command: str) -> JobSpec:
-    """The :class:`JobSpec` of a run whose workers hold only the model (:func:`model_job`): the run's config and
-    the weights' SHA-256 its manifest records (``store``: the run's :class:`~mechpatch.runs.store.RunStore`)."""
-    return JobSpec(command, store.config, store.manifest["model"]["weights_sha256"],
-                   "mechpatch.runs.executor:model_job")
+#: the builder of :class:`ModelJob` (workers that hold only the model)
+MODEL_JOB = "mechpatch.runs.executor:model_job"
 
 
 def build_job(spec: JobSpec) -> Job:
@@ -392,6 +389,19 @@ def open_executor(spec: ExecutorSpec, job: Callable[[], Optional[Job]],
         ex.close()
 
 
+@contextmanager
+def run_executor(store: Any, spec: ExecutorSpec, job: Callable[[], Optional[Job]], builder: str) -> Iterator[Any]:
+    """The executor of a run (:func:`open_executor`), its attempt recorded in the run's manifest (executor and
+    workers): Ray workers build their job with ``builder`` (``"module:function"``) from the run's config, and check
+    the weights' SHA-256 its manifest records (``store``: the run's :class:`~mechpatch.runs.store.RunStore`)."""
+    def job_spec() -> JobSpec:
+        return JobSpec(store.command, store.config, store.manifest["model"]["weights_sha256"], builder)
+
+    with open_executor(spec, job, job_spec) as ex:
+        store.note_attempt(executor=describe(spec), workers=ex.workers)
+        yield ex
+
+
 __all__ = ["ExecutorSpec", "ExecutorUnavailableError", "JobSpec", "ModelJob", "RayOptions", "WorkerError", "build_job",
-           "check_executor", "describe", "model_job", "model_job_spec", "open_executor", "parse_executor", "plan_row",
-           "resolve"]
+           "MODEL_JOB", "check_executor", "describe", "model_job", "open_executor", "parse_executor", "plan_row",
+           "resolve", "run_executor"]

@@ -232,13 +232,12 @@ def _run(cfg: InteractionsConfig, store: Any, say: Any, model: Any, task: Any, b
     from mechpatch.interactions.run import exhaustive_interactions, find_interactions
     from mechpatch.report import write_json
 
-    from mechpatch.runs.executor import ModelJob, describe, model_job_spec, open_executor
+    from mechpatch.runs.executor import MODEL_JOB, ModelJob, run_executor
 
     components = plan.extra["components"]
 
     chunks = CountingChunks(store)
-    with open_executor(cfg.executor, lambda: ModelJob(model), lambda: model_job_spec(store, "interactions")) as ex:
-        store.note_attempt(executor=describe(cfg.executor), workers=ex.workers)
+    with run_executor(store, cfg.executor, lambda: ModelJob(model), MODEL_JOB) as ex:
         common = dict(intervention=cfg.make_intervention(), direction="noise", answers=b.answers,
                       progress=False if quiet else None, chunk_size=cfg.chunk_size, chunks=chunks, executor=ex)
         sparse = find_interactions(model, b.clean, components, metric=task.metric, n_masks=cfg.n_masks,

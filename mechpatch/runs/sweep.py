@@ -504,7 +504,7 @@ def _run_chunks(store: RunStore, cfg: SweepConfig, job: SweepJob, quiet: bool) -
     """Every kind's chunks: those the store holds, the rest computed by the config's executor and saved as each
     arrives (one progress bar over all of them). Returns each kind's result and how many chunks were computed."""
     from mechpatch._progress import progress_bar
-    from mechpatch.runs.executor import JobSpec, describe, open_executor
+    from mechpatch.runs.executor import run_executor
 
     grids, n_shards = job.prep.grids, len(job.shards)
     chunks = {kind: [store.load_chunk(kind, i) for i in range(job.n_units(kind))] for kind in grids}
@@ -519,10 +519,7 @@ def _run_chunks(store: RunStore, cfg: SweepConfig, job: SweepJob, quiet: bool) -
         chunks[unit[0]][unit[1]] = tensors
         bar.update(len(job.cells(unit)))
 
-    spec = lambda: JobSpec("sweep", store.config, store.manifest["model"]["weights_sha256"],  # noqa: E731
-                           "mechpatch.runs.sweep:worker_job")
-    with open_executor(cfg.executor, lambda: job, spec) as ex:
-        store.note_attempt(executor=describe(cfg.executor), workers=ex.workers)
+    with run_executor(store, cfg.executor, lambda: job, "mechpatch.runs.sweep:worker_job") as ex:
         ex.run(todo, save)
     bar.close()
     return {kind: _assemble(cfg, job, kind, cs) for kind, cs in chunks.items()}, len(todo)
