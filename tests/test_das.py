@@ -17,7 +17,8 @@ from mechpatch.das import das, principal_cosines
 from mechpatch.errors import InvalidArgumentError, ShapeMismatchError
 from mechpatch.patching import run_patches
 from mechpatch.probes import fit_probe
-from mechpatch.sites import Pattern, Resid
+from mechpatch.patching.metrics import LogitDiff
+from mechpatch.sites import Head, Pattern, Resid
 from mechpatch.zoo import tracr
 
 NAME = "tracr-xproportion"
@@ -98,6 +99,78 @@ def test_principal_cosines_and_bad_input(pairs, unchecked):
         das(model, base, site, source=source, targets=targets, loss="mse", k=15, steps=1)
     with pytest.raises(InvalidArgumentError, match="single entry of its hook"):
         das(model, base, Pattern(1, 0), source=source, targets=targets, loss="mse")
+
+
+@pytest.fixture(scope="module")
+def induction_pairs():
+    model = zoo.load("induction-2l")
+    g = torch.Generator().manual_seed(0)
+    base, source = torch.randint(1, 40, (48, 12), generator=g), torch.randint(1, 40, (48, 12), generator=g)
+    return model, base, source, torch.randint(1, 40, (48,), generator=g)
+
+
+@pytest.mark.parametrize("site", [Resid(1, "pre", pos=5), Head(1, 0, pos=-1), Resid(0, "post", pos=None),
+                                  Resid(1, "pre", pos=[3, 7])], ids=lambda s: s.label)
+def test_the_fast_training_forward_equals_the_bridge_hook(induction_pairs, site):
+    """method 'fast' runs mechpatch's forward from the site's layer and first position with the base run's prefix
+    cached; 'hooks' runs the bridge's whole forward: the same logits and the same gradient with respect to the
+    basis, to float32 rounding; through das, the same first loss (Adam's sign-like first step makes later steps
+    amplify rounding, so the trained bases are not compared)."""
+    from mechpatch.das import _Forward
+
+    model, base, source, targets = induction_pairs
+    point = model.hook_point(site, base.shape[1])
+    forwards = {m: _Forward(model, point, base, source, -1, m) for m in ("fast", "hooks")}
+    assert forwards["fast"].fm is not None and forwards["hooks"].fm is None
+    torch.testing.assert_close(forwards["fast"].source, forwards["hooks"].source, atol=1e-5, rtol=0)
+    q0 = torch.linalg.qr(torch.randn(forwards["fast"].source.shape[-1], 3, generator=torch.Generator().manual_seed(0))).Q
+    rows = torch.arange(0, 48, 2)
+    out = {}
+    for m, f in forwards.items():
+        q = q0.clone().requires_grad_(True)
+        logits = f.logits(rows, f.source[rows], q)
+        torch.nn.functional.cross_entropy(logits, targets[rows]).backward()
+        out[m] = (logits.detach(), q.grad)
+    torch.testing.assert_close(out["fast"][0], out["hooks"][0], atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(out["fast"][1], out["hooks"][1], atol=1e-5, rtol=1e-4)
+    fast, hooks = (das(model, base, site, source=source, targets=targets, k=3, steps=1, method=m)
+                   for m in ("fast", "hooks"))
+    assert fast.losses[0] == pytest.approx(hooks.losses[0], abs=1e-5)
+
+
+def test_candidates_restrict_the_readout_and_the_engine_agrees(induction_pairs):
+    """With candidates, IIA counts pairs whose target out-scores the other candidate; the engine, running the learned
+    subspace as an intervention, gives the same share over all pairs."""
+    model, base, source, _ = induction_pairs
+    g = torch.Generator().manual_seed(1)
+    candidates = torch.stack([torch.randint(1, 20, (48,), generator=g), torch.randint(20, 40, (48,), generator=g)], 1)
+    targets = candidates[torch.arange(48), torch.randint(0, 2, (48,), generator=g)]
+    site = Resid(1, "pre", pos=-1)
+    r = das(model, base, site, source=source, targets=targets, candidates=candidates, k=4, steps=30, lr=0.05)
+    other = torch.where(candidates[:, 0] == targets, candidates[:, 1], candidates[:, 0])
+    run = run_patches(model, base, [site], metric=LogitDiff(), source=source, intervention=r.intervention,
+                      answers=torch.stack([targets, other], 1))
+    engine = float((run.values[0] > 0).double().mean())
+    assert engine == pytest.approx((r.iia * r.n_test + r.train_iia * r.n_train) / 48, abs=1.5 / 48)
+    assert r.train_iia > 0.6  # 30 steps on 4 dimensions of the last position's residual stream move the answer
+
+
+def test_candidates_and_method_refusals(induction_pairs, pairs):
+    model, base, source, targets = induction_pairs
+    site = Resid(1, "pre", pos=-1)
+    two = torch.stack([targets, targets + 1], 1)
+    with pytest.raises(InvalidArgumentError, match="target must be one of its candidates; 48 are not"):
+        das(model, base, site, source=source, targets=targets, candidates=two + 2, steps=1)
+    with pytest.raises(ShapeMismatchError, match=r"candidates must be token ids \[pair, c\] with c >= 2"):
+        das(model, base, site, source=source, targets=targets, candidates=two[:, :1], steps=1)
+    with pytest.raises(InvalidArgumentError, match="candidates .* go with loss 'ce'"):
+        das(model, base, site, source=source, targets=targets.float(), candidates=two, loss="mse", steps=1)
+    with pytest.raises(InvalidArgumentError, match="unknown DAS method 'slow'; valid: 'auto', 'fast', 'hooks'"):
+        das(model, base, site, source=source, targets=targets, method="slow", steps=1)
+    tracr_model, tbase, tsource, ttargets = pairs  # compiled tracr models attend both ways: no prefix to resume from
+    with pytest.raises(InvalidArgumentError, match="method 'fast' cannot train DAS here"):
+        das(tracr_model, tbase, Resid(1, "pre", pos=J + 1), source=tsource, targets=ttargets, loss="mse",
+            method="fast", steps=1)
 
 
 @pytest.mark.slow

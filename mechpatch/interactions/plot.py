@@ -4,6 +4,8 @@
   ``score`` signs), main-effect scores on the diagonal's hover.
 - :func:`top_interactions`: horizontal bars of the ``k`` strongest terms, coloured by kind; with ``truth``,
   the exhaustive measurement of the same terms beside them.
+- :func:`token_figure`: a token-interaction model (:mod:`mechpatch.interactions.tokens`) as its prompt: each token
+  coloured by its main score, the ``k`` strongest pairs as arcs above the text (width by ``|effect|``).
 - :func:`interaction_network`: components as nodes (layer x head grid when they are heads), the ``k``
   strongest pairs as edges (width by ``|effect|``, red synergy, blue redundancy).
 """
@@ -124,9 +126,62 @@ def interaction_network(model: InteractionModel, k: int = 20, title: Optional[st
     return fig
 
 
+def token_figure(model: InteractionModel, k: int = 10, title: Optional[str] = None) -> go.Figure:
+    """The prompt of a token-interaction model, tokens coloured by main score (red: ablating it lowers the
+    behaviour), the ``k`` strongest pairs as arcs (red synergy, blue redundancy; width by ``|effect|``).
+
+    Tokens that are not components (a BOS token, positions left out) are drawn grey.
+    """
+    if k < 1:
+        raise InteractionError(f"k must be >= 1, got {k}")
+    if "positions" not in model.info:
+        raise InteractionError("token_figure draws a model from token_interactions (its info names the positions); "
+                               "use interaction_matrix for other components")
+    positions = list(model.info["positions"])
+    texts = [c.split(":", 1)[1] for c in model.components]
+    mains = {i.term[0]: i.score for i in model.mains()}
+    biggest = max((abs(v) for v in mains.values()), default=1.0) or 1.0
+    n_all = len(model.info.get("prompt_tokens", positions))
+    fig = go.Figure()
+    x_of = {p: float(p) for p in range(n_all)}
+    pairs = model.top(k, order=2)
+    largest = max((abs(i.effect) for i in pairs), default=1.0) or 1.0
+    for i in pairs:
+        a, b = (x_of[positions[t]] for t in i.term)
+        height = 0.25 + 0.12 * abs(b - a)
+        xs = [a + (b - a) * t / 20 for t in range(21)]
+        ys = [0.3 + height * 4 * (t / 20) * (1 - t / 20) for t in range(21)]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", showlegend=False, hoverinfo="text",
+                                 text=f"{i.label}: {i.kind}, effect {i.effect:+.4g}",
+                                 line=dict(color=COLOURS[i.kind], width=1 + 6 * abs(i.effect) / largest)))
+    colours = []
+    for c in range(len(positions)):
+        v = mains.get(c, 0.0) / biggest  # in -1..1
+        colours.append(f"rgba(214,96,77,{abs(v):.3f})" if v > 0 else f"rgba(67,147,195,{abs(v):.3f})")
+    fig.add_trace(go.Scatter(
+        x=[x_of[p] for p in positions], y=[0.0] * len(positions), mode="markers+text", text=texts,
+        textposition="middle center", showlegend=False, textfont=dict(size=14),
+        marker=dict(symbol="square", size=34, color=colours, line=dict(color="#555", width=1)),
+        hovertext=[f"{lab}: main score {mains.get(c, 0.0):+.4g}" for c, lab in enumerate(model.components)],
+        hoverinfo="text"))
+    for kind in ("synergy", "redundancy"):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=dict(color=COLOURS[kind], width=4),
+                                 name=kind))
+    r2 = f", held-out R² {model.r2:.3f}" if model.r2 is not None else ""
+    fig.update_layout(
+        title=title or f"token interactions ({model.method}, {model.evaluations} evaluations{r2}): colour = main "
+                       "score, arcs = strongest pairs",
+        template="plotly_white", height=380, width=max(500, 70 * n_all),
+        xaxis=dict(showgrid=False, zeroline=False, showticklabels=False, range=[-0.7, n_all - 0.3]),
+        yaxis=dict(showgrid=False, zeroline=False, showticklabels=False, range=[-0.5, 0.6 + 0.12 * n_all]))
+    return fig
+
+
 def _model_figures(model: InteractionModel) -> list[go.Figure]:
-    """The pair matrix; none below two components."""
-    return [interaction_matrix(model)] if model.n_components >= 2 else []
+    """The pair matrix (a token model: its prompt first); none below two components."""
+    if model.n_components < 2:
+        return []
+    return ([token_figure(model)] if "positions" in model.info else []) + [interaction_matrix(model)]
 
 
 #: result type -> its figures in a notebook (registered by :func:`mechpatch.display.figures_of`)
