@@ -10,8 +10,10 @@ unpatched base run and costs nothing; repeated masks run once.
 - :func:`find_function_interactions`: the same fit on any ``f(masks) -> values`` (synthetic tests, or
   a value function computed some other way).
 
-Both take ``backend="spex"`` (the ``spex`` extra, :mod:`mechpatch.interactions.spex`): SPEX chooses its own
-structured masks and decodes the sparse terms; the same value function or engine runs them.
+Both take a ``backend`` (:data:`BACKENDS`): ``"mechpatch"``, the sparse Fourier fit; ``"proxy"``
+(:mod:`mechpatch.interactions.proxy`), gradient-boosted trees on the same random masks, their interactions read out
+exactly and the strongest refitted; ``"spex"`` (the ``spex`` extra, :mod:`mechpatch.interactions.spex`), where SPEX
+chooses its own structured masks and decodes the sparse terms. The same value function or engine runs them all.
 
 Resumable: given ``chunks=`` (a :class:`~mechpatch.chunks.ChunkStore`, e.g. a run directory's
 :class:`~mechpatch.runs.RunStore`), :func:`evaluate_masks` runs the distinct masks in chunks of ``chunk_size``
@@ -36,12 +38,15 @@ from mechpatch.interactions.basis import InteractionError, Term, check_choice, t
 from mechpatch.interactions.designs import DESIGNS, Design, make_design
 from mechpatch.interactions.fit import FitSettings, fit_fourier
 from mechpatch.interactions.results import InteractionModel
-from mechpatch.interactions.spex import BACKENDS, spex_moebius
+from mechpatch.interactions.proxy import proxy_moebius
+from mechpatch.interactions.spex import spex_moebius
 from mechpatch.patching.engine import run_patches
 from mechpatch.patching.interventions import Intervention, Zero, check_direction
 from mechpatch.patching.metrics import KLDivergence, Loss, Metric
 from mechpatch.sites import Site
 
+#: how interactions are recovered from masks: the sparse Fourier fit, gradient-boosted trees, shapiq's SPEX
+BACKENDS = ("mechpatch", "proxy", "spex")
 Component = Union[Site, Sequence[Site]]
 ValueFunction = Callable[[Tensor], Tensor]
 
@@ -412,17 +417,34 @@ def find_function_interactions(
     values = torch.as_tensor(fn(d.masks)).double()
     if values.shape != (d.n_masks,):
         raise InteractionError(f"the value function returned shape {tuple(values.shape)}; need ({d.n_masks},)")
-    out = _fit_split(d, values, holdout, seed, labels, settings, direction, higher_is_better)
+    out = _fit_split(d, values, holdout, seed, labels, settings, direction, higher_is_better, backend)
     return _with_cost(out, d.n_masks, None, time.perf_counter() - start)
 
 
 def _fit_split(d: Design, values: Tensor, holdout: float, seed: int, labels: tuple[str, ...],
-               settings: FitSettings, direction: str, higher_is_better: bool) -> InteractionModel:
+               settings: FitSettings, direction: str, higher_is_better: bool, backend: str = "mechpatch"
+               ) -> InteractionModel:
+    if backend == "proxy":
+        return _proxy_model(d, values, holdout, seed, labels, settings.max_order, direction, higher_is_better)
     if holdout == 0:
         return _fit_model(d, values, None, labels, settings, direction, higher_is_better)
     train, test = d.split(holdout, seed)
     return _fit_model(d.subset(train), values[train], (d.subset(test), values[test]), labels, settings, direction,
                       higher_is_better)
+
+
+def _proxy_model(d: Design, values: Tensor, holdout: float, seed: int, labels: tuple[str, ...], max_order: int,
+                 direction: str, higher_is_better: bool) -> InteractionModel:
+    """The proxy backend on the design's masks less the held-out ones; R^2 on those."""
+    train, test = d.split(holdout, seed) if holdout > 0 else (torch.arange(d.n_masks), None)
+    moebius, info = proxy_moebius(d.masks[train], values[train], max_order, seed)
+    m = InteractionModel(labels, moebius, direction, higher_is_better, "proxy", max_order,
+                         info={**info, "design": d.kind, "keep": d.keep, "train_masks": len(train),
+                               "heldout_masks": 0 if test is None else len(test)})
+    if test is None:
+        return m
+    r2 = m.r2_on(d.masks[test], values[test])
+    return InteractionModel(labels, moebius, direction, higher_is_better, "proxy", max_order, r2=r2, info=m.info)
 
 
 def _spex_model(values_of: Callable[[Tensor], Tensor], n_masks: int, holdout: float, design: str, keep: float,
@@ -510,7 +532,9 @@ def find_interactions(
         higher_is_better: whether a higher metric means more of the clean behaviour (default: False for
             loss and KL divergence, True otherwise); sets the signs of ``score`` and the kinds.
         settings: :class:`FitSettings` for the sparse fit.
-        backend: ``"mechpatch"`` (the fit above) or ``"spex"`` (shapiq's SPEX picks the masks and decodes
+        backend: ``"mechpatch"`` (the fit above), ``"proxy"`` (gradient-boosted trees on the same masks, their
+            interactions read out and refitted: :mod:`mechpatch.interactions.proxy`) or ``"spex"`` (shapiq's SPEX
+            picks the masks and decodes
             the sparse terms, of any order, kept up to ``max_order``; ``pip install 'mechpatch[spex]'``).
             The held-out masks still follow ``design`` and ``keep``.
         chunk_size, chunks: run the masks in chunks and keep them in a chunk store, to resume an interrupted
@@ -537,7 +561,7 @@ def find_interactions(
         return _with_cost(out, spent[0], spent[1], time.perf_counter() - start)
     d = make_design(design, len(labels), n_masks, keep=keep, seed=seed)
     run = evaluate_masks(model, base, components, masks=d.masks, metric=metric, chunk_group=chunk_group, **engine)
-    out = _fit_split(d, run.values, holdout, seed, labels, settings, direction, better)
+    out = _fit_split(d, run.values, holdout, seed, labels, settings, direction, better, backend)
     return _with_cost(out, run.evaluations, run.forwards, time.perf_counter() - start)
 
 

@@ -21,7 +21,6 @@ import numpy as np
 
 from mechpatch.interactions.basis import InteractionError, Term
 
-BACKENDS = ("mechpatch", "spex")
 INSTALL = "pip install 'mechpatch[spex]'"
 
 

@@ -27,11 +27,11 @@ from torch import Tensor
 from mechpatch.errors import choices
 from mechpatch.interactions.basis import InteractionError
 from mechpatch.interactions.results import InteractionModel
+from mechpatch.interactions.run import BACKENDS
 from mechpatch.patching.interventions import Intervention, Replace
 
 #: the largest number of token components whose 2^n masks ``exact=True`` measures (65,536 masks)
 MAX_EXACT = 16
-BACKENDS = ("mechpatch", "spex")
 
 
 def _one_prompt(model: object, prompt: Union[str, Tensor, Sequence[int]], what: str) -> Tensor:

@@ -20,9 +20,10 @@ sweep's are. A finished run is not recomputed (unless ``force``).
 >>> from_dict(InteractionsConfig, {"components": "everything"})  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-mechpatch.config.ConfigError: InteractionsConfig: components must be 'heads' or a list of site labels ...
+mechpatch.config.ConfigError: InteractionsConfig: components must be 'heads', 'tokens' or a list of site labels ...
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -32,16 +33,21 @@ from typing import Any, Optional, Union
 
 
 from mechpatch.interactions.results import InteractionModel
+from mechpatch.interactions.run import BACKENDS
 from mechpatch.runs.results import model_to_dict
 
 #: the `intervention:` names an interactions config accepts (made objects by patching.interventions.from_name)
 INTERVENTIONS = ("zero", "mean")
+#: the components a config names by a word (else: a list of site labels)
+COMPONENT_KINDS = ("heads", "tokens")
 DESIGN_KINDS = ("bernoulli", "antithetic")
-BACKEND_KINDS = ("mechpatch", "spex")
+BACKEND_KINDS = BACKENDS  # the interaction search's own list
 #: the report's figures: section kind -> (figure file name, heading)
 FIGURES = {"interaction_matrix": ("matrix", "pair interactions"),
            "top_interactions": ("top", "strongest interactions (outlined: exhaustive measurement)"),
            "interaction_network": ("network", "interaction network")}
+#: a tokens run's report draws its prompt first
+TOKEN_FIGURES = {"token_figure": ("tokens", "the prompt: tokens by main effect, strongest pairs as arcs")}
 
 
 @dataclass(frozen=True)
@@ -51,10 +57,13 @@ class InteractionsConfig:
     Attributes:
         model: a bundled model (``mechpatch models``) or a directory holding a saved model.
         task, task_args: a task of :data:`mechpatch.tasks.TASKS` and its builder's arguments (one prompt length).
-        components: ``"heads"`` (every attention head) or a list of site labels; each entry is one component
+        components: ``"heads"`` (every attention head), ``"tokens"`` (every input position but a leading BOS: the
+            token embedding at that position in every prompt, labelled by the first prompt's token; the report
+            draws the prompt with its token interactions) or a list of site labels; each entry is one component
             (``"L1H0"``), a wildcard giving one component per site (``"L1H*"``), or sites joined by ``+``
             patched together as one component (``"L0H0+L0H1"``).
-        intervention: ``zero`` or ``mean`` ablation of the clean run (``direction="noise"``).
+        intervention: ``zero`` or ``mean`` ablation of the clean run (``direction="noise"``; with tokens, ``mean``
+            is the mean embedding over the prompts at each position).
         n_masks: the whole mask budget (a ``holdout`` fraction measures the held-out R^2).
         keep: probability a component is left intact in a random mask.
         max_order: 2 (pairs) or 3 (pairs and screened triples).
@@ -103,12 +112,12 @@ class InteractionsConfig:
             check_choice(key, getattr(self, key), valid)
         check_device(self.device)
         if isinstance(self.components, str):
-            if self.components != "heads":
-                raise ValueError(f"components must be 'heads' or a list of site labels (e.g. ['L1H*', "
+            if self.components not in COMPONENT_KINDS:
+                raise ValueError(f"components must be 'heads', 'tokens' or a list of site labels (e.g. ['L1H*', "
                                  f"'L0H0+L0H1']); got {self.components!r}")
         else:
             if not self.components or not all(isinstance(c, str) for c in self.components):
-                raise ValueError(f"components must be 'heads' or a non-empty list of site labels; got "
+                raise ValueError(f"components must be 'heads', 'tokens' or a non-empty list of site labels; got "
                                  f"{self.components!r}")
             for entry in self.components:
                 for part in entry.split("+"):
@@ -131,8 +140,21 @@ class InteractionsConfig:
         return from_name(self.intervention)
 
 
+def token_components(model: Any, tokens: Any) -> tuple[list[tuple[Any, ...]], list[int], tuple[str, ...]]:
+    """``components: tokens``: one ``Embed`` site per position but a leading BOS (in every prompt), the positions and
+    their labels from the first prompt (``"3:' Mary'"``)."""
+    from mechpatch.interactions.tokens import token_labels, token_positions
+    from mechpatch.sites import Embed
+
+    bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
+    all_bos = bos is not None and bool((tokens[:, 0] == bos).all())
+    positions = token_positions(tokens[:1], None, bos if all_bos else None)
+    return [(Embed(pos=p),) for p in positions], positions, token_labels(model, tokens[:1], positions)
+
+
 def resolve_components(spec: Any, components: Union[str, list]) -> list[tuple[Any, ...]]:
-    """The components a config names, as site sets of the model with ``spec`` (validated).
+    """The components a config names, as site sets of the model with ``spec`` (validated; ``"tokens"`` depends on
+    the prompts: :func:`token_components`).
 
     Raises:
         SiteOutOfRangeError: an entry names a layer or head the model does not have (the message gives
@@ -199,7 +221,11 @@ def _plan(cfg: InteractionsConfig, model: Any, b: Any, store: Any) -> Any:
     from mechpatch.runs.executor import plan_row
     from mechpatch.runs.plan import RunPlan, check_memory, prompt_bytes, store_status
 
-    components = resolve_components(model.spec, cfg.components)
+    if cfg.components == "tokens":
+        components, positions, labels = token_components(model, b.clean)
+        tokens = {"positions": positions, "labels": labels, "prompt_tokens": b.clean[0].tolist()}
+    else:
+        components, tokens = resolve_components(model.spec, cfg.components), None
     n = len(components)
     exhaustive = 1 + n + n * (n - 1) // 2 if cfg.exhaustive else 0
     if cfg.backend == "mechpatch":
@@ -222,7 +248,7 @@ def _plan(cfg: InteractionsConfig, model: Any, b: Any, store: Any) -> Any:
                        f"{cfg.chunk_size} masks"))
     rows += tuple(r for r in (plan_row(cfg.executor, -(-cfg.n_masks // cfg.chunk_size)),) if r is not None)
     return RunPlan("interactions", cfg.out_dir, cfg.model, rows, masks + 4, memory, store_status(store),
-                   extra={"components": components})
+                   extra={"components": components, "tokens": tokens})
 
 
 def _run(cfg: InteractionsConfig, store: Any, say: Any, model: Any, task: Any, b: Any, plan: Any, start: float,
@@ -246,6 +272,12 @@ def _run(cfg: InteractionsConfig, store: Any, say: Any, model: Any, task: Any, b
         say(sparse.summary(10))
         exact = exhaustive_interactions(model, b.clean, components, metric=task.metric, **common) \
             if cfg.exhaustive else None
+    tokens = plan.extra["tokens"]
+    if tokens is not None:  # label the components by their tokens; the positions let the report draw the prompt
+        info = {"positions": tokens["positions"], "prompt_tokens": tokens["prompt_tokens"]}
+        sparse = dataclasses.replace(sparse, components=tokens["labels"], info=dict(sparse.info, **info))
+        if exact is not None:
+            exact = dataclasses.replace(exact, components=tokens["labels"], info=dict(exact.info, **info))
     store.update(chunks_loaded_last_attempt=chunks.loaded, chunks_computed_last_attempt=chunks.saved)
     out = cfg.out_dir
     write_json(os.path.join(out, "interactions.json"), {"sparse": model_to_dict(sparse),
@@ -308,12 +340,13 @@ def write_interactions_report(run_dir: str) -> dict[str, Any]:
         headline["exhaustive agreement"] = summary["exhaustive"]["agreement"]
     headline["weights sha256"] = (manifest.get("model") or {}).get("weights_sha256")
     headline["config hash"] = manifest["config_hash"]
-    sections = [section(kind, name, "interactions.json", heading) for kind, (name, heading) in FIGURES.items()]
+    figures = dict(TOKEN_FIGURES, **FIGURES) if cfg.get("components") == "tokens" else FIGURES
+    sections = [section(kind, name, "interactions.json", heading) for kind, (name, heading) in figures.items()]
     write_report_spec(run_dir, f"interactions: {cfg['model']} / {cfg['task']}", headline, sections)
     return build_report(run_dir)
 
 
 __all__ = [
-    "InteractionsConfig", "mains_table", "plan_interactions", "resolve_components", "run_interactions", "top_table",
-    "write_interactions_report",
+    "COMPONENT_KINDS", "InteractionsConfig", "mains_table", "plan_interactions", "resolve_components", "run_interactions", "token_components",
+    "top_table", "write_interactions_report",
 ]

@@ -9,12 +9,13 @@ Section kinds (:data:`SECTION_KINDS`):
 - ``faithfulness``: ``results/faithfulness.parquet`` -> the faithfulness curve (MIB's CPR/CMD);
 - ``attention_effect``: ``results/attention_effect.parquet`` (:func:`mechpatch.attention.attention_vs_effect`) ->
   attention to the position that matters against each head's causal effect;
-- ``interaction_matrix``, ``top_interactions``, ``interaction_network``: an interactions run's
+- ``interaction_matrix``, ``top_interactions``, ``interaction_network``, ``token_figure``: an interactions run's
   ``interactions.json`` -> the figures of :mod:`mechpatch.interactions.plot` (the top bars with the exhaustive
-  measurement beside them, where the run made one).
+  measurement beside them, where the run made one; ``token_figure``: a tokens run's prompt).
 
 >>> sorted(SECTION_KINDS)
-['attention_effect', 'circuit', 'faithfulness', 'interaction_matrix', 'interaction_network', 'patch', 'top_interactions']
+['attention_effect', 'circuit', 'faithfulness', 'interaction_matrix', 'interaction_network', 'patch', 'token_figure',
+ 'top_interactions']
 """
 
 import json
@@ -82,7 +83,8 @@ def _interactions(figure: str) -> Callable[[str, str], Any]:
 #: section kind -> figure from (path of the result file, title or "")
 SECTION_KINDS: dict[str, Callable[[str, str], Any]] = {
     "patch": _patch, "circuit": _circuit, "faithfulness": _faithfulness, "attention_effect": _attention_effect,
-    **{kind: _interactions(kind) for kind in ("interaction_matrix", "top_interactions", "interaction_network")},
+    **{kind: _interactions(kind) for kind in ("interaction_matrix", "top_interactions", "interaction_network",
+                                              "token_figure")},
 }
 
 

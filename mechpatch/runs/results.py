@@ -53,7 +53,9 @@ def model_to_dict(m: InteractionModel) -> dict[str, Any]:
     """Every term of an interaction model and its provenance, JSON-ready (:func:`model_from_dict` reads it)."""
     return {"components": list(m.components), "direction": m.direction, "higher_is_better": m.higher_is_better,
             "method": m.method, "order": m.order, "r2": m.r2, "evaluations": m.evaluations, "forwards": m.forwards,
-            "seconds": m.seconds, "terms": [[list(t), float(v)] for t, v in sorted(m.moebius.items())]}
+            "seconds": m.seconds, "terms": [[list(t), float(v)] for t, v in sorted(m.moebius.items())],
+            # a token model's positions and prompt (what token_figure draws)
+            "info": {k: m.info[k] for k in ("positions", "prompt_tokens") if k in m.info}}
 
 
 #: directions as files written before issue #14 spelled them -> :data:`mechpatch.patching.DIRECTIONS`
@@ -68,7 +70,7 @@ def model_from_dict(d: dict[str, Any]) -> InteractionModel:
     direction = _OLD_DIRECTIONS.get(d["direction"], d["direction"])
     return InteractionModel(tuple(d["components"]), {tuple(t): float(v) for t, v in d["terms"]}, direction,
                             d["higher_is_better"], d["method"], d["order"], d["r2"], d["evaluations"],
-                            d["forwards"], d["seconds"])
+                            d["forwards"], d["seconds"], info=dict(d.get("info") or {}))
 
 
 def read_models(path: str) -> tuple[InteractionModel, Optional[InteractionModel]]:

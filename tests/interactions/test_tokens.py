@@ -122,7 +122,7 @@ def test_bad_input_is_refused_before_any_forward(model, unchecked):
     long = torch.arange(1, MAX_EXACT + 3)[None]
     with pytest.raises(InteractionError, match=f"at most {MAX_EXACT} tokens"):
         token_interactions(model, long, metric=metric, filler=0, exact=True)
-    with pytest.raises(InteractionError, match="unknown backend 'trees'; valid: 'mechpatch', 'spex'"):
+    with pytest.raises(InteractionError, match="unknown backend 'trees'; valid: 'mechpatch', 'proxy', 'spex'"):
         token_interactions(model, tokens, metric=metric, filler=0, backend="trees")
 
 

@@ -94,3 +94,39 @@ def test_components_from_labels():
     spec = load("redundant-induction-2l").spec
     comps = resolve_components(spec, ["L1H*", "L0H0+L0H1"])
     assert [tuple(s.label for s in c) for c in comps] == [(f"L1H{h}",) for h in range(8)] + [("L0H0", "L0H1")]
+
+
+def test_a_tokens_run_labels_positions_and_draws_the_prompt(tmp_path):
+    """``components: tokens``: one component per input position (the token embedding, in every prompt), labelled by
+    the first prompt's tokens; the report draws the prompt; the exhaustive pairs equal token_interactions's over the
+    same Embed sites (the run layer adds nothing to the measurement)."""
+    import yaml
+
+    from mechpatch import zoo
+    from mechpatch.interactions import exhaustive_interactions
+    from mechpatch.patching import Mean
+    from mechpatch.sites import Embed
+    from mechpatch.tasks import make_induction
+
+    cfg = {"model": "induction-2l", "task": "induction", "task_args": {"n": 4, "block": 4, "seed": 1},
+           "components": "tokens", "intervention": "mean", "n_masks": 120, "keep": 0.5, "chunk_size": 60,
+           "out_dir": str(tmp_path / "run")}
+    path = tmp_path / "tokens.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["interactions", str(path), "--quiet", "--threads", "1"]) == 0
+    run = tmp_path / "run"
+    assert (run / "figure_tokens.html").exists() and "the prompt: tokens by main effect" in (run / "report.html").read_text()
+    sparse, exact = read_models(str(run / "interactions.json"))
+    model = zoo.load("induction-2l")
+    (b,) = make_induction(model, n=4, block=4, seed=1).batches
+    seq = b.clean.shape[1]
+    assert sparse.components == tuple(f"{p}:#{int(b.clean[0, p])}" for p in range(seq))
+    assert sparse.info["positions"] == list(range(seq)) and exact.info["prompt_tokens"] == b.clean[0].tolist()
+    task = make_induction(model, n=4, block=4, seed=1)
+    direct = exhaustive_interactions(model, b.clean, [(Embed(pos=p),) for p in range(seq)], metric=task.metric,
+                                     intervention=Mean(), answers=b.answers)
+    assert set(direct.moebius) == set(exact.moebius)
+    for term, value in direct.moebius.items():
+        assert exact.moebius[term] == pytest.approx(value, abs=1e-5)
+    with pytest.raises(ConfigError, match="components must be 'heads', 'tokens' or a list of site labels"):
+        from_dict(InteractionsConfig, {"components": "token"})
