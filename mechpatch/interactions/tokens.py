@@ -115,8 +115,8 @@ def token_interactions(
     filler: Optional[Union[str, int]] = None,
     exact: bool = False,
     n_masks: int = 1000,
-    keep: float = 0.5,
-    max_order: int = 2,
+    keep: float = 0.8,
+    max_order: int = 3,
     answers: Optional[Int[Tensor, "1 answer"]] = None,
     backend: str = "mechpatch",
     seed: int = 0,
@@ -130,8 +130,10 @@ def token_interactions(
         metric, answers: the value of each mask, as :func:`mechpatch.patching.run_patches` reads it.
         source, filler, intervention: the baseline an ablated token takes (one of them; see the module docstring).
         exact: measure all 2^n masks (n <= :data:`MAX_EXACT`) and return the exact Moebius transform, every order.
-        n_masks, keep, max_order, backend, seed: the sparse fit's budget and design (:func:`find_interactions`;
-            ``keep=0.5`` by default: each token is ablated in half the masks).
+        n_masks, keep, max_order, backend, seed: the sparse fit's budget and design (:func:`find_interactions`).
+            The defaults (keep 0.8, pairs and screened triples) suit prompts: ablating a few tokens at a time
+            keeps the masks near the prompt, where the Moebius effects are read, and ablated prompts are rich in
+            higher-order terms (measured on SmolLM2: ``bench_interactions.py --settings tokens-smollm2``).
         engine: passed on (``method``, ``batch_size``, ``memory_budget``, ``progress``, ``chunk_size``, ``chunks``,
             ``executor``).
 

@@ -39,6 +39,7 @@ def test_notebook_executes():
     assert "AND pairs found as synergy:    [True, True, True, True, True, True]" in text
     assert "OR pairs found as redundancy:  [True, True, True, True, True, True]" in text
     assert "kinds: {'redundancy'}" in text
+    assert "strongest exact pair:" in text
     figures = [o for c in nb.cells for o in getattr(c, "outputs", []) if "application/vnd.plotly.v1+json" in
                o.get("data", {})]
-    assert len(figures) == 3
+    assert len(figures) == 4
