@@ -103,3 +103,33 @@ def test_ioi_experiment_end_to_end(tmp_path):
     assert res["ioi"]["n_prompts"] == 4 and len(res["name_mover_receivers"]) == 2
     assert len(res["s_inhibition_like"]) == 3 and all("attention" in x for x in res["s_inhibition_like"])
     assert (tmp_path / "out" / "report.html").stat().st_size > 100_000  # plotly.js embedded
+
+
+@pytest.mark.slow
+def test_probe_vs_das_experiment_end_to_end_and_resumes(tmp_path, capsys):
+    """experiments/ioi_probe_das.py on a small config: the cells, the figure and the report are written; a second run
+    resumes from the saved cells (nothing recomputed) and a bad config is refused before the model loads."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "experiments" / "ioi_probe_das.py"
+    spec = importlib.util.spec_from_file_location("ioi_probe_das", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"n_prompts: 24\nlayers: [18]\nroles: [S2, END]\nsteps: 3\nout_dir: {tmp_path / 'out'}\n")
+    assert module.main([str(cfg)]) == 0
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["prompts"] == 24 and [(c["role"], c["layer"]) for c in res["cells"]] == [("S2", 18), ("END", 18)]
+    for c in res["cells"]:
+        assert 0.0 <= c["das_iia"] <= 1.0 and 0.0 <= c["probe_accuracy"] <= 1.0 and 0.0 <= c["full_interchange"] <= 1.0
+    assert (tmp_path / "out" / "report.html").stat().st_size > 100_000
+    capsys.readouterr()
+    assert module.main([str(cfg)]) == 0
+    assert "resuming: 2 cells done" in capsys.readouterr().out
+    from mechpatch.config import ConfigError
+
+    cfg.write_text("roles: [S3]\n")
+    with pytest.raises(ConfigError, match="roles must be some of S2, END"):
+        module.main([str(cfg)])
