@@ -251,8 +251,9 @@ class _Forward:
                 acts[key] = (cache, kv)
         self.source = acts["source"][0][point.name][self.idx].clone()
         self.resid = acts["base"][0][f"blocks.{layer}.hook_resid_pre"][:, self.pos0:].clone()
-        self.kv = [None if kv is None else (kv[0][:, :, :self.pos0].clone(), kv[1][:, :, :self.pos0].clone())
-                   for kv in acts["base"][1]]
+        self.kv = [None if kv is None or i < layer else (kv[0][:, :, :self.pos0].clone(),
+                                                         kv[1][:, :, :self.pos0].clone())
+                   for i, kv in enumerate(acts["base"][1])]  # the layers the training forward runs
 
     def logits(self, rows: Tensor, src: Tensor, q: Tensor) -> Float[Tensor, "row vocab"]:
         if self.fm is None:
