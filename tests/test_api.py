@@ -25,6 +25,7 @@ from mechpatch.circuit.faithfulness import circuit_metric
 from mechpatch.circuit.reference import edge_patch_reference
 from mechpatch.errors import InvalidArgumentError
 from mechpatch.interactions import evaluate_masks, exhaustive_interactions, find_interactions
+from mechpatch.interactions.tokens import token_interactions
 from mechpatch.patching import Interpolate, Mean, Replace, Resample, Zero, fast, run_patches, sweep
 from mechpatch.probes import probe_effects
 from mechpatch.patching.interventions import BY_NAME, describe, from_name
@@ -58,6 +59,8 @@ ENTRY_POINTS = [
     (find_interactions, ("model", "base", "components"), Zero()),
     (exhaustive_interactions, ("model", "base", "components"), Zero()),
     (probe_effects, ("model", "base", "sweep"), Zero()),
+    # the ablated tokens' baseline has no default: filler=, source= or intervention= (refused when none is given)
+    (token_interactions, ("model", "prompt", "positions"), None),
 ]
 #: public functions with a ``metric`` parameter that do not run the model on prompts
 #: run_chunk: the fast engine's inner loop; mask_chunk: one chunk of interaction masks, an executor's unit of work

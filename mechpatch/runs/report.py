@@ -13,7 +13,7 @@ Section kinds (:data:`SECTION_KINDS`):
   ``interactions.json`` -> the figures of :mod:`mechpatch.interactions.plot` (the top bars with the exhaustive
   measurement beside them, where the run made one; ``token_figure``: a tokens run's prompt).
 
->>> sorted(SECTION_KINDS)
+>>> sorted(SECTION_KINDS)  # doctest: +NORMALIZE_WHITESPACE
 ['attention_effect', 'circuit', 'faithfulness', 'interaction_matrix', 'interaction_network', 'patch', 'token_figure',
  'top_interactions']
 """

@@ -100,7 +100,10 @@ def test_effects_are_prompt_weighted_means_over_batches(attn_only):
     want = sum(sums) / 5
     want[2:] = 0.0  # layer-1 heads reach no layer-1 query: exactly zero
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    assert (got[2:] == 0).all() and (got[:2] != 0).all()
+    # structural zeros are exact; the layer-0 heads' effects through this one query are small enough that whether
+    # they round to exactly 0.0 depends on the CPU (0.0 on an AMD EPYC, non-zero elsewhere): only the comparison
+    # with the per-batch path_patch runs above holds them
+    assert (got[2:] == 0).all()
     with pytest.raises(TaskError, match="no position 'S3'"):
         path_effects(attn_only, task, sites, receivers, split_by="S3")
 

@@ -62,7 +62,8 @@ def test_the_sparse_fit_is_the_component_search_over_embedding_sites(model):
     tokens = torch.tensor([PROMPT])
     sparse = token_interactions(model, tokens, POSITIONS, metric=metric, filler=0, n_masks=40, seed=3)
     direct = find_interactions(model, tokens, [(Embed(pos=p),) for p in POSITIONS], metric=metric, n_masks=40,
-                               seed=3, keep=0.5, source=torch.zeros_like(tokens), intervention=Replace())
+                               seed=3, keep=0.8, max_order=3, source=torch.zeros_like(tokens),
+                               intervention=Replace())
     assert sparse.moebius == direct.moebius and sparse.evaluations == direct.evaluations
     assert sparse.components == ("0:#7", "1:#23", "2:#11", "3:#31", "5:#23", "6:#11")
 
