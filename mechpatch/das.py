@@ -256,26 +256,18 @@ class _Forward:
                    for i, kv in enumerate(acts["base"][1])]  # the layers the training forward runs
 
     def logits(self, rows: Tensor, src: Tensor, q: Tensor) -> Float[Tensor, "row vocab"]:
-        if self.fm is None:
-            idx = self.idx
+        idx = self.idx if self.fm is None else self.shifted
 
-            def hook(act: Tensor, hook: object = None) -> Tensor:
-                act = act.clone()
-                h = act[idx]
-                act[idx] = h + ((src - h) @ q) @ q.T
-                return act
-
-            return self.model.bridge.run_with_hooks(self.base[rows], fwd_hooks=[(self.point.name, hook)])[
-                :, self.position]
-        from mechpatch.patching import functional as F_
-
-        idx = self.shifted
-
-        def write(act: Tensor) -> Tensor:
+        def write(act: Tensor, hook: object = None) -> Tensor:  # h + ((h_source - h) q) q^T at the site
             act = act.clone()
             h = act[idx]
             act[idx] = h + ((src - h) @ q) @ q.T
             return act
+
+        if self.fm is None:
+            return self.model.bridge.run_with_hooks(self.base[rows], fwd_hooks=[(self.point.name, write)])[
+                :, self.position]
+        from mechpatch.patching import functional as F_
 
         past = None if self.pos0 == 0 else [None if kv is None else (kv[0][rows], kv[1][rows]) for kv in self.kv]
         resid = F_.run_blocks(self.fm, self.resid[rows], self.layer, None, self.pos0, past, False,

@@ -27,7 +27,7 @@ from torch import Tensor
 from mechpatch.errors import choices
 from mechpatch.interactions.basis import InteractionError
 from mechpatch.interactions.results import InteractionModel
-from mechpatch.interactions.run import BACKENDS
+from mechpatch.interactions.run import BACKENDS, exhaustive_interactions, find_interactions
 from mechpatch.patching.interventions import Intervention, Replace
 
 #: the largest number of token components whose 2^n masks ``exact=True`` measures (65,536 masks)
@@ -141,7 +141,6 @@ def token_interactions(
         :class:`~mechpatch.interactions.InteractionModel` over components labelled ``"position:token"``; its ``info``
         holds the positions, the tokens and the baseline.
     """
-    from mechpatch.interactions.run import exhaustive_interactions, find_interactions
     from mechpatch.sites import Embed
 
     if backend not in BACKENDS:
