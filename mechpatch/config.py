@@ -14,6 +14,7 @@ mechpatch.config.ConfigError: Run: unknown key 'sed'; valid keys: 'seed', 'name'
 """
 
 import dataclasses
+import importlib
 import os
 import types
 import typing
@@ -92,6 +93,21 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
         return cls(**kwargs)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{where}: {err}") from err
+
+
+def resolve(name: str) -> Any:
+    """The object a ``"module:function"`` name refers to (a loader, a job builder, a trainer), imported now.
+
+    Raises:
+        ImportError, AttributeError: the module or the name in it does not exist (callers say what the name was for).
+    """
+    module, sep, attr = name.partition(":")
+    if not sep or not module or not attr:
+        raise ImportError(f"{name!r} is not of the form 'module:function'")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def load_config(cls: type[T], path: Union[str, os.PathLike]) -> T:

@@ -216,14 +216,14 @@ def bench_heads(quick: bool, backends: tuple[str, ...], budgets: tuple[int, ...]
             print(json.dumps(row), flush=True)
             runs.append(row)
     within = [r for r in runs if r["masks"] <= 2000]
-    best = max(within, key=lambda r: (r["r2_heldout"], r["top10_overlap_subset"]))
+    best = max(within, key=lambda r: (r["r2_heldout"], r["top10_overlap_subset"])) if within else None
     return {"setting": "heads-smollm2", "components": len(comps), "prompts": int(b.clean.shape[0]),
             "tokens": int(b.clean.shape[1]), "subset": [labels[i] for i in chosen],
             "subset_top10": [{"pair": f"{labels[p[0]]} x {labels[p[1]]}", "effect": round(truth[p], 4)}
                              for p in top_truth],
             "truth_masks": singles.evaluations + subset.evaluations, "truth_seconds": round(truth_seconds, 1),
-            "runs": runs, "best_within_2000": {k: best[k] for k in ("backend", "masks", "r2_heldout",
-                                                                   "top10_overlap_subset")},
+            "runs": runs, "best_within_2000": None if best is None else {
+                k: best[k] for k in ("backend", "masks", "r2_heldout", "top10_overlap_subset")},
             "goal_met": any(r["r2_heldout"] >= 0.9 and r["top10_overlap_subset"] >= 0.7 for r in within)}
 
 

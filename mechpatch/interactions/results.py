@@ -24,7 +24,7 @@ other, D = 1: ablating A alone or B alone costs nothing, both costs D. ``effect(
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import torch
@@ -168,6 +168,21 @@ class InteractionModel:
     def top(self, k: int = 10, order: Optional[int] = None) -> list[Interaction]:
         """The ``k`` strongest interactions (order >= 2 unless ``order`` is given)."""
         return self.interactions(order)[:k]
+
+    def restrict(self, components: Sequence[object]) -> "InteractionModel":
+        """The model on a subset of its components (indices or labels, in the order given), the others left intact:
+        the terms within the subset, re-indexed (to compare with ground truth measured on that subset).
+
+        >>> m = InteractionModel(("A", "B", "C"), {(): 1.0, (0, 2): -1.0, (1, 2): 0.5})
+        >>> m.restrict(["C", "A"]).moebius
+        {(): 1.0, (0, 1): -1.0}
+        """
+        keep = [self._term([c])[0] for c in components]
+        if len(set(keep)) != len(keep):
+            raise InteractionError(f"restrict names a component twice: {list(components)}")
+        where = {c: i for i, c in enumerate(keep)}
+        moebius = {as_term([where[i] for i in t]): v for t, v in self.moebius.items() if all(i in where for i in t)}
+        return replace(self, components=tuple(self.components[i] for i in keep), moebius=moebius, fourier=None)
 
     def pair_matrix(self) -> Float[Tensor, "component component"]:
         """Symmetric N x N matrix of pair effects (zero diagonal)."""

@@ -23,6 +23,7 @@ the values, costs and fits of an uninterrupted one. The chunking itself (``chunk
 batches its forwards and so can change the last bits: keep it fixed for bitwise-identical results.
 """
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -350,13 +351,26 @@ def _fit_model(
                                                 "heldout_masks": 0 if test is None else test[0].n_masks})
 
 
-def _check_common(direction: str, holdout: float, backend: str, design: str) -> None:
-    """The argument checks of :func:`find_interactions` and :func:`find_function_interactions`."""
+def check_search(direction: str, holdout: float, backend: str, design: str, n_masks: object = None,
+                  n_components: int = 0) -> None:
+    """The argument checks of :func:`find_interactions` and :func:`find_function_interactions`, before any mask runs:
+    with ``n_masks``, also that the masks left after the held-out share can be fitted."""
     check_direction(direction)
     check_choice("backend", backend, BACKENDS)
     if not 0.0 <= holdout < 1.0:
         raise InteractionError(f"holdout must be a fraction in [0, 1), got {holdout!r}")
     check_choice("design", design, [d for d in DESIGNS if d in ("bernoulli", "antithetic")])
+    if n_masks is None or backend == "spex":  # SPEX sizes its own design
+        return
+    if isinstance(n_masks, bool) or not isinstance(n_masks, int) or n_masks < 2:
+        raise InteractionError(f"n_masks must be an int >= 2; got {n_masks!r}")
+    fitted = n_masks - (max(1, round(n_masks * holdout)) if holdout > 0 else 0)
+    need = 8 if backend == "proxy" else n_components + 3
+    if fitted < need:
+        raise InteractionError(f"{n_masks} masks leave {fitted} to fit after holding out {holdout:.0%}; the "
+                               f"{backend} backend needs at least {need} for {n_components} components: raise n_masks "
+                               f"to {math.ceil(need / (1 - holdout)) + 1} or more (several times more to find "
+                               "interactions)")
 
 
 def _fit_settings(settings: Optional[FitSettings], max_order: int, seed: int) -> FitSettings:
@@ -394,7 +408,7 @@ def find_function_interactions(
     >>> [(i.label, i.kind, round(i.effect, 3)) for i in m.top(1)], round(m.r2, 3)
     ([('A x B', 'redundancy', -1.0)], 1.0)
     """
-    _check_common(direction, holdout, backend, design)
+    check_search(direction, holdout, backend, design, n_masks, n_components)
     settings = _fit_settings(settings, max_order, seed)
     labels = tuple(str(x) for x in labels) if labels is not None else tuple(f"c{i}" for i in range(n_components))
     if len(labels) != n_components:
@@ -545,7 +559,7 @@ def find_interactions(
     Returns:
         :class:`InteractionModel` with held-out ``r2``, ``evaluations`` and ``forwards``.
     """
-    _check_common(direction, holdout, backend, design)
+    check_search(direction, holdout, backend, design, n_masks, len(components))
     if direction == "denoise" and source is None and getattr(intervention, "reference", None) is None:
         raise InteractionError("direction='denoise' restores components from the clean run: pass it as source=")
     settings = _fit_settings(settings, max_order, seed)

@@ -62,3 +62,24 @@ def planted(seed: int, n: int = 144, n_and: int = 6, n_or: int = 6, n_three: int
     threes = [tuple(sorted(perm[start + 3 * i: start + 3 * i + 3])) for i in range(n_three)]
     mains = 0.3 * torch.randn(n, generator=g, dtype=torch.float64)
     return Planted(n, mains, ands, ors, threes, size, noise, torch.Generator().manual_seed(seed + 1000))
+
+
+def planted_trainer(included: list[int], *, seed: int, n: int = 12, plant: int = 0, noise: float = 0.0
+                    ) -> dict[str, float]:
+    """A stand-in for a retraining (:mod:`mechpatch.interactions.data`): the value of training on the groups
+    ``included`` is :func:`planted` ``(plant, n, n_and=2, n_or=2, n_three=0)`` at the mask that drops the others,
+    plus ``noise`` times a normal draw that depends on ``seed`` and the groups (so seeds average it out).
+
+    >>> planted(0, n=12, n_and=2, n_or=2, n_three=0).ands
+    [(0, 8), (5, 9)]
+    >>> planted_trainer([0, 1], seed=0)["groups"]
+    2.0
+    """
+    p = planted(plant, n=n, n_and=2, n_or=2, n_three=0, noise=0.0)
+    z = torch.ones(1, n, dtype=torch.bool)
+    z[0, list(included)] = False
+    value = float(p(z)[0])
+    if noise:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + sum(1 << i for i in included))
+        value += noise * float(torch.randn(1, generator=g, dtype=torch.float64))
+    return {"value": value, "groups": float(len(included))}

@@ -29,7 +29,6 @@ Traceback (most recent call last):
 mechpatch.config.ConfigError: executor: unknown executor 'dask'; valid: 'local', {ray: {address, workers, ...}}
 """
 
-import importlib
 import os
 import platform
 import time
@@ -42,7 +41,7 @@ from typing import Any, Optional, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from mechpatch.config import ConfigError, from_dict
+from mechpatch.config import ConfigError, from_dict, resolve
 from mechpatch.errors import MechpatchError
 
 #: (group, index): one unit of work, as the run store names its chunks
@@ -155,12 +154,6 @@ class Job(Protocol):
         """The tensors of one unit (as saved in the run directory), on the CPU."""
 
 
-def resolve(name: str) -> Callable[..., Any]:
-    """The function ``"module:function"`` names (a builder, or a payload's computation)."""
-    module, _, function = name.partition(":")
-    return getattr(importlib.import_module(module), function)
-
-
 @dataclass(frozen=True, eq=False)
 class ModelJob:
     """A job that holds only the model: each unit's payload names the computation, ``function(model, **kwargs)``
@@ -185,20 +178,29 @@ def model_job(config: dict[str, Any]) -> ModelJob:
     return ModelJob(load_source(config["model"], config.get("device", "cpu"), config.get("dtype", "float32")))
 
 
+def function_job(config: dict[str, Any]) -> ModelJob:
+    """A worker's job that holds no model: each unit's payload is a whole computation, ``function(None, **kwargs)``
+    (retrainings: :func:`mechpatch.interactions.data.retrain_unit`)."""
+    return ModelJob(None)
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """How a worker builds the driver's job: the run command, its normalized config, the weights' SHA-256 recorded
-    in the manifest (a worker whose weights differ refuses to run) and the builder, ``"module:function"`` taking the
-    config and returning the job (named, not imported here: run commands import this module)."""
+    in the manifest (a worker whose weights differ refuses to run; None: a job without a model) and the builder,
+    ``"module:function"`` taking the config and returning the job (named, not imported here: run commands import
+    this module)."""
 
     command: str
     config: dict[str, Any]
-    weights_sha256: str
+    weights_sha256: Optional[str]
     builder: str
 
 
 #: the builder of :class:`ModelJob` (workers that hold only the model)
 MODEL_JOB = "mechpatch.runs.executor:model_job"
+#: the builder of workers that hold nothing (:func:`function_job`)
+FUNCTION_JOB = "mechpatch.runs.executor:function_job"
 
 
 def build_job(spec: JobSpec) -> Job:
@@ -206,6 +208,8 @@ def build_job(spec: JobSpec) -> Job:
     from mechpatch.runs.store import RunError, weights_hash
 
     job = resolve(spec.builder)(spec.config)
+    if spec.weights_sha256 is None:
+        return job
     sha = weights_hash(job.model)
     if sha != spec.weights_sha256:
         raise RunError(f"the model {spec.config.get('model')!r} loaded here has weights sha256 {sha[:12]}, but the "
@@ -390,6 +394,25 @@ def open_executor(spec: ExecutorSpec, job: Callable[[], Optional[Job]],
 
 
 @contextmanager
+def function_executor(spec: Any = "local") -> Iterator[Any]:
+    """An executor for units that need no model (retrainings of :mod:`mechpatch.interactions.data`): ``spec`` as a
+    config's ``executor:`` (``"local"``, ``{"ray": {"workers": 4}}``, or an :class:`ExecutorSpec`), open for the
+    ``with`` block.
+
+    >>> from mechpatch.interactions.data import retrain_masks
+    >>> with function_executor("local") as ex:
+    ...     run = retrain_masks("mechpatch.zoo.facts:train_facts", 36, torch.zeros(1, 36, dtype=torch.bool),
+    ...                         executor=ex)
+    >>> round(run.values["accuracy"].item() * 42)
+    36
+    """
+    spec = spec if isinstance(spec, ExecutorSpec) else parse_executor(spec)
+    check_executor(spec)
+    with open_executor(spec, lambda: ModelJob(None), lambda: JobSpec("functions", {}, None, FUNCTION_JOB)) as ex:
+        yield ex
+
+
+@contextmanager
 def run_executor(store: Any, spec: ExecutorSpec, job: Callable[[], Optional[Job]], builder: str) -> Iterator[Any]:
     """The executor of a run (:func:`open_executor`), its attempt recorded in the run's manifest (executor and
     workers): Ray workers build their job with ``builder`` (``"module:function"``) from the run's config, and check
@@ -402,6 +425,6 @@ def run_executor(store: Any, spec: ExecutorSpec, job: Callable[[], Optional[Job]
         yield ex
 
 
-__all__ = ["ExecutorSpec", "ExecutorUnavailableError", "JobSpec", "ModelJob", "RayOptions", "WorkerError", "build_job",
-           "MODEL_JOB", "check_executor", "describe", "model_job", "open_executor", "parse_executor", "plan_row",
-           "resolve", "run_executor"]
+__all__ = ["ExecutorSpec", "ExecutorUnavailableError", "FUNCTION_JOB", "JobSpec", "MODEL_JOB", "ModelJob", "RayOptions",
+           "WorkerError", "build_job", "check_executor", "describe", "function_executor", "function_job", "model_job",
+           "open_executor", "parse_executor", "plan_row", "resolve", "run_executor"]

@@ -26,8 +26,6 @@ class ZooEntry:
         Raises:
             InvalidArgumentError: an unknown keyword (the message lists the valid ones).
         """
-        import importlib
-
         unknown = [k for k in kwargs if k not in self.keywords]
         if unknown:
             import difflib
@@ -38,8 +36,9 @@ class ZooEntry:
                 f"{self.name}: unknown keyword argument{'s' if len(unknown) > 1 else ''} {', '.join(hints)}; "
                 f"valid: {choices(self.keywords)}"
             )
-        module, func = self.loader.split(":")
-        fn: Callable[..., Any] = getattr(importlib.import_module(module), func)
+        from mechpatch.config import resolve
+
+        fn: Callable[..., Any] = resolve(self.loader)
         return fn(**kwargs)
 
 
