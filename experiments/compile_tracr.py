@@ -46,7 +46,8 @@ import torch
 from mechpatch.config import load_config
 from mechpatch.model import HookedModel, load_model
 from mechpatch.zoo import tracr as zoo
-from mechpatch.zoo.induction import record_path, sha256_file
+from mechpatch._files import file_sha256
+from mechpatch.zoo.induction import record_path
 
 ACDC_SOURCE = (
     "github:ArthurConmy/Automatic-Circuit-Discovery acdc/tracr_task/utils.py, get_tracr_reverse_edges and "
@@ -621,7 +622,7 @@ def compile_one(name: str, cfg: CompileConfig, config_path: str) -> dict[str, An
         "versions": {"python": platform.python_version(), **{pkg: version(pkg) for pkg in VERSIONED}},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "weights_file": spec.weights_file,
-        "weights_sha256": sha256_file(weights),
+        "weights_sha256": file_sha256(weights),
     }
     path = record_path(weights)
     with open(path + ".tmp", "w", encoding="utf-8") as fh:

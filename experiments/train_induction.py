@@ -32,8 +32,9 @@ from importlib.metadata import version
 import torch
 import torch.nn.functional as F
 
+from mechpatch._files import file_sha256
 from mechpatch.config import load_config
-from mechpatch.zoo.induction import ARCHITECTURE, BOS, build_bridge, record_path, sha256_file
+from mechpatch.zoo.induction import ARCHITECTURE, BOS, build_bridge, record_path
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,7 @@ def main(argv=None) -> int:
         "threads": cfg.threads,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "weights_file": os.path.basename(cfg.out),
-        "weights_sha256": sha256_file(cfg.out),
+        "weights_sha256": file_sha256(cfg.out),
     }
     rec = record_path(cfg.out)
     with open(rec + ".tmp", "w", encoding="utf-8") as fh:

@@ -33,7 +33,8 @@ from train_induction import DataConfig, make_batch, save, token_losses  # noqa: 
 
 from mechpatch.config import load_config  # noqa: E402
 from mechpatch.zoo.redundant_induction import ARCHITECTURE, BOS, NAME, build_bridge  # noqa: E402
-from mechpatch.zoo.induction import record_path, sha256_file  # noqa: E402
+from mechpatch._files import file_sha256  # noqa: E402
+from mechpatch.zoo.induction import record_path  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ def main(argv=None) -> int:
         "threads": cfg.threads,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "weights_file": os.path.basename(cfg.out),
-        "weights_sha256": sha256_file(cfg.out),
+        "weights_sha256": file_sha256(cfg.out),
     }
     rec = record_path(cfg.out)
     with open(rec + ".tmp", "w", encoding="utf-8") as fh:

@@ -8,7 +8,9 @@ Settings (``--what``, default ``sweep``; SmolLM2-135M from the zoo, IOI prompts 
 - ``eap-ig``: EAP-IG's attribution pass over 16 prompts in chunks of 2 prompts (``DiscoverJob``'s chunks, what
   ``mechpatch discover`` hands to its executor);
 - ``interactions``: 300 random masks over all 270 heads (mean ablation) in chunks of 75 masks, through
-  ``evaluate_masks(executor=...)`` (workers hold only the model: ``ModelJob``).
+  ``evaluate_masks(executor=...)`` (workers hold only the model: ``ModelJob``);
+- ``retrain``: 100 retrainings of the facts toy (:mod:`mechpatch.zoo.facts`) on random subsets of its data groups,
+  one per unit, through ``retrain_masks(executor=...)`` (workers hold nothing).
 
 Each is prepared once in this process; its chunks then run
 
@@ -22,7 +24,7 @@ fraction is ``f = o / (c + o)`` (all overhead counted as serial, the pessimistic
 predicts ``speedup(N) = 1 / (f + (1 - f) / N)``. The chunk time needed for an efficiency of 0.85 at N workers
 follows: ``c >= o * (1 / f_max - 1)`` with ``f_max = (1 / 0.85 - 1) / (N - 1)``.
 
-Usage: python experiments/benchmarks/bench_scaleout.py [--what sweep,eap-ig,interactions] [--model smollm2-135m]
+Usage: python experiments/benchmarks/bench_scaleout.py [--what sweep,eap-ig,interactions,retrain] [--model smollm2-135m]
     [--prompts 16] [--chunk-size N]
 Last line of output: one JSON object with every figure (``settings``: one entry per setting).
 """
@@ -146,7 +148,28 @@ def interactions_setting(args: argparse.Namespace) -> Setting:
                    {"components": len(components), "chunk_size": cfg.chunk_size, "intervention": "mean"})
 
 
-SETTINGS = {"sweep": sweep_setting, "eap-ig": eap_setting, "interactions": interactions_setting}
+def retrain_setting(args: argparse.Namespace) -> Setting:
+    """Retrainings of the facts toy on random subsets of its 36 data groups (what the data-interactions experiment
+    hands to its executor: one retraining per unit; workers hold nothing, ``FUNCTION_JOB``)."""
+    from mechpatch.interactions.data import retrain_masks
+    from mechpatch.runs.executor import FUNCTION_JOB, ModelJob
+    from mechpatch.zoo import facts
+
+    labels, trainer = facts.group_labels(), "mechpatch.zoo.facts:train_facts"
+    masks = torch.rand(args.retrainings, len(labels), generator=torch.Generator().manual_seed(0)) < 0.2
+
+    def evaluate(ex: Any, rows: Any) -> dict:
+        r = retrain_masks(trainer, labels, rows, executor=ex, progress=False)
+        return {("retrain", 0): r.values}
+
+    spec = JobSpec("functions", {}, None, FUNCTION_JOB)
+    n = len(torch.unique(masks, dim=0))
+    return Setting("retrain", ModelJob(None), spec, n, n, "retrainings", lambda ex: evaluate(ex, masks),
+                   lambda ex, k: evaluate(ex, masks[:k]), {"groups": len(labels), "trainer": trainer})
+
+
+SETTINGS = {"sweep": sweep_setting, "eap-ig": eap_setting, "interactions": interactions_setting,
+            "retrain": retrain_setting}
 
 
 def measure(st: Setting, default_threads: int) -> dict:
@@ -211,6 +234,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16, help="IOI prompts (template 0: one length)")
     parser.add_argument("--kinds", default="resid_pre", help="sweep: the site kinds")
     parser.add_argument("--masks", type=int, default=300, help="interactions: random masks over the heads")
+    parser.add_argument("--retrainings", type=int, default=100, help="retrain: random subsets of the facts groups")
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="cells / prompts / masks per chunk (default: the sweep config's 64, 2 prompts, 75 masks)")
     parser.add_argument("--out", default=None, help="also write the JSON object to this file")

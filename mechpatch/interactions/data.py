@@ -84,7 +84,12 @@ class RetrainValues:
     retrainings: int  # distinct (mask, seed) retrainings behind the values, loaded or computed
     computed: int  # of those, trained in this call
     seconds: float  # this call's wall time
-    train_seconds: float  # the retrainings' own training time, summed (loaded ones as recorded)
+    unit_seconds: dict[tuple[str, int], float]  # each retraining's own training time (loaded ones as recorded)
+
+    @property
+    def train_seconds(self) -> float:
+        """The retrainings' training time, summed."""
+        return float(sum(self.unit_seconds.values()))
 
 
 def _trainer_name(trainer: object) -> str:
@@ -118,6 +123,8 @@ def data_game(trainer: object, groups: Union[int, Sequence[str]], options: Optio
         else tuple(str(g) for g in groups) if isinstance(groups, Sequence) and not isinstance(groups, str) else None
     if labels is None or not 1 <= len(labels) <= MAX_GROUPS or len(set(labels)) != len(labels):
         raise InteractionError(f"groups must be 1..{MAX_GROUPS} distinct labels (or their count); got {groups!r}")
+    if options is not None and not isinstance(options, Mapping):
+        raise InteractionError(f"options must be a dict of the trainer's keyword arguments; got {options!r}")
     options = dict(options or {})
     try:
         json.dumps(options, sort_keys=True, allow_nan=False)
@@ -269,7 +276,7 @@ def retrain_masks(
     values = {n: torch.stack([torch.cat([parts[u][f"value.{n}"] for u in row]).mean() for row in keys])[inverse]
               for n in names}
     return RetrainValues(values, len(parts), len(todo), time.perf_counter() - start,
-                         float(sum(float(p["seconds"]) for p in parts.values())))
+                         {u: float(p["seconds"]) for u, p in parts.items()})
 
 
 def _indices(game: DataGame, items: Sequence[object], what: str) -> list[int]:
@@ -292,7 +299,7 @@ def _with_retrainings(m: InteractionModel, game: DataGame, runs: list[RetrainVal
                       seconds: float) -> InteractionModel:
     info = {**m.info, "trainer": game.trainer, "seeds": list(game.seeds), "retrainings": len(seen) * len(game.seeds),
             "computed": sum(r.computed for r in runs),
-            "train_seconds": round(max((r.train_seconds for r in runs), default=0.0), 3)}
+            "train_seconds": round(sum({u: t for r in runs for u, t in r.unit_seconds.items()}.values()), 3)}
     return replace(m, evaluations=len(seen) * len(game.seeds), forwards=None, seconds=round(seconds, 3), info=info)
 
 

@@ -76,6 +76,27 @@ def token_labels(model: object, tokens: Int[Tensor, "1 pos"], positions: Sequenc
     return tuple(out)
 
 
+def filler_token(model: object, filler: Union[str, int]) -> int:
+    """The token id of a filler: a string that is one token for the model's tokenizer, or an id in its vocabulary.
+
+    Raises:
+        InteractionError: the string is not exactly one token (or the model has no tokenizer), or the id is out of
+            range.
+    """
+    if isinstance(filler, str):
+        tok = getattr(model, "tokenizer", None)
+        ids = tok.encode(filler, add_special_tokens=False) if tok is not None else []
+        if len(ids) != 1:
+            raise InteractionError(f"filler {filler!r} must be one token for this tokenizer; it is {len(ids)}"
+                                   + ("" if tok is not None else " (the model has no tokenizer: give a token id)"))
+        filler = ids[0]
+    vocab = model.spec.d_vocab
+    if isinstance(filler, bool) or not isinstance(filler, int) or not 0 <= filler < vocab:
+        raise InteractionError(f"filler must be a token (a string of one token or an id in 0..{vocab - 1}); got "
+                               f"{filler!r}")
+    return filler
+
+
 def _baseline(model: object, tokens: Tensor, source: object, filler: Optional[Union[str, int]],
               intervention: Optional[Intervention]) -> tuple[Optional[Tensor], Intervention, str]:
     given = [name for name, v in (("source", source), ("filler", filler), ("intervention", intervention))
@@ -85,15 +106,7 @@ def _baseline(model: object, tokens: Tensor, source: object, filler: Optional[Un
                                "source= (a corrupted prompt of the same length) or intervention= (e.g. "
                                f"Mean(reference=...) for the mean embedding); got {choices(given) if given else 'none'}")
     if filler is not None:
-        if isinstance(filler, str):
-            ids = model.tokenizer.encode(filler, add_special_tokens=False) if model.tokenizer is not None else []
-            if len(ids) != 1:
-                raise InteractionError(f"filler {filler!r} must be one token for this tokenizer; it is {len(ids)}")
-            filler = ids[0]
-        vocab = model.spec.d_vocab
-        if isinstance(filler, bool) or not isinstance(filler, int) or not 0 <= filler < vocab:
-            raise InteractionError(f"filler must be a token (a string of one token or an id in 0..{vocab - 1}); got "
-                                   f"{filler!r}")
+        filler = filler_token(model, filler)
         return torch.full_like(tokens, filler), Replace(), f"filler {filler}"
     if source is not None:
         src = _one_prompt(model, source, "source")
@@ -164,4 +177,4 @@ def token_interactions(
     return dataclasses.replace(found, components=token_labels(model, tokens, pos), info=info)
 
 
-__all__ = ["MAX_EXACT", "token_interactions", "token_labels", "token_positions"]
+__all__ = ["MAX_EXACT", "filler_token", "token_interactions", "token_labels", "token_positions"]

@@ -37,7 +37,7 @@ from mechpatch.interactions.run import BACKENDS
 from mechpatch.runs.results import model_to_dict
 
 #: the `intervention:` names an interactions config accepts (made objects by patching.interventions.from_name)
-INTERVENTIONS = ("zero", "mean")
+INTERVENTIONS = ("zero", "mean", "corrupted", "filler")
 #: the components a config names by a word (else: a list of site labels)
 COMPONENT_KINDS = ("heads", "tokens")
 DESIGN_KINDS = ("bernoulli", "antithetic")
@@ -62,8 +62,12 @@ class InteractionsConfig:
             draws the prompt with its token interactions) or a list of site labels; each entry is one component
             (``"L1H0"``), a wildcard giving one component per site (``"L1H*"``), or sites joined by ``+``
             patched together as one component (``"L0H0+L0H1"``).
-        intervention: ``zero`` or ``mean`` ablation of the clean run (``direction="noise"``; with tokens, ``mean``
-            is the mean embedding over the prompts at each position).
+        intervention: how a component of the clean run is ablated (``direction="noise"``): ``zero``, ``mean`` (with
+            tokens: the mean embedding over the prompts at each position), ``corrupted`` (the task's corrupted
+            prompts' activation: with tokens, the corrupted prompt's token) or, with tokens only, ``filler`` (the
+            token ``filler`` at every ablated position).
+        filler: the filler token of ``intervention: filler``: a string of one token for the model's tokenizer, or a
+            token id.
         n_masks: the whole mask budget (a ``holdout`` fraction measures the held-out R^2).
         keep: probability a component is left intact in a random mask.
         max_order: 2 (pairs) or 3 (pairs and screened triples).
@@ -84,6 +88,7 @@ class InteractionsConfig:
     task_args: dict = field(default_factory=dict)
     components: Union[str, list] = "heads"
     intervention: str = "mean"
+    filler: Union[str, int, None] = None
     n_masks: int = 800
     keep: float = 0.8
     max_order: int = 2
@@ -132,12 +137,31 @@ class InteractionsConfig:
         if not 0.0 <= self.holdout < 1.0:
             raise ValueError(f"holdout must be a fraction in [0, 1); got {self.holdout!r}")
         object.__setattr__(self, "task_args", check_task_args(self.task, self.task_args))
+        if (self.intervention == "filler") != (self.filler is not None) or (
+                self.filler is not None and self.components != "tokens"):
+            raise ValueError(f"filler and intervention: filler go together, with components: tokens (the token put "
+                             f"at ablated positions); got intervention {self.intervention!r}, filler {self.filler!r}, "
+                             f"components {self.components!r}")
 
     def make_intervention(self) -> Any:
-        """The intervention object this config names (:func:`~mechpatch.patching.interventions.from_name`)."""
+        """The intervention object this config names (:func:`~mechpatch.patching.interventions.from_name`; a filler
+        token and the corrupted prompts replace: the run's source holds them)."""
         from mechpatch.patching.interventions import from_name
 
-        return from_name(self.intervention)
+        return from_name("replace" if self.intervention == "filler" else self.intervention)
+
+    def make_source(self, model: Any, batch: Any) -> Any:
+        """The run the ablated components are read from: the corrupted prompts, the filler token at every position
+        (after checking it is one token), or None (zero and mean ablation need none)."""
+        if self.intervention == "corrupted":
+            return batch.corrupted
+        if self.intervention == "filler":
+            import torch
+
+            from mechpatch.interactions.tokens import filler_token
+
+            return torch.full_like(batch.clean, filler_token(model, self.filler))
+        return None
 
 
 def token_components(model: Any, tokens: Any) -> tuple[list[tuple[Any, ...]], list[int], tuple[str, ...]]:
@@ -226,6 +250,7 @@ def _plan(cfg: InteractionsConfig, model: Any, b: Any, store: Any) -> Any:
         tokens = {"positions": positions, "labels": labels, "prompt_tokens": b.clean[0].tolist()}
     else:
         components, tokens = resolve_components(model.spec, cfg.components), None
+    source = cfg.make_source(model, b)  # a filler that is not one token is refused here
     n = len(components)
     exhaustive = 1 + n + n * (n - 1) // 2 if cfg.exhaustive else 0
     if cfg.backend == "mechpatch":
@@ -248,7 +273,7 @@ def _plan(cfg: InteractionsConfig, model: Any, b: Any, store: Any) -> Any:
                        f"{cfg.chunk_size} masks"))
     rows += tuple(r for r in (plan_row(cfg.executor, -(-cfg.n_masks // cfg.chunk_size)),) if r is not None)
     return RunPlan("interactions", cfg.out_dir, cfg.model, rows, masks + 4, memory, store_status(store),
-                   extra={"components": components, "tokens": tokens})
+                   extra={"components": components, "tokens": tokens, "source": source})
 
 
 def _run(cfg: InteractionsConfig, store: Any, say: Any, model: Any, task: Any, b: Any, plan: Any, start: float,
@@ -264,7 +289,8 @@ def _run(cfg: InteractionsConfig, store: Any, say: Any, model: Any, task: Any, b
 
     chunks = CountingChunks(store)
     with run_executor(store, cfg.executor, lambda: ModelJob(model), MODEL_JOB) as ex:
-        common = dict(intervention=cfg.make_intervention(), direction="noise", answers=b.answers,
+        common = dict(intervention=cfg.make_intervention(), source=plan.extra["source"], direction="noise",
+                      answers=b.answers,
                       progress=False if quiet else None, chunk_size=cfg.chunk_size, chunks=chunks, executor=ex)
         sparse = find_interactions(model, b.clean, components, metric=task.metric, n_masks=cfg.n_masks,
                                    design=cfg.design, keep=cfg.keep, max_order=cfg.max_order, holdout=cfg.holdout,

@@ -62,6 +62,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from mechpatch._files import file_sha256
 from mechpatch.errors import DamagedFileError, MechpatchError, RunLockedError
 from mechpatch.report import replace_atomically, write_json, write_text
 
@@ -193,15 +194,6 @@ def tensors_sha256(tensors: Mapping[str, Tensor]) -> str:
         t = tensors[name].detach().to("cpu").contiguous()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def file_sha256(path: str) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
     return digest.hexdigest()
 
 

@@ -17,7 +17,6 @@ HookedModel('induction-2l', TransformerLensNative, layers=2, heads=4, d_model=64
 """
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -25,6 +24,7 @@ from typing import Any, Optional, Union
 
 import torch
 
+from mechpatch._files import file_sha256
 from mechpatch.errors import ModelLoadError
 from mechpatch.model import HookedModel, load_model
 
@@ -89,15 +89,6 @@ def record_path(weights: Union[str, os.PathLike]) -> str:
     return os.path.splitext(os.fspath(weights))[0] + ".json"
 
 
-def sha256_file(path: Union[str, os.PathLike]) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_induction(
     device: Union[str, torch.device, None] = "auto",
     dtype: Union[str, torch.dtype, None] = "float32",
@@ -145,7 +136,7 @@ def load_checked(path: str, name: str, architecture: Any, command: str, bridge: 
             )
     with open(record, encoding="utf-8") as fh:
         expected = json.load(fh).get("weights_sha256")
-    actual = sha256_file(path)
+    actual = file_sha256(path)
     if expected != actual:
         raise ModelLoadError(
             f"{path!r} has sha256 {actual}, but its record {record!r} says {expected}; the weights were changed "

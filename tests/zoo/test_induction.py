@@ -20,7 +20,8 @@ from mechpatch.cache import cache_activations
 from mechpatch.config import ConfigError
 from mechpatch.errors import ModelLoadError
 from mechpatch.sites import Pattern
-from mechpatch.zoo.induction import BOS, PROVENANCE, WEIGHTS_PATH, load_induction, record_path, sha256_file
+from mechpatch._files import file_sha256
+from mechpatch.zoo.induction import BOS, PROVENANCE, WEIGHTS_PATH, load_induction, record_path
 
 REPO = Path(__file__).resolve().parents[2]
 SEQ = 15  # len(r): [BOS] + r + r fills 31 of the 32 positions
@@ -89,7 +90,7 @@ def test_second_repeat_loss_far_below_first(model, repeated):
 def test_weights_match_their_record():
     with open(record_path(WEIGHTS_PATH), encoding="utf-8") as fh:
         record = json.load(fh)
-    assert record["weights_sha256"] == sha256_file(WEIGHTS_PATH)
+    assert record["weights_sha256"] == file_sha256(WEIGHTS_PATH)
     assert record["seed"] == PROVENANCE["seed"] == record["config"]["seed"]
     assert record["architecture"] == PROVENANCE["architecture"]
     assert {"torch", "transformer_lens"} <= set(record["versions"])
@@ -146,7 +147,7 @@ def test_short_training_run(script, tmp_path):
     finally:
         torch.set_num_threads(threads)
     record = json.loads(Path(record_path(out)).read_text())
-    assert record["steps"] == 30 and record["weights_sha256"] == sha256_file(out)
+    assert record["steps"] == 30 and record["weights_sha256"] == file_sha256(out)
     assert math.isfinite(record["final"]["loss_all"])
     trained = load_induction(device="cpu", weights=out)
     saved = load_file(out)

@@ -17,7 +17,8 @@ from mechpatch.interactions import evaluate_masks, make_design
 from mechpatch.patching import Mean
 from mechpatch.sites import heads
 from mechpatch.tasks import head_scores, make_induction
-from mechpatch.zoo.induction import record_path, sha256_file
+from mechpatch._files import file_sha256
+from mechpatch.zoo.induction import record_path
 from mechpatch.zoo.redundant_induction import PROVENANCE, WEIGHTS_PATH, load_redundant_induction
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,7 +70,7 @@ def test_each_induction_head_alone_is_minor_all_together_are_not(model, task):
 
 def test_weights_match_their_record():
     record = json.loads(Path(record_path(WEIGHTS_PATH)).read_text())
-    assert record["weights_sha256"] == sha256_file(WEIGHTS_PATH)
+    assert record["weights_sha256"] == file_sha256(WEIGHTS_PATH)
     assert record["architecture"] == PROVENANCE["architecture"]
     assert record["config"]["head_dropout"] > 0 and record["config"]["dropout_layers"] == [1]
     assert (REPO / PROVENANCE["script"]).exists() and (REPO / PROVENANCE["config"]).exists()
@@ -111,7 +112,7 @@ def test_short_training_run(script, tmp_path):
     finally:
         torch.set_num_threads(threads)
     record = json.loads(Path(record_path(out)).read_text())
-    assert record["steps"] == 20 and record["weights_sha256"] == sha256_file(out)
+    assert record["steps"] == 20 and record["weights_sha256"] == file_sha256(out)
     assert math.isfinite(record["final"]["loss_all"])
     assert len(record["final"]["loss_second_copy_layer1_head_ablated"]) == 8
     trained = load_redundant_induction(device="cpu", weights=out)

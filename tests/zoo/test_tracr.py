@@ -165,7 +165,7 @@ def test_changed_or_missing_weights_are_refused(tmp_path):
 def test_records_match_the_weights_and_say_how_they_were_made():
     for name, rec in records().items():
         spec = z.get(name)
-        assert rec["name"] == name and rec["weights_sha256"] == z.sha256_file(spec.weights_path)
+        assert rec["name"] == name and rec["weights_sha256"] == z.file_sha256(spec.weights_path)
         assert rec["architecture"] == dict(spec.architecture)
         assert rec["input_encoding"] == [list(pair) for pair in spec.encoding]
         assert len(rec["residual_labels"]) == spec.architecture["d_model"] == len(set(rec["residual_labels"]))
