@@ -152,7 +152,11 @@ def retrain_unit(_held: object, *, trainer: str, included: list[int], seed: int,
     """One retraining, as an executor's worker runs it (``_held``: the job's model, unused): the trainer's
     measurements as float64 tensors ``value.<name>`` and its training time ``seconds``."""
     started = time.perf_counter()
-    out = resolve(trainer)(list(included), seed=seed, **options)
+    try:
+        out = resolve(trainer)(list(included), seed=seed, **options)
+    except Exception as err:  # the trainer's own failure, named with what it was training on
+        raise InteractionError(f"trainer {trainer!r} failed, training on groups {list(included)} (seed {seed}): "
+                               f"{type(err).__name__}: {err}") from err
     seconds = time.perf_counter() - started
     if not isinstance(out, Mapping) or not out:
         raise InteractionError(f"trainer {trainer!r} must return a dict of named measurements; got {type(out).__name__}")
@@ -254,7 +258,7 @@ def retrain_masks(
     def save(unit: tuple[str, int], out: dict[str, Tensor]) -> None:
         r, s = todo[unit]
         part = {**out, "mask": uniq[r].clone(), "inputs": game.key, "seed": torch.tensor([s])}
-        _measured([part, *list(parts.values())[:1]], metric, game.trainer)
+        _measured([part, *([next(iter(parts.values()))] if parts else [])], metric, game.trainer)
         if chunks is not None:
             chunks.save_chunk(*unit, part)
         parts[unit] = part

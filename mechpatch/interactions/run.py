@@ -352,7 +352,7 @@ def _fit_model(
 
 
 def check_search(direction: str, holdout: float, backend: str, design: str, n_masks: object = None,
-                  n_components: int = 0) -> None:
+                 n_components: int = 0) -> None:
     """The argument checks of :func:`find_interactions` and :func:`find_function_interactions`, before any mask runs:
     with ``n_masks``, also that the masks left after the held-out share can be fitted."""
     check_direction(direction)

@@ -249,10 +249,11 @@ CHOICES = ("Replace(), Zero(), Mean(reference=None), Resample(seed=0, reference=
            "Subspace(basis, of=...)")
 
 #: the one name -> intervention table of the config files and the command line (``"corrupted"``: the edge-level
-#: configs' name for :class:`Replace`); everything below the config layer takes the objects themselves
+#: configs' name for :class:`Replace`; ``"filler"``: :class:`Replace` from a run of one filler token, the token
+#: interactions' baseline); everything below the config layer takes the objects themselves
 BY_NAME: dict[str, type] = {
     "replace": Replace, "corrupted": Replace, "zero": Zero, "mean": Mean, "resample": Resample,
-    "interpolate": Interpolate,
+    "interpolate": Interpolate, "filler": Replace,
 }
 
 

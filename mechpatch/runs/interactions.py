@@ -25,7 +25,6 @@ mechpatch.config.ConfigError: InteractionsConfig: components must be 'heads', 't
 
 import dataclasses
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -145,10 +144,10 @@ class InteractionsConfig:
 
     def make_intervention(self) -> Any:
         """The intervention object this config names (:func:`~mechpatch.patching.interventions.from_name`; a filler
-        token and the corrupted prompts replace: the run's source holds them)."""
+        token and the corrupted prompts replace: :meth:`make_source` is the run that holds them)."""
         from mechpatch.patching.interventions import from_name
 
-        return from_name("replace" if self.intervention == "filler" else self.intervention)
+        return from_name(self.intervention)
 
     def make_source(self, model: Any, batch: Any) -> Any:
         """The run the ablated components are read from: the corrupted prompts, the filler token at every position
@@ -240,8 +239,7 @@ def plan_interactions(cfg: InteractionsConfig, model: Any = None) -> Any:
 
 
 def _plan(cfg: InteractionsConfig, model: Any, b: Any, store: Any) -> Any:
-    from mechpatch.interactions.basis import InteractionError
-    from mechpatch.interactions.designs import make_design
+    from mechpatch.interactions.run import check_search
     from mechpatch.runs.executor import plan_row
     from mechpatch.runs.plan import RunPlan, check_memory, prompt_bytes, store_status
 
@@ -253,14 +251,7 @@ def _plan(cfg: InteractionsConfig, model: Any, b: Any, store: Any) -> Any:
     source = cfg.make_source(model, b)  # a filler that is not one token is refused here
     n = len(components)
     exhaustive = 1 + n + n * (n - 1) // 2 if cfg.exhaustive else 0
-    if cfg.backend == "mechpatch":
-        design = make_design(cfg.design, n, cfg.n_masks, keep=cfg.keep, seed=cfg.seed)
-        train = len(design.split(cfg.holdout, cfg.seed)[0]) if cfg.holdout > 0 else design.n_masks
-        if train < n + 3:
-            raise InteractionError(
-                f"n_masks {cfg.n_masks} leaves {train} masks to fit (holdout {cfg.holdout}), too few for "
-                f"{n} components' main effects and interactions: use n_masks of at least "
-                f"{math.ceil((n + 3) / (1 - cfg.holdout)) + 2} (several times more to find interactions)")
+    check_search("noise", cfg.holdout, cfg.backend, cfg.design, cfg.n_masks, n)  # enough masks to fit
     masks = cfg.n_masks + exhaustive
     memory = b.n_prompts * prompt_bytes(model, b.seq_len) + 8 * masks * (n + b.n_prompts)
     check_memory(memory, f"{masks} masks over {n} components on {b.n_prompts} prompts")

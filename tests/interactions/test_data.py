@@ -43,6 +43,12 @@ def not_finite(included, *, seed):
     return {"value": math.nan if 2 not in included else 1.0}
 
 
+def broken(included, *, seed):
+    if 1 not in included:
+        raise ValueError("no data to fit")
+    return {"value": 1.0}
+
+
 def renamed(included, *, seed):
     return {"value": 1.0} if len(included) % 2 else {"other": 1.0}
 
@@ -208,6 +214,8 @@ def test_unknown_metric_and_bad_measurements_are_caught_at_the_first_retraining(
     assert store.chunks == {} and len(CALLS) == 1
     with pytest.raises(InteractionError, match=r"not finite numbers, training on groups \[0, 1\]"):
         retrain_masks(f"{HERE}:not_finite", 3, _masks([[False, False, True]]))
+    with pytest.raises(InteractionError, match=r"failed, training on groups \[0, 2\] \(seed 0\): ValueError: no data"):
+        retrain_masks(f"{HERE}:broken", 3, _masks([[False, False, False], [False, True, False]]))
     with pytest.raises(InteractionError, match=r"returned \['other'\] for one retraining and \['value'\]"):
         retrain_masks(f"{HERE}:renamed", 3, _masks([[False, False, True], [False, True, True]]))
 
