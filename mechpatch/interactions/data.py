@@ -51,7 +51,13 @@ from mechpatch.config import resolve
 from mechpatch.interactions.basis import InteractionError, Term
 from mechpatch.interactions.designs import make_design
 from mechpatch.interactions.results import InteractionModel
-from mechpatch.interactions.run import Executor, check_search, exhaustive_moebius, find_function_interactions
+from mechpatch.interactions.run import (
+    Executor,
+    check_search,
+    check_where,
+    exhaustive_moebius,
+    find_function_interactions,
+)
 
 #: the most groups a search takes (a retraining's stored index is its mask's bits, an int64)
 MAX_GROUPS = 62
@@ -201,15 +207,6 @@ def _check_masks(masks: object, n: int) -> Tensor:
     return masks.cpu()
 
 
-def _check_where(chunks: object, executor: object) -> None:
-    if chunks is not None and not isinstance(chunks, ChunkStore):
-        raise InteractionError(f"chunks must have load_chunk(group, index) and save_chunk(group, index, tensors) (a "
-                               f"RunStore or mechpatch.chunks.MemoryChunks); got {type(chunks).__name__}")
-    if executor is not None and not callable(getattr(executor, "run", None)):
-        raise InteractionError(f"executor must have run(units, save, payloads) (mechpatch.runs.executor."
-                               f"function_executor); got {type(executor).__name__}")
-
-
 def retrain_masks(
     trainer: object,
     groups: Union[int, Sequence[str]],
@@ -235,7 +232,7 @@ def retrain_masks(
     """
     game = data_game(trainer, groups, options, seeds)
     masks = _check_masks(masks, len(game.groups))
-    _check_where(chunks, executor)
+    check_where(chunks, executor)
     start = time.perf_counter()
     uniq, inverse = torch.unique(masks, dim=0, return_inverse=True)
     parts: dict[tuple[str, int], Mapping[str, Tensor]] = {}
@@ -369,7 +366,7 @@ def data_interactions(
     """
     game = data_game(trainer, groups, options, seeds)
     metric = _check_metric(metric)
-    _check_where(chunks, executor)
+    check_where(chunks, executor)
     check_search("noise", holdout, backend, design, n_masks, len(game.groups))  # before any retraining
     start = time.perf_counter()
     runs: list[RetrainValues] = []
@@ -430,7 +427,7 @@ def retrained_effects(
     """
     game = data_game(trainer, groups, options, seeds)
     metric = _check_metric(metric)
-    _check_where(chunks, executor)
+    check_where(chunks, executor)
     if isinstance(terms, (str, bytes)) or not isinstance(terms, Sequence) or not terms:
         raise InteractionError(f"terms must be a non-empty list of group tuples; got {terms!r}")
     checked = [tuple(sorted(_indices(game, t if isinstance(t, Sequence) and not isinstance(t, str) else (t,), "term")))
@@ -462,7 +459,7 @@ def exhaustive_data_interactions(
     """
     game = data_game(trainer, groups, options, seeds)
     metric = _check_metric(metric)
-    _check_where(chunks, executor)
+    check_where(chunks, executor)
     columns = list(range(len(game.groups))) if subset is None else _indices(game, list(subset), "subset")
     if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= len(columns):
         raise InteractionError(f"order must be an int in 1..{len(columns)} (the subset's size); got {order!r}")

@@ -214,13 +214,18 @@ def _check_mask_args(components: Sequence[Component], masks: Tensor, chunk_size:
         )
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise InteractionError(f"chunk_size must be a positive int or None (one chunk); got {chunk_size!r}")
+    check_where(chunks, executor)
+    return sets
+
+
+def check_where(chunks: object, executor: object) -> None:
+    """Refuse a chunk store or an executor that lacks the methods the searches call (before any work)."""
     if chunks is not None and not isinstance(chunks, ChunkStore):
         raise InteractionError(f"chunks must have load_chunk(group, index) and save_chunk(group, index, tensors) (a "
                                f"RunStore or mechpatch.chunks.MemoryChunks); got {type(chunks).__name__}")
     if executor is not None and not callable(getattr(executor, "run", None)):
-        raise InteractionError(f"executor must have run(units, save, payloads) (mechpatch.runs.executor); got "
-                               f"{type(executor).__name__}")
-    return sets
+        raise InteractionError(f"executor must have run(units, save, payloads) (mechpatch.runs.executor: "
+                               f"run_executor, function_executor); got {type(executor).__name__}")
 
 
 def _mask_chunks(
