@@ -44,7 +44,7 @@ from mechpatch.errors import choices
 from mechpatch.model import HookedModel, hook_shape
 from mechpatch.patching import fast
 from mechpatch.patching import functional as F_
-from mechpatch.patching.engine import _bind_clean, _check_patch_args, _unpatched_runs, check_subspace
+from mechpatch.patching.engine import bind_clean, check_patch_args, check_subspace, unpatched_runs
 from mechpatch.patching.interventions import Intervention, Replace, step
 from mechpatch.patching.metrics import KLDivergence, Metric, Readout, as_metric, readout_positions, value_dtype
 from mechpatch.patching.plan import PatchPlan, compile_plan
@@ -280,10 +280,10 @@ def atp(
 
     with model.gates([s for v in plan.variants for s in v]):
         # unpatched runs: what each hook holds on the base run and what the intervention sets it towards
-        runs = _unpatched_runs(model, plan, base_t, src_t, intervention, readout,
+        runs = unpatched_runs(model, plan, base_t, src_t, intervention, readout,
                                lambda m, tokens, names, r: _capture(backend, m, fm, tokens, names, r, batch_size))
         delta = {nm: step(intervention.alpha, runs.source[nm] - runs.base[nm]) for nm in plan.hooks}
-        metric, base_values, source_values = _bind_clean(metric, clean, readout, runs.base_logits,
+        metric, base_values, source_values = bind_clean(metric, clean, readout, runs.base_logits,
                                                          runs.source_logits, base_t, src_t)
         estimates, passes = _grad_passes(backend, model, fm, plan, base_t, delta, metric, readout, groups, qk_layers,
                                          budget, batch_size)
@@ -305,7 +305,7 @@ def _check_atp_args(
 ) -> tuple[int, Tensor, Optional[Tensor], Metric]:
     """:func:`atp`'s argument checks: :func:`run_patches`'s (raising :class:`AttributionError` for a bad option)
     and a metric with a gradient. Returns the memory budget, the base and source tokens, and the metric."""
-    budget, base_t, src_t = _check_patch_args(model, base, source, intervention, clean, batch_size, memory_budget,
+    budget, base_t, src_t = check_patch_args(model, base, source, intervention, clean, batch_size, memory_budget,
                                               int(DEFAULT_MEMORY_BUDGET * GRADIENT_BUDGET_SHARE), AttributionError)
     metric = as_metric(metric)
     if isinstance(metric, KLDivergence) and clean != "source":

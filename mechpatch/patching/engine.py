@@ -87,7 +87,7 @@ class _Runs:
     source_logits: Optional[Tensor]
 
 
-def _unpatched_runs(
+def unpatched_runs(
     model: HookedModel,
     plan: PatchPlan,
     base: Tensor,
@@ -249,7 +249,7 @@ def _check_batch_size(batch_size: object, none: str, error: type[Exception]) -> 
         raise error(f"batch_size must be a positive int{' ' + none if none else ''}; got {batch_size!r}")
 
 
-def _check_patch_args(
+def check_patch_args(
     model: HookedModel,
     base: Union[Tensor, Sequence[str]],
     source: Union[Tensor, Sequence[str], None],
@@ -287,7 +287,7 @@ def _check_patch_args(
     return budget, base_t, src_t
 
 
-def _bind_clean(
+def bind_clean(
     metric: Metric, clean: Optional[str], readout: Readout, base_logits: Tensor, source_logits: Optional[Tensor],
     base_t: Tensor, src_t: Optional[Tensor],
 ) -> tuple[Metric, Tensor, Optional[Tensor]]:
@@ -347,7 +347,7 @@ def _prepare_runs(
             return fast.hook_values(fm, tokens, names, readout)
     else:
         fast_state, base_run, run_cache = None, None, _run_cache
-    return fast_state, _unpatched_runs(model, plan, base_t, src_t, intervention, readout, run_cache, base_run)
+    return fast_state, unpatched_runs(model, plan, base_t, src_t, intervention, readout, run_cache, base_run)
 
 
 def _run_chunks(
@@ -443,7 +443,7 @@ def run_patches(
     """
     if method not in METHODS:
         raise InvalidArgumentError(f"unknown method {method!r}; valid: {choices(METHODS)}")
-    budget, base_t, src_t = _check_patch_args(model, base, source, intervention, clean, batch_size, memory_budget,
+    budget, base_t, src_t = check_patch_args(model, base, source, intervention, clean, batch_size, memory_budget,
                                               DEFAULT_MEMORY_BUDGET)
     metric = as_metric(metric)
     plan = compile_plan(model, [v if not isinstance(v, Site) else (v,) for v in variants], base_t.shape[1])
@@ -466,7 +466,7 @@ def run_patches(
     readout = Readout(positions, metric.columns())
     with model.gates([s for v in plan.variants for s in v]):
         fast_state, runs = _prepare_runs(model, fm, plan, base_t, src_t, intervention, readout)
-        metric, base_values, source_values = _bind_clean(metric, clean, readout, runs.base_logits,
+        metric, base_values, source_values = bind_clean(metric, clean, readout, runs.base_logits,
                                                          runs.source_logits, base_t, src_t)
         noop, noop_sites = _noops(plan, runs, intervention.alpha)
         if batch_size is None:
