@@ -76,18 +76,18 @@ def test_values_are_the_trainers_on_the_kept_groups():
 
 def test_retrained_effects_are_the_hand_computed_moebius():
     m = retrained_effects(f"{HERE}:counted", list("abcde"), [("b", "c"), (3, 4), ("a",)], metric="value")
-    assert m.effect("a") == -2.0  # dropping a costs its 2
-    assert m.effect("b", "c") == -1.0 and m.interaction("b", "c").kind == "redundancy"  # either suffices
-    assert m.effect("d", "e") == 1.0 and m.interaction("d", "e").kind == "synergy"  # only both
-    assert m.effect("b") == 0.0 and m.effect("d") == -1.0  # dropping d alone breaks the d-and-e term
+    assert m.effect("a") == pytest.approx(-2.0)  # dropping a costs its 2
+    assert m.effect("b", "c") == pytest.approx(-1.0) and m.interaction("b", "c").kind == "redundancy"  # either suffices
+    assert m.effect("d", "e") == pytest.approx(1.0) and m.interaction("d", "e").kind == "synergy"  # only both
+    assert m.effect("b") == pytest.approx(0.0) and m.effect("d") == pytest.approx(-1.0)  # dropping d alone breaks the d-and-e term
     assert m.evaluations == 1 + 5 + 2
 
 
 def test_exhaustive_on_a_subset_keeps_the_other_groups():
     m = exhaustive_data_interactions(f"{HERE}:counted", list("abcde"), metric="value", subset=["e", "a", "d"])
     assert m.components == ("e", "a", "d") and m.evaluations == 1 + 3 + 3
-    assert m.effect("a") == -2.0 and m.effect("d") == -1.0 and m.effect("d", "e") == 1.0
-    assert m.effect("a", "e") == 0.0 and all(len(t) <= 2 for t in m.moebius)
+    assert [m.effect("a"), m.effect("d"), m.effect("d", "e")] == pytest.approx([-2.0, -1.0, 1.0])
+    assert m.effect("a", "e") == pytest.approx(0.0) and all(len(t) <= 2 for t in m.moebius)
     with pytest.raises(InteractionError, match=r"order must be an int in 1..3"):
         exhaustive_data_interactions(f"{HERE}:counted", list("abcde"), metric="value", subset=["e", "a", "d"], order=4)
 
@@ -236,11 +236,12 @@ def test_facts_toy_has_its_planted_structure():
     pairs = [("dup0a", "dup0b"), ("half0a", "half0b"), ("half0a", "wrong0"), ("single0", "mislabel0"),
              ("unique3", "filler0")]
     m = retrained_effects("mechpatch.zoo.facts:train_facts", labels, pairs, metric="accuracy")
-    assert m.effect("dup0a", "dup0b") * n <= -3 and m.effect("dup0a") == 0.0  # redundancy: either teaches 4 facts
+    assert m.effect("dup0a", "dup0b") * n <= -3 and abs(m.effect("dup0a")) * n <= 1  # redundancy: either teaches 4 facts
     assert m.effect("half0a", "half0b") * n >= 3 and m.effect("half0a") * n <= -3  # synergy: only both outvote
-    assert m.effect("half0a", "wrong0") * n >= 3 and m.effect("wrong0") == 0.0
+    assert m.effect("half0a", "wrong0") * n >= 3 and abs(m.effect("wrong0")) * n <= 1
     assert m.effect("mislabel0") * n >= 2 and m.effect("single0", "mislabel0") * n <= -2  # mislabel hurts
-    assert m.effect("unique3") * n <= -3 and m.effect("filler0") == 0.0 and m.effect("unique3", "filler0") == 0.0
+    assert m.effect("unique3") * n <= -3 and abs(m.effect("filler0")) * n <= 1
+    assert abs(m.effect("unique3", "filler0")) * n <= 1
     assert m.interaction("dup0a", "dup0b").kind == "redundancy" and m.interaction("half0a", "half0b").kind == "synergy"
 
 
