@@ -316,10 +316,14 @@ def _values_of(game: DataGame, metric: str, chunks: object, executor: object, pr
     return values
 
 
-def _check_metric(metric: object) -> str:
+def _checked(trainer: object, groups: object, options: object, seeds: Sequence[int], metric: object, chunks: object,
+             executor: object) -> tuple[DataGame, str]:
+    """The argument checks the searches share (before any retraining): the game, the metric's name, where units go."""
+    game = data_game(trainer, groups, options, seeds)
     if not isinstance(metric, str) or not metric:
         raise InteractionError(f"metric must name one of the trainer's measurements (a string); got {metric!r}")
-    return metric
+    check_where(chunks, executor)
+    return game, metric
 
 
 def data_interactions(
@@ -364,9 +368,7 @@ def data_interactions(
     >>> sorted((i.label, i.kind, round(i.effect, 3)) for i in m.top(4))
     [('g0 x g8', 'synergy', 1.0), ('g2 x g10', 'redundancy', -1.0), ('g4 x g7', 'redundancy', -1.0), ('g5 x g9', 'synergy', 1.0)]
     """
-    game = data_game(trainer, groups, options, seeds)
-    metric = _check_metric(metric)
-    check_where(chunks, executor)
+    game, metric = _checked(trainer, groups, options, seeds, metric, chunks, executor)
     check_search("noise", holdout, backend, design, n_masks, len(game.groups))  # before any retraining
     start = time.perf_counter()
     runs: list[RetrainValues] = []
@@ -425,9 +427,7 @@ def retrained_effects(
     >>> m.evaluations, m.interaction(0, 8).kind, round(m.effect(0, 8), 9), round(m.effect(4, 7), 9)
     (7, 'synergy', 1.0, -1.0)
     """
-    game = data_game(trainer, groups, options, seeds)
-    metric = _check_metric(metric)
-    check_where(chunks, executor)
+    game, metric = _checked(trainer, groups, options, seeds, metric, chunks, executor)
     if isinstance(terms, (str, bytes)) or not isinstance(terms, Sequence) or not terms:
         raise InteractionError(f"terms must be a non-empty list of group tuples; got {terms!r}")
     checked = [tuple(sorted(_indices(game, t if isinstance(t, Sequence) and not isinstance(t, str) else (t,), "term")))
@@ -457,9 +457,7 @@ def exhaustive_data_interactions(
     Returns:
         :class:`~mechpatch.interactions.InteractionModel` over the subset's groups (``method="exhaustive"``).
     """
-    game = data_game(trainer, groups, options, seeds)
-    metric = _check_metric(metric)
-    check_where(chunks, executor)
+    game, metric = _checked(trainer, groups, options, seeds, metric, chunks, executor)
     columns = list(range(len(game.groups))) if subset is None else _indices(game, list(subset), "subset")
     if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= len(columns):
         raise InteractionError(f"order must be an int in 1..{len(columns)} (the subset's size); got {order!r}")

@@ -408,7 +408,7 @@ def function_executor(spec: Any = "local") -> Iterator[Any]:
     """
     spec = spec if isinstance(spec, ExecutorSpec) else parse_executor(spec)
     check_executor(spec)
-    with open_executor(spec, lambda: ModelJob(None), lambda: JobSpec("functions", {}, None, FUNCTION_JOB)) as ex:
+    with open_executor(spec, lambda: function_job({}), lambda: JobSpec("functions", {}, None, FUNCTION_JOB)) as ex:
         yield ex
 
 
