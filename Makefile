@@ -12,7 +12,7 @@ comma  := ,
 # one stamp per EXTRAS value: changing EXTRAS re-runs the install
 STAMP   = $(VENV)/.mechpatch-installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: demo test install bench gpu-check clean
+.PHONY: demo test lint install bench gpu-check clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# the rules of [tool.ruff] in pyproject.toml (tests/test_lint.py runs the same check inside `make test`)
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 bench: $(STAMP)
 	$(PY) experiments/benchmarks/bench_patching.py

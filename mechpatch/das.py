@@ -245,7 +245,7 @@ class _Forward:
         with torch.inference_mode():
             for tokens, key in ((source, "source"), (base, "base")):
                 cache: dict[str, Tensor] = {}
-                hooks = {n: (lambda t, n=n: cache.__setitem__(n, t.clone())) for n in names}
+                hooks = {n: (lambda t, n=n, cache=cache: cache.__setitem__(n, t.clone())) for n in names}
                 x = F_.embed(fm, tokens, 0, F_.Hooks(hooks, None))
                 _, kv = F_.run_blocks(fm, x, 0, None, 0, None, True, hooks)
                 acts[key] = (cache, kv)

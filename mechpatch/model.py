@@ -81,7 +81,7 @@ class HookPoint:
         idx: list[Any] = [slice(None)] * len(self.spec.axes)
         if self.spec.unit_axis is not None:
             idx[self.spec.unit_axis] = self.site.unit
-        pos = getattr(self.site, "pos")
+        pos = self.site.pos
         if pos is not None:
             resolved = resolve_positions(pos, seq_len, what=f"{self.site.label}: position")
             idx[self.spec.pos_axis] = resolved[0] if len(resolved) == 1 else torch.tensor(resolved)

@@ -175,7 +175,7 @@ class Site:
 
     @property
     def label(self) -> str:
-        return self._base_label() + _pos_label(getattr(self, "pos"))
+        return self._base_label() + _pos_label(self.pos)
 
     def _base_label(self) -> str:  # pragma: no cover - every subclass overrides it
         raise NotImplementedError
@@ -213,7 +213,7 @@ class Site:
                     f"{self.label}: {what} {self.unit} is out of range; the model has {limit} {what}s "
                     f"per layer (valid: 0..{limit - 1})"
                 )
-        pos = getattr(self, "pos")
+        pos = self.pos
         if pos is None or seq_len is None:
             return self
         resolved = resolve_positions(pos, seq_len, what=f"{self.label}: position")

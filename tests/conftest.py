@@ -2,6 +2,8 @@
 
 import contextlib
 import os
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -147,3 +149,23 @@ def any_model(request):
 def tokens():
     g = torch.Generator().manual_seed(1)
     return torch.randint(1, 100, (3, 7), generator=g)
+
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """The path of a Chromium executable, installed with apt when missing."""
+    found = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
+    if found is None and shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
+        if subprocess.run(install, env=env, capture_output=True, timeout=900, check=False).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600, check=False)
+            subprocess.run(install, env=env, capture_output=True, timeout=900, check=False)
+        found = shutil.which("chromium")
+    if found is None:
+        pytest.skip("no Chromium, and it could not be installed (apt-get install chromium needs root and the "
+                    "Debian mirrors)")
+    return found

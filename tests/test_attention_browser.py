@@ -8,7 +8,6 @@ import subprocess
 import torch
 
 from mechpatch.attention import attention_view, head_scores
-from tests.runs.test_report_browser import chromium  # noqa: F401  (the fixture: Chromium, installed when missing)
 
 PROBE = """<script>
 window.__errors = [];

@@ -119,7 +119,7 @@ def test_one_and_two_threads_agree(request, model_name, computation):
     tol = TOL[model.dtype]
     for key, value in one.items():
         assert value.dtype == two[key].dtype and torch.isfinite(value).all()
-        torch.testing.assert_close(two[key], value, atol=tol, rtol=tol, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(two[key], value, atol=tol, rtol=tol, msg=lambda m, key=key: f"{key}: {m}")
 
 
 def test_cli_sweep_threads(tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ from mechpatch.patching import sweep
 from mechpatch.patching.metrics import KLDivergence
 from mechpatch.prompts import make_pair
 from mechpatch.runs.sweep import SweepRun
-from tests.runs.test_report_browser import check, chromium, render  # noqa: F401  (chromium: a fixture)
+from tests.runs.test_report_browser import check, render
 
 REPO = Path(__file__).resolve().parents[1]
 PLOTLY_JSON = "application/vnd.plotly.v1+json"
@@ -133,7 +133,7 @@ def test_ipython_display_in_a_kernel(results, tmp_path):
         assert len(stored) < 300_000, (name, len(stored))  # not the 4.8 MB of an embedded plotly.js
 
 
-def test_repr_html_draws_offline_in_a_browser(chromium, results, tmp_path):  # noqa: F811
+def test_repr_html_draws_offline_in_a_browser(chromium, results, tmp_path):
     """Two results' fragments in one page (as an HTML export holds them): every figure draws, no console error."""
     body = results["patch"][0]._repr_html_() + results["discovery"][0]._repr_html_()
     page = tmp_path / "results.html"

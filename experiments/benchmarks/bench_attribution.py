@@ -75,7 +75,7 @@ def bench_nodes(model, clean, corrupted, answers, metric):
     exact = (exact_run.values - exact_run.base_values[None]).mean(1)
     row = {"count": len(cells), "kinds": kinds, "exact_seconds": round(t_exact, 3)}
     for name, extra in (("atp", {}), ("atp*", {"qk_fix": True, "grad_drop": True})):
-        run, t = timed(lambda: atp(model, clean, cells, metric=metric, clean="base", **kw, **extra))
+        run, t = timed(lambda extra=extra: atp(model, clean, cells, metric=metric, clean="base", **kw, **extra))
         a = agreement(run.estimates.mean(1), exact, k=10)
         # AtP* ranks by its GradDrop score; its signed estimate is what is compared with the exact effect
         ranked = agreement(run.scores, exact.abs(), k=10) if name == "atp*" else None
@@ -100,7 +100,7 @@ def bench_edges(model, clean, corrupted, answers, metric, sample):
     if len(edges) < lay.n_edges:
         row["exact_seconds_all_edges_extrapolated"] = round(full, 1)
     for name, ig in (("eap", None), ("eap_ig_inputs_5", "inputs")):
-        att, t = timed(lambda: edge_attribution(model, clean, metric=metric, source=corrupted, answers=answers, ig=ig,
+        att, t = timed(lambda ig=ig: edge_attribution(model, clean, metric=metric, source=corrupted, answers=answers, ig=ig,
                                                 steps=5))
         scores = att.edge_scores()
         a = agreement(torch.tensor([scores[e] for e in edges]), exact, k=10)

@@ -58,7 +58,7 @@ def reference_forward_seconds(model, base, source, metric, removed, n):
     candidates = torch.nonzero(valid & ~removed)
     rows_prompt = torch.arange(runner.n, device=runner.base.device)
     times = []
-    for i in range(n):
+    for _ in range(n):
         m = removed.clone()
         s, r = candidates[int(torch.randint(len(candidates), (1,), generator=g))]
         m[s, r] = True

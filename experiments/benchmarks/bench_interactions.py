@@ -139,7 +139,7 @@ def bench_tokens(quick: bool) -> dict:
         sii_exact = exact.shapley(order=2)
         row["sii"] = {"sparse": _sii_agreement(sparse.shapley(order=2), sii_exact)}
         if shapiq is not None:
-            def game(coalitions: np.ndarray) -> np.ndarray:  # shapiq: True = token present (kept)
+            def game(coalitions: np.ndarray, exact=exact) -> np.ndarray:  # shapiq: True = token present (kept)
                 return exact.predict(torch.from_numpy(~coalitions.astype(bool))).numpy()
 
             truth = shapiq.ExactComputer(n_players=n, game=game)(index="SII", order=2)

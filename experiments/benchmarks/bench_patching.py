@@ -113,9 +113,9 @@ def bench_model(model, n_prompts: int, seq_len: int, tl_repeats: int, sweeps=tup
             continue
         sweep(model, pair, kind, metric="logit_diff",
               by_position=by_pos)  # warm-up (weights extraction, fast-path check)
-        t_ours, res = timed(lambda: sweep(model, pair, kind, metric="logit_diff", by_position=by_pos), repeats=2)
+        t_ours, res = timed(lambda kind=kind, by_pos=by_pos: sweep(model, pair, kind, metric="logit_diff", by_position=by_pos), repeats=2)
         with torch.inference_mode():
-            t_tl, tl_res = timed(lambda: getattr(tlp, tl_fn)(model.bridge, pair.corrupted, clean_cache, tl_metric),
+            t_tl, tl_res = timed(lambda tl_fn=tl_fn: getattr(tlp, tl_fn)(model.bridge, pair.corrupted, clean_cache, tl_metric),
                                  repeats=tl_repeats)
         ours = res.mean()
         if by_pos and kind == "head":

@@ -188,7 +188,7 @@ def by_position(batch: TaskBatch, role: str) -> list[TaskBatch]:
     out = []
     for value in torch.unique(batch.positions[role]).tolist():
         idx = torch.nonzero(batch.positions[role] == value).flatten()
-        pick = lambda xs: tuple(xs[i] for i in idx.tolist()) if xs else xs  # noqa: E731
+        pick = lambda xs, idx=idx: tuple(xs[i] for i in idx.tolist()) if xs else xs  # noqa: E731
         out.append(TaskBatch(batch.clean[idx], batch.corrupted[idx], batch.answers[idx],
                              {k: v[idx] for k, v in batch.positions.items()}, pick(batch.prompts),
                              pick(batch.corrupted_prompts), pick(batch.labels)))

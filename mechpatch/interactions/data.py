@@ -49,7 +49,6 @@ from mechpatch._progress import progress_bar
 from mechpatch.chunks import CheckpointError, ChunkStore
 from mechpatch.config import resolve
 from mechpatch.interactions.basis import InteractionError, Term
-from mechpatch.interactions.designs import make_design
 from mechpatch.interactions.results import InteractionModel
 from mechpatch.interactions.run import (
     Executor,

@@ -143,7 +143,7 @@ def _noops(plan: PatchPlan, sources: _Runs, alpha: Union[float, Projection]
     same: dict[tuple[str, Site], bool] = {}
     per_variant = []
     flags = []
-    for v, points in enumerate(plan.points):
+    for points in plan.points:
         quiet = []
         for p in points:
             key = (p.name, p.site)

@@ -326,6 +326,11 @@ def _attn_scale(bridge, cfg) -> float:
     return cfg.d_head ** -0.5
 
 
+def _flat_bias(b: Optional[Tensor], n: int, like: Tensor) -> Tensor:
+    """A projection's bias as one flat vector of ``n``; zeros where the projection has none."""
+    return torch.zeros(n, dtype=like.dtype, device=like.device) if b is None else b.reshape(-1)
+
+
 def _finalize(fm: FunctionalModel) -> None:
     """The flat forms F.linear takes, from the uniform per-head form (views of the same storage where the layout
     allows: Hugging Face's [out, in] linear weights come back as themselves)."""
@@ -336,8 +341,7 @@ def _finalize(fm: FunctionalModel) -> None:
         lw.Wk = lw.W_K.permute(0, 2, 1).reshape(Hkv * dh, D)
         lw.Wv = lw.W_V.permute(0, 2, 1).reshape(Hkv * dh, D)
         if lw.b_Q is not None or lw.b_K is not None or lw.b_V is not None:
-            zero = lambda b, n: torch.zeros(n * dh, dtype=lw.Wq.dtype, device=lw.Wq.device) if b is None else b.reshape(-1)
-            lw.bq, lw.bk, lw.bv = zero(lw.b_Q, H), zero(lw.b_K, Hkv), zero(lw.b_V, Hkv)
+            lw.bq, lw.bk, lw.bv = (_flat_bias(b, n * dh, lw.Wq) for b, n in ((lw.b_Q, H), (lw.b_K, Hkv), (lw.b_V, Hkv)))
         lw.Wo = lw.W_O.reshape(H * dh, D).T
         if lw.W_in is not None:
             if lw.W_gate is not None and lw.b_in is not None:
@@ -731,7 +735,7 @@ def unit_qkv(
     return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
 
-def _own_slice(n: Norm, x: Float[Tensor, "batch #unit pos d_model"], W: Float[Tensor, "unit d_model d_head"],
+def _own_slice(n: Norm, x: Float[Tensor, "batch #unit pos d_model"], W: Float[Tensor, "unit d_model d_head"],  # noqa: F821 ("#unit")
                b: Optional[Tensor]) -> Float[Tensor, "batch pos unit d_head"]:
     """Each unit's slice of a projection over all units from that unit's own input, normalised over all units."""
     U = W.shape[0]

@@ -560,7 +560,7 @@ def path_patch_reference(
         keep: dict[str, Tensor] = {}
         wanted = [f"blocks.{last}.hook_resid_post"] if recs == "logits" else [_hook_name(r) for r in recs]
 
-        def grabber(name):
+        def grabber(name, keep=keep):
             def grab(act, hook):
                 keep[name] = act.detach().clone()
             return grab
@@ -575,7 +575,7 @@ def path_patch_reference(
                     nm = _hook_name(r)
                     pos = list(range(seq)) if r.pos is None else list(r.pos)
 
-                    def put(act, hook, nm=nm, r=r, pos=pos):
+                    def put(act, hook, nm=nm, r=r, pos=pos, keep=keep):
                         act = act.clone()
                         act[:, pos, r.unit] = keep[nm][:, pos, r.unit]
                         return act

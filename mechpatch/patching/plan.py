@@ -111,7 +111,7 @@ def _mask_index(point: HookPoint, seq_len: int) -> tuple:
     if point.site.pos is not None:
         pos = resolve_positions(point.site.pos, seq_len, what=f"{point.site.label}: position")
         idx[spec.pos_axis - 1] = torch.tensor(pos)
-    for i, axis in enumerate(spec.axes[1:]):
+    for i in range(len(spec.axes) - 1):
         if i != spec.pos_axis - 1 and i != (spec.unit_axis or 0) - 1:
             idx[i] = 0
     return tuple(idx)

@@ -6,9 +6,7 @@ tests skip and say why.
 """
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,7 +14,6 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 # injected first into <head>: records page errors (uncaught exceptions, failed script or style loads) and
 # console.error/console.warn calls, then after load writes what it saw, and how many plotly figures have drawn
@@ -43,23 +40,6 @@ window.addEventListener('load', function () { setTimeout(function () {
   document.body.appendChild(p);
 }, 500); });
 </script>"""
-
-
-@pytest.fixture(scope="session")
-def chromium():
-    """The path of a Chromium executable, installed with apt when missing."""
-    found = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
-    if found is None and shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
-        if subprocess.run(install, env=env, capture_output=True, timeout=900, check=False).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600, check=False)
-            subprocess.run(install, env=env, capture_output=True, timeout=900, check=False)
-        found = shutil.which("chromium")
-    if found is None:
-        pytest.skip("no Chromium, and it could not be installed (apt-get install chromium needs root and the "
-                    "Debian mirrors)")
-    return found
 
 
 def render(chromium, page: Path, tmp_path: Path) -> dict:
