@@ -24,6 +24,8 @@ patching) before reading more into them.
 tensor([[1.]], dtype=torch.float64)
 """
 
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
@@ -32,6 +34,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechpatch.errors import InvalidArgumentError, ShapeMismatchError, choices
+from mechpatch.sites import resolve_positions
 
 #: the built-in head scores of :func:`head_scores`
 HEAD_SCORES = ("previous-token", "duplicate-token", "induction")
@@ -63,10 +66,22 @@ def attention_patterns(
     return torch.stack([torch.stack([cache[Pattern(l, h)] for h in range(spec.n_heads)], 1) for l in layers], 1)
 
 
+def _describe(x: object) -> str:
+    return f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+
+
+def _check_patterns(patterns: object) -> None:
+    if (not isinstance(patterns, Tensor) or not patterns.dtype.is_floating_point or patterns.ndim != 5
+            or patterns.shape[-1] != patterns.shape[-2]):
+        raise ShapeMismatchError(f"patterns must be a float tensor [prompt, layer, head, query, key] with as many keys "
+                                 f"as queries (from attention_patterns); got {_describe(patterns)}")
+
+
 def _check(patterns: Tensor, tokens: Tensor) -> None:
-    if patterns.ndim != 5 or patterns.shape[-1] != patterns.shape[-2]:
-        raise ShapeMismatchError(f"patterns must be [prompt, layer, head, query, key] with as many keys as queries; "
-                                 f"got {tuple(patterns.shape)}")
+    _check_patterns(patterns)
+    if not isinstance(tokens, Tensor) or tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
+        raise ShapeMismatchError(f"tokens must be an integer tensor [prompt, pos] of token ids (e.g. "
+                                 f"model.to_tokens(...)); got {_describe(tokens)}")
     if tokens.shape != (patterns.shape[0], patterns.shape[-1]):
         raise ShapeMismatchError(f"tokens {tuple(tokens.shape)} do not match patterns of {patterns.shape[0]} prompts "
                                  f"x {patterns.shape[-1]} positions")
@@ -96,6 +111,8 @@ def head_scores(patterns: Float[Tensor, "prompt layer head query key"], tokens: 
     Raises:
         InvalidArgumentError: an unknown score, or tokens where no query has a target (no repeated token for
             ``duplicate-token`` or ``induction``).
+        ShapeMismatchError: patterns that are not [prompt, layer, head, query, key], or tokens that are not an
+            integer tensor [prompt, pos] matching them.
     """
     if kind not in HEAD_SCORES:
         raise InvalidArgumentError(f"unknown head score {kind!r}; valid: {choices(HEAD_SCORES)}")
@@ -113,19 +130,36 @@ def attention_to(patterns: Float[Tensor, "prompt layer head query key"],
                  query: Union[int, Int[Tensor, " prompt"]], key: Union[int, Int[Tensor, " prompt"]]
                  ) -> Float[Tensor, "layer head"]:
     """Per head, the mean weight from position ``query`` to position ``key`` (each an int, or one position per
-    prompt, e.g. a task's ``positions["END"]`` and ``positions["IO"]``)."""
+    prompt, e.g. a task's ``positions["END"]`` and ``positions["IO"]``).
+
+    Raises:
+        ShapeMismatchError: patterns that are not [prompt, layer, head, query, key], or a position tensor that is
+            not one position per prompt.
+        SiteOutOfRangeError: a position outside the prompts.
+        InvalidArgumentError: a position that is not an int (a bool, a float).
+    """
+    _check_patterns(patterns)
     n, s = patterns.shape[0], patterns.shape[-1]
     idx = []
     for name, pos in (("query", query), ("key", key)):
-        pos = torch.full((n,), pos) if isinstance(pos, int) else pos
-        if not isinstance(pos, Tensor) or pos.shape != (n,) or pos.dtype.is_floating_point:
-            raise ShapeMismatchError(f"{name} must be an int or an integer tensor [prompt] ({n} here)")
-        if ((pos < -s) | (pos >= s)).any():
-            raise InvalidArgumentError(f"{name} positions must be in {-s}..{s - 1}; got {sorted(set(pos.tolist()))}")
-        idx.append(pos.cpu() % s)
+        if not isinstance(pos, Tensor):
+            idx.append(torch.full((n,), resolve_positions([pos], s, what=name)[0]))
+            continue
+        if pos.shape != (n,):
+            raise ShapeMismatchError(f"{name} must be an int or an integer tensor [prompt] ({n} here); got "
+                                     f"{_describe(pos)}")
+        idx.append(torch.tensor(resolve_positions(pos.tolist(), s, what=name, unique=False), dtype=torch.long))
     rows = torch.arange(n)
     return patterns.double().cpu()[rows, :, :, idx[0], idx[1]].mean(0)
 
+
+def _require_finite(name: str, values: Tensor, layers: Sequence[int]) -> None:
+    """Refuse NaN or infinite per-head ``values`` [layer, head], naming the heads (``layers`` names the rows)."""
+    bad = (~torch.isfinite(values.detach().cpu())).nonzero().tolist()
+    if bad:
+        heads = [f"L{layers[l]}H{h}" for l, h in bad]
+        raise InvalidArgumentError(f"{name} has non-finite values (NaN or inf) at {len(heads)} head(s): "
+                                   f"{choices(heads, limit=8)}; give a finite value for every head")
 
 
 # ----------------------------------------------------------------------------- the view
@@ -249,21 +283,37 @@ def attention_view(
 ) -> AttentionView:
     """The view of ``patterns`` (from :func:`attention_patterns`) over ``tokens`` (each prompt's token strings,
     e.g. ``model.to_str_tokens(row)``); ``layers`` names the patterns' layers (default 0, 1, ...); ``scores``
-    colours the head grid (any per-head score: :func:`head_scores`, a sweep's effect, an attribution)."""
+    colours the head grid (any per-head score: :func:`head_scores`, a sweep's effect, an attribution).
+
+    Scores must be finite: a NaN or infinite score (e.g. an effect normalised by a zero difference) has no colour,
+    so it is refused, naming its heads, rather than drawn as if it were a number; mask or replace those heads'
+    scores first (e.g. ``scores.nan_to_num(0.0)``), or leave ``scores`` out.
+
+    Raises:
+        ShapeMismatchError: patterns, tokens, layers or scores that do not match one another.
+        InvalidArgumentError: non-finite patterns or scores, or layer names that are not ints.
+    """
     import base64
     import html as _html
     import json
 
-    if patterns.ndim != 5 or patterns.shape[-1] != patterns.shape[-2]:
-        raise ShapeMismatchError(f"patterns must be [prompt, layer, head, query, key]; got {tuple(patterns.shape)}")
+    _check_patterns(patterns)
     n, n_layers, n_heads, seq, _ = patterns.shape
-    if len(tokens) != n or any(len(t) != seq for t in tokens):
-        raise ShapeMismatchError(f"tokens must hold {n} prompts of {seq} token strings each (one per position)")
-    layers = list(range(n_layers)) if layers is None else [int(l) for l in layers]
+    if isinstance(tokens, (str, Tensor)) or len(tokens) != n or any(len(t) != seq for t in tokens):
+        raise ShapeMismatchError(f"tokens must hold {n} prompts of {seq} token strings each (one per position, e.g. "
+                                 "model.to_str_tokens(row))")
+    layers = list(range(n_layers)) if layers is None else list(layers)
+    if any(isinstance(l, bool) or not isinstance(l, int) for l in layers):
+        raise InvalidArgumentError(f"layers must name the patterns' layers by int index; got {layers!r}")
     if len(layers) != n_layers:
         raise ShapeMismatchError(f"{len(layers)} layer names for patterns of {n_layers} layers")
-    if scores is not None and tuple(scores.shape) != (n_layers, n_heads):
-        raise ShapeMismatchError(f"scores must be [layer, head] = ({n_layers}, {n_heads}); got {tuple(scores.shape)}")
+    if scores is not None and (not isinstance(scores, Tensor) or tuple(scores.shape) != (n_layers, n_heads)):
+        raise ShapeMismatchError(f"scores must be a tensor [layer, head] = ({n_layers}, {n_heads}); got "
+                                 f"{_describe(scores)}")
+    if not bool(torch.isfinite(patterns).all()):
+        raise InvalidArgumentError("patterns hold non-finite weights (NaN or inf): attention weights are in [0, 1]")
+    if scores is not None:
+        _require_finite("scores", scores, layers)
     quantized = (patterns.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().contiguous()
     meta = {"layers": layers, "n_heads": n_heads, "seq": seq, "tokens": [list(map(str, t)) for t in tokens],
             "scores": None if scores is None else scores.double().tolist(), "score_name": score_name}
@@ -300,12 +350,26 @@ def attention_vs_effect(attention: Float[Tensor, "layer head"], effect: Float[Te
     ``disagreement`` names a head with ``|effect| >= matters`` and ``attention < attends`` ("effect without
     attention"), or the reverse ("attention without effect"); ``effect`` in the units given (e.g. a sweep's
     normalised effect).
+
+    Raises:
+        ShapeMismatchError: attention and effect are not both tensors [layer, head].
+        InvalidArgumentError: a NaN or infinite attention or effect (named by head: a NaN effect would read as "no
+            effect"), a ``top`` that is not a positive int, or thresholds that are not finite numbers.
     """
     import pandas as pd
 
-    if attention.shape != effect.shape or attention.ndim != 2:
-        raise ShapeMismatchError(f"attention {tuple(attention.shape)} and effect {tuple(effect.shape)} must both be "
-                                 "[layer, head]")
+    if (not isinstance(attention, Tensor) or not isinstance(effect, Tensor) or attention.shape != effect.shape
+            or attention.ndim != 2):
+        raise ShapeMismatchError(f"attention ({_describe(attention)}) and effect ({_describe(effect)}) must both be "
+                                 "tensors [layer, head]")
+    if isinstance(top, bool) or not isinstance(top, numbers.Integral) or top < 1:
+        raise InvalidArgumentError(f"top must be a positive int (heads to list by |effect| and by attention); got "
+                                   f"{top!r}")
+    for name, value in (("attends", attends), ("matters", matters)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise InvalidArgumentError(f"{name} must be a finite number (a threshold); got {value!r}")
+    _require_finite("attention", attention, range(attention.shape[0]))
+    _require_finite("effect", effect, range(effect.shape[0]))
     n_heads = attention.shape[1]
     a, e = attention.double().flatten().cpu(), effect.double().flatten().cpu()
     chosen = list(dict.fromkeys(torch.argsort(e.abs(), descending=True)[:top].tolist()

@@ -7,7 +7,7 @@ Clean/corrupted prompt pairs with their answer tokens are :mod:`mechpatch.prompt
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -26,7 +26,7 @@ from mechpatch.errors import (
     choices,
 )
 from mechpatch.model import HookedModel, HookPoint, hook_shape, resolve_device, resolve_dtype
-from mechpatch.sites import ModelSpec, Site
+from mechpatch.sites import ModelSpec, Site, Sites
 
 Prompts = Union[Int[Tensor, "batch pos"], Sequence[str], str]
 _UNIT_NAMES = ("B", "KB", "MB", "GB", "TB", "KiB", "MiB", "GiB", "TiB")
@@ -107,8 +107,8 @@ def as_tokens(model: HookedModel, prompts: Prompts) -> Int[Tensor, "batch pos"]:
     return model.to_tokens(prompts)
 
 
-def _hook_points(model: HookedModel, sites: Iterable[Site], seq_len: int) -> list[HookPoint]:
-    if isinstance(sites, Site):
+def _hook_points(model: HookedModel, sites: Sites, seq_len: int) -> list[HookPoint]:
+    if isinstance(sites, (Site, str)):
         sites = [sites]
     points = [model.hook_point(s, seq_len) for s in sites]
     if not points:
@@ -118,7 +118,7 @@ def _hook_points(model: HookedModel, sites: Iterable[Site], seq_len: int) -> lis
 
 def estimate_cache_bytes(
     model: HookedModel,
-    sites: Iterable[Site],
+    sites: Sites,
     n_prompts: int,
     seq_len: int,
     dtype: Union[str, torch.dtype, None] = None,
@@ -182,7 +182,7 @@ class SiteCache:
 def cache_activations(
     model: HookedModel,
     prompts: Prompts,
-    sites: Iterable[Site],
+    sites: Sites,
     *,
     device: Union[str, torch.device, None] = None,
     dtype: Union[str, torch.dtype, None] = None,

@@ -18,7 +18,10 @@ A probe can be accurate where DAS finds nothing causal (the variable is still wr
 the model has read it): put the two side by side (:mod:`mechpatch.probes`).
 """
 
+import math
+import numbers
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -26,7 +29,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechpatch.errors import InvalidArgumentError, ShapeMismatchError, choices
+from mechpatch.cache import as_tokens
+from mechpatch.errors import EmptyInputError, InvalidArgumentError, ShapeMismatchError, choices
+from mechpatch.model import hook_shape
+from mechpatch.patching.engine import check_batch_size
+from mechpatch.sites import Site, resolve_positions, select
 
 #: the training losses: cross-entropy on a target token, or squared error on a numerical readout column
 LOSSES = ("ce", "mse")
@@ -61,28 +68,137 @@ class DASResult:
                 f" (train {self.train_iia:.3f}), {self.n_train} train / {self.n_test} test pairs, {self.seconds:.1f} s)")
 
 
-def _check(model: Any, base: Tensor, source: Tensor, site: Any, targets: Tensor, k: int, loss: str,
-           test_fraction: float, steps: int, candidates: Optional[Tensor], method: str) -> Any:
+def _as_site(model: Any, site: object) -> Any:
+    """``site`` as one Site: a Site as given, or a label such as ``"L1.resid_pre@2"`` parsed as the rest of the API
+    parses it (it must name exactly one site)."""
+    if isinstance(site, Site):
+        return site
+    if not isinstance(site, str):
+        raise InvalidArgumentError(f"site must be one Site (e.g. Resid(1, 'pre', pos=2)) or its label (e.g. "
+                                   f"'L1.resid_pre@2'); got {type(site).__name__} {site!r:.80}")
+    sites = select(model.spec, site)
+    if len(sites) != 1:
+        raise InvalidArgumentError(f"site {site!r} names {len(sites)} sites ({choices([s.label for s in sites], 6)}); "
+                                   "DAS learns a subspace of one site: name one")
+    return sites[0]
+
+
+def _tokens(model: Any, base: object, source: object) -> tuple[Tensor, Tensor]:
+    """``base`` and ``source`` as token ids of one shape [pair, pos] within the vocabulary (checked by as_tokens)."""
+    for name, value in (("base", base), ("source", source)):
+        if isinstance(value, (list, tuple)) and value and not all(isinstance(v, str) for v in value):
+            raise ShapeMismatchError(f"{name} must be token ids (an integer tensor [pair, pos]) or prompt strings; "
+                                     f"got a {type(value).__name__} of {type(value[0]).__name__}: pass "
+                                     f"torch.tensor({name})")
+    base_t, source_t = as_tokens(model, base), as_tokens(model, source)
+    if base_t.shape != source_t.shape:
+        raise ShapeMismatchError(f"base {tuple(base_t.shape)} and source {tuple(source_t.shape)} must be token ids of "
+                                 "one shape [pair, pos]")
+    return base_t, source_t
+
+
+def _out_vocab(model: Any) -> int:
+    """The width of the model's logits (a compiled tracr model's output vocabulary differs from its input's)."""
+    n = getattr(getattr(model.bridge, "cfg", None), "d_vocab_out", None)
+    return n if isinstance(n, int) and n > 0 else model.spec.d_vocab
+
+
+def _check_ids(name: str, ids: Tensor, vocab: int) -> None:
+    """Refuse token ids outside ``0..vocab-1`` (they would index past the logits, or wrap around)."""
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        raise InvalidArgumentError(f"{name} must be token ids in 0..{vocab - 1} (the model's output vocabulary); got "
+                                   f"{int(ids.min())}..{int(ids.max())}")
+
+
+def _check_targets(model: Any, n: int, targets: object, candidates: object, loss: str,
+                   column: object) -> tuple[Tensor, Optional[Tensor]]:
+    """The targets (token ids for "ce", finite values for "mse") and candidates, checked against ``n`` pairs and the
+    output vocabulary; the logit ``column`` an "mse" readout reads. With candidates, a target becomes its index among
+    them (the readout is over the candidates)."""
     if loss not in LOSSES:
         raise InvalidArgumentError(f"unknown DAS loss {loss!r}; valid: {choices(LOSSES)}")
-    if candidates is not None:
-        if loss != "ce":
-            raise InvalidArgumentError("candidates restrict the readout to token ids: they go with loss 'ce'")
-        if candidates.ndim != 2 or candidates.shape[0] != base.shape[0] or candidates.shape[1] < 2 or \
-                candidates.dtype.is_floating_point:
-            raise ShapeMismatchError(f"candidates must be token ids [pair, c] with c >= 2 ({base.shape[0]} pairs); "
-                                     f"got {tuple(candidates.shape)} of {candidates.dtype}")
-        missing = ~(candidates == targets[:, None]).any(-1)
-        if missing.any():
-            raise InvalidArgumentError(f"each pair's target must be one of its candidates; {int(missing.sum())} are "
-                                       f"not (first: pair {int(missing.nonzero()[0])})")
-    if base.shape != source.shape or base.ndim != 2:
-        raise ShapeMismatchError(f"base {tuple(base.shape)} and source {tuple(source.shape)} must be token ids of one "
-                                 "shape [pair, pos]")
-    if targets.shape[0] != base.shape[0] or targets.ndim != 1:
-        raise ShapeMismatchError(f"targets must hold one value per pair ({base.shape[0]}); got {tuple(targets.shape)}")
-    if loss == "ce" and targets.dtype.is_floating_point:
-        raise InvalidArgumentError("loss 'ce' takes target token ids (an integer tensor); for values use loss 'mse'")
+    vocab = _out_vocab(model)
+    if isinstance(column, bool) or not isinstance(column, int) or not 0 <= column < vocab:
+        raise InvalidArgumentError(f"column must be an int in 0..{vocab - 1} (a logit index; no wrap-around); got "
+                                   f"{column!r}")
+    if not isinstance(targets, Tensor) or targets.ndim != 1 or targets.shape[0] != n:
+        got = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
+        raise ShapeMismatchError(f"targets must be a tensor holding one value per pair ({n}); got {got}")
+    targets = targets.cpu()
+    if targets.dtype == torch.bool or targets.dtype.is_complex:
+        raise InvalidArgumentError(f"targets must be token ids (loss 'ce') or real values (loss 'mse'); got "
+                                   f"{targets.dtype}")
+    if loss == "ce":
+        if targets.dtype.is_floating_point:
+            raise InvalidArgumentError("loss 'ce' takes target token ids (an integer tensor); for values use loss "
+                                       "'mse'")
+        _check_ids("targets", targets, vocab)
+        targets = targets.long()
+    elif not torch.isfinite(targets.double()).all():
+        bad = ~torch.isfinite(targets.double())
+        raise InvalidArgumentError(f"targets must be finite for loss 'mse'; {int(bad.sum())} are NaN or infinite "
+                                   f"(first: pair {int(bad.nonzero()[0])})")
+    if candidates is None:
+        return targets, None
+    if loss != "ce":
+        raise InvalidArgumentError("candidates restrict the readout to token ids: they go with loss 'ce'")
+    if not isinstance(candidates, Tensor) or candidates.ndim != 2 or candidates.shape[0] != n or \
+            candidates.shape[1] < 2 or candidates.dtype.is_floating_point or candidates.dtype == torch.bool:
+        got = f"{tuple(candidates.shape)} of {candidates.dtype}" if isinstance(candidates, Tensor) else \
+            type(candidates).__name__
+        raise ShapeMismatchError(f"candidates must be token ids [pair, c] with c >= 2 ({n} pairs); got {got}")
+    candidates = candidates.cpu()
+    _check_ids("candidates", candidates, vocab)
+    missing = ~(candidates == targets[:, None]).any(-1)
+    if missing.any():
+        raise InvalidArgumentError(f"each pair's target must be one of its candidates; {int(missing.sum())} are "
+                                   f"not (first: pair {int(missing.nonzero()[0])})")
+    return (candidates == targets[:, None]).int().argmax(-1), candidates.long()  # the target's index among them
+
+
+def _number(name: str, value: object, valid: str, ok: Callable[[float], bool]) -> None:
+    """Refuse ``value`` unless it is a real number (not a bool) for which ``ok`` holds; ``valid`` says what is."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not ok(float(value)):
+        raise InvalidArgumentError(f"{name} must be {valid}; got {value!r}")
+
+
+def _check_options(n: int, k: object, test_fraction: object, steps: object, method: object, lr: object,
+                   tolerance: object, batch_size: object, seed: object) -> int:
+    """Check the training options against ``n`` pairs; returns the number of held-out pairs."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InvalidArgumentError(f"k must be a positive int (the subspace's dimension); got {k!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise InvalidArgumentError(f"steps must be a positive int; got {steps!r}")
+    if method not in DAS_METHODS:
+        raise InvalidArgumentError(f"unknown DAS method {method!r}; valid: {choices(DAS_METHODS)}")
+    _number("lr", lr, "a positive finite number (Adam's learning rate)", lambda v: math.isfinite(v) and v > 0)
+    _number("tolerance", tolerance, "a finite number >= 0", lambda v: math.isfinite(v) and v >= 0)
+    check_batch_size(batch_size)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not -2 ** 63 <= seed < 2 ** 64:
+        raise InvalidArgumentError(f"seed must be an int (in -2**63..2**64-1); got {seed!r}")
+    _number("test_fraction", test_fraction, "a number in (0, 1)", lambda v: 0.0 < v < 1.0)
+    if n < 2:
+        raise EmptyInputError(f"DAS needs at least 2 pairs (one to train on, one held out); got {n}")
+    n_test = max(1, round(n * float(test_fraction)))
+    if n_test >= n:
+        raise InvalidArgumentError(f"test_fraction {test_fraction!r} of {n} pairs holds out {n_test}, leaving no "
+                                   f"pair to train on; valid: a test_fraction in (0, 1) that keeps one (with {n} "
+                                   f"pairs, {(n - 1) / n:.4g} holds out {n - 1})")
+    return n_test
+
+
+def _check(model: Any, base: object, source: object, site: object, targets: object, k: object, loss: str,
+           test_fraction: object, steps: object, candidates: object, method: object, position: object,
+           column: object, options: dict[str, object]
+           ) -> tuple[Any, str, Tensor, Tensor, Tensor, Optional[Tensor], int, int]:
+    """Every argument check of :func:`das`, before any forward. Returns the hook point, the site's label (as given),
+    the base and source tokens, the targets and candidates (:func:`_check_targets`), the readout position
+    (0..seq-1) and the held-out count."""
+    site = _as_site(model, site)
+    base, source = _tokens(model, base, source)
+    targets, candidates = _check_targets(model, base.shape[0], targets, candidates, loss, column)
+    n_test = _check_options(base.shape[0], k, test_fraction, steps, method, **options)
+    position = resolve_positions([position], base.shape[1], "position")[0]
     point = model.hook_point(site, base.shape[1])
     if point.spec.write_via is not None:
         raise InvalidArgumentError(f"DAS writes to the site's own hook; {site.label} is written through another hook "
@@ -90,15 +206,10 @@ def _check(model: Any, base: Tensor, source: Tensor, site: Any, targets: Tensor,
     axes = point.spec.axes
     if point.spec.unit_axis == len(axes) - 1 or axes[-1] == "key":
         raise InvalidArgumentError(f"DAS rotates a vector per position; {site.label} is a single entry of its hook")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InvalidArgumentError(f"k must be a positive int (the subspace's dimension); got {k!r}")
-    if not 0.0 < test_fraction < 1.0:
-        raise InvalidArgumentError(f"test_fraction must be in (0, 1); got {test_fraction!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise InvalidArgumentError(f"steps must be a positive int; got {steps!r}")
-    if method not in DAS_METHODS:
-        raise InvalidArgumentError(f"unknown DAS method {method!r}; valid: {choices(DAS_METHODS)}")
-    return point
+    dim = hook_shape(point.spec, model.spec, 1, base.shape[1])[-1]
+    if k > dim:
+        raise InvalidArgumentError(f"k must be in 1..{dim} (the site's dimension); got {k}")
+    return point, site.label, base, source, targets, candidates, position, n_test
 
 
 def das(
@@ -125,16 +236,16 @@ def das(
 
     Args:
         model: the model (frozen: only the basis is trained).
-        base, source: token ids of the pairs [pair, pos] (one length).
-        site: one site (e.g. ``Resid(1, "pre", pos=2)``, ``Head(0, 1, pos=3)``): the subspace lives in its hook's
-            last dimension, at its positions.
+        base, source: token ids of the pairs [pair, pos] (one length), or prompt strings for a model with a tokenizer.
+        site: one site (e.g. ``Resid(1, "pre", pos=2)``, ``Head(0, 1, pos=3)``) or its label (``"L1.resid_pre@2"``):
+            the subspace lives in its hook's last dimension, at its positions.
         targets: per pair, what the causal hypothesis says the intervened model outputs at ``position``: a token id
             (``loss="ce"``) or the value of logit ``column`` (``loss="mse"``).
         k: the subspace's dimension.
         candidates: ``loss="ce"`` only: per pair, the token ids the readout chooses among (e.g. the two names of an
             IOI prompt); the loss and the IIA are then over these logits only (the target must be one of them).
             None: over the whole vocabulary.
-        position: the readout position.
+        position: the readout position: ``0..pos-1``, or ``-pos..-1`` from the end (never wrapped around).
         method: the training forward (:data:`DAS_METHODS`): "fast" (mechpatch's functional forward from the site's
             layer and position, with the base run's prefix cached), "hooks" (the bridge's whole forward), "auto".
         tolerance: ``loss="mse"``: a pair counts as right when the readout is within this of its target.
@@ -144,26 +255,25 @@ def das(
 
     Returns:
         :class:`DASResult`: the basis (orthonormal rows), held-out and training IIA, the loss curve.
+
+    Raises:
+        MechpatchError: a bad argument (:class:`InvalidArgumentError`, :class:`ShapeMismatchError`,
+            :class:`SiteOutOfRangeError`, ...), naming it and what is valid, before any forward.
     """
     start = time.time()
-    point = _check(model, base, source, site, targets, k, loss, test_fraction, steps, candidates, method)
-    if candidates is not None:  # the readout is over the candidates: the target becomes its index among them
-        candidates = candidates.to(model.device)
-        targets = (candidates == targets.to(model.device)[:, None]).int().argmax(-1)
-    g = torch.Generator().manual_seed(seed)
-    n = base.shape[0]
-    order = torch.randperm(n, generator=g)
-    n_test = max(1, round(n * test_fraction))
-    test, train = order[:n_test], order[n_test:]
+    point, label, base, source, targets, candidates, position, n_test = _check(
+        model, base, source, site, targets, k, loss, test_fraction, steps, candidates, method, position, column,
+        dict(lr=lr, tolerance=tolerance, batch_size=batch_size, seed=seed))
     device = model.device
+    candidates = None if candidates is None else candidates.to(device)
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(base.shape[0], generator=g)
+    test, train = order[:n_test], order[n_test:]
     base, source, targets = base.to(device), source.to(device), targets.to(device)
     forward = _Forward(model, point, base, source, position, method)
     src_act = forward.source
-    dim = src_act.shape[-1]
-    if not 1 <= k <= dim:
-        raise InvalidArgumentError(f"k must be in 1..{dim} (the site's dimension); got {k}")
     torch.manual_seed(seed)
-    rot = torch.nn.utils.parametrizations.orthogonal(torch.nn.Linear(k, dim, bias=False, device=device,
+    rot = torch.nn.utils.parametrizations.orthogonal(torch.nn.Linear(k, src_act.shape[-1], bias=False, device=device,
                                                                      dtype=src_act.dtype))
 
     def readout(rows: Tensor, q: Tensor) -> Tensor:
@@ -198,7 +308,7 @@ def das(
     finally:
         for p in params:
             p.requires_grad_(True)
-    return DASResult(site.label, q.T.contiguous().cpu(), accuracy["test"], accuracy["train"], losses, len(train),
+    return DASResult(label, q.T.contiguous().cpu(), accuracy["test"], accuracy["train"], losses, len(train),
                      len(test), time.time() - start)
 
 
@@ -219,7 +329,7 @@ class _Forward:
         seq = base.shape[1]
         self.model, self.point, self.base = model, point, base
         self.idx = point.index(seq)
-        self.position = position % seq
+        self.position = resolve_positions([position], seq, "position")[0]  # never wraps around
         layer = point.site.layer_index
         reason, fm = fast.resolve(model) if method != "hooks" else ("method 'hooks' was asked for", None)
         if fm is not None and (layer is None or not fm.causal):

@@ -57,6 +57,11 @@ class InvalidArgumentError(MechpatchError, ValueError):
     """An argument is not one of its valid choices, or outside its valid range (the message names both)."""
 
 
+class InvalidTypeError(MechpatchError, TypeError):
+    """An argument of the wrong type (a float where a layer index goes, a string where sites go); the message names
+    the types accepted."""
+
+
 class DamagedFileError(MechpatchError, RuntimeError):
     """A file mechpatch wrote earlier cannot be trusted: missing, truncated, unreadable, or its content hash
     differs from the one recorded when it was written. The message names the file and how to recover."""

@@ -338,6 +338,10 @@ class HookedModel:
         if len(ids) != 1:
             pieces = [self.tokenizer.decode([i]) for i in ids]
             raise TokenizerError(f"answer {text!r} is {len(ids)} tokens {pieces}, not one; answers must be single tokens")
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        if unk is not None and ids[0] == unk and text.strip() != str(self.tokenizer.unk_token):
+            raise TokenizerError(f"{text!r} is not in the tokenizer's vocabulary (it encodes as the unknown token "
+                                 f"{self.tokenizer.unk_token!r})")
         return int(ids[0])
 
     def __call__(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:

@@ -27,7 +27,10 @@ the same split, with the same settings.
 (True, True, True)
 """
 
-from collections.abc import Hashable, Sequence
+import math
+import numbers
+import operator
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -35,15 +38,22 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from mechpatch.cache import as_tokens, cache_activations
 from mechpatch.errors import MechpatchError, choices
 from mechpatch.patching.interventions import Zero
+from mechpatch.sites import Site, resolve_positions, select
 
 #: the probe kinds: scikit-learn's ``LogisticRegression`` and ``RidgeClassifier``
 PROBE_KINDS = ("logistic", "ridge")
 
 
+#: the seeds scikit-learn's solvers accept
+_SEEDS = range(2**32)
+
+
 class ProbeError(MechpatchError, ValueError):
-    """A probe cannot be fitted as asked (one class, mismatched shapes, an unknown kind, no held-out examples)."""
+    """A probe cannot be fitted as asked (one class, mismatched shapes, an unknown kind, no held-out examples, an
+    option outside its range, non-finite features, a site that is not one vector per position)."""
 
 
 def control_labels(types: Union[Int[Tensor, " example"], Sequence[Hashable]], labels: Int[Tensor, " example"], *,
@@ -103,6 +113,50 @@ def _describe(x: object) -> str:
     return f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
 
 
+def _finite_number(x: object) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_options(kind: object, test_fraction: object, seed: object, C: object) -> None:
+    """Refuse an unknown kind, or a test fraction, seed or C outside its range (before any work)."""
+    if not isinstance(kind, str) or kind not in PROBE_KINDS:
+        raise ProbeError(f"unknown probe kind {kind!r}; valid: {choices(PROBE_KINDS)}")
+    if not _finite_number(test_fraction) or not 0.0 < test_fraction < 1.0:
+        raise ProbeError(f"test_fraction must be a number in (0, 1), the share of examples held out; got "
+                         f"{test_fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed not in _SEEDS:
+        raise ProbeError(f"seed must be an int in 0..{_SEEDS[-1]}; got {seed!r}")
+    if not _finite_number(C) or not C > 0:
+        raise ProbeError(f"C (the inverse regularisation strength) must be a positive finite number; got {C!r}")
+
+
+def _check_types(types: object, n: int) -> None:
+    if types is None:
+        return
+    if isinstance(types, (str, bytes)) or not hasattr(types, "__len__") or (isinstance(types, Tensor)
+                                                                            and types.ndim != 1):
+        raise ProbeError(f"types must hold one type per example (a tensor [example] or a list); got "
+                         f"{_describe(types)}")
+    if len(types) != n:
+        raise ProbeError(f"{len(types)} types for {n} labels: give one type per example")
+
+
+def _split(y: Tensor, test_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """The seeded (train, test) split of ``y``'s examples; refuses one class or a side too small to use."""
+    if torch.unique(y).numel() < 2:
+        raise ProbeError(f"labels hold one class ({int(y[0]) if len(y) else 'none'}): a probe needs at least two")
+    n = len(y)
+    n_test = round(n * test_fraction)
+    if n_test < 1 or n - n_test < 2:
+        raise ProbeError(f"{n} examples with test_fraction {test_fraction} leave {n - n_test} to fit and {n_test} to "
+                         "test: give more examples")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    test, train = order[:n_test], order[n_test:]
+    if torch.unique(y[train]).numel() < 2:
+        raise ProbeError("the training split holds one class: give more examples of each class")
+    return train, test
+
+
 def _classifier(kind: str, C: float, seed: int) -> Any:
     from sklearn.linear_model import LogisticRegression, RidgeClassifier
 
@@ -139,31 +193,23 @@ def fit_probe(
         :class:`Probe`.
 
     Raises:
-        ProbeError: shapes disagree, fewer than two classes, an unknown kind, or a split that leaves no example
-            on one side.
+        ProbeError: shapes disagree, fewer than two classes, an unknown kind, a test fraction, seed or C outside
+            its range, features that are not all finite, or a split that leaves no example on one side.
     """
-    if kind not in PROBE_KINDS:
-        raise ProbeError(f"unknown probe kind {kind!r}; valid: {choices(PROBE_KINDS)}")
+    _check_options(kind, test_fraction, seed, C)
     if not isinstance(features, Tensor) or features.ndim != 2 or not features.dtype.is_floating_point:
         raise ProbeError(f"features must be a float tensor [example, d]; got {_describe(features)}")
     y = _labels(labels)
     if len(y) != features.shape[0]:
         raise ProbeError(f"{features.shape[0]} feature rows for {len(y)} labels: give one label per example")
-    if torch.unique(y).numel() < 2:
-        raise ProbeError(f"labels hold one class ({int(y[0]) if len(y) else 'none'}): a probe needs at least two")
-    if isinstance(test_fraction, bool) or not 0.0 < float(test_fraction) < 1.0:
-        raise ProbeError(f"test_fraction must be in (0, 1); got {test_fraction!r}")
-    if not C > 0:
-        raise ProbeError(f"C must be positive; got {C!r}")
-    n = len(y)
-    n_test = round(n * test_fraction)
-    if n_test < 1 or n - n_test < 2:
-        raise ProbeError(f"{n} examples with test_fraction {test_fraction} leave {n - n_test} to fit and {n_test} to "
-                         "test: give more examples")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    test, train = order[:n_test], order[n_test:]
-    if torch.unique(y[train]).numel() < 2:
-        raise ProbeError("the training split holds one class: give more examples of each class")
+    _check_types(types, len(y))
+    bad = ~torch.isfinite(features).all(1)
+    if bad.any():
+        what = "features" if site == "features" else f"activations at {site}"
+        raise ProbeError(f"{what} are not finite (NaN or inf) in {int(bad.sum())} of {len(y)} examples (rows "
+                         f"{choices(bad.nonzero().flatten().tolist(), limit=6)}): a probe needs finite activations")
+    seed, C = int(seed), float(C)
+    train, test = _split(y, test_fraction, seed)
     x = features.detach().to("cpu", torch.float64).numpy()
     clf = _classifier(kind, C, seed).fit(x[train], y[train].numpy())
     control = None
@@ -183,7 +229,7 @@ def fit_probe(
     directions = torch.linalg.qr(span.T).Q.T
     return Probe(site, kind, float((clf.predict(x[test]) == y[test].numpy()).mean()),
                  float((clf.predict(x[train]) == y[train].numpy()).mean()), control, majority, directions,
-                 tuple(int(c) for c in clf.classes_), len(train), n_test)
+                 tuple(int(c) for c in clf.classes_), len(train), len(test))
 
 
 @dataclass(frozen=True)
@@ -231,7 +277,7 @@ class ProbeSweep:
 def probe_sites(
     model: Any,
     base: Any,
-    sites: Sequence[Any],
+    sites: Union[str, Site, Iterable[Union[str, Site]]],
     *,
     labels: Int[Tensor, " prompt"],
     position: Union[int, Int[Tensor, " prompt"]] = -1,
@@ -245,45 +291,69 @@ def probe_sites(
 ) -> ProbeSweep:
     """The same probe for ``labels`` at each of ``sites``, on one activation vector per prompt.
 
+    Every argument is checked before the model runs: a bad option costs no caching.
+
     Args:
         model, base: the model and its prompts (token ids [prompt, pos] or strings of one length).
-        sites: sites whose activation is one vector per position (``Resid``, ``Attn``, ``Mlp``, ``Head`` ...).
+        sites: sites whose activation is one vector per position (``Resid``, ``Attn``, ``Mlp``, ``Head`` ...), as
+            sites or site strings (``"L1.resid_post"``, ``"L*.resid_pre"``; see :func:`~mechpatch.sites.select`).
         labels: the variable's class per prompt.
-        position: the position read in every prompt (negative: from the end), or one position per prompt.
+        position: the position read in every prompt (negative: from the end), or one position per prompt (an
+            integer tensor [prompt]).
         types, kind, test_fraction, seed, C: as :func:`fit_probe` (``types`` default: the token at ``position``,
             Hewitt & Liang's word types).
         batch_size, memory_budget: of the caching run (:func:`~mechpatch.cache.cache_activations`).
 
     Raises:
-        ProbeError: the labels or positions do not match the prompts, or a site's activation is not a vector per
-            position.
+        ProbeError: the labels, types or position tensor do not match the prompts, an option of :func:`fit_probe`
+            is refused, or a site's activation is not one vector per position.
+        SiteOutOfRangeError: a position outside the prompts.
+        InvalidArgumentError: a position that is not an int (a bool, a float).
     """
-    from mechpatch.cache import as_tokens, cache_activations
-
     tokens = as_tokens(model, base)
     n, seq = tokens.shape
     y = _labels(labels)
     if len(y) != n:
         raise ProbeError(f"{len(y)} labels for {n} prompts: give one label per prompt")
-    pos = torch.full((n,), position) if isinstance(position, int) else position
-    if not isinstance(pos, Tensor) or pos.shape != (n,) or pos.dtype.is_floating_point:
-        raise ProbeError(f"position must be an int or an integer tensor [prompt] ({n} here); got {_describe(pos)}")
-    if ((pos < -seq) | (pos >= seq)).any():
-        raise ProbeError(f"positions {sorted(set(pos[(pos < -seq) | (pos >= seq)].tolist()))} are outside prompts of "
-                         f"{seq} tokens (valid: {-seq}..{seq - 1})")
-    pos = pos.cpu() % seq
+    if isinstance(position, Tensor):
+        if position.shape != (n,):
+            raise ProbeError(f"position must be an int or an integer tensor [prompt] ({n} here); got "
+                             f"{_describe(position)}")
+        pos = torch.tensor(resolve_positions(position.tolist(), seq, unique=False), dtype=torch.long)
+    else:
+        pos = torch.full((n,), resolve_positions([position], seq)[0])
+        position = operator.index(position)  # an int now (numpy integers too)
+    _check_options(kind, test_fraction, seed, C)
+    _check_types(types, n)
+    _split(y, test_fraction, seed)  # the split every site's probe uses: refused now, not after caching
+    sites = _vector_sites(model, sites, seq)
     types = tokens.cpu()[torch.arange(n), pos] if types is None else types
-    cache = cache_activations(model, tokens, list(sites), batch_size=batch_size, memory_budget=memory_budget,
+    cache = cache_activations(model, tokens, sites, batch_size=batch_size, memory_budget=memory_budget,
                               progress=False)
     probes = {}
     for site in sites:
         act = cache[site]
-        if act.ndim != 3 or act.shape[:2] != (n, seq):
-            raise ProbeError(f"site {site.label} holds {tuple(act.shape)} per run, not one vector per prompt and "
-                             "position: probe a residual, attention, MLP or head output site")
         probes[site.label] = fit_probe(act[torch.arange(n), pos.to(act.device)], y, types=types, kind=kind,
                                        test_fraction=test_fraction, seed=seed, C=C, site=site.label)
-    return ProbeSweep(probes, position if isinstance(position, int) else pos.tolist(), tuple(sites))
+    return ProbeSweep(probes, pos.tolist() if isinstance(position, Tensor) else position, tuple(sites))
+
+
+def _vector_sites(model: Any, sites: Any, seq: int) -> list[Site]:
+    """``sites`` (sites or site strings) validated against ``model``, each one vector per prompt and position."""
+    items = [sites] if isinstance(sites, (str, Site)) else list(sites) if isinstance(sites, Iterable) else None
+    if items is None or not all(isinstance(s, (str, Site)) for s in items):
+        raise ProbeError(f"sites must be sites or site strings (e.g. Resid(1, 'post') or 'L1.resid_post'); got "
+                         f"{sites!r}")
+    out = select(model.spec, items)
+    for site in out:
+        point = model.hook_point(site, seq)
+        axes = [a for i, a in enumerate(point.spec.axes) if i != point.spec.unit_axis]
+        if site.pos is not None or len(axes) != 3 or axes[:2] != ["batch", "pos"]:
+            raise ProbeError(f"site {site.label} is not one vector per prompt and position (its activation is "
+                             f"[{', '.join(axes)}]{', at fixed positions' if site.pos is not None else ''}): probe a "
+                             "residual, attention, MLP or head output site, without positions (position= picks "
+                             "the position)")
+    return out
 
 
 def probe_effects(

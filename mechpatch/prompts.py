@@ -4,11 +4,12 @@
 tokens; :class:`PromptPair` is what the engine, the tasks and the attribution methods take.
 """
 
+import dataclasses
 import operator
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from jaxtyping import Int
@@ -45,8 +46,14 @@ class PromptPair:
         return torch.nonzero((self.clean != self.corrupted).any(0)).flatten().tolist()
 
 
-def _answers(model: HookedModel, answers: object, n: int, what: str = "answers") -> Int[Tensor, "batch answer"]:
-    """Answer token ids [n, n_answers] from a tensor or per-prompt lists (see :func:`make_pair`)."""
+def as_answers(model: HookedModel, answers: object, n: int, what: str = "answers") -> Int[Tensor, "batch answer"]:
+    """Answer token ids [n, n_answers] from a tensor or per-prompt lists (see :func:`make_pair`), checked: one row
+    per prompt, integer ids inside the vocabulary (never wrapped around).
+
+    Raises:
+        ShapeMismatchError: a count or shape that does not fit the prompts, non-integer ids, or ids outside the
+            vocabulary. EmptyInputError: no answers.
+    """
     form = (f"{what} must hold one entry per prompt ({n} here): the answer (a string or token id) or a list "
             "of answers, e.g. [' Mary'] for one prompt or [[' Mary', ' John'], ...] with wrong answers")
     if isinstance(answers, str):
@@ -104,6 +111,22 @@ def _answers(model: HookedModel, answers: object, n: int, what: str = "answers")
     return t.to(model.device)
 
 
+def bind_prompts(model: HookedModel, metric: Any, answers: object, tokens: Tensor) -> Any:
+    """``metric`` bound to the prompts' ``answers`` and ``tokens``, with its answers (given here or when the metric
+    was made, e.g. ``LogitDiff(answers=...)``) checked against the prompts and the vocabulary first
+    (:func:`as_answers`). Every entry point binds its metric through this."""
+    n = tokens.shape[0]
+    if answers is not None:
+        answers = as_answers(model, answers, n)
+    metric = metric.bind(answers=answers, tokens=tokens)
+    own = getattr(metric, "answers", None)
+    if own is not None and own is not answers:
+        checked = as_answers(model, own, n, f"metric {getattr(metric, 'name', 'metric')!r} answers")
+        if dataclasses.is_dataclass(metric):
+            metric = dataclasses.replace(metric, answers=checked)
+    return metric
+
+
 def make_pair(
     model: HookedModel,
     clean: Prompts,
@@ -142,9 +165,9 @@ def make_pair(
         )
     ans = None
     if answers is not None:
-        ans = _answers(model, answers, c.shape[0])
+        ans = as_answers(model, answers, c.shape[0])
         if wrong_answers is not None:
-            ans = torch.cat([ans, _answers(model, wrong_answers, c.shape[0], "wrong_answers")], dim=1)
+            ans = torch.cat([ans, as_answers(model, wrong_answers, c.shape[0], "wrong_answers")], dim=1)
     elif wrong_answers is not None:
         raise ShapeMismatchError("wrong_answers given without answers")
     pair = PromptPair(c, k, ans)
@@ -171,4 +194,4 @@ def random_pair(model: HookedModel, n: int = 3, seq: int = 7, *, seed: int = 0,
     return make_pair(model, clean, corrupted, answers=answers)
 
 
-__all__ = ["PromptPair", "make_pair", "random_pair"]
+__all__ = ["PromptPair", "as_answers", "bind_prompts", "make_pair", "random_pair"]

@@ -19,20 +19,21 @@ Resid(layer=3, stage='pre', pos=(2, 5))
 import dataclasses
 import operator
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar, Optional, SupportsIndex, Union
 
 from mechpatch.errors import (
     EmptyInputError,
     InvalidArgumentError,
+    InvalidTypeError,
     SiteOutOfRangeError,
     UnknownSiteKindError,
     UnsupportedSiteError,
     choices,
 )
 
-PosLike = Union[int, Sequence[int], None]
+PosLike = Union[SupportsIndex, Iterable[SupportsIndex], None]
 
 
 @dataclass(frozen=True)
@@ -81,19 +82,27 @@ class ModelSpec:
         return self.positional == "standard"
 
 
+def _as_index(value: object) -> Optional[int]:
+    """``value`` as an int index (ints, numpy and 0-d torch integers), or None (bools, floats, strings...)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 def _norm_pos(pos: PosLike) -> Optional[tuple[int, ...]]:
     if pos is None:
         return None
-    if isinstance(pos, bool):
-        raise TypeError(f"pos must be an int, a sequence of ints or None, not {pos!r}")
-    if isinstance(pos, int):
-        return (pos,)
-    if isinstance(pos, range):
-        pos = list(pos)
-    try:
-        out = tuple(int(p) for p in pos)
-    except TypeError:
-        raise TypeError(f"pos must be an int, a sequence of ints or None, not {pos!r}") from None
+    wrong = f"pos must be an int, a sequence of ints or None, not {pos!r}"
+    if _as_index(pos) is not None:
+        return (_as_index(pos),)
+    if isinstance(pos, (str, bytes, bool)) or not isinstance(pos, Iterable):
+        raise InvalidTypeError(wrong)
+    out = tuple(_as_index(p) for p in pos)
+    if any(p is None for p in out):
+        raise InvalidTypeError(wrong + " (every position is a token index)")
     if not out:
         raise EmptyInputError("pos is an empty sequence: use None for all positions")
     if len(set(out)) != len(out):
@@ -147,7 +156,7 @@ def resolve_positions(
 
 def _check_index(what: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{what} must be an int, not {type(value).__name__} {value!r}")
+        raise InvalidTypeError(f"{what} must be an int, not {type(value).__name__} {value!r}")
     if value < 0:
         raise SiteOutOfRangeError(f"{what} must be >= 0, got {value}")
 
@@ -408,6 +417,8 @@ class _GroupSite(Site):
     layer: int
     group: int
     pos: PosLike = None  # normalised to a tuple of ints (or None: all positions)
+    #: parsed from head notation ('L1H2.k'): the same site where a group is one head, refused under GQA
+    by_head: bool = dataclasses.field(default=False, compare=False, repr=False)
     unit_field: ClassVar[Optional[str]] = "group"
     suffix: ClassVar[str] = ""
 
@@ -415,6 +426,16 @@ class _GroupSite(Site):
         _check_index("layer", self.layer)
         _check_index("group", self.group)
         object.__setattr__(self, "pos", _norm_pos(self.pos))
+
+    def _validate_kind(self, spec: ModelSpec) -> None:
+        if self.by_head and spec.n_kv_heads != spec.n_heads:
+            per = spec.n_heads // spec.n_kv_heads
+            g = self.group // per
+            raise UnsupportedSiteError(
+                f"'L{self.layer}H{self.group}{self.suffix}': this model shares keys and values among heads "
+                f"({spec.n_heads} heads, {spec.n_kv_heads} key/value groups; head {self.group} reads group {g}), "
+                f"so they are named by group: 'L{self.layer}G{g}{self.suffix}'"
+            )
 
     def _base_label(self) -> str:
         return f"L{self.layer}G{self.group}{self.suffix}"
@@ -517,7 +538,7 @@ def _expand(token: str, limit: Optional[int], what: str, text: str) -> list[int]
 
 def _parse(text: str, spec: Optional[ModelSpec]) -> list[Site]:
     if not isinstance(text, str):
-        raise TypeError(f"a site spec must be a string, not {type(text).__name__}")
+        raise InvalidTypeError(f"a site spec must be a string or a Site, not {type(text).__name__} {text!r}")
     m = _SITE_RE.match(text.strip().replace(" ", ""))
     if m is None:
         raise UnknownSiteKindError(f"cannot parse site {text!r}; valid forms: {_SPEC_GRAMMAR}")
@@ -552,7 +573,8 @@ def _parse(text: str, spec: Optional[ModelSpec]) -> list[Site]:
         units = _expand(g["u2"], limit, "head", text)
         layers = _expand(g["l2"], n_layers, "layer", text)
         if is_group:
-            return [cls(layer=l, group=u, pos=pos) for l in layers for u in units]
+            by_head = g["unitch"] == "H"
+            return [cls(layer=l, group=u, pos=pos, by_head=by_head) for l in layers for u in units]
         return [cls(layer=l, head=u, pos=pos) for l in layers for u in units]
     if g["l3"] is not None:
         neurons = _expand(g["n3"], spec.d_mlp if spec else None, "neuron", text)
@@ -589,6 +611,38 @@ def select(spec: ModelSpec, *specs: Union[str, Site, Iterable[Union[str, Site]]]
     if not out:
         raise EmptyInputError("no sites selected")
     return out
+
+
+#: a site or its label ("L9H6", "L3.mlp_out@5")
+SiteLike = Union[Site, str]
+#: sites: one, or a list (what caching and receivers take)
+Sites = Union[SiteLike, Iterable[SiteLike]]
+#: sets of sites, each patched together: one site, or a list of sites and lists of sites (see :func:`site_sets`)
+SiteSets = Union[SiteLike, Iterable[Union[SiteLike, Iterable[SiteLike]]]]
+
+
+def site_sets(spec: ModelSpec, given: object, what: str = "site sets") -> tuple[tuple[Site, ...], ...]:
+    """Sets of sites (each patched together) from what users write: one site or site string (one set), or a list
+    whose entries are each a site, a site string (a wildcard expands within its set: ``"L1H*"`` is every head of
+    layer 1 at once) or a list of them. Validated against ``spec``.
+
+    >>> spec = ModelSpec(n_layers=3, n_heads=2, d_model=8, d_head=4, d_vocab=10, n_ctx=8)
+    >>> [[s.label for s in group] for group in site_sets(spec, ["L1H0", ["L0.mlp_out", Head(2, 1)], "L1H*"])]
+    [['L1H0'], ['L0.mlp_out', 'L2H1'], ['L1H0', 'L1H1']]
+    """
+    if isinstance(given, (Site, str)):
+        given = [given]
+    if not isinstance(given, Iterable):
+        raise InvalidTypeError(f"{what} must be a site, a site string, or a list of them (or of lists of them); got "
+                               f"{type(given).__name__} {given!r}")
+    out = []
+    for entry in given:
+        if not isinstance(entry, (Site, str, Iterable)):
+            raise InvalidTypeError(f"{what}: {entry!r} is not a site, a site string or a list of them")
+        out.append(tuple(select(spec, entry)))
+    if not out:
+        raise EmptyInputError(f"no {what} given: give at least one site (e.g. Head(0, 1) or 'L0.resid_pre')")
+    return tuple(out)
 
 
 def heads(spec: ModelSpec, layers: Optional[Iterable[int]] = None, kind: type[Site] = Head) -> list[Site]:

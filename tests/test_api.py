@@ -64,11 +64,12 @@ ENTRY_POINTS = [
 ]
 #: public functions with a ``metric`` parameter that do not run the model on prompts
 #: run_chunk: the fast engine's inner loop; mask_chunk: one chunk of interaction masks, an executor's unit of work;
-#: bind_clean: binds a metric to the clean run's logits (the engine and AtP share it; it runs nothing)
+#: bind_clean: binds a metric to the clean run's logits (the engine and AtP share it; it runs nothing);
+#: bind_prompts: binds a metric to the prompts' answers and tokens, checked (every entry point's; it runs nothing)
 #: the data-interaction functions retrain models on groups of data: ``metric`` names the trainer's measurement, and
 #: their own convention (``trainer, groups[, masks | terms], *, metric``) is tested in tests/interactions/test_data.py
-NOT_ENTRY_POINTS = {"as_metric", "readout_positions", "run_chunk", "mask_chunk", "bind_clean", "data_interactions",
-                    "exhaustive_data_interactions", "retrain_masks", "retrained_effects"}
+NOT_ENTRY_POINTS = {"as_metric", "readout_positions", "run_chunk", "mask_chunk", "bind_clean", "bind_prompts",
+                    "data_interactions", "exhaustive_data_interactions", "retrain_masks", "retrained_effects"}
 KW = inspect.Parameter.KEYWORD_ONLY
 EMPTY = inspect.Parameter.empty
 

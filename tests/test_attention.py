@@ -1,12 +1,15 @@
 """Head scores from cached attention patterns: exact on hand-made patterns, and on the bundled induction model they
 find the circuit ACDC finds there (previous-token head L0H2 into the induction head L1H0's keys)."""
 
+import json
+import math
+
 import pytest
 import torch
 
 from mechpatch import zoo
-from mechpatch.attention import attention_patterns, attention_to, head_scores
-from mechpatch.errors import InvalidArgumentError, ShapeMismatchError
+from mechpatch.attention import attention_patterns, attention_to, attention_view, attention_vs_effect, head_scores
+from mechpatch.errors import InvalidArgumentError, ShapeMismatchError, SiteOutOfRangeError
 
 
 def _one_hot(keys_per_query: list[int]) -> torch.Tensor:
@@ -68,7 +71,7 @@ def test_bad_input(unchecked):
     with unchecked():
         with pytest.raises(ShapeMismatchError, match=r"tokens \(1, 3\) do not match patterns of 1 prompts x 4"):
             head_scores(p, tokens[:, :3], "previous-token")
-    with pytest.raises(InvalidArgumentError, match="query positions must be in -4..3"):
+    with pytest.raises(SiteOutOfRangeError, match=r"query 4 is outside the prompt of 4 tokens \(valid: 0..3"):
         attention_to(p, 4, 0)
     model = zoo.load("induction-2l")
     with pytest.raises(InvalidArgumentError, match="layers must be a non-empty list of layer indices 0..1"):
@@ -88,3 +91,88 @@ def test_attention_beside_effect_names_the_disagreements(unchecked):
     assert len(attention_effect_figure(t).data) == 3
     with unchecked(), pytest.raises(ShapeMismatchError, match="must both be"):
         attention_vs_effect(attention, effect.T)
+
+
+_P = _one_hot([0, 0, 1, 2])
+_TOKENS = torch.tensor([[1, 2, 3, 4]])
+_PATTERNS = r"patterns must be a float tensor \[prompt, layer, head, query, key\]"
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: head_scores(_P, _TOKENS.tolist(), "previous-token"), ShapeMismatchError,
+     r"tokens must be an integer tensor \[prompt, pos\] of token ids .*; got list"),
+    (lambda: head_scores(_P, _TOKENS.float(), "previous-token"), ShapeMismatchError, "tokens must be an integer tensor"),
+    (lambda: head_scores(_P[0], _TOKENS, "previous-token"), ShapeMismatchError, _PATTERNS),
+    (lambda: head_scores(_P.tolist(), _TOKENS, "previous-token"), ShapeMismatchError, _PATTERNS + ".*; got list"),
+    (lambda: attention_to(_P, True, 0), InvalidArgumentError, "query True is not an int"),
+    (lambda: attention_to(_P, 0, torch.tensor([True])), InvalidArgumentError, "key True is not an int"),
+    (lambda: attention_to(_P, 1.0, 0), InvalidArgumentError, "query 1.0 is not an int"),
+    (lambda: attention_to(_P, 0, torch.tensor([1.0])), InvalidArgumentError, "key 1.0 is not an int"),
+    (lambda: attention_to(_P[0], -1, 0), ShapeMismatchError, _PATTERNS),
+    (lambda: attention_to(_P, -5, 0), SiteOutOfRangeError, r"query -5 is outside the prompt of 4 tokens"),
+    (lambda: attention_to(_P, 0, torch.tensor([1, 2])), ShapeMismatchError,
+     r"key must be an int or an integer tensor \[prompt\] \(1 here\)"),
+])
+def test_head_scores_and_attention_to_refuse_bad_input(call, error, match, unchecked):
+    with unchecked(), pytest.raises(error, match=match):
+        call()
+
+
+def _with(value, *where):
+    t = torch.full((2, 3), 0.5)
+    for l, h in where:
+        t[l, h] = value
+    return t
+
+
+_A = _with(0.5)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(effect=_with(math.nan, (0, 1))), InvalidArgumentError,
+     r"effect has non-finite values \(NaN or inf\) at 1 head\(s\): 'L0H1'"),
+    (dict(effect=_with(math.inf, (0, 1), (1, 2))), InvalidArgumentError, "effect has non-finite .* 'L0H1', 'L1H2'"),
+    (dict(attention=_with(math.nan, (1, 0))), InvalidArgumentError, "attention has non-finite .* 'L1H0'"),
+    (dict(top=0), InvalidArgumentError, "top must be a positive int"),
+    (dict(top=-2), InvalidArgumentError, "top must be a positive int"),
+    (dict(top=True), InvalidArgumentError, "top must be a positive int"),
+    (dict(top=2.5), InvalidArgumentError, "top must be a positive int"),
+    (dict(attends=math.nan), InvalidArgumentError, "attends must be a finite number"),
+    (dict(matters="0.1"), InvalidArgumentError, "matters must be a finite number"),
+    (dict(effect=_A.tolist()), ShapeMismatchError, r"effect \(list\) must both be tensors \[layer, head\]"),
+])
+def test_attention_vs_effect_refuses_non_finite_effects_and_bad_options(kwargs, error, match, unchecked):
+    args = {"attention": _A, "effect": _with(0.2), **kwargs}
+    with unchecked(), pytest.raises(error, match=match):
+        attention_vs_effect(**args)
+
+
+def _meta(view) -> dict:
+    """The view's embedded JSON, parsed as strictly as the page's JSON.parse does (no NaN or Infinity)."""
+    text = view.html.split('id="mp-meta">', 1)[1].split("</script>", 1)[0]
+    return json.loads(text, parse_constant=lambda c: pytest.fail(f"the page's JSON holds {c}, which JSON.parse refuses"))
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(scores=_with(math.nan, (0, 1))), InvalidArgumentError,
+     r"scores has non-finite values \(NaN or inf\) at 1 head\(s\): 'L0H1'"),
+    (dict(scores=_with(-math.inf, (1, 2)), layers=[4, 7]), InvalidArgumentError, "scores has non-finite .* 'L7H2'"),
+    (dict(patterns=torch.full((1, 2, 3, 4, 4), math.nan)), InvalidArgumentError, "patterns hold non-finite weights"),
+    (dict(scores=torch.zeros(3, 2)), ShapeMismatchError, r"scores must be a tensor \[layer, head\] = \(2, 3\)"),
+    (dict(layers=["0", "1"]), InvalidArgumentError, "layers must name the patterns' layers by int index"),
+    (dict(layers=[True, False]), InvalidArgumentError, "layers must name the patterns' layers by int index"),
+    (dict(tokens=torch.zeros(1, 4)), ShapeMismatchError, "tokens must hold 1 prompts of 4 token strings"),
+    (dict(patterns=torch.zeros(2, 3, 4, 4)), ShapeMismatchError, _PATTERNS),
+])
+def test_attention_view_refuses_non_finite_scores_naming_the_heads(kwargs, error, match, unchecked):
+    args = {"patterns": torch.full((1, 2, 3, 4, 4), 0.25), "tokens": [["a", "b", "c", "d"]], **kwargs}
+    with unchecked(), pytest.raises(error, match=match):
+        attention_view(**args)
+
+
+def test_attention_views_json_is_strict():
+    scores = torch.tensor([[0.1, -0.2, 0.3], [0.0, 1.0, 2.0]])
+    meta = _meta(attention_view(torch.full((1, 2, 3, 4, 4), 0.25), [["a", "b", "c", "</script>"]], scores=scores,
+                                layers=[4, 7]))
+    assert meta["layers"] == [4, 7] and meta["scores"] == scores.double().tolist() and meta["score_max"] == 2.0
+    assert meta["tokens"] == [["a", "b", "c", "</script>"]]

@@ -530,3 +530,15 @@ def test_position_resolved_discovery(induction):
     read = set(metric.positions)
     assert {f"L1H0@{p}" for p in read} & {s for s, r in _by_labels(dict.fromkeys(res.edges)) if r.startswith("logits")}
     assert all(v == 0 for (s, r), v in _by_labels(res.scores).items() if r.startswith("logits@") and int(r[7:]) not in read)
+
+
+def test_edge_attribution_graph_refuses_a_negative_top_n(attn_only, unchecked):
+    """graph(top_n=-1) used to keep every edge but the last (a slice from the end)."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randint(0, attn_only.spec.d_vocab, (2, 5), generator=g)
+    src = torch.randint(0, attn_only.spec.d_vocab, (2, 5), generator=g)
+    att = edge_attribution(attn_only, base, metric="logit_diff", source=src, answers=torch.tensor([[1, 2], [3, 4]]))
+    for bad in (-1, True, 2.0):
+        with unchecked(), pytest.raises(AttributionError, match="top_n must be a non-negative int or None"):
+            att.graph(attn_only.spec, top_n=bad)
+    assert len(att.graph(attn_only.spec, top_n=3).in_circuit) == 3

@@ -14,12 +14,14 @@ import torch
 
 from mechpatch import zoo
 from mechpatch.das import das, principal_cosines
-from mechpatch.errors import InvalidArgumentError, ShapeMismatchError
+from mechpatch.errors import (EmptyInputError, InvalidArgumentError, MechpatchError, ShapeMismatchError,
+                              SiteOutOfRangeError, TokenizerError, UnknownSiteKindError)
 from mechpatch.patching import run_patches
 from mechpatch.probes import fit_probe
 from mechpatch.patching.metrics import LogitDiff
 from mechpatch.sites import Head, Pattern, Resid
 from mechpatch.zoo import tracr
+from mechpatch.zoo.architectures import random_model
 
 NAME = "tracr-xproportion"
 J = 2  # the input position whose variable is swapped (token position J + 1, after BOS)
@@ -171,6 +173,123 @@ def test_candidates_and_method_refusals(induction_pairs, pairs):
     with pytest.raises(InvalidArgumentError, match="method 'fast' cannot train DAS here"):
         das(tracr_model, tbase, Resid(1, "pre", pos=J + 1), source=tsource, targets=ttargets, loss="mse",
             method="fast", steps=1)
+
+
+
+@pytest.fixture(scope="module")
+def tiny_pairs():
+    """A random tiny GPT-2 (vocabulary 100, d_model 64) and 20 pairs of 6-token prompts."""
+    model = random_model("gpt2", "tiny")
+    t = torch.randint(1, 100, (40, 6), generator=torch.Generator().manual_seed(0))
+    return model, t[:20], t[20:], t[20:, -1]
+
+
+_SITE = Resid(1, "pre", pos=2)
+_MSE = dict(loss="mse", targets=None)  # targets=None: the pairs' float targets
+_BAD = {  # name: (arguments over the defaults, error, a phrase of its message)
+    "position past the end": (dict(position=6), SiteOutOfRangeError, r"position 6 is outside .*valid: 0..5, or -6..-1"),
+    "position before the start": (dict(position=-7), SiteOutOfRangeError, r"position -7 is outside .*-6..-1"),
+    "position a string": (dict(position="x"), InvalidArgumentError, "position 'x' is not an int"),
+    "position a bool": (dict(position=True), InvalidArgumentError, "position True is not an int"),
+    "column negative": (dict(_MSE, column=-1), InvalidArgumentError, r"column must be an int in 0..99 .* got -1"),
+    "column past the vocabulary": (dict(_MSE, column=100), InvalidArgumentError, "column must be an int in 0..99"),
+    "column a float": (dict(_MSE, column=1.0), InvalidArgumentError, "column must be an int"),
+    "site an int": (dict(site=3), InvalidArgumentError, "site must be one Site .* got int 3"),
+    "site a list": (dict(site=[_SITE]), InvalidArgumentError, "site must be one Site"),
+    "site names several": (dict(site="L1H*"), InvalidArgumentError, "'L1H\\*' names 4 sites .* name one"),
+    "site not a site": (dict(site="L1.resid_pee"), UnknownSiteKindError, "unknown layer site"),
+    "site position past the end": (dict(site="L1.resid_pre@6"), SiteOutOfRangeError, "6"),
+    "base floats": (dict(base="float"), ShapeMismatchError, "token ids must be an integer tensor"),
+    "base past the vocabulary": (dict(base="+100"), ShapeMismatchError, r"token ids must be in 0..99"),
+    "base a token list": (dict(base="list"), ShapeMismatchError, r"base must be token ids .* got a list of list"),
+    "base text without a tokenizer": (dict(base=["a b"] * 20), TokenizerError, "no tokenizer"),
+    "source of another shape": (dict(source="short"), ShapeMismatchError, "base .* and source .* one shape"),
+    "one pair": (dict(pairs=1), EmptyInputError, "at least 2 pairs"),
+    "targets past the vocabulary": (dict(targets="+100"), InvalidArgumentError, r"targets must be token ids in 0..99"),
+    "targets negative": (dict(targets="neg"), InvalidArgumentError, r"targets must be token ids in 0..99 .* got -"),
+    "targets a list": (dict(targets="list"), ShapeMismatchError, r"targets must be a tensor .* \(20\); got list"),
+    "targets one short": (dict(targets="short"), ShapeMismatchError, r"one value per pair \(20\); got \(19,\)"),
+    "targets bools": (dict(targets="bool"), InvalidArgumentError, "targets must be token ids .* or real values"),
+    "targets NaN for mse": (dict(loss="mse", targets="nan"), InvalidArgumentError, "finite for loss 'mse'; 1 are NaN"),
+    "targets inf for mse": (dict(loss="mse", targets="inf"), InvalidArgumentError, "finite for loss 'mse'"),
+    "candidates past the vocabulary": (dict(candidates="+200"), InvalidArgumentError, "candidates must be token ids in"),
+    "candidates negative": (dict(candidates="neg"), InvalidArgumentError, "candidates must be token ids in 0..99"),
+    "lr negative": (dict(lr=-1), InvalidArgumentError, r"lr must be a positive finite number .* got -1"),
+    "lr NaN": (dict(lr=float("nan")), InvalidArgumentError, "lr must be a positive finite number .* got nan"),
+    "lr a string": (dict(lr="fast"), InvalidArgumentError, "lr must be a positive finite number"),
+    "lr a bool": (dict(lr=True), InvalidArgumentError, "lr must be"),
+    "batch_size 0": (dict(batch_size=0), InvalidArgumentError, "batch_size must be a positive int; got 0"),
+    "batch_size negative": (dict(batch_size=-1), InvalidArgumentError, "batch_size must be a positive int; got -1"),
+    "batch_size a bool": (dict(batch_size=True), InvalidArgumentError, "batch_size must be a positive int; got True"),
+    "test_fraction leaves no training pair": (dict(test_fraction=0.99), InvalidArgumentError,
+                                              "0.99 of 20 pairs holds out 20, leaving no pair to train on"),
+    "test_fraction 1": (dict(test_fraction=1.0), InvalidArgumentError, r"test_fraction must be a number in \(0, 1\)"),
+    "test_fraction 0": (dict(test_fraction=0), InvalidArgumentError, "test_fraction must be a number in"),
+    "test_fraction a string": (dict(test_fraction="a"), InvalidArgumentError, "test_fraction must be a number"),
+    "test_fraction NaN": (dict(test_fraction=float("nan")), InvalidArgumentError, "test_fraction must be a number"),
+    "tolerance negative": (dict(_MSE, tolerance=-0.1), InvalidArgumentError, "tolerance must be a finite number >= 0"),
+    "tolerance NaN": (dict(_MSE, tolerance=float("nan")), InvalidArgumentError, "tolerance must be a finite number"),
+    "seed a float": (dict(seed=1.5), InvalidArgumentError, "seed must be an int .* got 1.5"),
+    "seed a string": (dict(seed="0"), InvalidArgumentError, "seed must be an int"),
+    "k past the site's dimension": (dict(k=65), InvalidArgumentError, r"k must be in 1..64 \(the site's dimension\)"),
+    "k a head's dimension": (dict(k=17, site="L1H0@2"), InvalidArgumentError, r"k must be in 1..16"),
+    "k 0": (dict(k=0), InvalidArgumentError, "k must be a positive int"),
+    "steps 0": (dict(steps=0), InvalidArgumentError, "steps must be a positive int"),
+}
+
+
+def _bad_arguments(tiny_pairs, change):
+    """The model, base and other arguments of a das call on the tiny pairs, with ``change`` applied (a string for
+    base, source, targets or candidates names a tensor made from the pairs')."""
+    model, base, source, targets = tiny_pairs
+    change = dict(change)
+    n = change.pop("pairs", base.shape[0])
+    base, source, targets = base[:n], source[:n], targets[:n]
+    made = {
+        "base": {"float": lambda: base.float(), "+100": lambda: base + 100, "list": base.tolist},
+        "source": {"short": lambda: source[:, :5]},
+        "targets": {"+100": lambda: targets + 100, "neg": lambda: -targets, "list": targets.tolist,
+                    "short": lambda: targets[:-1], "bool": lambda: targets > 50, None: targets.float,
+                    "nan": lambda: targets.float().index_fill(0, torch.tensor([3]), float("nan")),
+                    "inf": lambda: targets.float().index_fill(0, torch.tensor([0, 1]), float("inf"))},
+        "candidates": {"+200": lambda: torch.stack([targets, targets + 200], 1),
+                       "neg": lambda: torch.stack([targets, -targets], 1)},
+    }
+    args = dict(base=base, site=_SITE, source=source, targets=targets, steps=2)
+    for name, value in change.items():
+        args[name] = made[name][value]() if name in made and (value is None or isinstance(value, str)) else value
+    return model, args.pop("base"), args
+
+
+@pytest.mark.parametrize("change, error, message", list(_BAD.values()), ids=list(_BAD))
+def test_bad_input_is_refused_before_any_work(tiny_pairs, unchecked, monkeypatch, change, error, message):
+    """Each bad argument raises a typed error naming it, what was given and what is valid, before any forward."""
+    import mechpatch.das as das_module
+
+    model, base, args = _bad_arguments(tiny_pairs, change)
+
+    def no_forward(*a, **kw):
+        raise RuntimeError("das started its forward before refusing the input")
+
+    monkeypatch.setattr(das_module, "_Forward", no_forward)
+    with unchecked(), pytest.raises(error, match=message) as caught:
+        das(model, base, args.pop("site"), **args)
+    assert isinstance(caught.value, MechpatchError)
+
+
+def test_a_site_label_trains_as_its_site_and_negative_positions_count_from_the_end(tiny_pairs):
+    model, base, source, targets = tiny_pairs
+    run = dict(source=source, targets=targets, k=2, steps=3, lr=0.05)
+    by_site, by_label = das(model, base, _SITE, **run), das(model, base, "L1.resid_pre@2", **run)
+    assert by_label.site == by_site.site == "L1.resid_pre@2"
+    assert torch.equal(by_label.basis, by_site.basis) and by_label.losses == by_site.losses
+    assert (by_label.iia, by_label.train_iia) == (by_site.iia, by_site.train_iia)
+    last, five = das(model, base, _SITE, position=-1, **run), das(model, base, _SITE, position=5, **run)
+    assert torch.equal(last.basis, five.basis) and last.losses == five.losses
+    first = das(model, base, _SITE, position=0, **run)  # the site's position 2 comes after it: nothing to learn
+    assert first.losses != last.losses
+    column = dict(run, targets=targets.float() / 100, loss="mse")
+    assert das(model, base, _SITE, column=99, **column).losses != das(model, base, _SITE, column=0, **column).losses
 
 
 @pytest.mark.slow

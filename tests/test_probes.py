@@ -1,10 +1,13 @@
 """Probes with control tasks: selectivity separates a planted direction from lexical memorisation (Hewitt & Liang
 2019), on synthetic activations whose answer is known, and on a real model's embeddings."""
 
+import math
+
 import pytest
 import torch
 
 from mechpatch import zoo
+from mechpatch.errors import EmptyInputError, InvalidArgumentError, SiteOutOfRangeError
 from mechpatch.probes import ProbeError, control_labels, fit_probe, probe_sites
 from mechpatch.sites import Resid
 
@@ -78,7 +81,7 @@ def test_bad_input_is_refused_before_fitting(unchecked):
             fit_probe(x[:39], y)
         with pytest.raises(ProbeError, match=r"labels must be an integer tensor \[example\]; got torch.float32"):
             fit_probe(x, y.float())
-    with pytest.raises(ProbeError, match=r"test_fraction must be in \(0, 1\)"):
+    with pytest.raises(ProbeError, match=r"test_fraction must be a number in \(0, 1\)"):
         fit_probe(x, y, test_fraction=1.0)
     with pytest.raises(ProbeError, match="3 types for 40 labels"):
         fit_probe(x, y, types=[1, 2, 3])
@@ -110,7 +113,7 @@ def test_probes_at_sites_of_a_model_read_the_cached_activations():
     assert len(sweep.figure().data) == 4
     with pytest.raises(ProbeError, match="3 labels for 400 prompts"):
         probe_sites(model, tokens, sites, labels=labels[:3])  # a prompt count the shape checks cannot see
-    with pytest.raises(ProbeError, match=r"positions \[6\] are outside prompts of 6 tokens \(valid: -6..5\)"):
+    with pytest.raises(SiteOutOfRangeError, match=r"position 6 is outside the prompt of 6 tokens \(valid: 0..5"):
         probe_sites(model, tokens, sites, labels=labels, position=6)
 
 
@@ -139,3 +142,82 @@ def test_the_causal_check_removes_each_probes_directions():
     per_prompt = probe_sites(model, b.clean, sites, labels=labels, position=torch.full((120,), -1))
     with pytest.raises(ProbeError, match="one position in all of them"):
         probe_effects(model, b.clean, per_prompt, metric="loss")
+
+
+_SEEDS = r"seed must be an int in 0..4294967295"
+_C = r"C \(the inverse regularisation strength\) must be a positive finite number"
+_FRACTION = r"test_fraction must be a number in \(0, 1\)"
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(seed=-1), _SEEDS), (dict(seed=2**40), _SEEDS), (dict(seed=True), _SEEDS), (dict(seed=1.0), _SEEDS),
+    (dict(C="1"), _C), (dict(C=0.0), _C), (dict(C=-1), _C), (dict(C=math.inf), _C), (dict(C=math.nan), _C),
+    (dict(test_fraction="0.25"), _FRACTION), (dict(test_fraction=math.nan), _FRACTION),
+    (dict(test_fraction=True), _FRACTION), (dict(test_fraction=0), _FRACTION),
+    (dict(kind=["logistic"]), "unknown probe kind"), (dict(types=torch.zeros(40, 2)), r"types must hold one type"),
+])
+def test_fit_probe_refuses_bad_options_before_fitting(options, match, monkeypatch, unchecked):
+    x, y, _, _ = _planted(n=40)
+    monkeypatch.setattr("mechpatch.probes._classifier", lambda *a: pytest.fail("fitted before the options were checked"))
+    with unchecked(), pytest.raises(ProbeError, match=match):
+        fit_probe(x, y, **options)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_fit_probe_refuses_non_finite_features_naming_the_rows(bad, monkeypatch):
+    x, y, _, _ = _planted(n=40)
+    x[[3, 17], 5] = bad
+    monkeypatch.setattr("mechpatch.probes._classifier", lambda *a: pytest.fail("fitted non-finite features"))
+    with pytest.raises(ProbeError, match=r"activations at L2.resid_post are not finite \(NaN or inf\) in 2 of 40 "
+                                         r"examples \(rows 3, 17\)"):
+        fit_probe(x, y, site="L2.resid_post")
+
+
+@pytest.fixture(scope="module")
+def small():
+    """The bundled induction model and 40 prompts of 6 tokens, with a two-class label."""
+    tokens = torch.randint(0, 20, (40, 6), generator=torch.Generator().manual_seed(0))
+    return zoo.load("induction-2l"), tokens, tokens[:, -1] % 2
+
+
+@pytest.mark.parametrize("sites, options, error, match", [
+    (None, dict(kind="svm"), ProbeError, "unknown probe kind 'svm'; valid: 'logistic', 'ridge'"),
+    (None, dict(test_fraction=1.5), ProbeError, _FRACTION),
+    (None, dict(test_fraction="0.25"), ProbeError, _FRACTION),
+    (None, dict(test_fraction=0.01), ProbeError, "leave 40 to fit and 0 to test"),
+    (None, dict(seed=-1), ProbeError, _SEEDS),
+    (None, dict(C="1"), ProbeError, _C),
+    (None, dict(labels=torch.zeros(40, dtype=torch.long)), ProbeError, "one class"),
+    (None, dict(types=[1, 2]), ProbeError, "2 types for 40 labels"),
+    (None, dict(position=True), InvalidArgumentError, "position True is not an int"),
+    (None, dict(position=torch.ones(40, dtype=torch.bool)), InvalidArgumentError, "position True is not an int"),
+    (None, dict(position=torch.ones(40)), InvalidArgumentError, "position 1.0 is not an int"),
+    (None, dict(position=-7), SiteOutOfRangeError, "position -7 is outside the prompt of 6 tokens"),
+    (None, dict(position=torch.zeros(3, dtype=torch.long)), ProbeError, r"integer tensor \[prompt\] \(40 here\)"),
+    ([3], {}, ProbeError, r"sites must be sites or site strings \(e.g. Resid\(1, 'post'\) or 'L1.resid_post'\)"),
+    (["L5.resid_pre"], {}, SiteOutOfRangeError, "layer 5 is out of range"),
+    ([], {}, EmptyInputError, "no sites"),
+    (["L0H1.pattern"], {}, ProbeError, r"L0H1.pattern is not one vector per prompt and position \(its activation is "
+                                       r"\[batch, query, key\]\)"),
+    (["L0.resid_pre@2"], {}, ProbeError, "L0.resid_pre@2 is not one vector per prompt and position .* at fixed "
+                                         "positions"),
+])
+def test_probe_sites_refuses_bad_input_before_caching(small, sites, options, error, match, monkeypatch, unchecked):
+    model, tokens, labels = small
+    monkeypatch.setattr("mechpatch.probes.cache_activations",
+                        lambda *a, **k: pytest.fail("cached activations before the arguments were checked"))
+    options = {"labels": labels, **options}
+    with unchecked(), pytest.raises(error, match=match):
+        probe_sites(model, tokens, [Resid(0, "pre")] if sites is None else sites, **options)
+
+
+def test_probe_sites_takes_site_strings_as_the_rest_of_the_api_does(small):
+    model, tokens, labels = small
+    by_site = probe_sites(model, tokens, [Resid(0, "pre"), Resid(1, "post")], labels=labels, seed=1)
+    by_name = probe_sites(model, tokens, ["L0.resid_pre", "L1.resid_post"], labels=labels, seed=1)
+    wildcard = probe_sites(model, tokens, "L*.resid_post", labels=labels, seed=1)
+    assert by_name.sites == by_site.sites == (Resid(0, "pre"), Resid(1, "post"))
+    assert list(wildcard.probes) == ["L0.resid_post", "L1.resid_post"]
+    for label, probe in by_site.probes.items():
+        assert by_name.probes[label].accuracy == probe.accuracy  # the same activations, split and fit
+    assert wildcard.probes["L1.resid_post"].accuracy == by_site.probes["L1.resid_post"].accuracy

@@ -110,6 +110,9 @@ class EdgeAttribution:
 
         dense = self.scores.to(torch.float64).clone()
         dense[..., ~self.layout.valid] = math.nan
+        if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
+            raise AttributionError(f"top_n must be a non-negative int or None (every edge scored, none kept); "
+                                   f"got {top_n!r}")
         circuit = None if top_n is None else self.ranked()[:top_n]
         meta = {"method": self.method, "metric": self.metric, "ablation": self.ablation, "steps": self.steps,
                 **self.meta}

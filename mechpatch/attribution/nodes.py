@@ -51,8 +51,8 @@ from mechpatch.patching.plan import PatchPlan, compile_plan
 from mechpatch.patching.results import PatchResult
 from mechpatch.patching.interventions import check_direction
 from mechpatch.patching.sweeps import Grid, make_grid
-from mechpatch.prompts import PromptPair
-from mechpatch.sites import Attn, Head, HeadResult, Key, Mlp, Neuron, Pattern, Query, Site, Value
+from mechpatch.prompts import PromptPair, bind_prompts
+from mechpatch.sites import Attn, Head, HeadResult, Key, Mlp, Neuron, Pattern, Query, Site, SiteSets, Value, site_sets
 
 BACKENDS = ("auto", "functional", "bridge")
 #: estimator name -> (query/key fix, GradDrop)
@@ -217,7 +217,7 @@ def _row_bytes(model: HookedModel, seq_len: int) -> int:
 def atp(
     model: HookedModel,
     base: Union[Int[Tensor, "batch pos"], Sequence[str]],
-    variants: Sequence[Union[Site, Sequence[Site]]],
+    variants: SiteSets,
     *,
     metric: Union[Metric, str, Callable],
     source: Union[Int[Tensor, "batch pos"], Sequence[str], None] = None,
@@ -264,12 +264,12 @@ def atp(
     """
     budget, base_t, src_t, metric = _check_atp_args(model, base, source, intervention, clean, batch_size,
                                                     memory_budget, metric)
-    plan = compile_plan(model, [v if not isinstance(v, Site) else (v,) for v in variants], base_t.shape[1])
+    plan = compile_plan(model, variants, base_t.shape[1])
     check_subspace(model, plan, intervention)
     n, seq = base_t.shape
     positions = readout_positions(metric, seq)
+    metric = bind_prompts(model, metric, answers, base_t)
     backend, fm = resolve_backend(model, backend, need_functional=qk_fix)  # (checks the fast path: a forward)
-    metric = metric.bind(answers=answers, tokens=base_t)
     readout = Readout(positions, metric.columns())
     n_layers = model.spec.n_layers
     groups = 1 + (n_layers if grad_drop else 0)
@@ -424,7 +424,7 @@ def _grad_pass(backend: str, model: HookedModel, fm: Optional[F_.FunctionalModel
 
 
 def atp_star(model: HookedModel, base: Union[Int[Tensor, "batch pos"], Sequence[str]],
-             variants: Sequence[Union[Site, Sequence[Site]]], *, metric: Union[Metric, str, Callable],
+             variants: SiteSets, *, metric: Union[Metric, str, Callable],
              **kwargs: Any) -> AtpRun:
     """AtP*: :func:`atp` with the query/key fix and GradDrop (the same arguments otherwise)."""
     return atp(model, base, variants, metric=metric, qk_fix=True, grad_drop=True, **kwargs)
@@ -433,7 +433,7 @@ def atp_star(model: HookedModel, base: Union[Int[Tensor, "batch pos"], Sequence[
 def attribute(
     model: HookedModel,
     pair: PromptPair,
-    grid: Union[str, Grid, Sequence[Union[Site, Sequence[Site]]]],
+    grid: Union[str, Grid, SiteSets],
     *,
     metric: Union[Metric, str, Callable],
     direction: str = "denoise",
@@ -483,7 +483,7 @@ def attribute(
         str_tokens = model.to_str_tokens(pair.clean[0]) if model.tokenizer is not None else None
         grid = make_grid(model, grid, pair.seq_len, by_position, layers, positions, str_tokens)
     elif not isinstance(grid, Grid):
-        grid = Grid.of(grid)
+        grid = Grid.of(site_sets(model.spec, grid, "grid"))
     metric = as_metric(metric)
     base, source = (pair.corrupted, pair.clean) if direction == "denoise" else (pair.clean, pair.corrupted)
     qk_fix, grad_drop = ESTIMATORS[estimator]

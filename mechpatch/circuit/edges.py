@@ -49,6 +49,7 @@ from mechpatch.patching import fast
 from mechpatch.patching import functional as F_
 from mechpatch.patching.interventions import Intervention, Replace, check_intervention, needs_source
 from mechpatch.patching.metrics import Metric, Readout, as_metric, readout_positions
+from mechpatch.prompts import bind_prompts
 
 
 class EdgeError(CircuitError):
@@ -302,7 +303,7 @@ def _setup(model: HookedModel, base: object, source: object, intervention: objec
                 f"{base_t.shape[1]}: positions must align")
     metric = as_metric(metric)
     positions = readout_positions(metric, base_t.shape[1])
-    metric = metric.bind(answers=answers, tokens=base_t)
+    metric = bind_prompts(model, metric, answers, base_t)
     return base_t, src_t, ref_t, metric, positions
 
 

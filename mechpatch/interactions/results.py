@@ -46,6 +46,12 @@ from mechpatch.patching.interventions import check_direction
 KINDS = ("main", "synergy", "redundancy")
 
 
+def _check_k(k: object) -> None:
+    """Refuse a count of terms to show that is not a non-negative int (a negative one would cut from the end)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise InteractionError(f"k must be a non-negative int (how many terms); got {k!r}")
+
+
 @dataclass(frozen=True)
 class Interaction:
     """One term of an interaction model (see the module docstring for the signs)."""
@@ -157,16 +163,20 @@ class InteractionModel:
         return [self._interaction((i,)) for i in range(self.n_components)]
 
     def interactions(self, order: Optional[int] = None, kind: Optional[str] = None) -> list[Interaction]:
-        """Terms of order >= 2 (or exactly ``order``), strongest ``|effect|`` first, optionally of one ``kind``."""
+        """Terms of order >= 2 (or exactly ``order``: 1 gives the main effects), strongest ``|effect|`` first,
+        optionally of one ``kind``."""
         if kind is not None:
             check_choice("kind", kind, KINDS[1:])
-        terms = [t for t in self.moebius if len(t) >= 2 and (order is None or len(t) == order)]
+        if order is not None and (isinstance(order, bool) or not isinstance(order, int) or order < 1):
+            raise InteractionError(f"order must be a positive int (1: main effects, 2: pairs...) or None; got {order!r}")
+        terms = [t for t in self.moebius if (len(t) >= 2 if order is None else len(t) == order)]
         out = [self._interaction(t) for t in terms if self.moebius[t] != 0.0]
         out = [i for i in out if kind is None or i.kind == kind]
         return sorted(out, key=lambda i: -abs(i.effect))
 
     def top(self, k: int = 10, order: Optional[int] = None) -> list[Interaction]:
         """The ``k`` strongest interactions (order >= 2 unless ``order`` is given)."""
+        _check_k(k)
         return self.interactions(order)[:k]
 
     def restrict(self, components: Sequence[object]) -> "InteractionModel":
@@ -248,6 +258,7 @@ class InteractionModel:
 
     def summary(self, k: int = 10) -> str:
         """A few lines: fit quality, cost, and the ``k`` strongest interactions with their kinds."""
+        _check_k(k)
         head = f"{self.method} interactions over {self.n_components} components ({self.direction})"
         cost = f"{self.evaluations} evaluations" + (f", {self.forwards} forwards" if self.forwards is not None else "")
         r2 = f", held-out R^2 {self.r2:.4f}" if self.r2 is not None else ""

@@ -36,7 +36,8 @@ from mechpatch.patching.interventions import (
 from mechpatch.patching.metrics import Metric, Readout, as_metric, readout_positions
 from mechpatch.patching.plan import PatchPlan, apply_mask, compile_plan
 from mechpatch.patching import fast
-from mechpatch.sites import Site
+from mechpatch.prompts import bind_prompts
+from mechpatch.sites import Site, SiteSets
 
 METHODS = ("auto", "fast", "hooks", "reference")
 
@@ -407,7 +408,7 @@ def _held_bytes(model: HookedModel, plan: PatchPlan, n: int, seq_len: int, metho
 def run_patches(
     model: HookedModel,
     base: Union[Int[Tensor, "batch pos"], Sequence[str]],
-    variants: Sequence[Union[Site, Sequence[Site]]],
+    variants: SiteSets,
     *,
     metric: Union[Metric, str, Callable],
     source: Union[Int[Tensor, "batch pos"], Sequence[str], None] = None,
@@ -445,8 +446,8 @@ def run_patches(
         raise InvalidArgumentError(f"unknown method {method!r}; valid: {choices(METHODS)}")
     budget, base_t, src_t = check_patch_args(model, base, source, intervention, clean, batch_size, memory_budget,
                                               DEFAULT_MEMORY_BUDGET)
-    metric = as_metric(metric)
-    plan = compile_plan(model, [v if not isinstance(v, Site) else (v,) for v in variants], base_t.shape[1])
+    metric = bind_prompts(model, as_metric(metric), answers, base_t)
+    plan = compile_plan(model, variants, base_t.shape[1])
     check_subspace(model, plan, intervention)
     n_prompts, seq_len = base_t.shape
     positions = readout_positions(metric, seq_len)
@@ -462,7 +463,6 @@ def run_patches(
             f"and source activations, {format_bytes(per_variant)} per variant); raise memory_budget or patch fewer "
             "prompts at once"
         )
-    metric = metric.bind(answers=answers, tokens=base_t)
     readout = Readout(positions, metric.columns())
     with model.gates([s for v in plan.variants for s in v]):
         fast_state, runs = _prepare_runs(model, fm, plan, base_t, src_t, intervention, readout)

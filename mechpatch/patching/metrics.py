@@ -93,6 +93,13 @@ class Readout:
         return logits
 
 
+def _one_position(metric: "Metric") -> None:
+    """Refuse a metric that reads one position (the answer's) being given several or none."""
+    if metric.positions is not None and len(tuple(metric.positions)) != 1:
+        raise MetricError(f"{metric.name} reads the answer at one position; got positions={metric.positions!r} "
+                          "(give one, e.g. positions=(-1,), or use a metric per position)")
+
+
 def _need(what: Optional[Tensor], metric: str, key: str) -> Tensor:
     if what is None:
         raise MetricError(f"metric {metric!r} needs {key}; pass it (e.g. make_pair(..., answers=...))")
@@ -113,6 +120,7 @@ class LogitDiff(Metric):
     def __post_init__(self) -> None:
         if self.wrong not in ("mean", "max"):
             raise MetricError(f"LogitDiff wrong={self.wrong!r}; valid: 'mean', 'max'")
+        _one_position(self)
 
     def bind(self, **data: Optional[Tensor]) -> "LogitDiff":
         if self.answers is not None or data.get("answers") is None:
@@ -149,6 +157,9 @@ class ProbDiff(Metric):
 
     answers: Optional[Int[Tensor, "batch answer"]] = None
     name: str = "prob_diff"
+
+    def __post_init__(self) -> None:
+        _one_position(self)
 
     def bind(self, **data: Optional[Tensor]) -> "ProbDiff":
         if self.answers is not None or data.get("answers") is None:

@@ -28,7 +28,7 @@ The IOI paper's direct effect of a head is ``path_patch(..., receivers="logits")
 search is path patching into the name movers' queries at END.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -39,13 +39,17 @@ from torch import Tensor
 
 from mechpatch._progress import progress_bar
 from mechpatch.cache import as_tokens
-from mechpatch.errors import EmptyInputError, InvalidArgumentError, ShapeMismatchError, UnsupportedSiteError, choices
+from mechpatch.errors import (
+    EmptyInputError, InvalidArgumentError, InvalidTypeError, ShapeMismatchError, UnknownSiteKindError, UnsupportedSiteError,
+    choices,
+)
 from mechpatch.model import HookedModel
 from mechpatch.patching import fast
 from mechpatch.patching import functional as F_
 from mechpatch.patching.engine import METHODS as ENGINE_METHODS, check_batch_size
 from mechpatch.patching.metrics import Metric, Readout, as_metric, readout_positions
-from mechpatch.sites import Head, Key, Mlp, Query, Site, Value
+from mechpatch.prompts import bind_prompts
+from mechpatch.sites import Head, Key, Mlp, ModelSpec, Query, Site, SiteSets, Sites, Value, select, site_sets
 
 Sender = Union[Head, Mlp]
 RECEIVER_KINDS = ("query", "key", "value")
@@ -73,10 +77,11 @@ class PathRun:
         return self.values - self.base_values
 
 
-def _as_sets(senders: Sequence[Union[Sender, Sequence[Sender]]]) -> tuple[tuple[Sender, ...], ...]:
+def _as_sets(spec: ModelSpec, senders: SiteSets) -> tuple[tuple[Sender, ...], ...]:
+    if not isinstance(senders, (Site, str)) and isinstance(senders, Sized) and len(senders) == 0:
+        raise EmptyInputError("no sender sets given: give at least one Head/Mlp or set of them")
     out = []
-    for s in senders:
-        group = (s,) if isinstance(s, Site) else tuple(s)
+    for group in site_sets(spec, senders, "senders"):
         for x in group:
             if not isinstance(x, (Head, Mlp)) or x.pos is not None:
                 raise UnsupportedSiteError(
@@ -88,12 +93,18 @@ def _as_sets(senders: Sequence[Union[Sender, Sequence[Sender]]]) -> tuple[tuple[
     return tuple(out)
 
 
-def _as_receivers(model: HookedModel, receivers: Union[str, Sequence[Site]], seq_len: int):
-    if isinstance(receivers, str):
-        if receivers != "logits":
-            raise UnsupportedSiteError(f"receivers must be 'logits' or query/key/value sites; got {receivers!r}")
+def _as_receivers(model: HookedModel, receivers: Sites, seq_len: int):
+    if isinstance(receivers, str) and receivers == "logits":
         return "logits"
-    recs = tuple(r.validate(model.spec, seq_len) for r in receivers)
+    if not isinstance(receivers, (Site, str)) and isinstance(receivers, Sized) and len(receivers) == 0:
+        raise EmptyInputError("no receivers given: give 'logits' or at least one Query/Key/Value site")
+    if not isinstance(receivers, (Site, str, Iterable)):
+        raise InvalidTypeError(f"receivers must be 'logits', a Query/Key/Value site or a list of them; got "
+                               f"{type(receivers).__name__} {receivers!r}")
+    try:
+        recs = tuple(r.validate(model.spec, seq_len) for r in select(model.spec, receivers))
+    except UnknownSiteKindError as exc:
+        raise UnknownSiteKindError(f"receivers must be 'logits' or Query/Key/Value sites: {exc}") from None
     for r in recs:
         if not isinstance(r, (Query, Key, Value)):
             raise UnsupportedSiteError(
@@ -173,9 +184,9 @@ def _delta(model: HookedModel, group: tuple[Sender, ...], before: int, base: dic
 def path_patch(
     model: HookedModel,
     base: Union[Int[Tensor, "batch pos"], Sequence[str]],
-    senders: Sequence[Union[Sender, Sequence[Sender]]],
+    senders: SiteSets,
     *,
-    receivers: Union[str, Sequence[Site]],
+    receivers: Sites,
     metric: Union[Metric, str],
     source: Union[Int[Tensor, "batch pos"], Sequence[str]],
     answers: Optional[Int[Tensor, "batch answer"]] = None,
@@ -206,7 +217,7 @@ def path_patch(
     seq = base_t.shape[1]
     metric = as_metric(metric)
     positions = readout_positions(metric, seq)
-    metric = metric.bind(answers=answers, tokens=base_t)
+    metric = bind_prompts(model, metric, answers, base_t)
     readout = Readout(positions, None)
 
     fm = None
@@ -223,8 +234,8 @@ def _check_path_args(
     model: HookedModel,
     base: Union[Tensor, Sequence[str]],
     source: Union[Tensor, Sequence[str]],
-    senders: Sequence[Union[Sender, Sequence[Sender]]],
-    receivers: Union[str, Sequence[Site]],
+    senders: SiteSets,
+    receivers: Sites,
     method: str,
     batch_size: object,
 ) -> tuple[Tensor, Tensor, tuple[tuple[Sender, ...], ...], Union[str, tuple[Site, ...]]]:
@@ -232,11 +243,14 @@ def _check_path_args(
     check_batch_size(batch_size)
     if method not in METHODS:
         raise InvalidArgumentError(f"unknown method {method!r}; valid: {choices(METHODS)}")
+    if source is None:
+        raise InvalidArgumentError("path patching needs source= (the run the senders' outputs come from, e.g. the "
+                                   "corrupted prompts)")
     base_t, src_t = as_tokens(model, base), as_tokens(model, source)
     if base_t.shape != src_t.shape:
         raise ShapeMismatchError(f"base tokens {tuple(base_t.shape)} and source {tuple(src_t.shape)} must align")
     seq = base_t.shape[1]
-    sets = _as_sets(senders)
+    sets = _as_sets(model.spec, senders)
     for g in sets:
         for s in g:
             s.validate(model.spec, seq)
@@ -521,9 +535,9 @@ def _path_patch_fast(fm, model, base_t, src_t, sets, recs, metric, readout, batc
 def path_patch_reference(
     model: HookedModel,
     base: Int[Tensor, "batch pos"],
-    senders: Sequence[Union[Sender, Sequence[Sender]]],
+    senders: SiteSets,
     *,
-    receivers: Union[str, Sequence[Site]],
+    receivers: Sites,
     metric: Union[Metric, str],
     source: Int[Tensor, "batch pos"],
     answers: Optional[Int[Tensor, "batch answer"]] = None,
@@ -533,9 +547,9 @@ def path_patch_reference(
     one base forward with those receivers patched. For testing :func:`path_patch`."""
     base_t, src_t = as_tokens(model, base), as_tokens(model, source)
     n, seq = base_t.shape
-    sets = _as_sets(senders)
+    sets = _as_sets(model.spec, senders)
     recs = _as_receivers(model, receivers, seq)
-    metric = as_metric(metric).bind(answers=answers, tokens=base_t)
+    metric = bind_prompts(model, as_metric(metric), answers, base_t)
     readout = Readout(readout_positions(metric, seq), None)
     L_all = range(model.spec.n_layers)
     has_mlp = not model.spec.attn_only

@@ -6,7 +6,7 @@ plan holds a boolean mask [variant, *hook axes without batch] (size 1 on the axe
 select, e.g. d_head), so one broadcast ``where`` patches every row at once.
 """
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -16,7 +16,7 @@ from torch import Tensor
 from mechpatch.errors import EmptyInputError
 from mechpatch.model import HookedModel, HookPoint, HookSpec, hook_shape
 from mechpatch.patching.interventions import Projection, step
-from mechpatch.sites import Site, resolve_positions
+from mechpatch.sites import Site, SiteSets, resolve_positions, site_sets
 
 
 @dataclass(frozen=True)
@@ -73,10 +73,11 @@ def apply_mask(act: Tensor, mask: Tensor, src: Tensor, alpha: Union[float, Proje
     return torch.where(mask, act + step(alpha, src - act), act)
 
 
-def compile_plan(model: HookedModel, variants: Sequence[Sequence[Site]], seq_len: int) -> PatchPlan:
+def compile_plan(model: HookedModel, variants: SiteSets, seq_len: int) -> PatchPlan:
     """Validate every site of every variant and build the per-hook masks."""
-    if len(variants) == 0:
+    if not isinstance(variants, (Site, str)) and isinstance(variants, Sized) and len(variants) == 0:
         raise EmptyInputError("no patches to run: give at least one set of sites")
+    variants = site_sets(model.spec, variants, "variants")
     norm_variants = []
     points = []
     masks: dict[str, Tensor] = {}

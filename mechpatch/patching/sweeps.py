@@ -22,6 +22,7 @@ from typing import Optional, Union
 from mechpatch.errors import (
     EmptyInputError,
     InvalidArgumentError,
+    InvalidTypeError,
     ShapeMismatchError,
     SiteOutOfRangeError,
     UnknownSiteKindError,
@@ -45,8 +46,10 @@ from mechpatch.sites import (
     Query,
     Resid,
     Site,
+    SiteSets,
     Value,
     resolve_positions,
+    site_sets,
 )
 
 
@@ -173,6 +176,11 @@ def _check_positional(kind: str, by_position: Optional[bool], positions: Optiona
 
     (Not in :func:`make_grid`: a config's one ``positions`` list shapes each of its kinds that has the axis.)
     """
+    if by_position is not None and not isinstance(by_position, bool):
+        raise InvalidTypeError(f"by_position must be True, False or None; got {by_position!r}")
+    if kind == "neuron" and by_position:
+        raise InvalidArgumentError("a 'neuron' sweep is layer x neuron over all positions; by_position=True is not "
+                                   "available for it (give Neuron sites with pos= in a list instead)")
     positional = (kind in _LAYER_KINDS and by_position is not False) or (kind in _HEAD_KINDS and bool(by_position))
     if positions is not None and not positional and kind in SWEEP_KINDS:
         how = "by_position=True" if kind in _HEAD_KINDS else "a layer x position kind (resid_*, attn_out, mlp_out)"
@@ -206,7 +214,7 @@ def _check_layers(layers: Sequence[int], n_layers: int) -> list[int]:
 def sweep(
     model: HookedModel,
     pair: PromptPair,
-    grid: Union[str, Grid, Sequence[Union[Site, Sequence[Site]]]],
+    grid: Union[str, Grid, SiteSets],
     *,
     metric: Union[Metric, str, Callable],
     direction: str = "denoise",
@@ -249,7 +257,7 @@ def sweep(
         str_tokens = model.to_str_tokens(pair.clean[0]) if model.tokenizer is not None else None
         grid = make_grid(model, grid, seq_len, by_position, layers, positions, str_tokens)
     elif not isinstance(grid, Grid):
-        grid = Grid.of(grid)
+        grid = Grid.of(site_sets(model.spec, grid, "grid"))
     metric = as_metric(metric)
     base, source = (pair.corrupted, pair.clean) if direction == "denoise" else (pair.clean, pair.corrupted)
 

@@ -16,7 +16,7 @@ from torch import Tensor
 from mechpatch.errors import EmptyInputError, MechpatchError, ShapeMismatchError, choices
 from mechpatch.model import HookedModel
 from mechpatch.patching.metrics import Metric, Readout
-from mechpatch.prompts import PromptPair
+from mechpatch.prompts import PromptPair, bind_prompts
 
 
 class TaskError(MechpatchError, ValueError):
@@ -136,7 +136,7 @@ class TaskData:
     def score(self, model: HookedModel, tokens: Tensor, batch: TaskBatch,
               clean_logits: Optional[Tensor] = None) -> Float[Tensor, " batch"]:
         """The task metric of the unpatched model on ``tokens`` (one of ``batch``'s token tensors)."""
-        metric = self.metric.bind(answers=batch.answers.to(model.device), tokens=tokens)
+        metric = bind_prompts(model, self.metric, batch.answers, tokens)
         readout = Readout(None if metric.positions is None else list(metric.positions), None)
         logits = model(tokens)
         if clean_logits is not None:

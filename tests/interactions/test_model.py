@@ -105,3 +105,21 @@ def test_redundant_induction_heads_found_and_match_exhaustive(redundant):
     assert top5["topk_overlap"] >= 0.6 and top10["topk_overlap"] >= 0.6 and top10["topk_sign"] == 1.0
     assert top5["spearman"] >= 0.8
     assert ex.evaluations == 16 * 15 // 2 + 16 and sp.evaluations <= 800
+
+
+def test_top_and_summary_refuse_negative_counts_and_order_one_gives_main_effects(unchecked):
+    """top(-1) used to cut from the end; top(k, order=1) and interactions(order=1) always returned []."""
+    from mechpatch.interactions import InteractionModel
+    from mechpatch.interactions.basis import InteractionError
+
+    m = InteractionModel(("A", "B", "C"), {(): 1.0, (0,): 0.5, (1,): -2.0, (0, 1): 0.3, (0, 2): -0.2, (1, 2): 0.1})
+    for bad in (-1, True, 1.5):
+        with unchecked(), pytest.raises(InteractionError, match="k must be a non-negative int"):
+            m.top(bad)
+    with pytest.raises(InteractionError, match="k must be a non-negative int"):
+        m.summary(-1)
+    with pytest.raises(InteractionError, match="order must be a positive int"):
+        m.interactions(order=0)
+    assert [i.term for i in m.top(5, order=1)] == [(1,), (0,)]
+    assert [i.term for i in m.top(2)] == [(0, 1), (0, 2)]
+    assert m.top(0) == []

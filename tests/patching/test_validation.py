@@ -295,3 +295,135 @@ def test_positions_without_a_position_axis_are_refused_not_ignored(gpt2, no_forw
     assert make_grid(gpt2, "q", 7, by_position=True, positions=[3]).shape == (2, 4, 1)
     # make_grid itself leaves them unused: a sweep config's one positions list shapes each kind that has the axis
     assert make_grid(gpt2, "head", 7, positions=[3]).shape == (2, 4)
+
+
+# ----------------------------------------------------------------------------- answers, metrics, site forms (audit)
+
+
+@pytest.mark.parametrize("answers, phrase", [
+    (torch.tensor([[-1, 3], [4, 5]]), r"answers ids must be in 0\.\.99 \(the vocabulary\); got -1\.\.5"),
+    (torch.tensor([[150, 3], [4, 5]]), r"answers ids must be in 0\.\.99"),
+    (torch.tensor([[1, 3], [4, 5], [6, 7]]), r"answers must be \[n_prompts=2, n_answers\]; got shape \(3, 2\)"),
+    (torch.tensor([[1.0, 3.0], [4.0, 5.0]]), r"answers must be integer token ids"),
+])
+def test_answers_outside_the_vocabulary_or_the_prompts_are_refused_by_every_entry_point(gpt2, no_forward, unchecked,
+                                                                                          answers, phrase):
+    """An answer id of -1 used to read the last vocabulary entry (and extra rows were ignored), in every method."""
+    from mechpatch.attribution import atp
+    from mechpatch.circuit.edges import edge_patch
+
+    pair = _pair(gpt2)
+    no_forward(gpt2)
+    calls = [
+        lambda: run_patches(gpt2, pair.corrupted, [Head(0, 0)], metric="logit_diff", source=pair.clean,
+                            answers=answers),
+        lambda: path_patch(gpt2, pair.corrupted, [Head(0, 0)], receivers="logits", metric="logit_diff",
+                           source=pair.clean, answers=answers),
+        lambda: atp(gpt2, pair.corrupted, [Head(0, 0)], metric="logit_diff", source=pair.clean, answers=answers),
+        lambda: edge_patch(gpt2, pair.corrupted, [[("L0H0", "logits")]], metric="logit_diff", source=pair.clean,
+                           answers=answers),
+        lambda: run_patches(gpt2, pair.corrupted, [Head(0, 0)], metric=LogitDiff(answers=answers), source=pair.clean),
+    ]
+    with unchecked():
+        for call in calls:
+            with pytest.raises(ShapeMismatchError, match=phrase):
+                call()
+
+
+def test_answer_words_outside_a_word_level_vocabulary_are_refused(gpt2):
+    from mechpatch.errors import TokenizerError
+    from mechpatch.prompts import make_pair
+
+    with pytest.raises(TokenizerError, match=r"'Zebra' is not in the tokenizer's vocabulary"):
+        make_pair(gpt2, ["When Mary and John"], ["When Alice and John"], answers=[["Zebra", "John"]])
+    assert make_pair(gpt2, ["When Mary and John"], ["When Alice and John"], answers=[["Mary", "John"]]).answers.shape \
+        == (1, 2)
+
+
+@pytest.mark.parametrize("metric", [LogitDiff, lambda **kw: __import__("mechpatch.patching.metrics").patching
+                                    .metrics.ProbDiff(**kw)])
+@pytest.mark.parametrize("positions", [(2, 5), ()])
+def test_answer_metrics_read_one_position(metric, positions):
+    """LogitDiff(positions=(2, 5)) used to read position 5 only; positions=() failed inside the metric."""
+    from mechpatch.patching.metrics import MetricError
+
+    with pytest.raises(MetricError, match="reads the answer at one position"):
+        metric(positions=positions)
+    assert metric(positions=(2,)).positions == (2,)
+
+
+def test_head_notation_for_keys_is_refused_where_heads_share_keys(gqa, gpt2):
+    """'L0H1.k' on a GQA model used to patch key/value group 1 (other heads' keys) without a word."""
+    from mechpatch.errors import UnsupportedSiteError
+    from mechpatch.sites import Key, parse_site, select
+
+    per = gqa.spec.n_heads // gqa.spec.n_kv_heads
+    with pytest.raises(UnsupportedSiteError, match=rf"head {per} reads group 1\), so they are named by group: "
+                                                   r"'L0G1\.k'"):
+        select(gqa.spec, f"L0H{per}.k")
+    with pytest.raises(UnsupportedSiteError, match="named by group"):
+        gqa.hook_point(parse_site(f"L0H{per}.v"))
+    assert select(gqa.spec, "L0G1.k") == [Key(0, 1)]
+    assert select(gpt2.spec, "L0H1.k") == [Key(0, 1)]  # one group per head: the same site
+
+
+@pytest.mark.parametrize("pos", [[1.5], torch.tensor([1.9]), "12", "END", True])
+def test_site_positions_are_not_coerced(pos, unchecked):
+    """pos=[1.5] used to become (1,), pos="12" (1, 2); pos="END" was a raw ValueError."""
+    from mechpatch.errors import InvalidTypeError
+
+    with unchecked(), pytest.raises(InvalidTypeError, match="pos must be an int, a sequence of ints or None"):
+        Head(1, 0, pos=pos)
+
+
+def test_site_positions_take_numpy_and_torch_integers():
+    import numpy as np
+
+    assert Head(1, 0, pos=np.int64(3)).pos == (3,)
+    assert Head(1, 0, pos=torch.tensor([1, 2])).pos == (1, 2)
+    assert Head(1, 0, pos=[np.int64(2), 4]).pos == (2, 4)
+
+
+def test_sites_may_be_given_as_strings_or_one_site_everywhere(gpt2):
+    """A list of site strings used to be read character by character ("cannot parse site 'L'"), and one Site was
+    'not iterable'. Both now mean what they say, and give the same numbers as the Site objects."""
+    from mechpatch.cache import cache_activations
+
+    pair = _pair(gpt2)
+    kw = dict(metric="logit_diff", source=pair.clean, answers=pair.answers)
+    want = run_patches(gpt2, pair.corrupted, [[Head(1, 0)]], **kw).values
+    for variants in (["L1H0"], "L1H0", Head(1, 0), [Head(1, 0)]):
+        assert torch.equal(run_patches(gpt2, pair.corrupted, variants, **kw).values, want)
+    both = sweep(gpt2, pair, ["L1H0", "L0H1"], metric="logit_diff")
+    assert both.labels[0] == ("L1H0", "L0H1")
+    assert torch.equal(sweep(gpt2, pair, Head(1, 0), metric="logit_diff").values,
+                       sweep(gpt2, pair, [Head(1, 0)], metric="logit_diff").values)
+    together = run_patches(gpt2, pair.corrupted, [["L1H*"]], **kw).values  # a wildcard is one set
+    assert torch.equal(together, run_patches(gpt2, pair.corrupted, [[Head(1, h) for h in range(gpt2.spec.n_heads)]],
+                                             **kw).values)
+    path_kw = dict(metric="logit_diff", source=pair.clean, answers=pair.answers)
+    assert torch.equal(path_patch(gpt2, pair.corrupted, Head(0, 1), receivers="L1H0.q", **path_kw).values,
+                       path_patch(gpt2, pair.corrupted, [[Head(0, 1)]], receivers=[Query(1, 0)], **path_kw).values)
+    assert cache_activations(gpt2, pair.clean, "L1H0").sites == cache_activations(gpt2, pair.clean, [Head(1, 0)]).sites
+
+
+def test_bad_site_forms_and_sweep_flags_are_refused(gpt2, no_forward, unchecked):
+    from mechpatch.errors import InvalidTypeError, UnknownSiteKindError
+
+    pair = _pair(gpt2)
+    no_forward(gpt2)
+    kw = dict(metric="logit_diff", source=pair.clean, answers=pair.answers)
+    with unchecked():
+        with pytest.raises(InvalidTypeError, match="variants must be a site, a site string, or a list"):
+            run_patches(gpt2, pair.corrupted, 3, **kw)
+        with pytest.raises(EmptyInputError, match="no sites selected"):
+            run_patches(gpt2, pair.corrupted, [[]], **kw)
+        with pytest.raises(InvalidTypeError, match="by_position must be True, False or None; got 'yes'"):
+            sweep(gpt2, pair, "head", by_position="yes", metric="logit_diff")
+        with pytest.raises(InvalidArgumentError, match="'neuron' sweep is layer x neuron"):
+            sweep(gpt2, pair, "neuron", by_position=True, metric="logit_diff")
+        with pytest.raises(UnknownSiteKindError, match="receivers must be 'logits' or Query/Key/Value sites"):
+            path_patch(gpt2, pair.corrupted, [Head(0, 0)], receivers="logit", **kw)
+        with pytest.raises(InvalidArgumentError, match="path patching needs source="):
+            path_patch(gpt2, pair.corrupted, [Head(0, 0)], receivers="logits", metric="logit_diff", source=None,
+                       answers=pair.answers)
