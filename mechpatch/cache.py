@@ -86,7 +86,48 @@ def format_bytes(n: Union[int, float]) -> str:
 
 
 def as_tokens(model: HookedModel, prompts: Prompts) -> Int[Tensor, "batch pos"]:
-    """Token ids for ``prompts`` (strings are tokenized; tensors are checked and moved to the model)."""
+    """Token ids for ``prompts`` (strings are tokenized; tensors are checked and moved to the model).
+
+    Token ids may also come as a numpy integer array or a list of lists of ints ([batch, pos]; a flat list of
+    ints is one prompt), converted to a LongTensor and checked as a tensor is.
+
+    Raises:
+        InvalidTypeError: neither text, nor token ids (e.g. floats, or a numpy array of floats); the message names
+            the type given.
+        ShapeMismatchError: token ids out of the vocabulary, ragged rows, or longer than the model's context.
+        EmptyInputError: no prompts, or prompts of no tokens.
+    """
+    import numbers
+
+    from mechpatch.errors import InvalidTypeError
+
+    how = "pass token ids (an int tensor or numpy int array [batch, pos], or a list of lists of ints) or strings"
+    if type(prompts).__module__ == "numpy" and hasattr(prompts, "dtype"):
+        import numpy as np
+
+        if not np.issubdtype(prompts.dtype, np.integer):
+            raise InvalidTypeError(f"prompts: a numpy array of {prompts.dtype} is not token ids; {how}")
+        prompts = torch.from_numpy(np.ascontiguousarray(prompts, dtype=np.int64))
+    elif isinstance(prompts, Sequence) and not isinstance(prompts, str) and len(prompts) > 0 and not all(
+            isinstance(p, str) for p in prompts):
+        rows = [prompts] if all(isinstance(t, numbers.Integral) for t in prompts) else prompts
+        for row in rows:
+            if not isinstance(row, Sequence) or isinstance(row, str) or not all(
+                    isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in row):
+                bad = row if not isinstance(row, Sequence) or isinstance(row, str) else next(
+                    t for t in row if isinstance(t, bool) or not isinstance(t, numbers.Integral))
+                raise InvalidTypeError(f"prompts: expected token ids (ints) or strings; got an element of type "
+                                       f"{type(bad).__name__} ({bad!r}); {how}")
+        if len({len(row) for row in rows}) > 1:
+            raise ShapeMismatchError(f"token id rows have different lengths ({sorted({len(r) for r in rows})}); "
+                                     "mechpatch does not pad: give rows of equal length")
+        try:
+            prompts = torch.tensor([[int(t) for t in row] for row in rows], dtype=torch.long)
+        except (OverflowError, RuntimeError, ValueError):
+            raise ShapeMismatchError(f"token ids must be in 0..{model.spec.d_vocab - 1} (the vocabulary); got ids "
+                                     "beyond 64 bits") from None
+    elif not isinstance(prompts, (Tensor, str)) and not hasattr(prompts, "__iter__"):
+        raise InvalidTypeError(f"prompts must be token ids or strings; got {type(prompts).__name__}; {how}")
     if isinstance(prompts, Tensor):
         if prompts.ndim == 1:
             prompts = prompts[None]
@@ -148,7 +189,24 @@ class SiteCache:
     spec: ModelSpec
     tokens: Int[Tensor, "batch pos"] = field(repr=False)
 
-    def __getitem__(self, site: Site) -> Tensor:
+    def __getitem__(self, site: Union[Site, str]) -> Tensor:
+        """The cached activation of ``site``: a :class:`Site` or its notation (``"L1H0@-1"``, as
+        :func:`mechpatch.sites.parse_site` reads it).
+
+        Raises:
+            InvalidTypeError: ``site`` is neither a Site nor a string.
+            UnknownSiteKindError: a string that is not a site.
+            KeyError: the site was not cached (the message lists those that were).
+        """
+        if isinstance(site, str):
+            from mechpatch.sites import parse_site
+
+            site = parse_site(site)
+        elif not isinstance(site, Site):
+            from mechpatch.errors import InvalidTypeError
+
+            raise InvalidTypeError(f"a cache is indexed by a Site (e.g. Head(1, 0)) or its notation (e.g. 'L1H0@-1'); "
+                                   f"got {type(site).__name__} {site!r}")
         point = self.points.get(site.validate(self.spec, self.seq_len))
         if point is None:
             cached = ", ".join(s.label for s in list(self.points)[:10])

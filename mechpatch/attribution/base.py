@@ -19,13 +19,26 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechpatch.errors import MechpatchError
+from mechpatch.errors import InvalidTypeError, MechpatchError
 from mechpatch.patching.results import PatchResult
 from mechpatch.sites import Site
 
 
 class AttributionError(MechpatchError, ValueError):
     """An attribution cannot be computed as asked (bad option, a metric with no gradient, unsupported model)."""
+
+
+def check_flag(value: object, name: str, optional: bool = False) -> None:
+    """Refuse (:class:`~mechpatch.errors.InvalidTypeError`) a flag that is not a bool (None too where ``optional``):
+    a truthy string such as ``"no"`` must not switch an option on.
+
+    >>> check_flag("no", "verify")
+    Traceback (most recent call last):
+    ...
+    mechpatch.errors.InvalidTypeError: verify must be True or False; got 'no'
+    """
+    if not (isinstance(value, bool) or (optional and value is None)):
+        raise InvalidTypeError(f"{name} must be True{', False or None' if optional else ' or False'}; got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -130,6 +143,11 @@ def agreement(approx: Float[Tensor, "..."], exact: Float[Tensor, "..."], k: int 
         exact: exact effects, the same shape.
         k: size of the top sets compared (clipped to the number of items).
     """
+    for name, t in (("approx", approx), ("exact", exact)):
+        if not isinstance(t, Tensor):
+            raise InvalidTypeError(f"{name} must be a tensor of effects; got {type(t).__name__}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise AttributionError(f"k must be a positive int (the size of the top sets compared); got {k!r}")
     if approx.shape != exact.shape:
         raise AttributionError(f"approx {tuple(approx.shape)} and exact {tuple(exact.shape)} must have one shape")
     a, e = approx.detach().reshape(-1).double().cpu(), exact.detach().reshape(-1).double().cpu()
@@ -138,7 +156,7 @@ def agreement(approx: Float[Tensor, "..."], exact: Float[Tensor, "..."], k: int 
     n = int(a.numel())
     if n < 2:
         raise AttributionError(f"agreement needs at least 2 items with both values; got {n}")
-    k = max(1, min(int(k), n))
+    k = min(k, n)
     top_a = set(torch.argsort(a.abs(), descending=True, stable=True)[:k].tolist())
     top_e = set(torch.argsort(e.abs(), descending=True, stable=True)[:k].tolist())
     nz = e != 0
@@ -147,4 +165,4 @@ def agreement(approx: Float[Tensor, "..."], exact: Float[Tensor, "..."], k: int 
                      float((a - e).abs().max()))
 
 
-__all__ = ["Agreement", "AtpRun", "AttributionError", "AttributionResult", "agreement"]
+__all__ = ["Agreement", "AtpRun", "AttributionError", "AttributionResult", "agreement", "check_flag"]

@@ -54,7 +54,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechpatch.attribution.base import AttributionError
+from mechpatch.attribution.base import AttributionError, check_flag
 from mechpatch.attribution.nodes import grad_ready
 from mechpatch.cache import DEFAULT_MEMORY_BUDGET, GRADIENT_BUDGET_SHARE, parse_bytes
 from mechpatch.circuit.components import Edge, GraphLayout, graph_layout
@@ -222,6 +222,7 @@ def edge_attribution(
         :class:`EdgeAttribution`.
     """
     start = time.time()
+    check_flag(per_position, "per_position")
     prepared = PreparedAttribution(model, base, metric=metric, source=source, intervention=intervention,
                                    answers=answers, ig=ig, steps=steps, batch_size=batch_size,
                                    memory_budget=memory_budget, per_position=per_position)

@@ -31,6 +31,7 @@ tensor at each needed hook and read its gradient; they agree to float rounding (
 
 import copy
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Optional, Union
 
@@ -38,9 +39,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from mechpatch.attribution.base import AtpRun, AttributionError, AttributionResult
-from mechpatch.cache import DEFAULT_MEMORY_BUDGET, GRADIENT_BUDGET_SHARE
-from mechpatch.errors import choices
+from mechpatch.attribution.base import AtpRun, AttributionError, AttributionResult, check_flag
+from mechpatch.cache import DEFAULT_MEMORY_BUDGET, GRADIENT_BUDGET_SHARE, format_bytes
+from mechpatch.errors import MemoryBudgetError, choices
 from mechpatch.model import HookedModel, hook_shape
 from mechpatch.patching import fast
 from mechpatch.patching import functional as F_
@@ -246,6 +247,11 @@ def atp(
     Returns:
         :class:`~mechpatch.attribution.base.AtpRun`: ``estimates[variant, prompt]`` of ``patched - base``.
 
+    Raises:
+        MemoryBudgetError: a ``memory_budget`` that cannot hold one prompt's forward+backward pass (checked before
+            any forward, as :func:`~mechpatch.patching.run_patches` does).
+        InvalidTypeError: ``qk_fix`` or ``grad_drop`` not True or False.
+
     >>> import torch
     >>> from transformer_lens.config import TransformerBridgeConfig
     >>> from mechpatch import Head, load_model
@@ -262,11 +268,15 @@ def atp(
     >>> torch.allclose((exact.values - exact.base_values) / eps, est, rtol=1e-3, atol=1e-5)
     True
     """
+    check_flag(qk_fix, "qk_fix")
+    check_flag(grad_drop, "grad_drop")
     budget, base_t, src_t, metric = _check_atp_args(model, base, source, intervention, clean, batch_size,
                                                     memory_budget, metric)
     plan = compile_plan(model, variants, base_t.shape[1])
     check_subspace(model, plan, intervention)
     n, seq = base_t.shape
+    if memory_budget is not None:
+        _check_atp_budget(model, plan, n, seq, budget, 1 + (model.spec.n_layers if grad_drop else 0))
     positions = readout_positions(metric, seq)
     metric = bind_prompts(model, metric, answers, base_t)
     backend, fm = resolve_backend(model, backend, need_functional=qk_fix)  # (checks the fast path: a forward)
@@ -291,6 +301,20 @@ def atp(
     out = value_dtype(model.dtype)  # float64 sums, reported in the model's precision (float64 stays float64)
     return AtpRun(estimates[0].to(out), scores.to(out), base_values, source_values, plan.variants,
                   _method_name(qk_fix, grad_drop), backend, None if dropped is None else dropped.to(out), passes)
+
+
+def _check_atp_budget(model: HookedModel, plan: PatchPlan, n: int, seq: int, budget: int, groups: int) -> None:
+    """Refuse (:class:`MemoryBudgetError`) a memory budget that cannot hold the hooks' base, source and delta
+    values of every prompt plus one prompt's forward+backward rows (``groups`` of them), as run_patches does."""
+    elem = torch.tensor([], dtype=model.dtype).element_size()
+    held = 3 * elem * sum(math.prod(hook_shape(hm.spec, model.spec, n, seq)) for hm in plan.hooks.values())
+    row = _row_bytes(model, seq) * groups
+    if budget < held + row:
+        raise MemoryBudgetError(
+            f"memory_budget={format_bytes(budget)} cannot hold one forward+backward pass of 1 prompt x {seq} tokens: "
+            f"that needs about {format_bytes(held + row)} ({format_bytes(held)} of base and source activations at "
+            f"the patched hooks, {format_bytes(row)} per prompt over {groups} row group(s)); raise memory_budget or "
+            "estimate fewer prompts at once")
 
 
 def _check_atp_args(
@@ -476,6 +500,7 @@ def attribute(
     """
     if estimator not in ESTIMATORS:
         raise AttributionError(f"unknown estimator {estimator!r}; valid: {choices(ESTIMATORS)}")
+    check_flag(by_position, "by_position", optional=True)
     check_direction(direction)
     if not isinstance(pair, PromptPair):
         raise AttributionError(f"pair must be a PromptPair (see mechpatch.make_pair), got {type(pair).__name__}")

@@ -20,8 +20,9 @@ import torch
 from torch import Tensor
 
 from mechpatch.attribution.base import AttributionError, AttributionResult
+from mechpatch.errors import InvalidTypeError, choices
 from mechpatch.model import HookedModel
-from mechpatch.patching.engine import run_patches
+from mechpatch.patching.engine import METHODS, run_patches
 from mechpatch.prompts import PromptPair
 
 
@@ -97,15 +98,37 @@ def binomial_upper_bound(k: int, n: int, confidence: float = 0.95) -> float:
     return hi
 
 
-def _check_verify_args(result: AttributionResult, batch_size: int, confidence: float) -> dict[str, Any]:
+def _check_verify_args(pair: object, result: object, batch_size: object, threshold: object,
+                       relative_threshold: object, budget: object, n_random: object, confidence: object,
+                       seed: object, method: object) -> dict[str, Any]:
     """The attribution's context (grid, metric, direction, intervention), after checking verify's arguments."""
+    if not isinstance(pair, PromptPair):
+        raise InvalidTypeError(f"pair must be a PromptPair (see mechpatch.make_pair); got {type(pair).__name__}")
+    if not isinstance(result, AttributionResult):
+        raise InvalidTypeError(f"result must be an AttributionResult from attribute(); got {type(result).__name__}")
     ctx = result.context
     if not ctx or "grid" not in ctx:
         raise AttributionError("verify needs an AttributionResult from attribute() (it reruns the same grid exactly)")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise AttributionError(f"batch_size must be a positive int; got {batch_size!r}")
-    if not 0 < confidence < 1:
-        raise AttributionError(f"confidence must be in (0, 1); got {confidence!r}")
+
+    def count(value: object, name: str, least: int, what: str) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise AttributionError(f"{name} must be {what}; got {value!r}")
+
+    def number(value: object, name: str, what: str, ok: Callable[[float], bool]) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+            raise AttributionError(f"{name} must be {what}; got {value!r}")
+
+    count(batch_size, "batch_size", 1, "a positive int")
+    if budget is not None:
+        count(budget, "budget", 1, "a positive int (most cells verified) or None (all)")
+    count(n_random, "n_random", 0, "an int >= 0 (0: no bound)")
+    count(seed, "seed", 0, "an int >= 0")
+    if threshold is not None:
+        number(threshold, "threshold", "a finite number >= 0 (metric units) or None", lambda v: v >= 0)
+    number(relative_threshold, "relative_threshold", "a finite number >= 0", lambda v: v >= 0)
+    number(confidence, "confidence", "a number in (0, 1)", lambda v: 0 < v < 1)
+    if method not in METHODS:
+        raise AttributionError(f"unknown method {method!r}; valid: {choices(METHODS)}")
     return ctx
 
 
@@ -173,8 +196,8 @@ def verify(
         batch_size: cells verified per exact batched forward.
         threshold: an effect (metric units, |prompt-mean patched - base|) worth finding; default
             ``relative_threshold`` x the largest exact |effect| verified in the first batch.
-        budget: most cells verified in score order (default: all, stopping early as described).
-        n_random: size of the random sample of unverified cells for the bound (0: no bound).
+        budget: most cells verified in score order, a positive int (default: all, stopping early as described).
+        n_random: size of the random sample of unverified cells for the bound, an int >= 0 (0: no bound).
         confidence: of the bound.
         method: exact engine method (see :func:`~mechpatch.patching.run_patches`).
 
@@ -196,11 +219,12 @@ def verify(
     >>> ver.top[0]  # the largest exact effect found: the last-position output of head L1H0
     'L1H0@3'
     """
-    ctx = _check_verify_args(result, batch_size, confidence)
+    ctx = _check_verify_args(pair, result, batch_size, threshold, relative_threshold, budget, n_random, confidence,
+                             seed, method)
     grid = ctx["grid"]
     cells = grid.cells
     n_cells = len(cells)
-    budget = n_cells if budget is None else max(0, min(int(budget), n_cells))
+    budget = n_cells if budget is None else min(budget, n_cells)
     base, source = (pair.corrupted, pair.clean) if ctx["direction"] == "denoise" else (pair.clean, pair.corrupted)
     clean = "source" if ctx["direction"] == "denoise" else "base"
     estimated = result.effects().reshape(-1)

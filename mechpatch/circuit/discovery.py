@@ -33,6 +33,8 @@ which are the same wherever the units ran. The decisions stay sequential: the wo
 speculative rows.
 """
 
+import difflib
+import inspect
 import math
 import time
 from collections.abc import Callable
@@ -43,12 +45,13 @@ from jaxtyping import Int
 from torch import Tensor
 
 from mechpatch._progress import progress_bar
+from mechpatch.attribution.base import check_flag
 from mechpatch.chunks import CheckpointError, ChunkStore
 from mechpatch.circuit.components import Edge, GraphLayout
-from mechpatch.circuit.eap import eap, eap_ig
+from mechpatch.circuit.eap import check_verify_options, eap, eap_ig
 from mechpatch.circuit.edges import EdgeError, EdgeRunner, make_runner
 from mechpatch.circuit.result import DiscoveryResult
-from mechpatch.errors import choices
+from mechpatch.errors import InvalidArgumentError, InvalidTypeError, choices
 from mechpatch.model import HookedModel
 from mechpatch.patching.interventions import Intervention, Replace, check_intervention, describe
 from mechpatch.patching.metrics import KLDivergence, Loss, Metric, as_metric
@@ -176,6 +179,8 @@ def acdc(
     mechpatch.chunks.CheckpointError: the checkpoint was saved by a search with tau=0.0001; this one has tau=0.001...
     """
     _check_acdc_args(intervention, search, tau, batch_size, chunks, checkpoint_seconds)
+    check_flag(progress, "progress", optional=True)
+    check_flag(lower_is_better, "lower_is_better", optional=True)
     if rows_per_unit is not None and (isinstance(rows_per_unit, bool) or not isinstance(rows_per_unit, int)
                                       or rows_per_unit < 1):
         raise EdgeError(f"rows_per_unit must be a positive int or None (whole forwards); got {rows_per_unit!r}")
@@ -184,7 +189,7 @@ def acdc(
                         "method (mechpatch.runs.executor)")
     start_time = time.time()
     metric = as_metric(metric)
-    lower = _lower_is_better(metric) if lower_is_better is None else bool(lower_is_better)
+    lower = _lower_is_better(metric) if lower_is_better is None else lower_is_better
     prepared = make_runner(model, base, metric=metric, source=source, intervention=intervention, answers=answers)
     ablation = describe(intervention)
     st = _AcdcSearch(model, prepared, metric, ablation, tau, search, batch_size, lower, chunks, start_time,
@@ -385,12 +390,51 @@ class _AcdcSearch:
 DISCOVERY: dict[str, Callable[..., DiscoveryResult]] = {"acdc": acdc, "eap": eap, "eap-ig": eap_ig}
 
 
+#: EAP / EAP-IG options that only matter when the candidates are verified exactly (``verify=True``)
+VERIFY_OPTIONS = ("n_verify", "exact_batch_size")
+
+
+def _check_discover_options(name: str, kwargs: dict[str, Any]) -> None:
+    """Refuse options that algorithm ``name`` does not take (with a "did you mean"), and for EAP / EAP-IG a bad
+    ``verify``, ``n_verify``, ``exact_batch_size`` or ``per_position``, or a verify-only option without verify=True."""
+    valid = [p for p in inspect.signature(DISCOVERY[name]).parameters if p not in ("model", "base", "metric")]
+    unknown = [k for k in kwargs if k not in valid]
+    if unknown:
+        hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, valid, 1))
+                 else repr(k) for k in unknown]
+        raise InvalidArgumentError(f"discover({name!r}): unknown option{'s' if len(unknown) > 1 else ''} "
+                                   f"{', '.join(hints)}; valid: {choices(valid, limit=len(valid))}")
+    if "verify" not in valid:
+        return
+    verify = kwargs.get("verify", False)
+    check_verify_options(verify, kwargs.get("n_verify"), kwargs.get("exact_batch_size", 1),
+                         kwargs.get("per_position", False))
+    given = [k for k in VERIFY_OPTIONS if kwargs.get(k) is not None]
+    if given and not verify:
+        raise InvalidArgumentError(f"{' and '.join(given)} only matter{'' if len(given) > 1 else 's'} when the "
+                                   f"candidates are verified exactly: it needs verify=True (verify={verify!r})")
+
+
 def discover(name: str, model: HookedModel, base: Any, *, metric: Any, **kwargs: Any) -> DiscoveryResult:
     """Run discovery algorithm ``name`` (see :data:`DISCOVERY`) with its keyword arguments (``source``,
-    ``intervention``, ``answers``, ``tau``, ...)."""
+    ``intervention``, ``answers``, ``tau``, ...).
+
+    Raises:
+        EdgeError: an unknown algorithm.
+        InvalidArgumentError: an option ``name`` does not take, or (EAP, EAP-IG) a verify-only option
+            (:data:`VERIFY_OPTIONS`) without ``verify=True``.
+        InvalidTypeError: a flag (``verify``, ``per_position``, ...) that is not True or False.
+    """
+    if not isinstance(name, str):
+        raise InvalidTypeError(f"name must be a discovery algorithm's name; got {type(name).__name__}; "
+                               f"valid: {choices(DISCOVERY)}")
     if name not in DISCOVERY:
-        raise EdgeError(f"unknown discovery algorithm {name!r}; valid: {choices(DISCOVERY)}")
+        close = difflib.get_close_matches(name, DISCOVERY, 1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise EdgeError(f"unknown discovery algorithm {name!r}{hint}; valid: {choices(DISCOVERY)}")
+    _check_discover_options(name, kwargs)
     return DISCOVERY[name](model, base, metric=metric, **kwargs)
 
 
-__all__ = ["ACDC_ROWS", "CHECKPOINT_GROUP", "DISCOVERY", "SEARCHES", "DiscoveryResult", "acdc", "acdc_rows", "discover"]
+__all__ = ["ACDC_ROWS", "CHECKPOINT_GROUP", "DISCOVERY", "SEARCHES", "VERIFY_OPTIONS", "DiscoveryResult", "acdc",
+           "acdc_rows", "discover"]

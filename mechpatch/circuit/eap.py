@@ -14,12 +14,12 @@ from typing import Any, Optional, Union
 from jaxtyping import Int
 from torch import Tensor
 
-from mechpatch.attribution.base import AttributionError
+from mechpatch.attribution.base import AttributionError, check_flag
 from mechpatch.attribution.edges import IG_MODES, EdgeAttribution, edge_attribution
 from mechpatch.circuit.edges import edge_patch, make_runner
 from mechpatch.circuit.faithfulness import circuit_metric
 from mechpatch.circuit.result import DiscoveryResult
-from mechpatch.errors import choices
+from mechpatch.errors import InvalidArgumentError, choices
 from mechpatch.model import HookedModel
 from mechpatch.patching.interventions import Intervention, Replace, check_intervention, describe
 from mechpatch.patching.metrics import Metric
@@ -31,11 +31,24 @@ ATTRIBUTION = {"eap": {"ig": None, "steps": 1}, "eap-ig": {"ig": "inputs", "step
 
 
 
+def check_verify_options(verify: object, n_verify: object, exact_batch_size: object, per_position: object) -> None:
+    """EAP / EAP-IG's flags and exact-verification options: True/False flags, positive counts (never clamped)."""
+    check_flag(verify, "verify")
+    check_flag(per_position, "per_position")
+    if n_verify is not None and (isinstance(n_verify, bool) or not isinstance(n_verify, int) or n_verify < 1):
+        raise InvalidArgumentError(f"n_verify must be a positive int (edges verified exactly) or None (twice the "
+                                   f"selection); got {n_verify!r}")
+    if isinstance(exact_batch_size, bool) or not isinstance(exact_batch_size, int) or exact_batch_size < 1:
+        raise InvalidArgumentError(f"exact_batch_size must be a positive int (edge sets per exact forward); got "
+                                   f"{exact_batch_size!r}")
+
+
 def _discover(model: HookedModel, base: Any, metric: Any, *, source: Any, intervention: Intervention, answers: Any,
               ig: Optional[str], steps: int, top_n: Optional[int], tau: Optional[float], verify: bool,
               n_verify: Optional[int], batch_size: Optional[int], memory_budget: Any, exact_batch_size: int,
               per_position: bool = False, attribution: Optional[EdgeAttribution] = None) -> DiscoveryResult:
     check_intervention(intervention, AttributionError)
+    check_verify_options(verify, n_verify, exact_batch_size, per_position)
     if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0):
         raise AttributionError(f"top_n must be a non-negative int or None; got {top_n!r}")
     if tau is not None and (isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau)):

@@ -20,6 +20,8 @@ from torch import Tensor
 from mechpatch.cache import as_tokens
 from mechpatch.circuit.components import EdgeLike, graph_layout
 from mechpatch.circuit.edges import EdgeError, EdgeRunner, edge_masks, edge_patch, locate, make_runner
+from mechpatch.attribution.base import check_flag
+from mechpatch.errors import EmptyInputError, InvalidTypeError
 from mechpatch.model import HookedModel
 from mechpatch.patching.interventions import Intervention, Replace, check_intervention
 from mechpatch.patching.metrics import Metric
@@ -84,6 +86,21 @@ def circuit_metric(model: HookedModel, base: Tensor, circuits: Sequence[Sequence
     return run.values.mean(1)
 
 
+def _check_scores(scores: object) -> None:
+    """Refuse scores that are not a non-empty mapping edge -> number (an empty one would rank edges arbitrarily)."""
+    what = ("a dict edge -> score (edges as Edge values, 'sender->receiver' labels or (sender, receiver) pairs; e.g. "
+            "a DiscoveryResult's scores)")
+    if not isinstance(scores, Mapping):
+        raise InvalidTypeError(f"scores must be {what}; got {type(scores).__name__}")
+    if not scores:
+        raise EmptyInputError(f"scores is empty: the circuits would be an arbitrary order of edges; give {what}")
+    for e, v in scores.items():
+        try:
+            float(v)
+        except (TypeError, ValueError):
+            raise InvalidTypeError(f"scores must be {what} with numeric scores; got {v!r} for edge {e!r}") from None
+
+
 def faithfulness_curve(
     model: HookedModel,
     base: Tensor,
@@ -107,9 +124,11 @@ def faithfulness_curve(
         absolute: rank edges by |score| (MIB's default) rather than by signed score.
     """
     check_intervention(intervention, EdgeError)
+    check_flag(absolute, "absolute")
     sizes = tuple(float(s) for s in sizes)
     if not sizes or any(not 0 < s <= 1 for s in sizes) or list(sizes) != sorted(sizes):
         raise EdgeError(f"sizes must be increasing fractions in (0, 1]; got {sizes}")
+    _check_scores(scores)
     n_pos = as_tokens(model, base).shape[-1]
     lay = graph_layout(model.spec)
     given = {locate(lay, e, n_pos): v for e, v in scores.items()}  # (sender, receiver, pos): every edge checked

@@ -291,7 +291,15 @@ def compare(estimate: InteractionModel, truth: InteractionModel, k: int = 5, ord
     ``spearman`` (rank correlation of the effects over every term of that order, absent = 0),
     ``spearman_top`` (the same over the union of both top ``k``: most terms of a large model are near zero in
     both, and their ranks are noise) and ``max_abs_error``.
+
+    ``k`` and ``order`` are ints >= 1 (``k`` above the number of terms compares them all).
     """
+    for name, model in (("estimate", estimate), ("truth", truth)):
+        if not isinstance(model, InteractionModel):
+            raise InteractionError(f"{name} must be an InteractionModel; got {type(model).__name__}")
+    for name, value in (("k", k), ("order", order)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InteractionError(f"{name} must be an int >= 1; got {value!r}")
     if estimate.components != truth.components:
         raise InteractionError("the two models are over different components; compare like with like")
     n = truth.n_components

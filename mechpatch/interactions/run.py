@@ -35,6 +35,7 @@ from torch import Tensor
 
 from mechpatch._progress import progress_bar
 from mechpatch.chunks import CheckpointError, ChunkStore
+from mechpatch.errors import EmptyInputError
 from mechpatch.interactions.basis import InteractionError, Term, check_choice, to_moebius
 from mechpatch.interactions.designs import DESIGNS, Design, make_design
 from mechpatch.interactions.fit import FitSettings, fit_fourier
@@ -185,7 +186,7 @@ def evaluate_masks(
     >>> torch.equal(a.per_prompt, b.per_prompt), (b.evaluations, b.forwards) == (a.evaluations, a.forwards)
     (True, True)
     """
-    sets = _check_mask_args(components, masks, chunk_size, chunks, executor)
+    sets, masks = _check_mask_args(components, masks, chunk_size, chunks, executor)
     start = time.perf_counter()
     uniq, inverse = torch.unique(masks, dim=0, return_inverse=True)
     run_rows = [r for r in range(len(uniq)) if bool(uniq[r].any())]
@@ -204,18 +205,31 @@ def evaluate_masks(
 
 
 def _check_mask_args(components: Sequence[Component], masks: Tensor, chunk_size: object, chunks: object,
-                     executor: object = None) -> list[tuple[Site, ...]]:
-    """:func:`evaluate_masks`'s argument checks; returns the components' site sets."""
+                     executor: object = None) -> tuple[list[tuple[Site, ...]], Tensor]:
+    """:func:`evaluate_masks`'s argument checks; returns the components' site sets and the masks (a nested list of
+    bools converted to a tensor)."""
     sets = _site_sets(components)
+    if isinstance(masks, (list, tuple)):
+        rows = masks
+        if not all(isinstance(r, (list, tuple)) and all(isinstance(b, bool) for b in r) for r in rows) or len(
+                {len(r) for r in rows}) > 1:
+            raise InteractionError(f"masks must be a bool tensor [mask, {len(sets)}] or a list of equal-length lists "
+                                   "of True/False (one column per component); got a list holding other values")
+        masks = torch.tensor(rows, dtype=torch.bool).reshape(len(rows), -1 if rows else len(sets))
+    elif not isinstance(masks, Tensor):
+        raise InteractionError(f"masks must be a bool tensor [mask, {len(sets)}] (one column per component); got "
+                               f"{type(masks).__name__}")
     if masks.ndim != 2 or masks.shape[1] != len(sets) or masks.dtype != torch.bool:
         raise InteractionError(
             f"masks must be a bool tensor [mask, {len(sets)}] (one column per component); got "
             f"{masks.dtype} {tuple(masks.shape)}"
         )
+    if masks.shape[0] == 0:
+        raise EmptyInputError(f"masks is empty (shape {tuple(masks.shape)}): give at least one mask [mask, {len(sets)}]")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise InteractionError(f"chunk_size must be a positive int or None (one chunk); got {chunk_size!r}")
     check_where(chunks, executor)
-    return sets
+    return sets, masks
 
 
 def check_where(chunks: object, executor: object) -> None:
@@ -362,7 +376,7 @@ def check_search(direction: str, holdout: float, backend: str, design: str, n_ma
     with ``n_masks``, also that the masks left after the held-out share can be fitted."""
     check_direction(direction)
     check_choice("backend", backend, BACKENDS)
-    if not 0.0 <= holdout < 1.0:
+    if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0.0 <= holdout < 1.0:
         raise InteractionError(f"holdout must be a fraction in [0, 1), got {holdout!r}")
     check_choice("design", design, [d for d in DESIGNS if d in ("bernoulli", "antithetic")])
     if n_masks is None or backend == "spex":  # SPEX sizes its own design
@@ -376,6 +390,24 @@ def check_search(direction: str, holdout: float, backend: str, design: str, n_ma
                                f"{backend} backend needs at least {need} for {n_components} components: raise n_masks "
                                f"to {math.ceil(need / (1 - holdout)) + 1} or more (several times more to find "
                                "interactions)")
+
+
+def check_flags(seed: object = 0, higher_is_better: object = True, optional: bool = False) -> None:
+    """Refuse a ``seed`` that is not an int and a ``higher_is_better`` that is not True or False (or None, the
+    metric's default, when ``optional``), before any mask runs.
+
+    >>> check_flags(seed=0, higher_is_better="no")
+    Traceback (most recent call last):
+    ...
+    mechpatch.interactions.basis.InteractionError: higher_is_better must be True or False; got str 'no'
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InteractionError(f"seed must be an int; got {type(seed).__name__} {seed!r}")
+    if not -(2 ** 63) <= seed < 2 ** 63:
+        raise InteractionError(f"seed must be in -2**63..2**63 - 1 (torch's generator); got {seed!r}")
+    if not isinstance(higher_is_better, bool) and not (optional and higher_is_better is None):
+        raise InteractionError(f"higher_is_better must be True or False{' (or None: by the metric)' if optional else ''}"
+                               f"; got {type(higher_is_better).__name__} {higher_is_better!r}")
 
 
 def _fit_settings(settings: Optional[FitSettings], max_order: int, seed: int) -> FitSettings:
@@ -414,6 +446,7 @@ def find_function_interactions(
     ([('A x B', 'redundancy', -1.0)], 1.0)
     """
     check_search(direction, holdout, backend, design, n_masks, n_components)
+    check_flags(seed, higher_is_better)
     settings = _fit_settings(settings, max_order, seed)
     labels = tuple(str(x) for x in labels) if labels is not None else tuple(f"c{i}" for i in range(n_components))
     if len(labels) != n_components:
@@ -565,6 +598,7 @@ def find_interactions(
         :class:`InteractionModel` with held-out ``r2``, ``evaluations`` and ``forwards``.
     """
     check_search(direction, holdout, backend, design, n_masks, len(components))
+    check_flags(seed, higher_is_better, optional=True)
     if direction == "denoise" and source is None and getattr(intervention, "reference", None) is None:
         raise InteractionError("direction='denoise' restores components from the clean run: pass it as source=")
     settings = _fit_settings(settings, max_order, seed)
@@ -613,6 +647,7 @@ def exhaustive_interactions(
     :func:`evaluate_masks`).
     """
     check_direction(direction)
+    check_flags(0, higher_is_better, optional=True)
     labels = component_labels(components)
     start = time.perf_counter()
     d = make_design("exhaustive", len(labels), order=order)

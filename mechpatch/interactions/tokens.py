@@ -117,6 +117,27 @@ def _baseline(model: object, tokens: Tensor, source: object, filler: Optional[Un
     return None, intervention, type(intervention).__name__
 
 
+#: what :func:`token_interactions` sets itself, so not among the keywords it passes on
+_OWN = ("model", "base", "components", "metric", "source", "intervention", "answers", "order", "n_masks", "keep",
+        "max_order", "backend", "seed")
+
+
+def _check_engine(engine: dict, exact: bool) -> None:
+    """Refuse keywords :func:`token_interactions` would pass on that the search it runs does not take (with a
+    "did you mean" for a misspelling), before any work."""
+    import difflib
+    import inspect
+
+    target = exhaustive_interactions if exact else find_interactions
+    valid = [p for p in inspect.signature(target).parameters if p not in _OWN]
+    unknown = [k for k in engine if k not in valid]
+    if unknown:
+        hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, valid, 1))
+                 else repr(k) for k in unknown]
+        raise InteractionError(f"token_interactions: unknown keyword argument{'s' if len(unknown) > 1 else ''} "
+                               f"{', '.join(hints)}; valid: the named arguments and {choices(valid, limit=20)}")
+
+
 def token_interactions(
     model: object,
     prompt: Union[str, Int[Tensor, "1 pos"]],
@@ -158,6 +179,9 @@ def token_interactions(
 
     if backend not in BACKENDS:
         raise InteractionError(f"unknown backend {backend!r}; valid: {choices(BACKENDS)}")
+    if not isinstance(exact, bool):
+        raise InteractionError(f"exact must be True or False; got {type(exact).__name__} {exact!r}")
+    _check_engine(engine, exact)
     tokens = _one_prompt(model, prompt, "prompt")
     bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
     pos = token_positions(tokens, positions, bos)

@@ -34,6 +34,7 @@ back into the name results and checkpoints record.
 """
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -41,7 +42,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from mechpatch.errors import InvalidArgumentError, MechpatchError, ShapeMismatchError, choices
+from mechpatch.errors import InvalidArgumentError, InvalidTypeError, MechpatchError, ShapeMismatchError, choices
 
 #: ``"denoise"``: patch clean into corrupted; ``"noise"``: corrupted (or an ablation) into clean
 DIRECTIONS = ("denoise", "noise")
@@ -104,13 +105,27 @@ class Resample:
     """Replace each prompt's activation with the same site's activation in another prompt.
 
     With ``reference`` tokens the donor comes from that set; otherwise from the other run of the pair
-    (a random other prompt of it). ``seed`` fixes the donor assignment.
+    (a random other prompt of it). ``seed`` (an int) fixes the donor assignment.
+
+    >>> Resample(seed=2 ** 64)
+    Traceback (most recent call last):
+    ...
+    mechpatch.errors.InvalidArgumentError: Resample seed must be in -2**63..2**64 - 1 (torch's generator); got 18446744073709551616
     """
 
     seed: int = 0
     reference: Optional[Int[Tensor, "n_ref pos"]] = None
     alpha = 1.0
     uses_pair = True
+
+    def __post_init__(self) -> None:
+        seed = self.seed
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise InvalidTypeError(f"Resample seed must be an int (it seeds torch's generator); got "
+                                   f"{type(seed).__name__} {seed!r}")
+        if not -(2 ** 63) <= int(seed) < 2 ** 64:
+            raise InvalidArgumentError(f"Resample seed must be in -2**63..2**64 - 1 (torch's generator); got {seed!r}")
+        object.__setattr__(self, "seed", int(seed))
 
     def donors(self, n: int, n_pool: int, same_pool: bool) -> Tensor:
         g = torch.Generator().manual_seed(self.seed)
@@ -146,6 +161,9 @@ class Interpolate:
     uses_pair = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.extrapolate, bool):
+            raise InvalidTypeError(f"Interpolate extrapolate must be True or False; got "
+                                   f"{type(self.extrapolate).__name__} {self.extrapolate!r}")
         a = self.alpha
         if isinstance(a, bool) or not isinstance(a, (int, float)):
             raise InvalidArgumentError(f"Interpolate alpha must be a finite number in [0, 1], got {a!r}")

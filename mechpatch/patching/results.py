@@ -9,7 +9,13 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from mechpatch.errors import InvalidArgumentError, InvalidTypeError, SiteOutOfRangeError
 from mechpatch.sites import Site
+
+
+class UndefinedEffectError(InvalidArgumentError, ZeroDivisionError):
+    """A normalised effect was asked for where clean and corrupted runs give the same metric value (also a
+    ``ZeroDivisionError``, which callers caught before it was typed)."""
 
 
 @dataclass(frozen=True)
@@ -62,11 +68,16 @@ class PatchResult:
         """(patched - corrupted) / (clean - corrupted), per prompt-averaged metric, shape ``grid_shape``.
 
         1 means the patch restores the clean behaviour, 0 the corrupted one (either direction).
+
+        Raises:
+            UndefinedEffectError: clean and corrupted runs give the same prompt-mean metric value (a
+                ``ValueError`` and a ``ZeroDivisionError``).
         """
         denom = float(self.clean.mean() - self.corrupted.mean())
         if denom == 0:
-            raise ZeroDivisionError(
-                "clean and corrupted runs give the same metric value, so the normalised effect is undefined"
+            raise UndefinedEffectError(
+                f"clean and corrupted runs give the same metric value ({float(self.clean.mean()):.6g}), so the "
+                "normalised effect is undefined; use mean() for the raw values"
             )
         return (self.mean() - float(self.corrupted.mean())) / denom
 
@@ -115,5 +126,23 @@ class PatchResult:
         return f"<p>{html.escape(repr(self))}</p><table><tr><th>patch</th><th>mean {html.escape(self.metric)}</th><th></th></tr>{rows}</table>"
 
     def value_at(self, *index: int) -> Optional[float]:
-        """Prompt-mean value of one grid cell."""
+        """Prompt-mean value of one grid cell: one index per grid axis, each in ``0..size - 1`` (no negative
+        indices: a position never wraps around).
+
+        Raises:
+            InvalidArgumentError: not one index per grid axis.
+            InvalidTypeError: an index is not an int.
+            SiteOutOfRangeError: an index is outside its axis (the message names the axis and its range).
+        """
+        grid = self.grid_shape
+        if len(index) != len(grid):
+            raise InvalidArgumentError(
+                f"value_at takes one index per grid axis ({', '.join(self.axes)}: {len(grid)} indices); got "
+                f"{len(index)}: {index!r}"
+            )
+        for axis, size, i in zip(self.axes, grid, index):
+            if isinstance(i, bool) or not isinstance(i, int):
+                raise InvalidTypeError(f"value_at: the {axis} index must be an int; got {type(i).__name__} {i!r}")
+            if not 0 <= i < size:
+                raise SiteOutOfRangeError(f"value_at: {axis} index {i} is out of range; valid: 0..{size - 1}")
         return float(self.mean()[index])

@@ -150,17 +150,28 @@ def seeded_args(name: str, args: Mapping[str, Any], seed: int) -> dict[str, Any]
 
 
 def store_status(store: Any) -> str:
-    """``new``, ``resume``, ``finished`` or ``damaged``: what a run directory holds for this store's config (reads
-    only; a damaged manifest is for ``--force`` to discard)."""
+    """What a run directory holds for this store's config, as the run itself would judge it (reads only):
+    ``new``, ``resume``, ``finished``, or why the run would be refused (another config's run, files of a finished
+    run changed, a damaged manifest, files that are not a run's)."""
     from mechpatch.errors import DamagedFileError
+    from mechpatch.runs.store import damaged_files
 
+    if store.foreign_entries():
+        return "not a run directory: refused (choose a new or empty out_dir)"
     try:
         m = store.manifest
     except DamagedFileError:
-        return "damaged"
+        return "damaged manifest: refused (--force discards the run)"
     if m is None:
         return "new"
-    return "finished" if m.get("status") == "finished" else "resume"
+    if m.get("command") != store.command or m.get("config_hash") != store.config_hash:
+        return f"holds a {m.get('command')!r} run of another config: refused (--force discards it)"
+    if m.get("status") != "finished":
+        return "resume"
+    damaged = damaged_files(store.root, m)
+    if damaged:
+        return f"finished, but {len(damaged)} file(s) damaged: refused (--repair recomputes them)"
+    return "finished"
 
 
 __all__ = ["PROBE_PROMPTS", "RunPlan", "available_memory", "build_task", "check_memory", "prompt_bytes",

@@ -381,6 +381,13 @@ class RunStore:
         on: False).
         """
         self.preflight()
+        foreign = self.foreign_entries()
+        if foreign:
+            raise RunConflictError(
+                f"{self.root!r} is not empty and holds no mechpatch run (no manifest.json; it has "
+                f"{', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); choose a new or empty out_dir "
+                "(--force only discards mechpatch runs, never other files)"
+            )
         if force:
             return False
         m = self.manifest
@@ -401,11 +408,29 @@ class RunStore:
         self.repaired += [d.split(" ")[0] for d in damaged]
         return not damaged
 
+    def foreign_entries(self) -> list[str]:
+        """What a directory without a manifest holds besides a run's first files (its lock, its config): a run is
+        never written into such a directory, so that no file of the user's is overwritten or taken for a result."""
+        if not os.path.isdir(self.root) or os.path.lexists(self.manifest_path):
+            return []
+        return sorted(e for e in os.listdir(self.root)
+                      if e not in (".lock", "config.yaml") and not _TMP.search(e) and not _WRITER_TMP.match(e))
+
     def clear(self) -> None:
-        """Forget a previous run here: its manifest and chunk files (results are overwritten when the run ends)."""
-        shutil.rmtree(os.path.join(self.root, "chunks"), ignore_errors=True)
-        if os.path.exists(self.manifest_path):
-            os.remove(self.manifest_path)
+        """Discard a previous run here (``--force``): everything in its directory but the lock, so that none of its
+        results, tensors or figures is left to be taken for the new run's. Only a run directory is cleared (one with
+        a manifest, or none but a run's first files: :meth:`foreign_entries`)."""
+        if self.foreign_entries():  # check() refuses these first; never delete what no run wrote
+            raise RunConflictError(f"{self.root!r} holds files no mechpatch run wrote; it is not cleared")
+        if os.path.isdir(self.root):
+            for entry in os.listdir(self.root):
+                path = os.path.join(self.root, entry)
+                if entry == ".lock":
+                    continue
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
         self._manifest = None
 
     @contextmanager

@@ -4,6 +4,8 @@
 ['docstring', 'greater_than', 'induction', 'ioi', 'tracr-reverse', 'tracr-xproportion']
 """
 
+import difflib
+import inspect
 from typing import Any, Callable
 
 from mechpatch.errors import choices
@@ -25,10 +27,29 @@ TASKS: dict[str, Callable[..., TaskData]] = {
 
 
 def make_task(name: str, model: Any, **kwargs: Any) -> TaskData:
-    """Build task ``name`` for ``model`` (keyword arguments go to the task's builder: n, seed, ...)."""
-    if name not in TASKS:
+    """Build task ``name`` for ``model`` (keyword arguments go to the task's builder: n, seed, ...).
+
+    Raises:
+        TaskError: an unknown task, or a keyword its builder does not take (the message lists the valid ones).
+
+    >>> make_task("induction", None, blok=3)
+    Traceback (most recent call last):
+    ...
+    mechpatch.tasks.base.TaskError: task 'induction': unknown keyword argument 'blok' (did you mean 'block'?); valid: 'n', 'block', 'seed', 'vocab', 'bos'
+    """
+    if not isinstance(name, str) or name not in TASKS:
         raise TaskError(f"unknown task {name!r}; valid: {choices(TASKS)}")
-    return TASKS[name](model, **kwargs)
+    builder = TASKS[name]
+    params = list(inspect.signature(builder).parameters.values())[1:]  # after the model
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        valid = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        unknown = [k for k in kwargs if k not in valid]
+        if unknown:
+            hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, valid, 1))
+                     else repr(k) for k in unknown]
+            raise TaskError(f"task {name!r}: unknown keyword argument{'s' if len(unknown) > 1 else ''} "
+                            f"{', '.join(hints)}; valid: {choices(valid) if valid else 'none'}")
+    return builder(model, **kwargs)
 
 
 __all__ = [

@@ -104,3 +104,40 @@ def test_memory_is_refused_before_the_task_is_built(tmp_path, capsys):
 def test_force_and_repair_together_are_a_usage_error(tmp_path, capsys):
     assert main(["sweep", _write(tmp_path, SWEEP, tmp_path / "run"), "--force", "--repair"]) == 2
     assert "give one of them" in capsys.readouterr().err
+
+
+def test_a_run_never_adopts_files_it_did_not_write(tmp_path, capsys):
+    """A run into a non-empty folder that holds no run used to overwrite report.html and record the user's own
+    .json files as its results; --force into another config's run left that run's results and figures in place
+    and hashed them as the new run's. The plan says what the run will do."""
+    user = tmp_path / "notes"
+    user.mkdir()
+    (user / "notes.json").write_text('{"mine": 1}')
+    (user / "report.html").write_text("my report")
+    config = _write(tmp_path, SWEEP, user)
+    for flags in ([], ["--force"]):
+        assert main(["sweep", config, "--quiet", *flags]) == 2
+        assert "is not empty and holds no mechpatch run (no manifest.json; it has notes.json, report.html)" in \
+            capsys.readouterr().err
+    assert sorted(os.listdir(user)) == ["notes.json", "report.html"] and (user / "report.html").read_text() == \
+        "my report"
+    assert main(["sweep", config, "--dry-run"]) == 0
+    assert "(not a run directory: refused" in capsys.readouterr().out
+
+    out = tmp_path / "run"
+    first = _write(tmp_path, SWEEP, out)
+    assert main(["sweep", first, "--quiet"]) == 0
+    old = sorted(json.loads((out / "manifest.json").read_text())["files"])
+    assert "results/resid_pre.parquet" in old
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**SWEEP, "kinds": ["head"], "out_dir": str(out)}))
+    assert main(["sweep", str(other), "--dry-run"]) == 0
+    assert "holds a 'sweep' run of another config: refused (--force discards it)" in capsys.readouterr().out
+    assert main(["sweep", str(other), "--quiet", "--force"]) == 0
+    files = json.loads((out / "manifest.json").read_text())["files"]
+    assert "results/head.parquet" in files and not any("resid_pre" in f for f in files)
+    assert not any("resid_pre" in name for _, _, names in os.walk(out) for name in names)
+
+    (out / "results" / "head.parquet").write_bytes(b"damaged")
+    assert main(["sweep", str(other), "--dry-run"]) == 0
+    assert "finished, but 1 file(s) damaged: refused (--repair recomputes them)" in capsys.readouterr().out
