@@ -15,8 +15,11 @@ a damaged one is named, and ``--repair`` recomputes only what is damaged (``--fo
 
 A run writes its directory (``out_dir`` in the config, or ``--out-dir``): see :mod:`mechpatch.runs.store`.
 Run the same command again after an interruption (even ``kill -9``) and it resumes from the completed
-chunks; a finished run is not recomputed unless ``--force``. Exit status: 0 on success, 2 for a usage or
-config error (the message says what was wrong and what is valid), 1 for a failure while running.
+chunks; a finished run is not recomputed unless ``--force``. Exit status: 0 on success; 2 when what was asked
+cannot be done: a usage or config error (the message says what was wrong and what is valid, and nothing is
+written), and equally a run directory that cannot be used as it is (damaged files, another config's run, a run
+not finished, a directory locked by another process: the message says what to run instead); 1 for a failure
+while running (a gated hook, the memory budget).
 
 >>> main(["models"])  # doctest: +ELLIPSIS
 induction-2l ...
@@ -36,8 +39,12 @@ from typing import Any, Optional
 
 from mechpatch.errors import GatedHookError, MechpatchError, MemoryBudgetError
 
-#: errors raised while running, not because of what was asked: exit status 1
+#: errors raised while running, not because of what was asked: exit status 1 (every other MechpatchError,
+#: damaged run files and a locked run directory included, exits 2: see the module docstring)
 RUNTIME_ERRORS = (GatedHookError, MemoryBudgetError)
+#: keys a config file must name although the config class has defaults for them (as a sweep must name its model
+#: and its task or prompts)
+REQUIRED_KEYS = {"sweep": (), "discover": ("model", "task"), "interactions": ("model", "task")}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -129,7 +136,7 @@ def _run(args: argparse.Namespace) -> int:
         if len(args.config) > 1:
             return _batch(args)
         args.config = args.config[0]
-    cfg = load_config(config_cls, args.config)
+    cfg = load_config(config_cls, args.config, required=REQUIRED_KEYS[args.command])
     if args.out_dir:
         cfg = dataclasses.replace(cfg, out_dir=args.out_dir)
     if args.executor is not None or args.workers is not None or args.address is not None:
@@ -162,7 +169,7 @@ def _batch(args: argparse.Namespace) -> int:
 
     if args.out_dir:
         raise _Usage("--out-dir names one run directory; a batch writes each config's own out_dir")
-    cfgs = [load_config(DiscoverConfig, path) for path in args.config]
+    cfgs = [load_config(DiscoverConfig, path, required=REQUIRED_KEYS["discover"]) for path in args.config]
     executor = _executor(dataclasses.replace(cfgs[0], executor=ExecutorSpec()), args)
     _threads(args)
     if args.dry_run:
@@ -196,10 +203,38 @@ class _Usage(MechpatchError, ValueError):
 
 
 def _report(args: argparse.Namespace) -> int:
+    from mechpatch.errors import DamagedFileError
     from mechpatch.runs import rebuild_report
 
-    print(rebuild_report(args.run_dir))
+    try:
+        print(rebuild_report(args.run_dir))
+    except DamagedFileError as err:  # its advice names --repair/--force, which `report` does not take
+        raise DamagedFileError(_own_command_advice(str(err), args.run_dir)) from None
     return 0
+
+
+def _own_command_advice(message: str, run_dir: str) -> str:
+    """A damaged-run message raised under ``mechpatch report``, its advice re-worded to name the run's own command
+    (``mechpatch sweep CONFIG --repair``): ``report`` only redraws, and takes neither --repair nor --force."""
+    from mechpatch.runs.store import RECOVER, read_manifest
+
+    try:
+        command = read_manifest(run_dir)["command"]
+    except MechpatchError:
+        command = None
+    own = f"mechpatch {command} CONFIG" if command in REQUIRED_KEYS else \
+        "the run's own command (mechpatch sweep|discover|interactions CONFIG)"
+    advice = (f"run {own} --repair to recompute only what is damaged, or {own} --force to start again "
+              "(`mechpatch report` only redraws a finished run)")
+    if RECOVER in message:
+        return message.replace(RECOVER, advice)
+    for phrase in ("run the command again with --force to start it again",
+                   "run the command with --force to start again", "run the command again with --repair"):
+        if phrase in message:
+            flag = phrase.split("with ")[1].split(" ")[0]
+            return message.replace(phrase, f"run {own} {flag} (`mechpatch report` takes neither --repair nor "
+                                            "--force)")
+    return message
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -21,7 +21,7 @@ import operator
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar, Optional, SupportsIndex, Union
+from typing import Any, ClassVar, Optional, SupportsIndex, Union
 
 from mechpatch.errors import (
     EmptyInputError,
@@ -592,19 +592,34 @@ def parse_site(text: str) -> Site:
     return sites[0]
 
 
-def select(spec: ModelSpec, *specs: Union[str, Site, Iterable[Union[str, Site]]]) -> list[Site]:
-    """Expand site specs (wildcards ``*`` and ranges ``a-b`` allowed) into validated sites, in order.
+def _as_spec(spec: object) -> ModelSpec:
+    """A model's spec from the spec or from the model itself (``select(model, ...)`` reads ``model.spec``)."""
+    inner = getattr(spec, "spec", None)
+    if isinstance(inner, ModelSpec):
+        return inner
+    if not isinstance(spec, ModelSpec):
+        raise InvalidTypeError(f"expected a model or its ModelSpec (model.spec); got {type(spec).__name__}")
+    return spec
+
+
+def select(spec: Any, *specs: Union[str, Site, Iterable[Union[str, Site]]]) -> list[Site]:
+    """Expand site specs (wildcards ``*`` and ranges ``a-b`` allowed) into validated sites, in order. ``spec`` is a
+    :class:`ModelSpec` or a model (its ``.spec``).
 
     >>> spec = ModelSpec(n_layers=3, n_heads=2, d_model=8, d_head=4, d_vocab=10, n_ctx=8)
     >>> [s.label for s in select(spec, "L1H*", "L0-1.mlp_out")]
     ['L1H0', 'L1H1', 'L0.mlp_out', 'L1.mlp_out']
     """
+    spec = _as_spec(spec)
     out: list[Site] = []
     for item in specs:
         if isinstance(item, (str, Site)):
             items: Iterable = [item]
-        else:
+        elif isinstance(item, Iterable):
             items = item
+        else:
+            raise InvalidTypeError(f"a site spec is a site, its label (e.g. 'L1H0') or a list of them; got "
+                                   f"{type(item).__name__} {item!r}")
         for one in items:
             sites = [one] if isinstance(one, Site) else _parse(one, spec)
             out.extend(s.validate(spec) for s in sites)
@@ -645,13 +660,15 @@ def site_sets(spec: ModelSpec, given: object, what: str = "site sets") -> tuple[
     return tuple(out)
 
 
-def heads(spec: ModelSpec, layers: Optional[Iterable[int]] = None, kind: type[Site] = Head) -> list[Site]:
-    """Every head (or every key/value group for ``Key``/``Value``) of the given layers (default: all).
+def heads(spec: Any, layers: Optional[Iterable[int]] = None, kind: type[Site] = Head) -> list[Site]:
+    """Every head (or every key/value group for ``Key``/``Value``) of the given layers (default: all); ``spec`` is a
+    :class:`ModelSpec` or a model.
 
     >>> spec = ModelSpec(n_layers=2, n_heads=4, n_kv_heads=2, d_model=8, d_head=2, d_vocab=10, n_ctx=8)
     >>> [s.label for s in heads(spec, layers=[1], kind=Key)]
     ['L1G0.k', 'L1G1.k']
     """
+    spec = _as_spec(spec)
     layer_list = list(range(spec.n_layers)) if layers is None else list(layers)
     if issubclass(kind, _GroupSite):
         sites = [kind(layer=l, group=g) for l in layer_list for g in range(spec.n_kv_heads)]
@@ -665,8 +682,10 @@ def heads(spec: ModelSpec, layers: Optional[Iterable[int]] = None, kind: type[Si
     return [s.validate(spec) for s in sites]
 
 
-def layers(spec: ModelSpec, kind: type[Site] = Resid, **fields: object) -> list[Site]:
-    """One site of a per-layer kind for every layer, e.g. ``layers(spec, Resid, stage="mid")``."""
+def layers(spec: Any, kind: type[Site] = Resid, **fields: object) -> list[Site]:
+    """One site of a per-layer kind for every layer, e.g. ``layers(spec, Resid, stage="mid")`` (``spec``: a
+    :class:`ModelSpec` or a model)."""
+    spec = _as_spec(spec)
     if kind not in (Resid, Attn, Mlp):
         raise UnknownSiteKindError(
             f"layers() takes a per-layer site kind; got {kind.__name__}; valid: 'Resid', 'Attn', 'Mlp'"

@@ -14,7 +14,7 @@ Typical calls (see the tests for runnable versions)::
 """
 
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -128,6 +128,10 @@ def make_grid(
         raise UnknownSiteKindError(f"unknown sweep kind {kind!r}; valid: {choices(SWEEP_KINDS)}")
     spec = model.spec
     layer_list = list(range(spec.n_layers)) if layers is None else _check_layers(layers, spec.n_layers)
+    if positions is not None and (isinstance(positions, (str, bytes)) or not isinstance(positions, Iterable)):
+        raise InvalidTypeError(f"positions must be a list of token positions (0..{seq_len - 1}, or -{seq_len}..-1 "
+                               f"from the end) or None; got {type(positions).__name__} {positions!r}")
+    positions = None if positions is None else list(positions)
     if positions is not None and len(positions) == 0:
         raise EmptyInputError(f"positions is empty; give token positions in 0..{seq_len - 1} or None for every position")
     pos_list = list(range(seq_len)) if positions is None else list(resolve_positions(positions, seq_len))
@@ -192,6 +196,9 @@ def _check_positional(kind: str, by_position: Optional[bool], positions: Optiona
 
 def _check_layers(layers: Sequence[int], n_layers: int) -> list[int]:
     """``layers`` as a list, each an int in 0..n_layers-1 given once."""
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+        raise InvalidTypeError(f"layers must be a list of layer indices (0..{n_layers - 1}) or None; got "
+                               f"{type(layers).__name__} {layers!r}")
     out = []
     for l in layers:
         try:

@@ -59,10 +59,13 @@ def check_task_args(task: str, args: dict[str, Any], where: str = "task.args") -
     import inspect
     import typing
 
-    from mechpatch.config import ConfigError, _coerce
+    from mechpatch.config import ConfigError, _coerce, check_seed
     from mechpatch.tasks import TASKS
 
     check_choice("task", task, TASKS)
+    if not isinstance(args, dict):
+        raise ConfigError(f"{where}: expected a mapping of the task's arguments (e.g. {{n: 8}}), got "
+                          f"{type(args).__name__} {args!r}")
     builder = TASKS[task]
     params = [p for p in list(inspect.signature(builder).parameters)[1:]]  # the first is the model
     hints = typing.get_type_hints(builder)
@@ -71,7 +74,45 @@ def check_task_args(task: str, args: dict[str, Any], where: str = "task.args") -
         if key not in params:
             raise ConfigError(f"{where}: unknown key {key!r} for task {task!r}; valid keys: {choices(params)}")
         out[key] = _coerce(f"{where}.{key}", hints.get(key, Any), value)
+    if "seed" in out:
+        check_seed(f"{where}.seed", out["seed"])
+    check_task_ranges(task, out, where)
     return out
+
+
+def check_task_ranges(task: str, args: dict[str, Any], where: str = "task.args") -> None:
+    """The checks of a task's arguments that need no model (the builder makes them again, with the model's):
+    prompt counts at least 1, an induction block of at least 2, IOI's templates, order and corruption.
+
+    >>> check_task_ranges("ioi", {"templates": (0, 15)})
+    Traceback (most recent call last):
+    ...
+    mechpatch.config.ConfigError: task.args.templates: template indices must be in 0..14; got [0, 15]
+    """
+    from mechpatch.config import ConfigError
+
+    def bad(key: str, message: str) -> ConfigError:
+        return ConfigError(f"{where}.{key}: {message}")
+
+    for key in ("n", "block"):
+        value = args.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            raise bad(key, f"{key} must be a positive integer; got {value!r}")
+    if task == "induction" and isinstance(args.get("block"), int) and args["block"] < 2:
+        raise bad("block", f"block must be at least 2 tokens (the first of the second copy is unpredictable); got "
+                           f"{args['block']}")
+    if task == "ioi":
+        from mechpatch.tasks.ioi import BABA_TEMPLATES, CORRUPTIONS, ORDERS
+
+        templates = args.get("templates")
+        if templates is not None:
+            idx = list(templates)
+            if not idx or any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < len(BABA_TEMPLATES)
+                              for i in idx):
+                raise bad("templates", f"template indices must be in 0..{len(BABA_TEMPLATES) - 1}; got {idx}")
+        for key, valid in (("order", ORDERS), ("corruption", CORRUPTIONS)):
+            if key in args and args[key] not in valid:
+                raise bad(key, f"{args[key]!r} is not valid; valid: {choices(valid)}")
 
 
 def run_task_command(cfg: Any, kind: str, needs: str, plan: Any, run: Any, *, force: bool, quiet: bool,

@@ -128,6 +128,11 @@ class InteractionsConfig:
                     if "*" not in part and "-" not in part:
                         parse_site(part.strip())  # raises, naming the valid forms
             object.__setattr__(self, "components", list(self.components))
+            if all("*" not in e and "-" not in e for e in self.components) and len(self.components) < self.max_order:
+                # one component per entry: too few to fit interactions of max_order (known without the model)
+                raise ValueError(f"max_order {self.max_order} needs at least {self.max_order} components; components "
+                                 f"names {len(self.components)} ({', '.join(self.components)}): add components or "
+                                 "lower max_order")
         for key in ("n_masks", "top_k", "chunk_size"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ValueError(f"{key} must be a positive integer; got {getattr(self, key)!r}")
@@ -250,6 +255,12 @@ def _plan(cfg: InteractionsConfig, model: Any, b: Any, store: Any) -> Any:
         components, tokens = resolve_components(model.spec, cfg.components), None
     source = cfg.make_source(model, b)  # a filler that is not one token is refused here
     n = len(components)
+    if n < cfg.max_order:  # else the fit fails after the masks have run
+        from mechpatch.interactions.basis import InteractionError
+
+        named = ", ".join("+".join(s.label for s in c) for c in components[:6]) + (", ..." if n > 6 else "")
+        raise InteractionError(f"max_order {cfg.max_order} needs at least {cfg.max_order} components; components "
+                               f"names {n} ({named or 'none'}): add components or lower max_order")
     exhaustive = 1 + n + n * (n - 1) // 2 if cfg.exhaustive else 0
     check_search("noise", cfg.holdout, cfg.backend, cfg.design, cfg.n_masks, n)  # enough masks to fit
     masks = cfg.n_masks + exhaustive

@@ -427,3 +427,23 @@ def test_bad_site_forms_and_sweep_flags_are_refused(gpt2, no_forward, unchecked)
         with pytest.raises(InvalidArgumentError, match="path patching needs source="):
             path_patch(gpt2, pair.corrupted, [Head(0, 0)], receivers="logits", metric="logit_diff", source=None,
                        answers=pair.answers)
+
+
+def test_selection_takes_the_model_and_refuses_what_is_not_a_site(gpt2, unchecked):
+    """select(model, ...) used to fail with "'HookedModel' object has no attribute 'n_layers'"; select(spec, 3) and
+    sweep(..., layers=1) / positions=3 were bare TypeErrors."""
+    from mechpatch.errors import InvalidTypeError
+    from mechpatch.sites import heads, layers, select
+
+    assert select(gpt2, "L1H*") == select(gpt2.spec, "L1H*")
+    assert heads(gpt2) == heads(gpt2.spec) and layers(gpt2) == layers(gpt2.spec)
+    pair = _pair(gpt2)
+    with unchecked():
+        with pytest.raises(InvalidTypeError, match="a site spec is a site, its label"):
+            select(gpt2.spec, 3)
+        with pytest.raises(InvalidTypeError, match="expected a model or its ModelSpec"):
+            select("gpt2", "L0H0")
+        with pytest.raises(InvalidTypeError, match="layers must be a list of layer indices"):
+            sweep(gpt2, pair, "resid_pre", metric="logit_diff", layers=1)
+        with pytest.raises(InvalidTypeError, match="positions must be a list of token positions"):
+            sweep(gpt2, pair, "resid_pre", metric="logit_diff", positions=3)
