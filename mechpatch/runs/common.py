@@ -154,6 +154,22 @@ def read_json(path: str) -> dict[str, Any]:
                                "--repair") from None
 
 
+def redraw_missing_report(run_dir: str, say: Any) -> None:
+    """A finished run whose report or figure script was deleted gets them redrawn from its (checked) files, as
+    ``mechpatch report`` would: "already finished" never leaves a run without its report."""
+    names = os.listdir(run_dir)
+    missing = [f for f in ("report.html", "report.json") if f not in names]
+    if any(n.startswith("figure_") for n in names) and "plotly.min.js" not in names:
+        missing.append("plotly.min.js")
+    if "report.json" in missing:  # the report's spec is a hashed result: its loss is damage, named by check()
+        return
+    if missing:
+        from mechpatch.runs import rebuild_report
+
+        rebuild_report(run_dir)
+        say(f"{run_dir}: {', '.join(missing)} missing: redrawn from the run's files")
+
+
 def prepare_task_run(cfg: Any, kind: str, needs: str, *, force: bool, quiet: bool,
                      repair: bool = False, model: Any = None) -> tuple[Any, Any, Any]:
     """The shared, read-only start of a run on one task batch: open the run store (nothing written), skip a
@@ -175,6 +191,7 @@ def prepare_task_run(cfg: Any, kind: str, needs: str, *, force: bool, quiet: boo
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     if store.check(force):
         say(f"{cfg.out_dir}: already finished (config {store.config_hash[:12]}); nothing to do (--force recomputes)")
+        redraw_missing_report(cfg.out_dir, say)
         return store, say, None
     torch.manual_seed(cfg.seed)
     if model is None:

@@ -47,7 +47,7 @@ from mechpatch.patching.metrics import METRICS
 from mechpatch.patching.results import PatchResult
 from mechpatch.patching.sweeps import SWEEP_KINDS
 from mechpatch.runs.executor import check_executor, parse_executor, plan_row
-from mechpatch.runs.common import DTYPES, check_choice, check_device, check_model, check_task_args, load_source
+from mechpatch.runs.common import DTYPES, check_choice, check_device, check_model, check_task_args, load_source, redraw_missing_report
 from mechpatch.runs.plan import RunPlan
 from mechpatch.runs.results import as_2d, has_normalized, read_result
 from mechpatch.runs.store import RunError, RunStore, read_manifest, slug, verify_finished
@@ -248,6 +248,7 @@ def run_sweep(cfg: SweepConfig, *, force: bool = False, quiet: bool = False, rep
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     if store.check(force):
         say(f"{cfg.out_dir}: already finished (config {store.config_hash[:12]}); nothing to do (--force recomputes)")
+        redraw_missing_report(cfg.out_dir, say)
         return _read(cfg.out_dir)  # check() has just verified every recorded file
     check_executor(cfg.executor)
     start = time.perf_counter()

@@ -3,6 +3,7 @@ run leaves no file behind (so the corrected config runs without --force), and --
 
 import json
 import os
+import re
 
 import pytest
 import yaml
@@ -141,3 +142,21 @@ def test_a_run_never_adopts_files_it_did_not_write(tmp_path, capsys):
     (out / "results" / "head.parquet").write_bytes(b"damaged")
     assert main(["sweep", str(other), "--dry-run"]) == 0
     assert "finished, but 1 file(s) damaged: refused (--repair recomputes them)" in capsys.readouterr().out
+
+
+def test_a_finished_run_missing_its_report_gets_it_redrawn(tmp_path, capsys):
+    """Deleting report.html (or plotly.min.js) of a finished run used to leave it missing behind "already
+    finished"; the figures are drawings of the checked result files, so they are redrawn."""
+    out = tmp_path / "run"
+    config = _write(tmp_path, SWEEP, out)
+    assert main(["sweep", config, "--quiet"]) == 0
+    report = (out / "report.html").read_text()
+    (out / "report.html").unlink()
+    (out / "plotly.min.js").unlink()
+    assert main(["sweep", config]) == 0
+    assert "report.html, plotly.min.js missing: redrawn from the run's files" in capsys.readouterr().out
+    uuid = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # plotly's div ids
+    assert uuid.sub("", (out / "report.html").read_text()) == uuid.sub("", report)
+    assert (out / "plotly.min.js").exists()
+    assert main(["sweep", config]) == 0
+    assert "redrawn" not in capsys.readouterr().out
