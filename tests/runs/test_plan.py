@@ -39,7 +39,7 @@ LATE = [
     ("sweep", SWEEP, {"task": {"name": "induction", "args": {"n": 100_000_000}}}, 1, "this machine has"),
     ("discover", DISCOVER, {"tau": float("nan")}, 2, "tau must be a finite number"),
     ("discover", DISCOVER, {"task_args": {"n": 0}}, 2, "n must be a positive integer"),
-    ("interactions", INTERACTIONS, {"components": ["L1H9"]}, 2, "head 9 is out of range"),
+    ("interactions", INTERACTIONS, {"components": ["L1H0", "L1H9"]}, 2, "head 9 is out of range"),
     ("interactions", INTERACTIONS, {"components": ["L5H*"]}, 2, "layer 5 is out of range"),
     ("interactions", INTERACTIONS, {"components": ["L1H0", "L1H0", "L1H1", "L0H0"]}, 2, "repeated: L1H0"),
     ("interactions", INTERACTIONS, {"n_masks": 5}, 2, "the mechpatch backend needs at least 11 for 8 components"),
