@@ -104,7 +104,7 @@ def _as_receivers(model: HookedModel, receivers: Sites, seq_len: int):
     try:
         recs = tuple(r.validate(model.spec, seq_len) for r in select(model.spec, receivers))
     except UnknownSiteKindError as exc:
-        raise UnknownSiteKindError(f"receivers must be 'logits' or Query/Key/Value sites: {exc}") from None
+        raise UnsupportedSiteError(f"receivers must be 'logits' or Query/Key/Value sites: {exc}") from None
     for r in recs:
         if not isinstance(r, (Query, Key, Value)):
             raise UnsupportedSiteError(

@@ -408,7 +408,7 @@ def test_sites_may_be_given_as_strings_or_one_site_everywhere(gpt2):
 
 
 def test_bad_site_forms_and_sweep_flags_are_refused(gpt2, no_forward, unchecked):
-    from mechpatch.errors import InvalidTypeError, UnknownSiteKindError
+    from mechpatch.errors import InvalidTypeError, UnsupportedSiteError
 
     pair = _pair(gpt2)
     no_forward(gpt2)
@@ -422,7 +422,7 @@ def test_bad_site_forms_and_sweep_flags_are_refused(gpt2, no_forward, unchecked)
             sweep(gpt2, pair, "head", by_position="yes", metric="logit_diff")
         with pytest.raises(InvalidArgumentError, match="'neuron' sweep is layer x neuron"):
             sweep(gpt2, pair, "neuron", by_position=True, metric="logit_diff")
-        with pytest.raises(UnknownSiteKindError, match="receivers must be 'logits' or Query/Key/Value sites"):
+        with pytest.raises(UnsupportedSiteError, match="receivers must be 'logits' or Query/Key/Value sites"):
             path_patch(gpt2, pair.corrupted, [Head(0, 0)], receivers="logit", **kw)
         with pytest.raises(InvalidArgumentError, match="path patching needs source="):
             path_patch(gpt2, pair.corrupted, [Head(0, 0)], receivers="logits", metric="logit_diff", source=None,
