@@ -84,3 +84,21 @@ def choices(values: Iterable[object], limit: int = 12) -> str:
         half = limit // 2
         vals = vals[:half] + ["..."] + vals[-half:]
     return ", ".join(vals)
+
+
+def unknown_names(given: Iterable[str], valid: Iterable[str], noun: str = "keyword argument") -> str:
+    """The names in ``given`` that are not ``valid``, each with a "did you mean" where one is close, as
+    ``"unknown option 'taus' (did you mean 'tau'?)"``; "" when every name is valid.
+
+    >>> unknown_names(["blok", "n"], ["n", "block"])
+    "unknown keyword argument 'blok' (did you mean 'block'?)"
+    """
+    import difflib
+
+    valid = list(valid)
+    unknown = [k for k in given if k not in valid]
+    if not unknown:
+        return ""
+    hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, valid, 1)) else repr(k)
+             for k in unknown]
+    return f"unknown {noun}{'s' if len(unknown) > 1 else ''} {', '.join(hints)}"

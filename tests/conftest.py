@@ -169,3 +169,20 @@ def chromium():
         pytest.skip("no Chromium, and it could not be installed (apt-get install chromium needs root and the "
                     "Debian mirrors)")
     return found
+
+
+@pytest.fixture
+def no_forward(monkeypatch):
+    """Make any forward pass of ``model`` fail the test: a bad argument must be refused before any work."""
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a forward pass ran before the bad argument was refused")
+
+    def install(model):
+        monkeypatch.setattr(model.bridge, "run_with_hooks", boom)
+        monkeypatch.setattr(model.bridge, "forward", boom)
+        from mechpatch.patching import fast
+
+        monkeypatch.setattr(fast, "resolve", boom)
+
+    return install

@@ -33,23 +33,6 @@ def result(model, pair):
     return attribute(model, pair, "head", metric="logit_diff")
 
 
-@pytest.fixture
-def no_forward(monkeypatch):
-    """Make any forward pass of ``model`` fail the test: a bad argument must be refused before any work."""
-
-    def boom(*args, **kwargs):
-        raise AssertionError("a forward pass ran before the bad argument was refused")
-
-    def install(model):
-        monkeypatch.setattr(model.bridge, "run_with_hooks", boom)
-        monkeypatch.setattr(model.bridge, "forward", boom)
-        from mechpatch.patching import fast
-
-        monkeypatch.setattr(fast, "resolve", boom)
-
-    return install
-
-
 # ----------------------------------------------------------------------------- verify
 
 

@@ -51,7 +51,7 @@ from mechpatch.circuit.components import Edge, GraphLayout
 from mechpatch.circuit.eap import check_verify_options, eap, eap_ig
 from mechpatch.circuit.edges import EdgeError, EdgeRunner, make_runner
 from mechpatch.circuit.result import DiscoveryResult
-from mechpatch.errors import InvalidArgumentError, InvalidTypeError, choices
+from mechpatch.errors import InvalidArgumentError, InvalidTypeError, choices, unknown_names
 from mechpatch.model import HookedModel
 from mechpatch.patching.interventions import Intervention, Replace, check_intervention, describe
 from mechpatch.patching.metrics import KLDivergence, Loss, Metric, as_metric
@@ -398,12 +398,9 @@ def _check_discover_options(name: str, kwargs: dict[str, Any]) -> None:
     """Refuse options that algorithm ``name`` does not take (with a "did you mean"), and for EAP / EAP-IG a bad
     ``verify``, ``n_verify``, ``exact_batch_size`` or ``per_position``, or a verify-only option without verify=True."""
     valid = [p for p in inspect.signature(DISCOVERY[name]).parameters if p not in ("model", "base", "metric")]
-    unknown = [k for k in kwargs if k not in valid]
+    unknown = unknown_names(kwargs, valid, "option")
     if unknown:
-        hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, valid, 1))
-                 else repr(k) for k in unknown]
-        raise InvalidArgumentError(f"discover({name!r}): unknown option{'s' if len(unknown) > 1 else ''} "
-                                   f"{', '.join(hints)}; valid: {choices(valid, limit=len(valid))}")
+        raise InvalidArgumentError(f"discover({name!r}): {unknown}; valid: {choices(valid, limit=len(valid))}")
     if "verify" not in valid:
         return
     verify = kwargs.get("verify", False)

@@ -125,17 +125,16 @@ _OWN = ("model", "base", "components", "metric", "source", "intervention", "answ
 def _check_engine(engine: dict, exact: bool) -> None:
     """Refuse keywords :func:`token_interactions` would pass on that the search it runs does not take (with a
     "did you mean" for a misspelling), before any work."""
-    import difflib
     import inspect
+
+    from mechpatch.errors import unknown_names
 
     target = exhaustive_interactions if exact else find_interactions
     valid = [p for p in inspect.signature(target).parameters if p not in _OWN]
-    unknown = [k for k in engine if k not in valid]
+    unknown = unknown_names(engine, valid)
     if unknown:
-        hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, valid, 1))
-                 else repr(k) for k in unknown]
-        raise InteractionError(f"token_interactions: unknown keyword argument{'s' if len(unknown) > 1 else ''} "
-                               f"{', '.join(hints)}; valid: the named arguments and {choices(valid, limit=20)}")
+        raise InteractionError(f"token_interactions: {unknown}; valid: the named arguments and "
+                               f"{choices(valid, limit=20)}")
 
 
 def token_interactions(

@@ -4,11 +4,10 @@
 ['docstring', 'greater_than', 'induction', 'ioi', 'tracr-reverse', 'tracr-xproportion']
 """
 
-import difflib
 import inspect
 from typing import Any, Callable
 
-from mechpatch.errors import choices
+from mechpatch.errors import choices, unknown_names
 from mechpatch.tasks.base import TaskBatch, TaskData, TaskError, TaskScores
 from mechpatch.tasks.docstring import make_docstring
 from mechpatch.tasks.greater_than import make_greater_than
@@ -43,12 +42,9 @@ def make_task(name: str, model: Any, **kwargs: Any) -> TaskData:
     params = list(inspect.signature(builder).parameters.values())[1:]  # after the model
     if not any(p.kind is p.VAR_KEYWORD for p in params):
         valid = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        unknown = [k for k in kwargs if k not in valid]
+        unknown = unknown_names(kwargs, valid)
         if unknown:
-            hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, valid, 1))
-                     else repr(k) for k in unknown]
-            raise TaskError(f"task {name!r}: unknown keyword argument{'s' if len(unknown) > 1 else ''} "
-                            f"{', '.join(hints)}; valid: {choices(valid) if valid else 'none'}")
+            raise TaskError(f"task {name!r}: {unknown}; valid: {choices(valid) if valid else 'none'}")
     return builder(model, **kwargs)
 
 

@@ -31,23 +31,6 @@ def _pair(model, n=2, seq=7, seed=0):
     return PromptPair(clean, corrupted, answers)
 
 
-@pytest.fixture
-def no_forward(monkeypatch):
-    """Make any forward pass of ``model`` fail the test: a bad argument must be refused before any work."""
-
-    def boom(*args, **kwargs):
-        raise AssertionError("a forward pass ran before the bad argument was refused")
-
-    def install(model):
-        monkeypatch.setattr(model.bridge, "run_with_hooks", boom)
-        monkeypatch.setattr(model.bridge, "forward", boom)
-        from mechpatch.patching import fast
-
-        monkeypatch.setattr(fast, "resolve", boom)
-
-    return install
-
-
 # ----------------------------------------------------------------------------- positions never wrap around
 
 
